@@ -1,0 +1,217 @@
+//! The proxy's one error type. It records which side failed — the client, the
+//! LINE Platform, the upstream, or the proxy itself — because that decides the
+//! status: 400/401/431, 503, 502/504, 500. [`ProxyError::status`] is the one
+//! mapping; [`ProxyError::into_response`] renders the JSON body every
+//! proxy-made answer carries. No variant holds token bytes.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::auth::Rejection;
+use crate::auth::credential::CredentialError;
+use crate::auth::line::LineError;
+use crate::routes::PathError;
+
+/// A failure whose cause is the client's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// The route needs a credential and none came.
+    MissingCredential,
+    /// The `Authorization` header is not exactly one bearer token.
+    Credential(CredentialError),
+    /// The LINE Platform (or our channel check) refused the token.
+    Rejected(Rejection),
+    BadPath(PathError),
+    /// Request line plus headers over `server.max_header_bytes`.
+    HeadersTooLarge,
+}
+
+/// A failure on the way to, or waiting for, the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    Unreachable,
+    Timeout,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("client: {}", client_reason(.0))]
+    Client(ClientError),
+    #[error("LINE Platform: {0}")]
+    Line(LineError),
+    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Timeout => "timed out" })]
+    Upstream(UpstreamError),
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+fn client_reason(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::MissingCredential => "missing_credential",
+        ClientError::Credential(c) => c.as_str(),
+        ClientError::Rejected(r) => r.as_str(),
+        ClientError::BadPath(_) => "bad_path",
+        ClientError::HeadersTooLarge => "headers_too_large",
+    }
+}
+
+impl ProxyError {
+    /// The status each side's failure maps to.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Client(ClientError::BadPath(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Client(ClientError::HeadersTooLarge) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::Client(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Line(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Unreachable) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable reason code for the access log and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::Client(c) => client_reason(c),
+            ProxyError::Line(e) => e.reason(),
+            ProxyError::Upstream(UpstreamError::Unreachable) => "upstream_unreachable",
+            ProxyError::Upstream(UpstreamError::Timeout) => "upstream_timeout",
+            ProxyError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// `(error, error_description)` for the JSON body. Descriptions are fixed
+    /// strings: nothing from the request is echoed.
+    fn body_fields(&self) -> (&'static str, &'static str) {
+        match self {
+            ProxyError::Client(ClientError::MissingCredential) => (
+                "unauthorized",
+                "this route needs a LINE access token: Authorization: Bearer <token>",
+            ),
+            ProxyError::Client(ClientError::Credential(c)) => ("invalid_token", c.describe()),
+            ProxyError::Client(ClientError::Rejected(r)) => ("invalid_token", r.describe()),
+            ProxyError::Client(ClientError::BadPath(p)) => ("invalid_request", p.describe()),
+            ProxyError::Client(ClientError::HeadersTooLarge) => (
+                "request_header_fields_too_large",
+                "the request headers exceed the proxy's limit",
+            ),
+            ProxyError::Line(_) => (
+                "temporarily_unavailable",
+                "the LINE Platform could not verify the credential right now; retry later",
+            ),
+            ProxyError::Upstream(UpstreamError::Unreachable) => {
+                ("bad_gateway", "the upstream service is unreachable")
+            }
+            ProxyError::Upstream(UpstreamError::Timeout) => (
+                "gateway_timeout",
+                "the upstream service did not answer in time",
+            ),
+            ProxyError::Internal(_) => ("internal_error", "the proxy failed to handle the request"),
+        }
+    }
+
+    /// The answer the proxy sends itself: JSON body, plus `WWW-Authenticate` on
+    /// 401 (RFC 6750 §3) and `Retry-After` on 503.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (error, description) = self.body_fields();
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self {
+            ProxyError::Client(ClientError::MissingCredential) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::Client(ClientError::Credential(_) | ClientError::Rejected(_)) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ProxyError::Line(e) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(e.retry_after()));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::line::Endpoint;
+
+    fn status(e: ProxyError) -> u16 {
+        e.status().as_u16()
+    }
+
+    #[test]
+    fn client_side_maps_to_4xx() {
+        assert_eq!(
+            status(ProxyError::Client(ClientError::MissingCredential)),
+            401
+        );
+        assert_eq!(
+            status(ProxyError::Client(ClientError::Credential(
+                CredentialError::Multiple
+            ))),
+            401
+        );
+        assert_eq!(
+            status(ProxyError::Client(ClientError::Rejected(
+                Rejection::WrongChannel
+            ))),
+            401
+        );
+        assert_eq!(
+            status(ProxyError::Client(ClientError::BadPath(
+                PathError::EncodedSeparator
+            ))),
+            400
+        );
+        assert_eq!(
+            status(ProxyError::Client(ClientError::HeadersTooLarge)),
+            431
+        );
+    }
+
+    #[test]
+    fn line_side_maps_to_503_with_retry_after() {
+        let e = ProxyError::Line(LineError::Timeout(Endpoint::Verify));
+        assert_eq!(status(e.clone()), 503);
+        let r = e.into_response();
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn upstream_side_maps_to_502_and_504() {
+        assert_eq!(
+            status(ProxyError::Upstream(UpstreamError::Unreachable)),
+            502
+        );
+        assert_eq!(status(ProxyError::Upstream(UpstreamError::Timeout)), 504);
+    }
+
+    #[test]
+    fn internal_maps_to_500() {
+        assert_eq!(status(ProxyError::Internal("x")), 500);
+    }
+
+    #[test]
+    fn www_authenticate_follows_rfc_6750() {
+        let r = ProxyError::Client(ClientError::MissingCredential).into_response();
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
+        let r = ProxyError::Client(ClientError::Rejected(Rejection::Expired)).into_response();
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+}

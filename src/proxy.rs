@@ -1,0 +1,366 @@
+//! The per-request pipeline, one named phase after another:
+//!
+//! 1. `bound_head`       — request line + headers within `server.max_header_bytes` (431)
+//! 2. `normalise`        — the path routing and the upstream will both see (400)
+//! 3. `strip_identity`   — every client-sent identity header, on every route
+//! 4. `route`            — the policy for (method, normalised path)
+//! 5. `authenticate`     — bearer token → verdict via cache / LINE (401, 503)
+//! 6. `upstream_request` — hop-by-hop removal, `Authorization` removal, identity injection
+//! 7. `forward`          — to the upstream (502, 504), tunnelling an authenticated upgrade
+//! 8. `respond`          — hop-by-hop removal on the way back, `X-Request-Id`, access log
+//!
+//! A request that fails any phase is answered by the proxy and never forwarded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::auth::credential::bearer_token;
+use crate::auth::line::{AccessTokenVerdict, LineClient};
+use crate::auth::{Authenticated, Verdict};
+use crate::cache::{Cached, CredentialKind, Lookup, VerdictCache, cache_key};
+use crate::config::Config;
+use crate::error::{ClientError, ProxyError};
+use crate::headers;
+use crate::routes::{self, RouteAuth};
+use crate::telemetry::{Metrics, ReasonLabels, RequestLabels, SourceLabels};
+use crate::upstream::{ConnInfo, Upstream};
+
+/// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A client-sent `X-Request-Id` is kept when it is 1..=128 visible ASCII bytes.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Approximate bytes of `": "` and CRLF around each header line.
+const HEADER_LINE_OVERHEAD: usize = 4;
+
+/// Everything a request needs, shared by all connections.
+pub struct State {
+    pub config: Config,
+    pub line: LineClient,
+    pub cache: Arc<VerdictCache>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the access log line and the request metrics say about one request.
+struct Outcome {
+    path: Option<PathAndQuery>,
+    auth: RouteAuth,
+    cache: Option<Lookup>,
+    /// `forwarded`, `anonymous`, `preflight`, or the error reason.
+    outcome: &'static str,
+}
+
+/// hyper's entry point: never fails; every error becomes the proxy's own answer.
+pub async fn handle(
+    state: Arc<State>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let request_id = request_id(&req, &state.metrics);
+    let method = req.method().clone();
+    let mut outcome = Outcome {
+        path: None,
+        auth: RouteAuth::AccessToken,
+        cache: None,
+        outcome: "forwarded",
+    };
+    let mut response = match pipeline(&state, &conn, req, &request_id, &mut outcome).await {
+        Ok(response) => response,
+        Err(err) => {
+            outcome.outcome = err.reason();
+            let labels = ReasonLabels {
+                reason: err.reason(),
+            };
+            match err.status() {
+                StatusCode::UNAUTHORIZED => state.metrics.rejections.get_or_create(&labels).inc(),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    state.metrics.unavailable.get_or_create(&labels).inc()
+                }
+                _ => 0,
+            };
+            err.into_response().map(Either::Right)
+        }
+    };
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let status = response.status().as_u16();
+    let kind = match status {
+        401 => "rejected",
+        503 => "unavailable",
+        400 | 431 => "bad_request",
+        502 | 504 => "upstream_error",
+        _ => outcome.outcome,
+    };
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            outcome: kind,
+            auth: outcome.auth.as_str(),
+        })
+        .inc();
+    tracing::info!(
+        target: "access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        method = method.as_str(),
+        path = outcome.path.as_ref().map_or("-", |p| p.path()),
+        status,
+        auth = outcome.auth.as_str(),
+        outcome = outcome.outcome,
+        cache = outcome.cache.map_or("-", Lookup::as_str),
+        latency_us = start.elapsed().as_micros() as u64,
+    );
+    Ok(response)
+}
+
+async fn pipeline(
+    state: &State,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let config = &state.config;
+
+    // 1. bound_head
+    if head_bytes(&req) > config.server.max_header_bytes {
+        return Err(ProxyError::Client(ClientError::HeadersTooLarge));
+    }
+
+    // 2. normalise
+    let path = normalised_path_and_query(req.uri())
+        .map_err(|e| ProxyError::Client(ClientError::BadPath(e)))?;
+    outcome.path = Some(path.clone());
+
+    // 3. strip_identity
+    headers::strip_identity(
+        req.headers_mut(),
+        &config.identity.names,
+        &config.identity.assertion_header,
+    );
+
+    // 4. route
+    let preflight_method = (req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN))
+    .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
+    .flatten()
+    .map(HeaderValue::as_bytes);
+    let policy = config
+        .routes
+        .policy(req.method(), path.path(), preflight_method);
+    outcome.auth = policy.auth;
+
+    // 5. authenticate
+    let identity = if policy.preflight_pass {
+        outcome.outcome = "preflight";
+        None
+    } else {
+        match policy.auth {
+            RouteAuth::None => None,
+            RouteAuth::AccessToken | RouteAuth::Optional => {
+                match bearer_token(req.headers())
+                    .map_err(|e| ProxyError::Client(ClientError::Credential(e)))?
+                {
+                    Some(token) => Some(authenticate(state, token, outcome).await?),
+                    None if policy.auth == RouteAuth::Optional => {
+                        outcome.outcome = "anonymous";
+                        None
+                    }
+                    None => return Err(ProxyError::Client(ClientError::MissingCredential)),
+                }
+            }
+        }
+    };
+
+    // 6. upstream_request
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let out = req.headers_mut();
+    headers::strip_hop_by_hop(out, upgrade);
+    if !config.identity.forward_authorization {
+        out.remove(header::AUTHORIZATION);
+    }
+    if let Some(cached) = &identity {
+        let Verdict::Valid(Authenticated {
+            headers: identity_headers,
+            ..
+        }) = &cached.verdict
+        else {
+            return Err(ProxyError::Internal("a rejected verdict reached injection"));
+        };
+        for (name, value) in identity_headers {
+            out.insert(name.clone(), value.clone());
+        }
+    }
+    out.insert(X_REQUEST_ID.clone(), request_id.clone());
+    state.upstream.prepare(&mut req, path, conn);
+
+    // 7. forward
+    let mut response = state
+        .upstream
+        .send(req, &state.metrics)
+        .await
+        .map_err(ProxyError::Upstream)?;
+
+    // 8. respond
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+    }
+    headers::strip_response_hop_by_hop(response.headers_mut(), switching);
+    Ok(response.map(Either::Left))
+}
+
+/// Verdict for a bearer token: cache first, then the LINE Platform (once per
+/// token however many requests wait). Records the cache outcome and latency.
+async fn authenticate(
+    state: &State,
+    token: &str,
+    outcome: &mut Outcome,
+) -> Result<Arc<Cached>, ProxyError> {
+    let start = Instant::now();
+    let key = cache_key(CredentialKind::AccessToken, token);
+    let names = &state.config.identity.names;
+    let (result, lookup) = state
+        .cache
+        .get_or_verify(key, async {
+            Ok(match state.line.verify_access_token(token).await? {
+                AccessTokenVerdict::Valid(identity) => Verdict::Valid(Authenticated {
+                    headers: names.encode(&identity),
+                    identity,
+                }),
+                AccessTokenVerdict::Rejected(r) => Verdict::Rejected(r),
+            })
+        })
+        .await;
+    outcome.cache = Some(lookup);
+    let metrics = &state.metrics;
+    let source = match lookup {
+        Lookup::Hit => {
+            metrics.cache_hits.inc();
+            "cache"
+        }
+        Lookup::Miss => {
+            metrics.cache_misses.inc();
+            "line"
+        }
+        Lookup::Coalesced => {
+            metrics.cache_coalesced.inc();
+            "line"
+        }
+    };
+    metrics
+        .auth_duration
+        .get_or_create(&SourceLabels { source })
+        .observe(start.elapsed().as_secs_f64());
+    let cached = result.map_err(|e| ProxyError::Line((*e).clone()))?;
+    match &cached.verdict {
+        Verdict::Valid(_) => Ok(cached),
+        Verdict::Rejected(r) => Err(ProxyError::Client(ClientError::Rejected(*r))),
+    }
+}
+
+/// The client's `X-Request-Id` when it is sane, else a fresh one.
+fn request_id(req: &Request<Incoming>, metrics: &Metrics) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID_BYTES
+        && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
+        return v.clone();
+    }
+    HeaderValue::try_from(format!("{:016x}", metrics.next_request_id()))
+        .expect("hex is a valid header value")
+}
+
+/// Request line plus header bytes, as they stood on the wire (approximately).
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    req.headers().iter().fold(line, |n, (k, v)| {
+        n + k.as_str().len() + v.len() + HEADER_LINE_OVERHEAD
+    })
+}
+
+/// The normalised path with the original query, as the upstream will receive it.
+fn normalised_path_and_query(uri: &http::Uri) -> Result<PathAndQuery, routes::PathError> {
+    if uri.authority().is_some() && uri.scheme().is_none() {
+        // authority-form (CONNECT host:port) is not a request for a path.
+        return Err(routes::PathError::NotOriginForm);
+    }
+    let raw = uri.path();
+    let normal = routes::normalize_path(raw)?;
+    let unchanged = matches!(normal, std::borrow::Cow::Borrowed(_));
+    match (unchanged, uri.path_and_query()) {
+        (true, Some(pq)) => Ok(pq.clone()),
+        _ => {
+            let s = match uri.query() {
+                Some(q) => format!("{normal}?{q}"),
+                None => normal.into_owned(),
+            };
+            PathAndQuery::try_from(s).map_err(|_| routes::PathError::BadEscape)
+        }
+    }
+}
+
+/// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded connection closed with an error");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_and_query_keeps_the_query_and_normalises_the_path() {
+        let uri: http::Uri = "/a//b/../c?x=%2F..&y".parse().unwrap();
+        assert_eq!(
+            normalised_path_and_query(&uri).unwrap().as_str(),
+            "/a/c?x=%2F..&y"
+        );
+        let uri: http::Uri = "/plain?q=1".parse().unwrap();
+        assert_eq!(
+            normalised_path_and_query(&uri).unwrap().as_str(),
+            "/plain?q=1"
+        );
+        let uri: http::Uri = "http://example.com/a/./b".parse().unwrap();
+        assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/a/b");
+    }
+}

@@ -1,0 +1,326 @@
+//! Path normalisation and the route table: which credential a request needs.
+//!
+//! Pipeline position: right after identity stripping. Routing sees only the
+//! normalised path of the request line (never the query, never a client header);
+//! the upstream later receives exactly that normalised path.
+
+use std::borrow::Cow;
+
+use http::Method;
+
+/// What a route requires of the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteAuth {
+    /// No credential; identity headers are still stripped.
+    None,
+    /// `Authorization: Bearer <LINE access token>`, verified with the LINE Platform.
+    AccessToken,
+    /// Verified when present, anonymous when absent, 401 when invalid.
+    Optional,
+}
+
+impl RouteAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteAuth::None => "none",
+            RouteAuth::AccessToken => "access_token",
+            RouteAuth::Optional => "optional",
+        }
+    }
+}
+
+/// One `[[routes]]` entry, validated.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Matched against the normalised path with `starts_with`.
+    pub path_prefix: String,
+    pub auth: RouteAuth,
+    /// `None` matches every method.
+    pub methods: Option<Vec<Method>>,
+    /// Lets a CORS preflight (`OPTIONS` + `Origin` + `Access-Control-Request-Method`) through without a credential.
+    pub allow_cors_preflight: bool,
+}
+
+/// The policy that applies to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub auth: RouteAuth,
+    /// The request is a CORS preflight that its route lets through uncredentialed.
+    pub preflight_pass: bool,
+}
+
+/// Unmatched paths need an access token.
+pub const DEFAULT_POLICY: Policy = Policy {
+    auth: RouteAuth::AccessToken,
+    preflight_pass: false,
+};
+
+/// Ordered routes; the first match wins.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Finds the policy for a normalised path. `preflight_method` is the
+    /// `Access-Control-Request-Method` of an `OPTIONS` request that also carries
+    /// `Origin`; a preflight route matches when it allows the method being asked about.
+    pub fn policy(&self, method: &Method, path: &str, preflight_method: Option<&[u8]>) -> Policy {
+        for route in &self.routes {
+            if !path.starts_with(route.path_prefix.as_str()) {
+                continue;
+            }
+            let preflight = route.allow_cors_preflight && preflight_method.is_some();
+            let method_ok = match &route.methods {
+                None => true,
+                Some(methods) => {
+                    methods.contains(method)
+                        || (preflight
+                            && preflight_method.is_some_and(|asked| {
+                                methods
+                                    .iter()
+                                    .any(|m| m.as_str().as_bytes().eq_ignore_ascii_case(asked))
+                            }))
+                }
+            };
+            if method_ok {
+                return Policy {
+                    auth: route.auth,
+                    preflight_pass: preflight,
+                };
+            }
+        }
+        DEFAULT_POLICY
+    }
+}
+
+/// Why a request path was refused (400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Not `origin-form` (`/…`): absolute-form, authority-form or `*`.
+    NotOriginForm,
+    /// `%2F`, `%5C` or `%00`: an encoded separator or NUL that backends disagree on.
+    EncodedSeparator,
+    /// A raw `\`, which some backends read as `/`.
+    Backslash,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+}
+
+impl PathError {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathError::NotOriginForm => "the request target must be a path starting with /",
+            PathError::EncodedSeparator => "the path contains an encoded /, \\ or NUL",
+            PathError::Backslash => "the path contains a backslash",
+            PathError::BadEscape => "the path contains a malformed percent-escape",
+        }
+    }
+}
+
+/// Normalises a request path: unreserved percent-escapes decoded (others kept,
+/// upper-cased), repeated `/` collapsed, `.` and `..` resolved (never above the
+/// root). Returns the input unchanged, without allocating, when it is already normal.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if is_normal(raw) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for raw_segment in raw[1..].split('/') {
+        let segment = decode_segment(raw_segment)?;
+        trailing_slash = matches!(segment.as_str(), "" | "." | "..");
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(raw.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// True when no step of [`normalize_path`] would change the path.
+fn is_normal(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.iter().any(|&b| b == b'%' || b == b'\\') {
+        return false;
+    }
+    // Segments between slashes: none empty (except the last), none "." or "..".
+    let mut segments = raw[1..].split('/').peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if (s.is_empty() && !last) || s == "." || s == ".." {
+            return false;
+        }
+    }
+    true
+}
+
+fn decode_segment(segment: &str) -> Result<String, PathError> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+                let value = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(PathError::BadEscape)?;
+                match value {
+                    b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+                    v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                        out.push(v as char)
+                    }
+                    v => {
+                        out.push('%');
+                        out.push_str(&format!("{v:02X}"));
+                    }
+                }
+                i += 3;
+            }
+            b => {
+                // The http crate only admits ASCII in paths; anything else is kept as-is.
+                out.push(b as char);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_cases() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("//a///b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../a", "/a"),
+            ("/a/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/%61%62c", "/abc"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/public/%2E%2E/private", "/private"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/%7e", "/~"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn normal_paths_do_not_allocate() {
+        assert!(matches!(
+            normalize_path("/api/v1/items").unwrap(),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(normalize_path("/api/").unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn dangerous_paths_are_refused() {
+        assert_eq!(normalize_path("/a%2Fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize_path("/a%2fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize_path("/a%5cb"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize_path("/a%00b"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize_path("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("*"), Err(PathError::NotOriginForm));
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(vec![
+            Route {
+                path_prefix: "/public/".into(),
+                auth: RouteAuth::None,
+                methods: Some(vec![Method::GET]),
+                allow_cors_preflight: false,
+            },
+            Route {
+                path_prefix: "/api/".into(),
+                auth: RouteAuth::AccessToken,
+                methods: Some(vec![Method::POST]),
+                allow_cors_preflight: true,
+            },
+            Route {
+                path_prefix: "/".into(),
+                auth: RouteAuth::Optional,
+                methods: None,
+                allow_cors_preflight: false,
+            },
+        ])
+    }
+
+    #[test]
+    fn first_match_wins_and_methods_filter() {
+        let t = table();
+        assert_eq!(
+            t.policy(&Method::GET, "/public/x", None).auth,
+            RouteAuth::None
+        );
+        // POST skips the GET-only public route and falls through to "/".
+        assert_eq!(
+            t.policy(&Method::POST, "/public/x", None).auth,
+            RouteAuth::Optional
+        );
+        assert_eq!(
+            t.policy(&Method::GET, "/public", None).auth,
+            RouteAuth::Optional
+        );
+        assert_eq!(
+            RouteTable::default().policy(&Method::GET, "/x", None),
+            DEFAULT_POLICY
+        );
+    }
+
+    #[test]
+    fn preflight_matches_the_method_asked_about() {
+        let t = table();
+        let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"post"));
+        assert_eq!(
+            p,
+            Policy {
+                auth: RouteAuth::AccessToken,
+                preflight_pass: true
+            }
+        );
+        let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"DELETE"));
+        assert!(!p.preflight_pass);
+        let p = t.policy(&Method::OPTIONS, "/api/x", None);
+        assert!(!p.preflight_pass);
+    }
+}

@@ -1,0 +1,251 @@
+//! Logs and metrics: tracing initialisation and the Prometheus metric families.
+//!
+//! Every 401 and 503 is explained twice: by a `reason` label on a counter and by
+//! the `outcome` field of the access log line. No label ever holds a token.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Dependencies log request URLs at debug and trace level, and the URL of LINE's
+/// access-token verify endpoint holds the token: they are capped at `warn`
+/// whatever `RUST_LOG` says.
+const DEPENDENCY_CAPS: &[&str] = &[
+    "hyper=warn",
+    "hyper_util=warn",
+    "reqwest=warn",
+    "h2=warn",
+    "rustls=warn",
+];
+
+/// Installs the global subscriber. `RUST_LOG` sets the level (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for cap in DEPENDENCY_CAPS {
+        filter = filter.add_directive(cap.parse().expect("static directive"));
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub outcome: &'static str,
+    pub auth: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LineCallLabels {
+    pub endpoint: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusClassLabels {
+    pub class: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// All metric families, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by `outcome` (forwarded, rejected, line_unavailable, …) and route `auth` kind.
+    pub requests: Family<RequestLabels, Counter>,
+    /// 401s by `reason` (missing_credential, token_expired, wrong_channel, …).
+    pub rejections: Family<ReasonLabels, Counter>,
+    /// 503s by `reason` (timeout, rate_limited, server_error, …).
+    pub unavailable: Family<ReasonLabels, Counter>,
+    /// Time to a verdict, by `source` (cache or line).
+    pub auth_duration: HistogramFamily<SourceLabels>,
+    /// Calls to the LINE Platform by `endpoint` and `outcome`.
+    pub line_requests: Family<LineCallLabels, Counter>,
+    pub line_duration: HistogramFamily<EndpointLabels>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_coalesced: Counter,
+    pub cache_entries: Gauge,
+    /// Upstream response-head latency.
+    pub upstream_duration: Histogram,
+    /// Upstream responses by status `class` (2xx, 4xx, …).
+    pub upstream_responses: Family<StatusClassLabels, Counter>,
+    pub open_connections: Gauge,
+    request_ids: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("line_auth_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by outcome and route auth kind",
+            requests.clone(),
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_rejections",
+            "401 answers by reason",
+            rejections.clone(),
+        );
+        let unavailable = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_unavailable",
+            "503 answers (verification could not run) by reason",
+            unavailable.clone(),
+        );
+        let auth_duration = HistogramFamily::<SourceLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "auth_duration_seconds",
+            "Time to a verdict by source (cache, line)",
+            auth_duration.clone(),
+        );
+        let line_requests = Family::<LineCallLabels, Counter>::default();
+        registry.register(
+            "line_requests",
+            "Calls to the LINE Platform by endpoint and outcome",
+            line_requests.clone(),
+        );
+        let line_duration = HistogramFamily::<EndpointLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "line_request_duration_seconds",
+            "LINE Platform call latency by endpoint",
+            line_duration.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Verdicts served from the cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Verdicts that needed the LINE Platform",
+            cache_misses.clone(),
+        );
+        let cache_coalesced = Counter::default();
+        registry.register(
+            "cache_coalesced",
+            "Requests that waited on another request's LINE call for the same token",
+            cache_coalesced.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Verdicts currently cached",
+            cache_entries.clone(),
+        );
+        let upstream_duration = latency_histogram();
+        registry.register(
+            "upstream_duration_seconds",
+            "Upstream response-head latency",
+            upstream_duration.clone(),
+        );
+        let upstream_responses = Family::<StatusClassLabels, Counter>::default();
+        registry.register(
+            "upstream_responses",
+            "Upstream responses by status class",
+            upstream_responses.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Open client connections on the proxy listener",
+            open_connections.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            rejections,
+            unavailable,
+            auth_duration,
+            line_requests,
+            line_duration,
+            cache_hits,
+            cache_misses,
+            cache_coalesced,
+            cache_entries,
+            upstream_duration,
+            upstream_responses,
+            open_connections,
+            request_ids: AtomicU64::new(rand::random()),
+        }
+    }
+
+    /// The OpenMetrics text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// A fresh request id: a random per-process start, then sequential (cheap, unique).
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// `2xx`-style class of a status code, for labels.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

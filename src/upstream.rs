@@ -1,0 +1,179 @@
+//! The upstream side: a pooled hyper-util client, the URI rewrite to the
+//! authorised path, `X-Forwarded-*`, and the connect and response-head timeouts.
+//!
+//! Pipeline position: last. The request arriving here is already stripped of
+//! client identity and hop-by-hop headers and carries the injected identity.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+use crate::error::UpstreamError;
+use crate::telemetry::{Metrics, StatusClassLabels, status_class};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Idle pooled connections are closed after this long (90 seconds).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What the proxy saw of the client connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(https);
+        Self {
+            client,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            timeout: config.timeout,
+        }
+    }
+
+    /// Points the request at the upstream with the authorised path, and sets
+    /// `Host` (kept from the client), `X-Forwarded-For/-Proto/-Host` from what
+    /// the proxy saw.
+    pub fn prepare(&self, req: &mut Request<Incoming>, path: PathAndQuery, conn: &ConnInfo) {
+        let original_authority = req.uri().authority().cloned();
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("scheme, authority and path are each valid");
+        *req.uri_mut() = uri;
+        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        if !headers.contains_key(header::HOST)
+            && let Some(authority) = &original_authority
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        append_forwarded_for(headers, conn.peer);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+        match headers.get(header::HOST).cloned() {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+
+    /// Sends the request; 502 when the upstream cannot be reached, 504 when its
+    /// response head does not arrive within `upstream.timeout_ms`.
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        metrics: &Metrics,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        metrics
+            .upstream_duration
+            .observe(start.elapsed().as_secs_f64());
+        match result {
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "upstream did not answer in time"
+                );
+                Err(UpstreamError::Timeout)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                Err(UpstreamError::Unreachable)
+            }
+            Ok(Ok(response)) => {
+                metrics
+                    .upstream_responses
+                    .get_or_create(&StatusClassLabels {
+                        class: status_class(response.status().as_u16()),
+                    })
+                    .inc();
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// Appends the peer address to any `X-Forwarded-For` the client sent (kept for
+/// the upstream's information; the proxy itself never decides on it).
+fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let mut combined = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            if !combined.is_empty() {
+                combined.push_str(", ");
+            }
+            combined.push_str(s);
+        }
+    }
+    let value = if combined.is_empty() {
+        ip
+    } else {
+        format!("{combined}, {ip}")
+    };
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        HeaderValue::try_from(value).expect("IP addresses and visible ASCII are valid"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+        let mut h = http::HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+    }
+}
