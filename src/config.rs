@@ -421,22 +421,44 @@ pub fn load<I>(file: Option<&Path>, env: I) -> Result<Config, Problems>
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let mut problems = Problems::default();
-    let mut tree = match file {
+    let text = match file {
         Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => match text.parse::<toml::Table>() {
-                Ok(table) => table,
-                Err(e) => {
-                    problems.push(path.display().to_string(), one_line(&e.to_string()));
-                    return Err(problems);
-                }
-            },
+            Ok(text) => text,
             Err(e) => {
+                let mut problems = Problems::default();
                 problems.push(path.display().to_string(), format!("cannot read: {e}"));
                 return Err(problems);
             }
         },
-        None => toml::Table::new(),
+        None => String::new(),
+    };
+    load_str(&text, env).map_err(|mut problems| {
+        if let Some(path) = file {
+            for p in &mut problems.0 {
+                if p.key == TOML_SYNTAX_KEY {
+                    p.key = path.display().to_string();
+                }
+            }
+        }
+        problems
+    })
+}
+
+/// Where TOML syntax errors are reported (replaced by the file name in [`load`]).
+const TOML_SYNTAX_KEY: &str = "<toml>";
+
+/// [`load`] for configuration text already in memory.
+pub fn load_str<I>(text: &str, env: I) -> Result<Config, Problems>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut problems = Problems::default();
+    let mut tree = match text.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(e) => {
+            problems.push(TOML_SYNTAX_KEY, one_line(&e.to_string()));
+            return Err(problems);
+        }
     };
     apply_env(&mut tree, env, &mut problems);
     check_schema(&tree, &mut problems);
@@ -1004,14 +1026,10 @@ mod tests {
     use super::*;
 
     fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, Problems> {
-        let dir = std::env::temp_dir().join(format!("lap-config-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(&path, toml).unwrap();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let r = load(Some(&path), env);
-        std::fs::remove_dir_all(&dir).ok();
-        r
+        super::load_str(
+            toml,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     fn keys(p: &Problems) -> Vec<&str> {

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,23 +32,36 @@ const DEPENDENCY_CAPS: &[&str] = &[
     "rustls=warn",
 ];
 
-/// Installs the global subscriber. `RUST_LOG` sets the level (default `info`).
+/// Installs the global subscriber on stderr. `RUST_LOG` sets the level (default `info`).
 pub fn init_tracing(format: LogFormat) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG").ok();
+    init_tracing_with(format, directives.as_deref(), std::io::stderr);
+}
+
+/// Installs the global subscriber with explicit directives and writer (tests
+/// capture the output this way). The dependency caps apply whatever the directives.
+/// Does nothing if a global subscriber is already set.
+pub fn init_tracing_with<W>(format: LogFormat, directives: Option<&str>, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let mut filter = directives
+        .and_then(|d| EnvFilter::try_new(d).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     for cap in DEPENDENCY_CAPS {
         filter = filter.add_directive(cap.parse().expect("static directive"));
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
+        .with_writer(writer);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .init(),
-    }
+            .try_init(),
+    };
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

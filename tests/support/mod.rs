@@ -1,0 +1,349 @@
+//! Test harness: the real proxy on ephemeral ports, the mock LINE Platform, and a
+//! recording upstream. Every server listens on 127.0.0.1:0 and readiness is
+//! polled, never slept for.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use line_auth_proxy::config::{self, Config};
+#[allow(unused_imports)]
+pub use line_auth_proxy::mock_line::{Fault, Faults, MockLine, MockToken};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const CHANNEL: &str = "1234567890";
+pub const OTHER_CHANNEL: &str = "9999999999";
+pub const USER: &str = "U1234567890abcdef1234567890abcdef";
+
+/// A request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    requests: Mutex<Vec<Recorded>>,
+    hits: AtomicUsize,
+}
+
+/// An upstream that records every request. Paths with special meaning:
+/// `/echo-body…` streams the request body back; `/slow…` answers after the
+/// `x-test-delay-ms` request header's delay; an `Upgrade` request gets a 101 and
+/// an echo of every byte. Anything else: 200 `upstream ok`.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpstreamState::default());
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| upstream_handle(s.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
+    }
+}
+
+type UpBody = Either<Incoming, Full<Bytes>>;
+
+async fn upstream_handle(
+    state: Arc<UpstreamState>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    state.requests.lock().unwrap().push(Recorded {
+        method: req.method().to_string(),
+        path_and_query: path.clone(),
+        headers: req.headers().clone(),
+    });
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return Ok(r);
+    }
+    if path.starts_with("/slow") {
+        let ms = req
+            .headers()
+            .get("x-test-delay-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path.starts_with("/echo-body") {
+        return Ok(Response::new(Either::Left(req.into_body())));
+    }
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(b"upstream ok"))));
+    // Hop-by-hop headers the proxy must drop on the way back.
+    r.headers_mut()
+        .insert("keep-alive", "timeout=5".parse().unwrap());
+    r.headers_mut().insert("x-upstream", "1".parse().unwrap());
+    Ok(r)
+}
+
+/// A running proxy; `stop` shuts it down like SIGTERM would.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), line_auth_proxy::RunError>>>,
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Signals shutdown; returns the task so tests can await the drain.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), line_auth_proxy::RunError>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+
+    pub async fn stop(mut self) {
+        self.begin_shutdown().await.unwrap().unwrap();
+    }
+
+    /// The Prometheus exposition from the admin listener.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Configuration text for a proxy in front of `upstream`, verifying with `line`,
+/// on ephemeral ports; `extra` is appended (more sections, `[[routes]]`).
+pub fn config_text(line_base_url: &str, upstream_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace_seconds = 5
+
+[upstream]
+url = "{upstream_url}"
+timeout_ms = 2000
+
+[line]
+channel_ids = ["{CHANNEL}"]
+api_base_url = "{line_base_url}"
+timeout_ms = 500
+
+{extra}
+"#
+    )
+}
+
+/// Parses configuration text (panics on problems: a test's config must be valid).
+pub fn config(text: &str) -> Config {
+    config::load_str(text, std::iter::empty())
+        .unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}"))
+}
+
+/// Binds and serves the proxy, then polls `/readyz` until it answers 200.
+pub async fn spawn_proxy(config: Config) -> TestProxy {
+    let bound = line_auth_proxy::bind(config).await.expect("proxy binds");
+    let addr = bound.proxy_addr();
+    let admin = bound.admin_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(bound.serve(async {
+        let _ = rx.await;
+    }));
+    let proxy = TestProxy {
+        addr,
+        admin,
+        shutdown: Some(tx),
+        task: Some(task),
+    };
+    let c = client();
+    for _ in 0..500 {
+        if let Ok(r) = c.get(proxy.admin_url("/readyz")).send().await
+            && r.status() == 200
+        {
+            return proxy;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("proxy never became ready");
+}
+
+/// The usual trio: mock LINE with one valid token, a recording upstream, the proxy.
+pub struct Env {
+    pub line: MockLine,
+    pub upstream: RecordingUpstream,
+    pub proxy: TestProxy,
+}
+
+pub const TOKEN: &str = "valid-access-token-0123456789";
+
+pub async fn env(extra: &str) -> Env {
+    let line = MockLine::start().await.unwrap();
+    let mut token = MockToken::new(CHANNEL, USER, "Brown");
+    token.picture_url = Some("https://profile.line-scdn.net/abcdefghijklmn".into());
+    line.add_token(TOKEN, token);
+    let upstream = RecordingUpstream::start().await;
+    let proxy = spawn_proxy(config(&config_text(
+        &line.base_url(),
+        &upstream.url(),
+        extra,
+    )))
+    .await;
+    Env {
+        line,
+        upstream,
+        proxy,
+    }
+}
+
+/// An HTTP client that never uses a system proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes and reads the whole answer (the request should say `Connection: close`).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status line's code of a raw HTTP/1.1 answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// Asserts a proxy-made JSON error answer and returns its `error` field.
+pub async fn json_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error_description"].is_string(), "{body}");
+    body["error"].as_str().unwrap().to_string()
+}
+
+/// Collects a body fully (small test bodies only).
+pub async fn collect(body: Incoming) -> Bytes {
+    body.collect().await.unwrap().to_bytes()
+}
+
+/// A counter's value from the exposition text (`name{labels}` exactly as printed).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
