@@ -1,0 +1,238 @@
+//! When the LINE Platform fails, times out or rate-limits us, the proxy fails
+//! closed: 503 with `Retry-After`, the upstream untouched, nothing cached.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+async fn assert_unavailable(e: &Env, token: &str) -> reqwest::Response {
+    let r = client()
+        .get(e.proxy.url("/api/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert_eq!(
+        e.upstream.hits(),
+        0,
+        "a request went upstream while LINE was failing"
+    );
+    r
+}
+
+#[tokio::test]
+async fn line_5xx_is_503_and_not_cached() {
+    let e = env("").await;
+    for status in [500, 502, 503] {
+        e.line.set_faults(Faults {
+            verify: Some(Fault::Status(status)),
+            ..Faults::default()
+        });
+        let r = assert_unavailable(&e, TOKEN).await;
+        assert_eq!(json_error(r, 503).await, "temporarily_unavailable");
+    }
+    // Profile failing alone is as bad as verify failing.
+    e.line.set_faults(Faults {
+        profile: Some(Fault::Status(500)),
+        ..Faults::default()
+    });
+    assert_unavailable(&e, TOKEN).await;
+    let calls = e.line.verify_calls();
+    // LINE recovers: the very next request verifies again (failures were not cached).
+    e.line.set_faults(Faults::default());
+    let r = client()
+        .get(e.proxy.url("/api/x"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(e.line.verify_calls(), calls + 1);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_unavailable_total{reason=\"line_server_error\"}"
+        ),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_line_requests_total{endpoint=\"verify\",outcome=\"server_error\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_is_503_and_honours_lines_retry_after() {
+    let e = env("").await;
+    e.line.set_faults(Faults {
+        verify: Some(Fault::Status(429)),
+        ..Faults::default()
+    });
+    let r = assert_unavailable(&e, TOKEN).await;
+    assert_eq!(r.headers()["retry-after"], "5");
+    e.line.set_faults(Faults {
+        verify: Some(Fault::RateLimitedRetryAfter(7)),
+        ..Faults::default()
+    });
+    let r = assert_unavailable(&e, TOKEN).await;
+    assert_eq!(r.headers()["retry-after"], "7");
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_unavailable_total{reason=\"line_rate_limited\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn timeout_is_503() {
+    let e = env("").await;
+    // line.timeout_ms is 500 in the harness.
+    e.line.set_faults(Faults {
+        delay: Duration::from_millis(1500),
+        ..Faults::default()
+    });
+    let r = assert_unavailable(&e, TOKEN).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_unavailable_total{reason=\"line_timeout\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_success_body_is_503_not_a_pass() {
+    let e = env("").await;
+    e.line.set_faults(Faults {
+        verify: Some(Fault::Garbage),
+        ..Faults::default()
+    });
+    assert_unavailable(&e, TOKEN).await;
+    e.line.set_faults(Faults {
+        profile: Some(Fault::Garbage),
+        ..Faults::default()
+    });
+    assert_unavailable(&e, TOKEN).await;
+}
+
+#[tokio::test]
+async fn unexpected_status_is_503() {
+    let e = env("").await;
+    e.line.set_faults(Faults {
+        verify: Some(Fault::Status(403)),
+        ..Faults::default()
+    });
+    assert_unavailable(&e, TOKEN).await;
+    e.line.set_faults(Faults {
+        verify: Some(Fault::Status(404)),
+        ..Faults::default()
+    });
+    assert_unavailable(&e, TOKEN).await;
+}
+
+#[tokio::test]
+async fn unreachable_line_is_503() {
+    // A port that was just free: nothing listens there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let upstream = RecordingUpstream::start().await;
+    let proxy = spawn_proxy(config(&config_text(
+        &format!("http://{closed}"),
+        &upstream.url(),
+        "",
+    )))
+    .await;
+    let r = client()
+        .get(proxy.url("/api/x"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(upstream.hits(), 0);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_unavailable_total{reason=\"line_unreachable\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn optional_route_with_credential_fails_closed_too() {
+    let e = env("[[routes]]\npath_prefix = \"/\"\nauth = \"optional\"\n").await;
+    e.line.set_faults(Faults {
+        verify: Some(Fault::Status(500)),
+        ..Faults::default()
+    });
+    assert_unavailable(&e, TOKEN).await;
+}
+
+#[tokio::test]
+async fn cached_verdicts_keep_serving_during_an_outage() {
+    let e = env("").await;
+    assert_eq!(
+        client()
+            .get(e.proxy.url("/a"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    e.line.set_faults(Faults {
+        verify: Some(Fault::Status(500)),
+        profile: Some(Fault::Status(500)),
+        ..Faults::default()
+    });
+    assert_eq!(
+        client()
+            .get(e.proxy.url("/a"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(e.line.verify_calls(), 1);
+    // An unseen token still fails closed.
+    let r = client()
+        .get(e.proxy.url("/a"))
+        .bearer_auth("fresh-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(e.upstream.hits(), 2);
+}
