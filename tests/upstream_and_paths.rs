@@ -1,0 +1,222 @@
+//! The upstream side and the request line: 502/504, the normalised path the
+//! upstream receives, `X-Forwarded-*`, hop-by-hop headers, 400 for dangerous
+//! paths and 431 for oversized heads (each refusal leaving the upstream untouched).
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = spawn_proxy(config(&config_text(
+        &line.base_url(),
+        &format!("http://{closed}"),
+        "",
+    )))
+    .await;
+    let r = client()
+        .get(proxy.url("/a"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(r, 502).await, "bad_gateway");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let e = env("").await;
+    // upstream.timeout_ms is 2000 in the harness.
+    let r = client()
+        .get(e.proxy.url("/slow"))
+        .bearer_auth(TOKEN)
+        .header("x-test-delay-ms", "4000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(r, 504).await, "gateway_timeout");
+    let r = client()
+        .get(e.proxy.url("/slow"))
+        .bearer_auth(TOKEN)
+        .header("x-test-delay-ms", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+const ROUTES: &str = "[[routes]]\npath_prefix = \"/public/\"\nauth = \"none\"\n";
+
+#[tokio::test]
+async fn upstream_receives_the_normalised_path_that_was_authorised() {
+    let e = env(ROUTES).await;
+    // Each of these reaches /private through the public prefix on a naive proxy.
+    for sneaky in [
+        "/public/../private",
+        "/public/%2e%2e/private",
+        "/public/./../private",
+        "//public/..//private",
+    ] {
+        let answer = raw(
+            e.proxy.addr,
+            format!("GET {sneaky} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            raw_status(&answer),
+            401,
+            "{sneaky} was not treated as /private: {answer}"
+        );
+    }
+    assert_eq!(e.upstream.hits(), 0);
+    let answer = raw(
+        e.proxy.addr,
+        format!("GET /public/a//b/./c/../%64?q=/../x&y=%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(
+        e.upstream.last().path_and_query,
+        "/public/a/b/d?q=/../x&y=%2F"
+    );
+    // The query never takes part in routing.
+    let r = client()
+        .get(e.proxy.url("/private?path=/public/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn encoded_separators_and_backslashes_are_400() {
+    let e = env(ROUTES).await;
+    for bad in [
+        "/public/a%2fb",
+        "/public/a%2F..%2Fprivate",
+        "/public/a%5cb",
+        "/public/a%00b",
+        "/public/a\\b",
+        "/public/%zz",
+    ] {
+        let answer = raw(
+            e.proxy.addr,
+            format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let status = raw_status(&answer);
+        assert_eq!(status, 400, "{bad}: {answer}");
+        if answer.contains("application/json") {
+            assert!(answer.contains("\"invalid_request\""), "{answer}");
+        }
+    }
+    assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_from_what_the_proxy_saw() {
+    let e = env(ROUTES).await;
+    let answer = raw(
+        e.proxy.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 203.0.113.9\r\n\
+          X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200);
+    let seen = e.upstream.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.example");
+    assert_eq!(seen.headers["host"], "app.example");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let e = env(ROUTES).await;
+    let answer = raw(
+        e.proxy.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\nKeep-Alive: timeout=9\r\nTE: gzip\r\nProxy-Authorization: Basic eDp5\r\n\
+          X-Custom-Hop: 1\r\nConnection: close, X-Custom-Hop\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200);
+    let seen = e.upstream.last();
+    for h in [
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-custom-hop",
+        "upgrade",
+    ] {
+        assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
+    }
+    // The upstream's own hop-by-hop header does not reach the client.
+    let lower = answer.to_ascii_lowercase();
+    assert!(!lower.contains("keep-alive: timeout=5"), "{answer}");
+    assert!(lower.contains("x-upstream: 1"), "{answer}");
+}
+
+#[tokio::test]
+async fn oversized_head_is_431_with_a_json_body() {
+    let e = env(ROUTES).await;
+    let big = "a".repeat(20_000);
+    let answer = raw(
+        e.proxy.addr,
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        raw_status(&answer),
+        431,
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(
+        answer.contains("\"request_header_fields_too_large\""),
+        "{answer}"
+    );
+    // Many small headers add up the same way.
+    let many: String = (0..400)
+        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40)))
+        .collect();
+    let answer = raw(
+        e.proxy.addr,
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 431);
+    // Just under the limit passes.
+    let ok = "c".repeat(15_000);
+    let answer = raw(
+        e.proxy.addr,
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Ok: {ok}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200);
+    assert_eq!(e.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn far_oversized_head_is_refused_by_the_parser_and_never_forwarded() {
+    let e = env(ROUTES).await;
+    let huge = "a".repeat(200_000);
+    let answer = raw(
+        e.proxy.addr,
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    // hyper's buffer limit: a bare 431 (or the connection closed on us).
+    if !answer.is_empty() {
+        assert_eq!(raw_status(&answer), 431);
+    }
+    assert_eq!(e.upstream.hits(), 0);
+}
