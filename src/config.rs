@@ -461,10 +461,7 @@ where
         }
     };
     apply_env(&mut tree, env, &mut problems);
-    check_schema(&tree, &mut problems);
-    if !problems.is_empty() {
-        return Err(problems);
-    }
+    check_schema(&mut tree, &mut problems);
     let file_config: FileConfig = match serde_path_to_error::deserialize(toml::Value::Table(tree)) {
         Ok(c) => c,
         Err(e) => {
@@ -472,7 +469,19 @@ where
             return Err(problems);
         }
     };
-    file_config.validate()
+    match (file_config.validate(), problems.is_empty()) {
+        (Ok(config), true) => Ok(config),
+        (Ok(_), false) => Err(problems),
+        (Err(more), _) => {
+            // A key already reported (say, removed for its type) is not reported twice.
+            for p in more.0 {
+                if !problems.0.iter().any(|q| q.key == p.key) {
+                    problems.0.push(p);
+                }
+            }
+            Err(problems)
+        }
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -569,55 +578,60 @@ fn schema_kind(path: &str) -> Option<Kind> {
     SCHEMA.iter().find(|(p, _)| *p == path).map(|(_, k)| *k)
 }
 
-/// Reports every unknown key and every value of the wrong type, not just the first.
-fn check_schema(tree: &toml::Table, problems: &mut Problems) {
-    for (section, value) in tree {
+/// Reports every unknown key and every value of the wrong type, and removes
+/// them from the tree, so that value validation can still run on the rest and
+/// report its problems too.
+fn check_schema(tree: &mut toml::Table, problems: &mut Problems) {
+    tree.retain(|section, value| {
         if section == "routes" {
-            let Some(routes) = value.as_array() else {
+            let Some(routes) = value.as_array_mut() else {
                 problems.push("routes", "must be an array of tables: [[routes]]");
-                continue;
+                return false;
             };
-            for (i, route) in routes.iter().enumerate() {
-                let Some(route) = route.as_table() else {
+            for (i, route) in routes.iter_mut().enumerate() {
+                let Some(route) = route.as_table_mut() else {
                     problems.push(format!("routes[{i}]"), "must be a table");
+                    *route = toml::Value::Table(toml::Table::new());
                     continue;
                 };
-                for (key, value) in route {
+                route.retain(|key, value| {
                     check_key(
                         &format!("routes.{key}"),
                         &format!("routes[{i}].{key}"),
                         value,
                         problems,
-                    );
-                }
+                    )
+                });
             }
-            continue;
+            return true;
         }
-        if !SECTIONS.contains(&section.as_str()) {
+        if !SECTIONS.iter().any(|s| *s == section) {
             problems.push(
-                section.clone(),
+                section,
                 format!(
                     "unknown section; known sections: {}, routes",
                     SECTIONS.join(", ")
                 ),
             );
-            continue;
+            return false;
         }
-        let Some(table) = value.as_table() else {
-            problems.push(section.clone(), "must be a table");
-            continue;
+        let Some(table) = value.as_table_mut() else {
+            problems.push(section, "must be a table");
+            return false;
         };
-        for (key, value) in table {
+        table.retain(|key, value| {
             let path = format!("{section}.{key}");
-            check_key(&path, &path, value, problems);
-        }
-    }
+            check_key(&path, &path, value, problems)
+        });
+        true
+    });
 }
 
-fn check_key(schema_path: &str, shown: &str, value: &toml::Value, problems: &mut Problems) {
+/// True when the key is known and its value has the right type; else reports why.
+fn check_key(schema_path: &str, shown: &str, value: &toml::Value, problems: &mut Problems) -> bool {
     let Some(kind) = schema_kind(schema_path) else {
         problems.push(shown, "unknown key (see config/example.toml for every key)");
-        return;
+        return false;
     };
     let ok = match kind {
         Kind::Str => value.is_str(),
@@ -640,6 +654,7 @@ fn check_key(schema_path: &str, shown: &str, value: &toml::Value, problems: &mut
         };
         problems.push(shown, format!("must be {expected}"));
     }
+    ok
 }
 
 impl FileConfig {
@@ -743,7 +758,15 @@ impl FileConfig {
             }
         }
         let api_base_url = self.line.api_base_url.trim_end_matches('/').to_owned();
-        parse_origin(&api_base_url, "line.api_base_url", &mut p);
+        if let Some((scheme, authority)) = parse_origin(&api_base_url, "line.api_base_url", &mut p)
+            && scheme == http::uri::Scheme::HTTP
+            && !is_loopback_host(authority.host())
+        {
+            p.push(
+                "line.api_base_url",
+                "must be https: the access token travels in the verify request (http is allowed for loopback test servers only)",
+            );
+        }
         let line_timeout = range_ms(self.line.timeout_ms, "line.timeout_ms", &mut p);
         let id_token_keys = [
             (
@@ -1004,6 +1027,15 @@ fn parse_origin(
     Some((scheme?, authority))
 }
 
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn range_ms(ms: u64, key: &str, p: &mut Problems) -> Duration {
     if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
         p.push(
@@ -1087,10 +1119,8 @@ auth = "none"
 methods = ["G ET"]
 "#;
         let p = load_str(file, &[]).unwrap_err();
-        // The schema pass stops before value checks, so the unknown key comes alone.
-        assert_eq!(keys(&p), vec!["server.listn"]);
-        let p = load_str(&file.replace("listn = \"x\"\n", ""), &[]).unwrap_err();
         let k = keys(&p);
+        assert!(k.contains(&"server.listn"), "{k:?}");
         for expected in [
             "server.listen",
             "server.max_header_bytes",
@@ -1184,6 +1214,23 @@ methods = ["G ET"]
                 .assertion_header
                 .as_str(),
             "x-id"
+        );
+    }
+
+    #[test]
+    fn line_api_must_be_https_except_on_loopback() {
+        let with = |url: &str| load_str(&format!("{MINIMAL}api_base_url = \"{url}\"\n"), &[]);
+        assert!(with("https://api.line.me").is_ok());
+        assert!(with("http://127.0.0.1:1234").is_ok());
+        assert!(with("http://[::1]:1234").is_ok());
+        assert!(with("http://localhost:1234").is_ok());
+        assert_eq!(
+            keys(&with("http://api.line.me").unwrap_err()),
+            vec!["line.api_base_url"]
+        );
+        assert_eq!(
+            keys(&with("https://api.line.me/v2").unwrap_err()),
+            vec!["line.api_base_url"]
         );
     }
 

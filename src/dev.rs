@@ -96,8 +96,12 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), crate::RunError> {
-    let bind_err = |addr| move |source| crate::RunError::Bind { addr, source };
-    let line = MockLine::start().await.map_err(bind_err(listen))?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let bind_err = |source| crate::RunError::Bind {
+        addr: loopback,
+        source,
+    };
+    let line = MockLine::start().await.map_err(bind_err)?;
     let mut demo = MockToken::new(DEMO_CHANNEL_ID, DEMO_USER_ID, "Brown ブラウン");
     demo.picture_url = Some("https://profile.line-scdn.net/0hdemo".into());
     demo.status_message = Some("Hello, LINE!".into());
@@ -106,7 +110,7 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), cra
         DEMO_OTHER_CHANNEL_TOKEN,
         MockToken::new("9999999999", "U00000000000000000000000000000000", "Mallory"),
     );
-    let upstream = EchoUpstream::start().await.map_err(bind_err(listen))?;
+    let upstream = EchoUpstream::start().await.map_err(bind_err)?;
 
     let mut file = FileConfig::default();
     file.server.listen = listen.to_string();

@@ -33,6 +33,8 @@ pub enum ClientError {
 pub enum UpstreamError {
     Unreachable,
     Timeout,
+    /// The upstream switched protocols for a request that did not ask to.
+    UnrequestedUpgrade,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +43,7 @@ pub enum ProxyError {
     Client(ClientError),
     #[error("LINE Platform: {0}")]
     Line(LineError),
-    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Timeout => "timed out" })]
+    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch" })]
     Upstream(UpstreamError),
     #[error("internal: {0}")]
     Internal(&'static str),
@@ -67,7 +69,9 @@ impl ProxyError {
             }
             ProxyError::Client(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Line(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream(UpstreamError::Unreachable) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(
+                UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade,
+            ) => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -80,6 +84,9 @@ impl ProxyError {
             ProxyError::Line(e) => e.reason(),
             ProxyError::Upstream(UpstreamError::Unreachable) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Timeout) => "upstream_timeout",
+            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => {
+                "upstream_unrequested_upgrade"
+            }
             ProxyError::Internal(_) => "internal_error",
         }
     }
@@ -106,6 +113,10 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Unreachable) => {
                 ("bad_gateway", "the upstream service is unreachable")
             }
+            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => (
+                "bad_gateway",
+                "the upstream service switched protocols without being asked to",
+            ),
             ProxyError::Upstream(UpstreamError::Timeout) => (
                 "gateway_timeout",
                 "the upstream service did not answer in time",
@@ -196,6 +207,10 @@ mod tests {
             502
         );
         assert_eq!(status(ProxyError::Upstream(UpstreamError::Timeout)), 504);
+        assert_eq!(
+            status(ProxyError::Upstream(UpstreamError::UnrequestedUpgrade)),
+            502
+        );
     }
 
     #[test]

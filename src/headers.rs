@@ -147,8 +147,10 @@ pub fn strip_identity(
     }
 }
 
-/// RFC 9110 §7.6.1 hop-by-hop fields plus the proxy-auth pair (§11.7).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// RFC 9110 §7.6.1 hop-by-hop fields, the proxy-auth pair (§11.7), and h2c's
+/// `HTTP2-Settings` (RFC 7540 §3.2.1), which only means something with `Upgrade: h2c`.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    HeaderName::from_static("http2-settings"),
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -197,6 +199,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+/// Client-sent headers that backends and frameworks read as routing, method or
+/// scheme decisions (`X-Original-URL` re-routes in IIS and Symfony, method
+/// overrides turn a GET into a DELETE, `Forwarded` outranks `X-Forwarded-*` in
+/// Spring). The proxy authorised the request line it saw; these would let the
+/// backend act on another one, so they never reach it.
+static ROUTING_OVERRIDES: [HeaderName; 14] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+];
+
+/// Removes the client's routing and method overrides (see [`ROUTING_OVERRIDES`]).
+pub fn strip_routing_overrides(headers: &mut HeaderMap) {
+    for name in &ROUTING_OVERRIDES {
+        headers.remove(name);
     }
 }
 

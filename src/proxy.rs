@@ -28,11 +28,12 @@ use crate::auth::line::{AccessTokenVerdict, LineClient};
 use crate::auth::{Authenticated, Verdict};
 use crate::cache::{Cached, CredentialKind, Lookup, VerdictCache, cache_key};
 use crate::config::Config;
-use crate::error::{ClientError, ProxyError};
+use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::routes::{self, RouteAuth};
+use crate::server::{ConnInfo, ConnectionSlot};
 use crate::telemetry::{Metrics, ReasonLabels, RequestLabels, SourceLabels};
-use crate::upstream::{ConnInfo, Upstream};
+use crate::upstream::Upstream;
 
 /// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -76,10 +77,20 @@ pub async fn handle(
         cache: None,
         outcome: "forwarded",
     };
-    let mut response = match pipeline(&state, &conn, req, &request_id, &mut outcome).await {
-        Ok(response) => response,
+    // The metric's outcome: what the proxy decided, not what the upstream answered.
+    let (mut response, kind) = match pipeline(&state, &conn, req, &request_id, &mut outcome).await {
+        Ok(response) => (response, outcome.outcome),
         Err(err) => {
             outcome.outcome = err.reason();
+            let kind = match err.status() {
+                StatusCode::UNAUTHORIZED => "rejected",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                    "bad_request"
+                }
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => "upstream_error",
+                _ => "internal_error",
+            };
             let labels = ReasonLabels {
                 reason: err.reason(),
             };
@@ -90,20 +101,13 @@ pub async fn handle(
                 }
                 _ => 0,
             };
-            err.into_response().map(Either::Right)
+            (err.into_response().map(Either::Right), kind)
         }
     };
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = response.status().as_u16();
-    let kind = match status {
-        401 => "rejected",
-        503 => "unavailable",
-        400 | 431 => "bad_request",
-        502 | 504 => "upstream_error",
-        _ => outcome.outcome,
-    };
     state
         .metrics
         .requests
@@ -153,8 +157,10 @@ async fn pipeline(
     );
 
     // 4. route
+    // A preflight carries no body; one that does is not let through uncredentialed.
     let preflight_method = (req.method() == Method::OPTIONS
-        && req.headers().contains_key(header::ORIGIN))
+        && req.headers().contains_key(header::ORIGIN)
+        && !has_body(&req))
     .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
     .flatten()
     .map(HeaderValue::as_bytes);
@@ -190,6 +196,7 @@ async fn pipeline(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = req.headers_mut();
     headers::strip_hop_by_hop(out, upgrade);
+    headers::strip_routing_overrides(out);
     if !config.identity.forward_authorization {
         out.remove(header::AUTHORIZATION);
     }
@@ -217,9 +224,14 @@ async fn pipeline(
 
     // 8. respond
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::Upstream(UpstreamError::UnrequestedUpgrade));
+        };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        // The tunnel holds the connection's slot: it counts against
+        // server.max_connections and is waited for at shutdown.
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, conn.slot.clone()));
     }
     headers::strip_response_hop_by_hop(response.headers_mut(), switching);
     Ok(response.map(Either::Left))
@@ -319,9 +331,16 @@ fn normalised_path_and_query(uri: &http::Uri) -> Result<PathAndQuery, routes::Pa
 }
 
 /// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+/// Only WebSocket (RFC 6455: `GET` + `Upgrade: websocket`) is tunnelled; any
+/// other `Upgrade` (h2c above all, which would hand the client a raw HTTP/2
+/// connection to the upstream) is dropped as the hop-by-hop header it is.
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.method() == Method::GET
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
@@ -330,8 +349,21 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
         })
 }
 
+/// True when the request announces a body (`Content-Length` > 0 or `Transfer-Encoding`).
+fn has_body<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _slot: Arc<ConnectionSlot>,
+) {
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
             let mut client = TokioIo::new(client);

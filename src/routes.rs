@@ -113,6 +113,9 @@ pub enum PathError {
     Backslash,
     /// `%` not followed by two hex digits.
     BadEscape,
+    /// `;` or `%3B`: path parameters, which Java servers strip before routing
+    /// (`/public/..;/admin` is `/admin` to Tomcat) and so would escape the route match.
+    PathParameter,
 }
 
 impl PathError {
@@ -122,6 +125,7 @@ impl PathError {
             PathError::EncodedSeparator => "the path contains an encoded /, \\ or NUL",
             PathError::Backslash => "the path contains a backslash",
             PathError::BadEscape => "the path contains a malformed percent-escape",
+            PathError::PathParameter => "the path contains ';' (path parameters are refused)",
         }
     }
 }
@@ -163,7 +167,10 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 /// True when no step of [`normalize_path`] would change the path.
 fn is_normal(raw: &str) -> bool {
     let bytes = raw.as_bytes();
-    if bytes.iter().any(|&b| b == b'%' || b == b'\\') {
+    if bytes
+        .iter()
+        .any(|&b| matches!(b, b'%' | b'\\' | b';') || !b.is_ascii())
+    {
         return false;
     }
     // Segments between slashes: none empty (except the last), none "." or "..".
@@ -179,11 +186,12 @@ fn is_normal(raw: &str) -> bool {
 
 fn decode_segment(segment: &str) -> Result<String, PathError> {
     let bytes = segment.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::PathParameter),
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
                 let value = std::str::from_utf8(hex)
@@ -192,24 +200,22 @@ fn decode_segment(segment: &str) -> Result<String, PathError> {
                     .ok_or(PathError::BadEscape)?;
                 match value {
                     b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+                    b';' => return Err(PathError::PathParameter),
                     v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
-                        out.push(v as char)
+                        out.push(v)
                     }
-                    v => {
-                        out.push('%');
-                        out.push_str(&format!("{v:02X}"));
-                    }
+                    v => out.extend_from_slice(format!("%{v:02X}").as_bytes()),
                 }
                 i += 3;
             }
             b => {
-                // The http crate only admits ASCII in paths; anything else is kept as-is.
-                out.push(b as char);
+                out.push(b);
                 i += 1;
             }
         }
     }
-    Ok(out)
+    // Only ASCII was added to the input's (valid UTF-8) bytes, so this holds.
+    String::from_utf8(out).map_err(|_| PathError::BadEscape)
 }
 
 #[cfg(test)]
@@ -235,6 +241,7 @@ mod tests {
             ("/a%20b", "/a%20b"),
             ("/a%3fb", "/a%3Fb"),
             ("/%7e", "/~"),
+            ("/café/./x", "/café/x"),
         ];
         for (raw, want) in cases {
             assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
@@ -260,6 +267,18 @@ mod tests {
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("*"), Err(PathError::NotOriginForm));
+        assert_eq!(
+            normalize_path("/public/..;/admin"),
+            Err(PathError::PathParameter)
+        );
+        assert_eq!(
+            normalize_path("/admin;jsessionid=1/x"),
+            Err(PathError::PathParameter)
+        );
+        assert_eq!(
+            normalize_path("/public/%2e%2e%3b/admin"),
+            Err(PathError::PathParameter)
+        );
     }
 
     fn table() -> RouteTable {

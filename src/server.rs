@@ -2,6 +2,7 @@
 //! (HTTP/1.1 and h2c / h2 over ALPN) with a header-read timeout and head-size
 //! limit, a bound on concurrent connections, and graceful shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ServerConfig, TlsFiles};
 use crate::proxy::{self, State};
-use crate::upstream::ConnInfo;
 
 /// hyper's own read buffer: big enough that heads over `max_header_bytes` still
 /// parse and get the proxy's JSON 431; beyond it hyper answers a bare 431.
@@ -61,31 +61,74 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(hyper_buffer_bytes(config.max_header_bytes));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(hyper_buffer_bytes(config.max_header_bytes) as u32);
-    builder
+/// Builders for the three ways a connection can start: sniffed (plain TCP:
+/// HTTP/1.1 or h2c prior knowledge), or decided by TLS ALPN.
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
 }
 
-/// Decrements the open-connection gauge when a connection task ends.
-struct ConnectionGuard(Arc<crate::telemetry::Metrics>);
+impl Builders {
+    fn new(config: &ServerConfig) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let buffer = hyper_buffer_bytes(config.max_header_bytes);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(buffer)
+            // Enough header lines that any head within max_header_bytes parses and
+            // gets the proxy's own (JSON) 431 rather than hyper's bare one.
+            .max_headers(config.max_header_bytes / 8);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(buffer as u32)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        Self {
+            http1: builder.clone().http1_only(),
+            http2: builder.clone().http2_only(),
+            auto: builder,
+        }
+    }
+}
 
-impl Drop for ConnectionGuard {
+/// Concurrent streams one HTTP/2 client may open (100).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 PING interval that detects dead peers (30 seconds).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING unanswered this long closes the connection (10 seconds).
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of the HTTP/2 connection preface that tell h2c from HTTP/1.1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the proxy saw of the client connection, handed to every request on it.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Held by the connection and by any WebSocket tunnel it turns into.
+    pub slot: Arc<ConnectionSlot>,
+}
+
+/// One unit of `server.max_connections`: the semaphore permit and the
+/// open-connections gauge, both released when the last holder drops it.
+pub struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.open_connections.dec();
+        self.metrics.open_connections.dec();
     }
 }
 
 /// Accepts proxy connections until `stop` flips, then lets in-flight requests
-/// finish for up to `server.shutdown_grace_seconds`.
+/// (and open WebSocket tunnels) finish for up to `server.shutdown_grace_seconds`.
 pub async fn serve_proxy(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -93,13 +136,13 @@ pub async fn serve_proxy(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = &state.config.server;
-    let builder = Arc::new(builder(config));
+    let builders = Arc::new(Builders::new(config));
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            _ = crate::server::stopped(&mut stop) => break,
+            _ = stopped(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -110,36 +153,52 @@ pub async fn serve_proxy(
                     continue;
                 }
             },
-            _ = crate::server::stopped(&mut stop) => break,
+            _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
         state.metrics.open_connections.inc();
-        let guard = ConnectionGuard(state.metrics.clone());
+        let slot = Arc::new(ConnectionSlot {
+            _permit: permit,
+            metrics: state.metrics.clone(),
+        });
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
+            slot,
         };
         let state = state.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let _guard = guard;
+            let deadline = state.config.server.header_read_timeout;
             match tls {
-                None => serve_connection(&builder, stream, conn, state, watcher).await,
-                Some(acceptor) => {
-                    let timeout = state.config.server.header_read_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(&builder, tls_stream, conn, state, watcher).await
+                None => {
+                    // hyper-util sniffs the first bytes for the h2c preface with no
+                    // timeout of its own: a silent socket would hold its slot forever.
+                    match tokio::time::timeout(deadline, preface_known(&stream)).await {
+                        Ok(Ok(())) => {
+                            serve_connection(&builders.auto, stream, conn, state, watcher).await
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                            tracing::debug!(peer = %peer, error = %e, "connection failed before a request")
                         }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "no request within the header read timeout")
+                        }
                     }
                 }
+                Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls_stream)) => {
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let builder = if h2 { &builders.http2 } else { &builders.http1 };
+                        serve_connection(builder, tls_stream, conn, state, watcher).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                },
             }
         });
     }
@@ -149,11 +208,29 @@ pub async fn serve_proxy(
         grace_seconds = grace.as_secs(),
         "stopped accepting; draining in-flight requests"
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(grace, async {
+        graceful.shutdown().await;
+        // Tunnels outlive their connection futures; they hold slots until closed.
+        let _ = limit.acquire_many(config.max_connections as u32).await;
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!("shutdown grace period over; closing the remaining connections");
+    }
+}
+
+/// Waits until the first bytes tell HTTP/1.1 from the h2c preface (or the peer
+/// closed), so that hyper-util's own detection never waits.
+async fn preface_known(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return Ok(());
+        }
+        // A partial preface: wait for more bytes to arrive.
+        stream.readable().await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -166,11 +243,13 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service =
-        service_fn(move |req: hyper::Request<Incoming>| proxy::handle(state.clone(), conn, req));
+    let peer = conn.peer;
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        proxy::handle(state.clone(), conn.clone(), req)
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
     }
 }
 

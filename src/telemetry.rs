@@ -11,8 +11,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -22,14 +25,16 @@ pub enum LogFormat {
 }
 
 /// Dependencies log request URLs at debug and trace level, and the URL of LINE's
-/// access-token verify endpoint holds the token: they are capped at `warn`
-/// whatever `RUST_LOG` says.
+/// access-token verify endpoint holds the token: they are capped at `warn` by a
+/// filter of their own that no `RUST_LOG` directive can outrank.
 const DEPENDENCY_CAPS: &[&str] = &[
-    "hyper=warn",
-    "hyper_util=warn",
-    "reqwest=warn",
-    "h2=warn",
-    "rustls=warn",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "hyper_rustls",
 ];
 
 /// Installs the global subscriber on stderr. `RUST_LOG` sets the level (default `info`).
@@ -39,29 +44,34 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 /// Installs the global subscriber with explicit directives and writer (tests
-/// capture the output this way). The dependency caps apply whatever the directives.
-/// Does nothing if a global subscriber is already set.
+/// capture the output this way). Does nothing if one is already installed.
 pub fn init_tracing_with<W>(format: LogFormat, directives: Option<&str>, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let mut filter = directives
-        .and_then(|d| EnvFilter::try_new(d).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    for cap in DEPENDENCY_CAPS {
-        filter = filter.add_directive(cap.parse().expect("static directive"));
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let env_filter = match directives {
+        None => EnvFilter::new("info"),
+        Some(d) => EnvFilter::try_new(d).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG={d:?} is not a valid filter ({e}); logging at info");
+            EnvFilter::new("info")
+        }),
+    };
+    let caps = DEPENDENCY_CAPS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, target| t.with_target(*target, LevelFilter::WARN),
+    );
+    let layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
+            .with_writer(writer)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(env_filter).with_filter(caps))
+        .try_init();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,11 +116,12 @@ fn latency_histogram() -> Histogram {
 /// All metric families, registered once.
 pub struct Metrics {
     registry: Registry,
-    /// Requests by `outcome` (forwarded, rejected, line_unavailable, …) and route `auth` kind.
+    /// Requests by `outcome` (forwarded, anonymous, preflight, rejected, unavailable,
+    /// bad_request, upstream_error, internal_error) and route `auth` kind.
     pub requests: Family<RequestLabels, Counter>,
     /// 401s by `reason` (missing_credential, token_expired, wrong_channel, …).
     pub rejections: Family<ReasonLabels, Counter>,
-    /// 503s by `reason` (timeout, rate_limited, server_error, …).
+    /// 503s by `reason` (line_timeout, line_rate_limited, line_server_error, …).
     pub unavailable: Family<ReasonLabels, Counter>,
     /// Time to a verdict, by `source` (cache or line).
     pub auth_duration: HistogramFamily<SourceLabels>,

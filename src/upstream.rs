@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
+use crate::server::ConnInfo;
 use crate::telemetry::{Metrics, StatusClassLabels, status_class};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -25,13 +26,6 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Idle pooled connections are closed after this long (90 seconds).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// What the proxy saw of the client connection.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
 
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
@@ -68,6 +62,7 @@ impl Upstream {
     /// the proxy saw.
     pub fn prepare(&self, req: &mut Request<Incoming>, path: PathAndQuery, conn: &ConnInfo) {
         let original_authority = req.uri().authority().cloned();
+        let was_http2 = req.version() == Version::HTTP_2;
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -78,11 +73,15 @@ impl Upstream {
         // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
-        if !headers.contains_key(header::HOST)
-            && let Some(authority) = &original_authority
+        // RFC 9112 §3.2.2 / RFC 9113 §8.3.1: an absolute-form target's authority
+        // or h2's `:authority` is the host; it replaces any Host field.
+        if let Some(authority) = &original_authority
             && let Ok(v) = HeaderValue::from_str(authority.as_str())
         {
             headers.insert(header::HOST, v);
+        }
+        if was_http2 {
+            join_cookies(headers);
         }
         append_forwarded_for(headers, conn.peer);
         headers.insert(
@@ -136,6 +135,23 @@ impl Upstream {
     }
 }
 
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one, joined
+/// with `"; "` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Appends the peer address to any `X-Forwarded-For` the client sent (kept for
 /// the upstream's information; the proxy itself never decides on it).
 fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
@@ -163,6 +179,16 @@ fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
 
     #[test]
     fn forwarded_for_appends_the_peer() {

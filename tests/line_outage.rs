@@ -77,7 +77,7 @@ async fn line_5xx_is_503_and_not_cached() {
 }
 
 #[tokio::test]
-async fn rate_limit_is_503_and_honours_lines_retry_after() {
+async fn rate_limit_is_503_and_backs_off_for_five_seconds_by_default() {
     let e = env("").await;
     e.line.set_faults(Faults {
         verify: Some(Fault::Status(429)),
@@ -85,21 +85,54 @@ async fn rate_limit_is_503_and_honours_lines_retry_after() {
     });
     let r = assert_unavailable(&e, TOKEN).await;
     assert_eq!(r.headers()["retry-after"], "5");
-    e.line.set_faults(Faults {
-        verify: Some(Fault::RateLimitedRetryAfter(7)),
-        ..Faults::default()
-    });
-    let r = assert_unavailable(&e, TOKEN).await;
-    assert_eq!(r.headers()["retry-after"], "7");
+    // LINE is healthy again, but we said we would wait: no new call goes out.
+    e.line.set_faults(Faults::default());
+    let calls = e.line.verify_calls();
+    let r = assert_unavailable(&e, "another-token").await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&retry), "{retry}");
+    assert_eq!(e.line.verify_calls(), calls);
     let m = e.proxy.metrics().await;
     assert_eq!(
         metric(
             &m,
             "line_auth_proxy_auth_unavailable_total{reason=\"line_rate_limited\"}"
         ),
-        2.0,
+        1.0,
         "{m}"
     );
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_unavailable_total{reason=\"line_backoff\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_honours_lines_retry_after() {
+    let e = env("").await;
+    e.line.set_faults(Faults {
+        verify: Some(Fault::RateLimitedRetryAfter(7)),
+        ..Faults::default()
+    });
+    let r = assert_unavailable(&e, TOKEN).await;
+    assert_eq!(r.headers()["retry-after"], "7");
+    e.line.set_faults(Faults::default());
+    let r = assert_unavailable(&e, TOKEN).await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((6..=7).contains(&retry), "{retry}");
+    assert_eq!(e.line.verify_calls(), 1);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! here and carry only the endpoint name.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +28,9 @@ pub const MAX_CONCURRENT_VERIFICATIONS: usize = 256;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// LINE does not document `Retry-After`; when it sends one we pass it on, capped (60 seconds).
 const MAX_RETRY_AFTER_SECONDS: u64 = 60;
+
+/// After a 429 without `Retry-After`, new verifications wait this long (5 seconds).
+pub const DEFAULT_RATE_LIMIT_BACKOFF_SECONDS: u64 = 5;
 
 /// Which LINE endpoint a call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +66,10 @@ pub enum LineError {
     BadResponse(Endpoint),
     #[error("too many verifications waiting for the LINE Platform")]
     Overloaded,
+    /// LINE rate-limited us moments ago; no new call is sent until its
+    /// `Retry-After` (or [`DEFAULT_RATE_LIMIT_BACKOFF_SECONDS`]) has passed.
+    #[error("backing off after a LINE rate limit ({retry_after} s left)")]
+    BackingOff { retry_after: u64 },
 }
 
 impl LineError {
@@ -75,6 +83,7 @@ impl LineError {
             LineError::Status { .. } => "line_unexpected_status",
             LineError::BadResponse(_) => "line_bad_response",
             LineError::Overloaded => "line_overloaded",
+            LineError::BackingOff { .. } => "line_backoff",
         }
     }
 
@@ -85,7 +94,10 @@ impl LineError {
                 retry_after: Some(s),
                 ..
             } => (*s).clamp(1, MAX_RETRY_AFTER_SECONDS),
-            LineError::RateLimited { .. } => 5,
+            LineError::RateLimited { .. } => DEFAULT_RATE_LIMIT_BACKOFF_SECONDS,
+            LineError::BackingOff { retry_after } => {
+                (*retry_after).clamp(1, MAX_RETRY_AFTER_SECONDS)
+            }
             _ => 1,
         }
     }
@@ -122,6 +134,9 @@ pub struct LineClient {
     channel_ids: Vec<String>,
     timeout: Duration,
     permits: Semaphore,
+    /// Unix milliseconds before which no new verification is sent (after a 429):
+    /// hammering a rate-limited API only extends the limit for every user.
+    backoff_until_ms: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -142,6 +157,7 @@ impl LineClient {
             channel_ids: config.channel_ids.clone(),
             timeout: config.timeout,
             permits: Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
+            backoff_until_ms: AtomicU64::new(0),
             metrics,
         })
     }
@@ -149,6 +165,13 @@ impl LineClient {
     /// Verifies an access token: verify and profile concurrently, then LINE's
     /// documented checks (`client_id` is ours, `expires_in` > 0).
     pub async fn verify_access_token(&self, token: &str) -> Result<AccessTokenVerdict, LineError> {
+        let now = unix_millis();
+        let until = self.backoff_until_ms.load(Ordering::Relaxed);
+        if now < until {
+            return Err(LineError::BackingOff {
+                retry_after: (until - now).div_ceil(1000),
+            });
+        }
         let _permit = tokio::time::timeout(self.timeout, self.permits.acquire())
             .await
             .map_err(|_| LineError::Overloaded)?
@@ -166,14 +189,17 @@ impl LineClient {
         let (verify, profile) = tokio::join!(verify, profile);
         let verify = verify.and_then(|(status, body)| parse_verify(status, &body));
         let profile = profile.and_then(|(status, body)| parse_profile(status, &body));
-        let (verified, profile) = match (verify, profile) {
-            // A definitive rejection from either endpoint settles it, even if the
-            // other call failed: the token is not going through either way.
-            (Ok(Answer::Rejected(r)), _) | (_, Ok(Answer::Rejected(r))) => {
-                return Ok(AccessTokenVerdict::Rejected(r));
+        // A definitive rejection settles it even when the other call failed: the
+        // token is not going through either way, and a rejection can be cached.
+        let verified = match verify {
+            Ok(Answer::Ok(v)) => v,
+            Ok(Answer::Rejected(r)) => return Ok(AccessTokenVerdict::Rejected(r)),
+            Err(e) => {
+                return match profile {
+                    Ok(Answer::Rejected(r)) => Ok(AccessTokenVerdict::Rejected(r)),
+                    _ => Err(e),
+                };
             }
-            (Err(e), _) | (_, Err(e)) => return Err(e),
-            (Ok(Answer::Ok(v)), Ok(Answer::Ok(p))) => (v, p),
         };
         if !self.channel_ids.iter().any(|c| *c == verified.client_id) {
             tracing::info!(client_id = %verified.client_id, "access token issued to a channel not in line.channel_ids");
@@ -182,6 +208,11 @@ impl LineClient {
         if verified.expires_in <= 0 {
             return Ok(AccessTokenVerdict::Rejected(Rejection::NotPositiveExpiry));
         }
+        let profile = match profile {
+            Ok(Answer::Ok(p)) => p,
+            Ok(Answer::Rejected(r)) => return Ok(AccessTokenVerdict::Rejected(r)),
+            Err(e) => return Err(e),
+        };
         Ok(AccessTokenVerdict::Valid(Identity {
             user_id: profile.user_id,
             display_name: profile.display_name,
@@ -239,9 +270,15 @@ impl LineClient {
                     }
                 }
                 if status == 429 {
+                    let retry_after = parse_retry_after(&body.1);
+                    let seconds = retry_after
+                        .unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF_SECONDS)
+                        .clamp(1, MAX_RETRY_AFTER_SECONDS);
+                    self.backoff_until_ms
+                        .fetch_max(unix_millis() + seconds * 1000, Ordering::Relaxed);
                     return Err(LineError::RateLimited {
                         endpoint,
-                        retry_after: parse_retry_after(&body.1),
+                        retry_after,
                     });
                 }
                 Ok((status, body.0))
@@ -301,6 +338,13 @@ async fn send(
     Ok((status, request_id, (body.freeze(), retry_after)))
 }
 
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn parse_retry_after(value: &Option<String>) -> Option<u64> {
     value.as_deref().and_then(|v| v.trim().parse::<u64>().ok())
 }
@@ -308,6 +352,9 @@ fn parse_retry_after(value: &Option<String>) -> Option<u64> {
 /// Classifies a status that is not 200: 400/401 are LINE refusing the token.
 fn refusal<T>(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Answer<T>, LineError> {
     match status {
+        // The profile endpoint answers 403 to a token without the `profile`
+        // scope: the token cannot identify anyone, so it is refused.
+        403 if endpoint == Endpoint::Profile => Ok(Answer::Rejected(Rejection::NoProfileScope)),
         400 | 401 => {
             // Bodies carry `error_description` (verify) or `message` (profile).
             let text = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
@@ -423,10 +470,14 @@ mod tests {
                 status: 500
             })
         );
+        assert!(matches!(
+            parse_profile(403, b""),
+            Ok(Answer::Rejected(Rejection::NoProfileScope))
+        ));
         assert_eq!(
-            parse_profile(403, b"").err(),
+            parse_verify(403, b"").err(),
             Some(LineError::Status {
-                endpoint: Endpoint::Profile,
+                endpoint: Endpoint::Verify,
                 status: 403
             })
         );

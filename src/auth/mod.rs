@@ -51,6 +51,8 @@ pub enum Rejection {
     WrongChannel,
     /// LINE answered `expires_in` ≤ 0.
     NotPositiveExpiry,
+    /// The profile endpoint refused the token (403): it lacks the `profile` scope.
+    NoProfileScope,
 }
 
 impl Rejection {
@@ -61,6 +63,7 @@ impl Rejection {
             Rejection::Invalid => "token_invalid",
             Rejection::WrongChannel => "wrong_channel",
             Rejection::NotPositiveExpiry => "expires_in_not_positive",
+            Rejection::NoProfileScope => "no_profile_scope",
         }
     }
 
@@ -71,6 +74,7 @@ impl Rejection {
             Rejection::Invalid => "the LINE Platform did not accept the access token",
             Rejection::WrongChannel => "the access token was issued to another channel",
             Rejection::NotPositiveExpiry => "the access token has expired",
+            Rejection::NoProfileScope => "the access token lacks the profile scope",
         }
     }
 }
