@@ -378,3 +378,39 @@ async fn request_id_is_propagated_or_generated() {
     let r = c.get(e.proxy.url("/x")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn token_without_profile_scope_is_refused_and_cached() {
+    let e = env("").await;
+    e.line.set_faults(Faults {
+        profile: Some(Fault::Status(403)),
+        ..Faults::default()
+    });
+    assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth(TOKEN)).await;
+    assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth(TOKEN)).await;
+    assert_eq!(e.line.verify_calls(), 1);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_rejections_total{reason=\"no_profile_scope\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn preflight_with_a_body_needs_a_credential() {
+    let e = env(ROUTES).await;
+    let r = client()
+        .request(reqwest::Method::OPTIONS, e.proxy.url("/api/a"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body("smuggled")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(e.upstream.hits(), 0);
+}

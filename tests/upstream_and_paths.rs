@@ -220,3 +220,132 @@ async fn far_oversized_head_is_refused_by_the_parser_and_never_forwarded() {
     }
     assert_eq!(e.upstream.hits(), 0);
 }
+
+#[tokio::test]
+async fn path_parameters_are_refused() {
+    let e = env(ROUTES).await;
+    // Tomcat reads /public/..;/admin as /admin; the proxy must not route it as /public/.
+    for bad in [
+        "/public/..;/admin",
+        "/public/x;jsessionid=1",
+        "/public/%2e%2e%3b/admin",
+    ] {
+        let answer = raw(
+            e.proxy.addr,
+            format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&answer), 400, "{bad}: {answer}");
+        assert!(answer.contains("path parameters"), "{answer}");
+    }
+    assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_never_tunnelled() {
+    let e = env(ROUTES).await;
+    let answer = raw(
+        e.proxy.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let seen = e.upstream.last();
+    for h in ["upgrade", "http2-settings", "connection"] {
+        assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
+    }
+    // A POST asking for a WebSocket is not a WebSocket handshake either.
+    let answer = raw(
+        e.proxy.addr,
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert!(e.upstream.last().headers.get("upgrade").is_none());
+}
+
+#[tokio::test]
+async fn routing_and_method_overrides_never_reach_the_upstream() {
+    let e = env(ROUTES).await;
+    let r = client()
+        .get(e.proxy.url("/public/x"))
+        .header("X-Original-URL", "/admin")
+        .header("X-Rewrite-URL", "/admin")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("X-Method-Override", "DELETE")
+        .header("Forwarded", "for=127.0.0.1;proto=https")
+        .header("X-Forwarded-Prefix", "/evil")
+        .header("X-Forwarded-Port", "443")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = e.upstream.last();
+    for h in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-method-override",
+        "forwarded",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+    ] {
+        assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
+    }
+}
+
+#[tokio::test]
+async fn non_ascii_paths_survive_normalisation() {
+    let e = env(ROUTES).await;
+    let answer = raw(
+        e.proxy.addr,
+        "GET /public/caf\u{e9}/./x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes(),
+    )
+    .await;
+    if raw_status(&answer) == 200 {
+        assert_eq!(e.upstream.last().path_and_query, "/public/caf\u{e9}/x");
+    } else {
+        // The request-line parser may refuse raw UTF-8 outright; then nothing is forwarded.
+        assert_eq!(raw_status(&answer), 400);
+        assert_eq!(e.upstream.hits(), 0);
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_header_read_timeout() {
+    let line = MockLine::start().await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text(&line.base_url(), &upstream.url(), "").replace(
+        "shutdown_grace_seconds = 5",
+        "shutdown_grace_seconds = 5\nheader_read_timeout_ms = 300\nmax_connections = 2",
+    );
+    let proxy = spawn_proxy(config(&text)).await;
+    // Two silent sockets and one that sent only part of the h2c preface hold every slot…
+    let mut silent1 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut silent2 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    // …until the proxy closes them.
+    let n1 = tokio::time::timeout(std::time::Duration::from_secs(5), silent1.read(&mut buf)).await;
+    let n2 = tokio::time::timeout(std::time::Duration::from_secs(5), silent2.read(&mut buf)).await;
+    assert!(
+        matches!(n1, Ok(Ok(0)) | Ok(Err(_))),
+        "silent socket 1 was not closed: {n1:?}"
+    );
+    assert!(
+        matches!(n2, Ok(Ok(0)) | Ok(Err(_))),
+        "silent socket 2 was not closed: {n2:?}"
+    );
+    let mut partial = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let n3 = tokio::time::timeout(std::time::Duration::from_secs(5), partial.read(&mut buf)).await;
+    assert!(
+        matches!(n3, Ok(Ok(0)) | Ok(Err(_))),
+        "partial-preface socket was not closed: {n3:?}"
+    );
+    // The slots are free again.
+    let r = client().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -305,12 +305,30 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Sends raw bytes and reads the whole answer (the request should say `Connection: close`).
+/// Sends raw bytes and reads one answer: up to the end of its `Content-Length`
+/// body, or to the connection's close (10 s at most).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(head_end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..head_end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| out.len() >= head_end + 4 + n) {
+                break;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 
