@@ -605,7 +605,7 @@ fn check_schema(tree: &mut toml::Table, problems: &mut Problems) {
             }
             return true;
         }
-        if !SECTIONS.iter().any(|s| *s == section) {
+        if !SECTIONS.contains(&section) {
             problems.push(
                 section,
                 format!(

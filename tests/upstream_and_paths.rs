@@ -77,7 +77,7 @@ async fn upstream_receives_the_normalised_path_that_was_authorised() {
     assert_eq!(e.upstream.hits(), 0);
     let answer = raw(
         e.proxy.addr,
-        format!("GET /public/a//b/./c/../%64?q=/../x&y=%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        b"GET /public/a//b/./c/../%64?q=/../x&y=%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(raw_status(&answer), 200, "{answer}");

@@ -201,7 +201,7 @@ impl LineClient {
                 };
             }
         };
-        if !self.channel_ids.iter().any(|c| *c == verified.client_id) {
+        if !self.channel_ids.contains(&verified.client_id) {
             tracing::info!(client_id = %verified.client_id, "access token issued to a channel not in line.channel_ids");
             return Ok(AccessTokenVerdict::Rejected(Rejection::WrongChannel));
         }

@@ -1,0 +1,220 @@
+//! The command line as operators use it: `check`, `--config`, the environment,
+//! exit codes 0/1/2, and SIGTERM ending a real process with 0.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_line-auth-proxy");
+
+fn write_config(text: &str) -> tempfile_like::TempFile {
+    tempfile_like::TempFile::new(text)
+}
+
+/// A file removed on drop (no extra crate needed).
+mod tempfile_like {
+    pub struct TempFile(pub std::path::PathBuf);
+    impl TempFile {
+        pub fn new(text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "lap-cli-{}-{}.toml",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("LINE_AUTH_PROXY_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str =
+    "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
+
+#[test]
+fn check_accepts_a_good_file_and_the_example() {
+    let f = write_config(GOOD);
+    let (code, out, _) = run(&["check", "--config", f.0.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("configuration OK"));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+    assert_eq!(run(&["check", "--config", example], &[]).0, 0);
+}
+
+#[test]
+fn check_prints_every_problem_with_its_key_path_and_exits_2() {
+    let f = write_config(
+        "[server]\nlisten = \"nope\"\ncolour = \"blue\"\n[upstream]\nurl = \"ftp://x\"\n[line]\nchannel_ids = []\n\
+         [cache]\nttl_seconds = 0\n[[routes]]\npath_prefix = \"/a\"\nauth = \"sometimes\"\n",
+    );
+    let (code, _, err) = run(&["check", "--config", f.0.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    for key in [
+        "server.listen",
+        "server.colour",
+        "upstream.url",
+        "line.channel_ids",
+        "cache.ttl_seconds",
+        "routes[0].auth",
+    ] {
+        assert!(
+            err.contains(&format!("error: {key}: ")),
+            "{key} missing from:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn config_file_may_come_from_the_environment() {
+    let f = write_config(GOOD);
+    let (code, _, _) = run(
+        &["check"],
+        &[("LINE_AUTH_PROXY_CONFIG", f.0.to_str().unwrap())],
+    );
+    assert_eq!(code, 0);
+    let (code, _, err) = run(
+        &["check"],
+        &[
+            ("LINE_AUTH_PROXY_CONFIG", f.0.to_str().unwrap()),
+            ("LINE_AUTH_PROXY__CACHE__TTL_SECONDS", "0"),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("cache.ttl_seconds"), "{err}");
+}
+
+#[test]
+fn missing_config_and_bad_arguments_exit_2() {
+    let (code, _, err) = run(&["check"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--config"), "{err}");
+    assert_eq!(run(&[], &[]).0, 2);
+    assert_eq!(run(&["--no-such-flag"], &[]).0, 2);
+    assert_eq!(
+        run(&["check", "--config", "/nonexistent/file.toml"], &[]).0,
+        2
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_real_process_with_exit_0() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let text = config_text(&line.base_url(), &upstream.url(), "")
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+        )
+        .replace(
+            "\nlisten = \"127.0.0.1:0\"",
+            &format!("\nlisten = \"127.0.0.1:{port}\""),
+        );
+    let f = write_config(&text);
+    let mut child = Command::new(BIN)
+        .args(["--config", f.0.to_str().unwrap(), "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = client();
+    let mut ready = false;
+    for _ in 0..1000 {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "the process never became ready");
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/a"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.0.code(), Some(0), "stderr:\n{}", exit.1);
+    // JSON logs: every line parses, and the access line is there.
+    let lines: Vec<serde_json::Value> = exit
+        .1
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["target"] == "access" && l["status"] == 200),
+        "{}",
+        exit.1
+    );
+    assert!(!exit.1.contains(TOKEN));
+}
+
+#[test]
+fn a_port_in_use_is_a_runtime_failure_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text =
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n{GOOD}");
+    let f = write_config(&text);
+    let mut child = Command::new(BIN)
+        .args(["--config", f.0.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let _ = std::io::stderr().flush();
+}
