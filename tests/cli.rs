@@ -218,3 +218,92 @@ fn a_port_in_use_is_a_runtime_failure_exit_1() {
     assert_eq!(status.code(), Some(1));
     let _ = std::io::stderr().flush();
 }
+
+/// Splits a printed `curl` line into its URL and `-H` headers.
+fn parse_curl(line: &str) -> (String, Vec<(String, String)>) {
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let headers = line
+        .split("-H '")
+        .skip(1)
+        .map(|h| {
+            let h = &h[..h.find('\'').unwrap()];
+            let (k, v) = h.split_once(": ").unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    (url, headers)
+}
+
+#[tokio::test]
+async fn dev_prints_curl_lines_that_work_as_pasted() {
+    use std::io::BufRead;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Ctrl-C stops all three");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(curls.len(), 6, "{lines:#?}");
+    let c = client();
+    let mut answers = Vec::new();
+    for line in &curls {
+        let (url, headers) = parse_curl(line);
+        let mut rb = c.get(&url);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        let r = rb.send().await.unwrap();
+        answers.push((r.status().as_u16(), r.text().await.unwrap()));
+    }
+    // valid token, invalid token, other channel, spoofing, public route, metrics
+    assert_eq!(answers[0].0, 200);
+    assert!(answers[0].1.contains("x-line-user-id"), "{}", answers[0].1);
+    assert_eq!(answers[1].0, 401);
+    assert_eq!(answers[2].0, 401);
+    assert_eq!(answers[3].0, 200);
+    assert!(
+        !answers[3].1.contains("Uattacker") && !answers[3].1.contains("evil@example.com"),
+        "{}",
+        answers[3].1
+    );
+    assert!(answers[3].1.contains(line_auth_proxy::dev::DEMO_USER_ID));
+    assert_eq!(answers[4].0, 200);
+    assert!(!answers[4].1.contains("x-line-user-id"), "{}", answers[4].1);
+    assert_eq!(answers[5].0, 200);
+    assert!(answers[5].1.contains("line_auth_proxy_requests_total"));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
