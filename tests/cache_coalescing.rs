@@ -16,21 +16,7 @@ async fn fifty_concurrent_fresh_requests_make_one_verify_and_one_profile_call() 
         delay: Duration::from_millis(200),
         ..Faults::default()
     });
-    let c = client();
-    let requests = (0..50).map(|_| {
-        let c = c.clone();
-        let url = e.proxy.url("/api/x");
-        tokio::spawn(async move {
-            c.get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    });
-    let statuses: Vec<u16> = futures_join(requests).await;
+    let statuses = concurrent_statuses(e.proxy.url("/api/x"), TOKEN, 50).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(e.line.verify_calls(), 1);
     assert_eq!(e.line.profile_calls(), 1);
@@ -45,16 +31,6 @@ async fn fifty_concurrent_fresh_requests_make_one_verify_and_one_profile_call() 
     );
 }
 
-async fn futures_join<T: Send + 'static>(
-    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
-    let mut out = Vec::new();
-    for h in handles.collect::<Vec<_>>() {
-        out.push(h.await.unwrap());
-    }
-    out
-}
-
 #[tokio::test]
 async fn concurrent_failures_are_shared_but_not_cached() {
     let e = env("").await;
@@ -63,33 +39,11 @@ async fn concurrent_failures_are_shared_but_not_cached() {
         verify: Some(Fault::Status(500)),
         ..Faults::default()
     });
-    let c = client();
-    let requests = (0..20).map(|_| {
-        let c = c.clone();
-        let url = e.proxy.url("/api/x");
-        tokio::spawn(async move {
-            c.get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    });
-    let statuses = futures_join(requests).await;
+    let statuses = concurrent_statuses(e.proxy.url("/api/x"), TOKEN, 20).await;
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     assert_eq!(e.line.verify_calls(), 1);
     e.line.set_faults(Faults::default());
-    assert_eq!(
-        c.get(e.proxy.url("/api/x"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/api/x", TOKEN).await, 200);
     assert_eq!(e.line.verify_calls(), 2);
     assert_eq!(e.upstream.hits(), 1);
 }
@@ -97,17 +51,8 @@ async fn concurrent_failures_are_shared_but_not_cached() {
 #[tokio::test]
 async fn cache_hit_makes_no_network_call() {
     let e = env("").await;
-    let c = client();
     for _ in 0..10 {
-        assert_eq!(
-            c.get(e.proxy.url("/api/x"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(e.status("/api/x", TOKEN).await, 200);
     }
     assert_eq!((e.line.verify_calls(), e.line.profile_calls()), (1, 1));
     let m = e.proxy.metrics().await;
@@ -122,15 +67,7 @@ async fn ttl_is_capped_by_expires_in() {
     t.expires_in = 1;
     e.line.add_token("short-lived", t);
     let c = client();
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth("short-lived")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/a", "short-lived").await, 200);
     let expires_at: u64 = e.upstream.last().headers["x-line-expires-at"]
         .to_str()
         .unwrap()
@@ -155,99 +92,40 @@ async fn ttl_is_capped_by_expires_in() {
 #[tokio::test]
 async fn positive_ttl_expires_and_reverifies() {
     let e = env("[cache]\nttl_seconds = 1\n").await;
-    let c = client();
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/a", TOKEN).await, 200);
+    assert_eq!(e.status("/a", TOKEN).await, 200);
     assert_eq!(e.line.verify_calls(), 1);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     // Revoked at LINE meanwhile: the expired cache entry must not keep it alive.
     e.line.remove_token(TOKEN);
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(e.status("/a", TOKEN).await, 401);
     assert_eq!(e.line.verify_calls(), 2);
 }
 
 #[tokio::test]
 async fn rejections_are_cached_for_the_negative_ttl_only() {
     let e = env("[cache]\nnegative_ttl_seconds = 1\n").await;
-    let c = client();
     for _ in 0..3 {
-        assert_eq!(
-            c.get(e.proxy.url("/a"))
-                .bearer_auth("late-token")
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            401
-        );
+        assert_eq!(e.status("/a", "late-token").await, 401);
     }
     assert_eq!(e.line.verify_calls(), 1);
     // The token becomes valid at LINE; within the negative TTL it is still refused.
     e.line
         .add_token("late-token", MockToken::new(CHANNEL, USER, "Brown"));
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth("late-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(e.status("/a", "late-token").await, 401);
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth("late-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/a", "late-token").await, 200);
     assert_eq!(e.line.verify_calls(), 2);
 }
 
 #[tokio::test]
 async fn cache_is_bounded_by_max_entries() {
     let e = env("[cache]\nmax_entries = 10\n").await;
-    let c = client();
     for i in 0..60 {
         let token = format!("token-{i}");
         e.line
             .add_token(&token, MockToken::new(CHANNEL, USER, "Brown"));
-        assert_eq!(
-            c.get(e.proxy.url("/a"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(e.status("/a", &token).await, 200);
     }
     let m = e.proxy.metrics().await;
     let entries = metric(&m, "line_auth_proxy_cache_entries");

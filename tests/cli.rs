@@ -119,11 +119,7 @@ fn missing_config_and_bad_arguments_exit_2() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    closed_addr().port()
 }
 
 #[tokio::test]

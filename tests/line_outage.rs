@@ -79,10 +79,7 @@ async fn line_5xx_is_503_and_not_cached() {
 #[tokio::test]
 async fn rate_limit_is_503_and_backs_off_for_five_seconds_by_default() {
     let e = env("").await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(429)),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Status(429)));
     let r = assert_unavailable(&e, TOKEN).await;
     assert_eq!(r.headers()["retry-after"], "5");
     // LINE is healthy again, but we said we would wait: no new call goes out.
@@ -118,10 +115,8 @@ async fn rate_limit_is_503_and_backs_off_for_five_seconds_by_default() {
 #[tokio::test]
 async fn rate_limit_honours_lines_retry_after() {
     let e = env("").await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::RateLimitedRetryAfter(7)),
-        ..Faults::default()
-    });
+    e.line
+        .set_faults(verify_fails(Fault::RateLimitedRetryAfter(7)));
     let r = assert_unavailable(&e, TOKEN).await;
     assert_eq!(r.headers()["retry-after"], "7");
     e.line.set_faults(Faults::default());
@@ -159,10 +154,7 @@ async fn timeout_is_503() {
 #[tokio::test]
 async fn unreadable_success_body_is_503_not_a_pass() {
     let e = env("").await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Garbage),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Garbage));
     assert_unavailable(&e, TOKEN).await;
     e.line.set_faults(Faults {
         profile: Some(Fault::Garbage),
@@ -174,25 +166,16 @@ async fn unreadable_success_body_is_503_not_a_pass() {
 #[tokio::test]
 async fn unexpected_status_is_503() {
     let e = env("").await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(403)),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Status(403)));
     assert_unavailable(&e, TOKEN).await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(404)),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Status(404)));
     assert_unavailable(&e, TOKEN).await;
 }
 
 #[tokio::test]
 async fn unreachable_line_is_503() {
     // A port that was just free: nothing listens there.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = closed_addr();
     let upstream = RecordingUpstream::start().await;
     let proxy = spawn_proxy(config(&config_text(
         &format!("http://{closed}"),
@@ -223,41 +206,20 @@ async fn unreachable_line_is_503() {
 #[tokio::test]
 async fn optional_route_with_credential_fails_closed_too() {
     let e = env("[[routes]]\npath_prefix = \"/\"\nauth = \"optional\"\n").await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(500)),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Status(500)));
     assert_unavailable(&e, TOKEN).await;
 }
 
 #[tokio::test]
 async fn cached_verdicts_keep_serving_during_an_outage() {
     let e = env("").await;
-    assert_eq!(
-        client()
-            .get(e.proxy.url("/a"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/a", TOKEN).await, 200);
     e.line.set_faults(Faults {
         verify: Some(Fault::Status(500)),
         profile: Some(Fault::Status(500)),
         ..Faults::default()
     });
-    assert_eq!(
-        client()
-            .get(e.proxy.url("/a"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/a", TOKEN).await, 200);
     assert_eq!(e.line.verify_calls(), 1);
     // An unseen token still fails closed.
     let r = client()

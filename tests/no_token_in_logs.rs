@@ -77,38 +77,26 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     expired.expired = true;
     e.line.add_token(SECRETS[2], expired);
     call(&e, SECRETS[2]).await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(500)),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Status(500)));
     call(&e, SECRETS[3]).await;
     e.line.set_faults(Faults {
         delay: Duration::from_millis(1200),
         ..Faults::default()
     });
     call(&e, SECRETS[4]).await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Garbage),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Garbage));
     call(&e, SECRETS[5]).await;
     e.line.set_faults(Faults {
         profile: Some(Fault::Status(403)),
         ..Faults::default()
     });
     call(&e, SECRETS[9]).await;
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(429)),
-        ..Faults::default()
-    });
+    e.line.set_faults(verify_fails(Fault::Status(429)));
     call(&e, SECRETS[6]).await;
     let metrics = e.proxy.metrics().await;
 
     // LINE unreachable, and the upstream unreachable, each on a proxy of its own.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_addr();
     let upstream = RecordingUpstream::start().await;
     let dead_line = spawn_proxy(config(&config_text(
         &format!("http://{closed}"),

@@ -12,15 +12,7 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let mut e = env("").await;
     let c = client();
     // Warm the cache so the slow request only waits on the upstream.
-    assert_eq!(
-        c.get(e.proxy.url("/a"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(e.status("/a", TOKEN).await, 200);
 
     let url = e.proxy.url("/slow");
     let in_flight = tokio::spawn({

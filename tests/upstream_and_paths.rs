@@ -10,10 +10,7 @@ use support::*;
 async fn unreachable_upstream_is_502() {
     let line = MockLine::start().await.unwrap();
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_addr();
     let proxy = spawn_proxy(config(&config_text(
         &line.base_url(),
         &format!("http://{closed}"),

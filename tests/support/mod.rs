@@ -365,3 +365,57 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+impl Env {
+    /// GET `path` with a bearer token; the status as a number.
+    pub async fn status(&self, path: &str, token: &str) -> u16 {
+        client()
+            .get(self.proxy.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// Faults where only the verify endpoint fails this way.
+pub fn verify_fails(fault: Fault) -> Faults {
+    Faults {
+        verify: Some(fault),
+        ..Faults::default()
+    }
+}
+
+/// An address where nothing listens (a port that was free a moment ago).
+pub fn closed_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `n` concurrent GETs of `url` with `token`; their statuses.
+pub async fn concurrent_statuses(url: String, token: &'static str, n: usize) -> Vec<u16> {
+    let c = client();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move {
+                c.get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
