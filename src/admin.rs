@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::jwks::Jwks;
 use crate::cache::VerdictCache;
 use crate::telemetry::Metrics;
 
@@ -25,6 +26,15 @@ pub struct Admin {
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<VerdictCache>,
+    /// In local ID-token mode, readiness also waits for LINE's JWKS.
+    pub jwks: Option<Arc<Jwks>>,
+}
+
+impl Admin {
+    /// Listeners up, not shutting down, and (local ID-token mode) JWKS loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.jwks.as_ref().is_none_or(|j| j.is_loaded())
+    }
 }
 
 /// Serves until `stop` flips to true.
@@ -64,7 +74,7 @@ async fn handle(
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if admin.ready.load(Ordering::Acquire) {
+            if admin.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -27,6 +27,7 @@ pub type CacheKey = [u8; 32];
 #[repr(u8)]
 pub enum CredentialKind {
     AccessToken = 1,
+    IdToken = 2,
 }
 
 pub fn cache_key(kind: CredentialKind, token: &str) -> CacheKey {
@@ -157,6 +158,14 @@ impl VerdictCache {
 }
 
 impl Cached {
+    /// A verdict that is handed out once and never stored (nonce logins).
+    pub fn uncached(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            ttl: Duration::ZERO,
+        }
+    }
+
     /// A valid verdict whose token has expired is dead whatever its TTL said.
     fn is_live(&self) -> bool {
         match &self.verdict {

@@ -53,6 +53,16 @@ pub const DEFAULT_CACHE_NEGATIVE_TTL_SECONDS: u64 = 10;
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
 /// Prefix of the trusted identity headers (`X-Line-`).
 pub const DEFAULT_HEADER_PREFIX: &str = "X-Line-";
+/// ID tokens are verified locally (JWKS / channel secret) by default (`local`).
+pub const DEFAULT_ID_TOKEN_VERIFICATION: &str = "local";
+/// LINE's JWKS (`https://api.line.me/oauth2/v2.1/certs`).
+pub const DEFAULT_JWKS_URL: &str = "https://api.line.me/oauth2/v2.1/certs";
+/// Leeway on `exp` and `iat` for local ID-token checks (60 seconds).
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+/// Where nonces are issued on the proxy listener (`/auth/nonce`).
+pub const DEFAULT_NONCE_PATH: &str = "/auth/nonce";
+/// Nonce lifetime (300 seconds).
+pub const DEFAULT_NONCE_TTL_SECONDS: u64 = 300;
 /// Header of the signed identity assertion; always stripped from clients (`X-Line-Identity-Jwt`).
 pub const DEFAULT_ASSERTION_HEADER: &str = "X-Line-Identity-Jwt";
 
@@ -177,8 +187,8 @@ pub struct FileConfig {
     pub line: LineSection,
     pub cache: CacheSection,
     pub identity: IdentitySection,
-    /// Present only to be refused with a clear message (ID-token login is not built yet).
-    pub nonce: Option<toml::Table>,
+    /// Set only when written: its presence without an `id_token` route is an error.
+    pub nonce: Option<NonceSection>,
     pub forward_auth: ForwardAuthSection,
     pub assertion: AssertionSection,
     pub routes: Vec<RouteSection>,
@@ -250,11 +260,16 @@ pub struct LineSection {
     pub api_base_url: String,
     /// Per-call timeout, milliseconds (default [`DEFAULT_LINE_TIMEOUT_MS`]).
     pub timeout_ms: u64,
-    /// ID-token keys: refused until ID-token login is built.
-    pub id_token_verification: Option<String>,
-    pub jwks_url: Option<String>,
-    pub clock_skew_seconds: Option<u64>,
+    /// `local` (JWKS ES256, HS256 with the channel secret) or `remote` (LINE's
+    /// `POST /oauth2/v2.1/verify`) (default [`DEFAULT_ID_TOKEN_VERIFICATION`]).
+    pub id_token_verification: String,
+    /// JWKS for local ES256 checks (default [`DEFAULT_JWKS_URL`]).
+    pub jwks_url: String,
+    /// Leeway on `exp`/`iat`, seconds (default [`DEFAULT_CLOCK_SKEW_SECONDS`]).
+    pub clock_skew_seconds: u64,
+    /// File holding the channel secret for HS256 ID tokens, when there is one channel.
     pub channel_secret_file: Option<PathBuf>,
+    /// Channel id → file holding that channel's secret, when several use HS256.
     pub channel_secret_files: Option<BTreeMap<String, PathBuf>>,
 }
 
@@ -264,9 +279,9 @@ impl Default for LineSection {
             channel_ids: Vec::new(),
             api_base_url: DEFAULT_LINE_API_BASE_URL.into(),
             timeout_ms: DEFAULT_LINE_TIMEOUT_MS,
-            id_token_verification: None,
-            jwks_url: None,
-            clock_skew_seconds: None,
+            id_token_verification: DEFAULT_ID_TOKEN_VERIFICATION.into(),
+            jwks_url: DEFAULT_JWKS_URL.into(),
+            clock_skew_seconds: DEFAULT_CLOCK_SKEW_SECONDS,
             channel_secret_file: None,
             channel_secret_files: None,
         }
@@ -308,6 +323,29 @@ impl Default for IdentitySection {
         Self {
             header_prefix: DEFAULT_HEADER_PREFIX.into(),
             forward_authorization: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NonceSection {
+    /// Path on the proxy listener that issues nonces (default [`DEFAULT_NONCE_PATH`]).
+    pub path: String,
+    /// Nonce lifetime, seconds (default [`DEFAULT_NONCE_TTL_SECONDS`]).
+    pub ttl_seconds: u64,
+    /// `memory` (default; `redis` arrives with the multi-replica work).
+    pub store: String,
+    pub redis_url: Option<String>,
+}
+
+impl Default for NonceSection {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_NONCE_PATH.into(),
+            ttl_seconds: DEFAULT_NONCE_TTL_SECONDS,
+            store: "memory".into(),
+            redis_url: None,
         }
     }
 }
@@ -364,7 +402,42 @@ pub struct Config {
     pub line: LineConfig,
     pub cache: CacheConfig,
     pub identity: IdentityConfig,
+    /// Present when some route has `auth = "id_token"`.
+    pub id_token: Option<IdTokenConfig>,
     pub routes: RouteTable,
+}
+
+/// How ID tokens are verified, and where nonces come from.
+#[derive(Clone, Debug)]
+pub struct IdTokenConfig {
+    pub verification: IdTokenVerification,
+    pub jwks_url: String,
+    pub clock_skew: Duration,
+    /// Channel id → HS256 secret.
+    pub channel_secrets: BTreeMap<String, Secret>,
+    pub nonce: NonceConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdTokenVerification {
+    Local,
+    Remote,
+}
+
+#[derive(Clone, Debug)]
+pub struct NonceConfig {
+    pub path: String,
+    pub ttl: Duration,
+}
+
+/// Secret bytes that never show in `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -768,33 +841,6 @@ impl FileConfig {
             );
         }
         let line_timeout = range_ms(self.line.timeout_ms, "line.timeout_ms", &mut p);
-        let id_token_keys = [
-            (
-                "line.id_token_verification",
-                self.line.id_token_verification.is_some(),
-            ),
-            ("line.jwks_url", self.line.jwks_url.is_some()),
-            (
-                "line.clock_skew_seconds",
-                self.line.clock_skew_seconds.is_some(),
-            ),
-            (
-                "line.channel_secret_file",
-                self.line.channel_secret_file.is_some(),
-            ),
-            (
-                "line.channel_secret_files",
-                self.line.channel_secret_files.is_some(),
-            ),
-        ];
-        for (key, set) in id_token_keys {
-            if set {
-                p.push(key, "ID-token verification is not supported in this version; remove the key (access-token routes need no ID-token settings)");
-            }
-        }
-        if self.nonce.is_some() {
-            p.push("nonce", "nonces serve auth = \"id_token\" routes, which this version does not support yet; remove [nonce]");
-        }
         if self.forward_auth.enabled {
             p.push(
                 "forward_auth.enabled",
@@ -850,6 +896,11 @@ impl FileConfig {
                 routes.push(route);
             }
         }
+        let id_token_routes = self
+            .routes
+            .iter()
+            .any(|r| r.auth.as_deref() == Some("id_token"));
+        let id_token = validate_id_token(&self.line, self.nonce.as_ref(), id_token_routes, &mut p);
 
         if !p.is_empty() {
             return Err(p);
@@ -886,6 +937,7 @@ impl FileConfig {
                 forward_authorization: self.identity.forward_authorization,
                 assertion_header: assertion_header.expect("checked above"),
             },
+            id_token,
             routes: RouteTable::new(routes),
         })
     }
@@ -920,10 +972,7 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
         Some("none") => Some(RouteAuth::None),
         Some("access_token") => Some(RouteAuth::AccessToken),
         Some("optional") => Some(RouteAuth::Optional),
-        Some("id_token") => {
-            p.push(key("auth"), "\"id_token\" (LINE Login with ID tokens and nonces) is not supported in this version; use access_token");
-            None
-        }
+        Some("id_token") => Some(RouteAuth::IdToken),
         Some(other) => {
             p.push(
                 key("auth"),
@@ -932,12 +981,17 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
             None
         }
     };
-    if r.require_nonce.is_some() {
-        p.push(
-            key("require_nonce"),
-            "applies to auth = \"id_token\" routes only, which this version does not support yet",
-        );
-    }
+    let require_nonce = match (r.auth.as_deref(), r.require_nonce) {
+        (Some("id_token"), setting) => setting.unwrap_or(true),
+        (_, Some(_)) => {
+            p.push(
+                key("require_nonce"),
+                "applies to auth = \"id_token\" routes only",
+            );
+            false
+        }
+        (_, None) => false,
+    };
     let methods = match &r.methods {
         None => None,
         Some(list) if list.is_empty() => {
@@ -970,7 +1024,154 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
         auth: auth?,
         methods,
         allow_cors_preflight: r.allow_cors_preflight,
+        require_nonce,
     })
+}
+
+/// Checks the ID-token keys and `[nonce]`, reads the channel secrets.
+fn validate_id_token(
+    line: &LineSection,
+    nonce: Option<&NonceSection>,
+    id_token_routes: bool,
+    p: &mut Problems,
+) -> Option<IdTokenConfig> {
+    let verification = match line.id_token_verification.as_str() {
+        "local" => IdTokenVerification::Local,
+        "remote" => IdTokenVerification::Remote,
+        other => {
+            p.push(
+                "line.id_token_verification",
+                format!("{other:?} is not one of local, remote"),
+            );
+            IdTokenVerification::Local
+        }
+    };
+    if let Some((scheme, authority)) = parse_origin_and_path(&line.jwks_url, "line.jwks_url", p)
+        && scheme == http::uri::Scheme::HTTP
+        && !is_loopback_host(authority.host())
+    {
+        p.push(
+            "line.jwks_url",
+            "must be https (http is allowed for loopback test servers only)",
+        );
+    }
+    if line.clock_skew_seconds > 300 {
+        p.push(
+            "line.clock_skew_seconds",
+            "must be between 0 and 300 seconds",
+        );
+    }
+    let mut channel_secrets = BTreeMap::new();
+    match (&line.channel_secret_file, &line.channel_secret_files) {
+        (Some(_), Some(_)) => p.push(
+            "line.channel_secret_file",
+            "set either channel_secret_file or [line.channel_secret_files], not both",
+        ),
+        (Some(path), None) => {
+            if line.channel_ids.len() != 1 {
+                p.push(
+                    "line.channel_secret_file",
+                    "names one secret but line.channel_ids has several channels: use [line.channel_secret_files] to say which channel it belongs to",
+                );
+            } else if let Some(secret) = read_secret(path, "line.channel_secret_file", p) {
+                channel_secrets.insert(line.channel_ids[0].clone(), secret);
+            }
+        }
+        (None, Some(files)) => {
+            for (channel, path) in files {
+                let key = format!("line.channel_secret_files.{channel}");
+                if !line.channel_ids.contains(channel) {
+                    p.push(key.clone(), "is not one of line.channel_ids");
+                }
+                if let Some(secret) = read_secret(path, &key, p) {
+                    channel_secrets.insert(channel.clone(), secret);
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    let nonce_given = nonce.is_some();
+    let nonce = nonce.map_or_else(NonceSection::default, |n| NonceSection {
+        path: n.path.clone(),
+        ttl_seconds: n.ttl_seconds,
+        store: n.store.clone(),
+        redis_url: n.redis_url.clone(),
+    });
+    if nonce.path != DEFAULT_NONCE_PATH
+        && (!nonce.path.starts_with('/')
+            || crate::routes::normalize_path(&nonce.path).ok().as_deref()
+                != Some(nonce.path.as_str()))
+    {
+        p.push(
+            "nonce.path",
+            "must be a normalised path starting with /, e.g. \"/auth/nonce\"",
+        );
+    }
+    let nonce_ttl = range_secs(nonce.ttl_seconds, 1, 3_600, "nonce.ttl_seconds", p);
+    match nonce.store.as_str() {
+        "memory" => {}
+        "redis" => p.push(
+            "nonce.store",
+            "\"redis\" is not supported in this version (one replica, memory store); use \"memory\"",
+        ),
+        other => p.push("nonce.store", format!("{other:?} is not one of memory, redis")),
+    }
+    if !id_token_routes {
+        // Settings that only ID-token routes use would silently do nothing.
+        let unused = [
+            ("nonce", nonce_given),
+            (
+                "line.id_token_verification",
+                line.id_token_verification != DEFAULT_ID_TOKEN_VERIFICATION,
+            ),
+            ("line.jwks_url", line.jwks_url != DEFAULT_JWKS_URL),
+            (
+                "line.clock_skew_seconds",
+                line.clock_skew_seconds != DEFAULT_CLOCK_SKEW_SECONDS,
+            ),
+            (
+                "line.channel_secret_file",
+                line.channel_secret_file.is_some(),
+            ),
+            (
+                "line.channel_secret_files",
+                line.channel_secret_files.is_some(),
+            ),
+        ];
+        for (key, set) in unused {
+            if set {
+                p.push(key, "has no effect: no route has auth = \"id_token\"; remove it or add an id_token route");
+            }
+        }
+    }
+    id_token_routes.then(|| IdTokenConfig {
+        verification,
+        jwks_url: line.jwks_url.clone(),
+        clock_skew: Duration::from_secs(line.clock_skew_seconds),
+        channel_secrets,
+        nonce: NonceConfig {
+            path: nonce.path.clone(),
+            ttl: nonce_ttl,
+        },
+    })
+}
+
+/// Reads a secret file: trimmed of surrounding whitespace, never empty.
+fn read_secret(path: &Path, key: &str, p: &mut Problems) -> Option<Secret> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let secret = bytes.trim_ascii().to_vec();
+            if secret.is_empty() {
+                p.push(key, format!("{} is empty", path.display()));
+                return None;
+            }
+            Some(Secret(secret))
+        }
+        Err(e) => {
+            p.push(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 fn parse_addr(s: &str, key: &str, p: &mut Problems) -> Option<SocketAddr> {
@@ -984,6 +1185,36 @@ fn parse_addr(s: &str, key: &str, p: &mut Problems) -> Option<SocketAddr> {
             None
         }
     }
+}
+
+/// Accepts an `http(s)://host[:port]/path` URL (no credentials, no fragment).
+fn parse_origin_and_path(
+    s: &str,
+    key: &str,
+    p: &mut Problems,
+) -> Option<(http::uri::Scheme, http::uri::Authority)> {
+    let uri: Uri = match s.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            p.push(key, format!("{s:?} is not a URL"));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        p.push(
+            key,
+            format!("{s:?} must be an absolute http:// or https:// URL"),
+        );
+        return None;
+    };
+    if !matches!(scheme.as_str(), "http" | "https") || authority.as_str().contains('@') {
+        p.push(
+            key,
+            format!("{s:?} must be an http:// or https:// URL without credentials"),
+        );
+        return None;
+    }
+    Some((scheme, authority))
 }
 
 /// Accepts `http(s)://host[:port]` with an optional trailing `/` and nothing else.
@@ -1189,20 +1420,10 @@ methods = ["G ET"]
 
     #[test]
     fn not_yet_supported_features_are_refused_not_ignored() {
-        let file = format!(
-            "{MINIMAL}[nonce]\npath = \"/n\"\n[forward_auth]\nenabled = true\n[assertion]\nenabled = true\n[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n"
-        );
-        let p = load_str(&file, &[("LINE_AUTH_PROXY__LINE__JWKS_URL", "https://x")]).unwrap_err();
-        let k = keys(&p);
-        for expected in [
-            "nonce",
-            "forward_auth.enabled",
-            "assertion.enabled",
-            "routes[0].auth",
-            "line.jwks_url",
-        ] {
-            assert!(k.contains(&expected), "{expected} missing from {k:?}");
-        }
+        let file =
+            format!("{MINIMAL}[forward_auth]\nenabled = true\n[assertion]\nenabled = true\n");
+        let k = keys_of(&load_str(&file, &[]).unwrap_err());
+        assert_eq!(k, vec!["forward_auth.enabled", "assertion.enabled"]);
         // Disabled sections are accepted as written.
         let ok = format!(
             "{MINIMAL}[forward_auth]\nenabled = false\n[assertion]\nenabled = false\nheader = \"X-Id\"\n"
@@ -1215,6 +1436,97 @@ methods = ["G ET"]
                 .as_str(),
             "x-id"
         );
+    }
+
+    fn keys_of(p: &Problems) -> Vec<String> {
+        p.0.iter().map(|x| x.key.clone()).collect()
+    }
+
+    const LOGIN: &str = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
+
+    #[test]
+    fn id_token_routes_get_nonce_and_verification_defaults() {
+        let c = load_str(&format!("{MINIMAL}{LOGIN}"), &[]).unwrap();
+        let id = c.id_token.expect("id_token config");
+        assert_eq!(id.verification, IdTokenVerification::Local);
+        assert_eq!(id.jwks_url, DEFAULT_JWKS_URL);
+        assert_eq!(id.clock_skew, Duration::from_secs(60));
+        assert_eq!(id.nonce.path, "/auth/nonce");
+        assert_eq!(id.nonce.ttl, Duration::from_secs(300));
+        assert!(
+            c.routes.routes()[0].require_nonce,
+            "require_nonce defaults to true"
+        );
+        let c = load_str(&format!("{MINIMAL}{LOGIN}require_nonce = false\n"), &[]).unwrap();
+        assert!(!c.routes.routes()[0].require_nonce);
+        assert!(load_str(MINIMAL, &[]).unwrap().id_token.is_none());
+    }
+
+    #[test]
+    fn id_token_settings_without_an_id_token_route_are_errors() {
+        let file = format!("{MINIMAL}[nonce]\nttl_seconds = 60\n");
+        let p = load_str(
+            &file,
+            &[("LINE_AUTH_PROXY__LINE__ID_TOKEN_VERIFICATION", "remote")],
+        )
+        .unwrap_err();
+        assert_eq!(keys_of(&p), vec!["nonce", "line.id_token_verification"]);
+        let p = load_str(
+            &format!(
+                "{MINIMAL}[[routes]]\npath_prefix = \"/\"\nauth = \"none\"\nrequire_nonce = true\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(keys_of(&p), vec!["routes[0].require_nonce"]);
+    }
+
+    #[test]
+    fn id_token_values_are_checked() {
+        let file = format!(
+            "{MINIMAL}id_token_verification = \"sometimes\"\njwks_url = \"http://evil.example/certs\"\nclock_skew_seconds = 3600\n\
+             [nonce]\npath = \"nonce\"\nttl_seconds = 0\nstore = \"redis\"\n{LOGIN}"
+        );
+        let k = keys_of(&load_str(&file, &[]).unwrap_err());
+        for expected in [
+            "line.id_token_verification",
+            "line.jwks_url",
+            "line.clock_skew_seconds",
+            "nonce.path",
+            "nonce.ttl_seconds",
+            "nonce.store",
+        ] {
+            assert!(
+                k.iter().any(|x| x == expected),
+                "{expected} missing from {k:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_secrets_are_read_from_files_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("lap-secret-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+        let file = format!("{MINIMAL}channel_secret_file = {secret:?}\n{LOGIN}");
+        let c = load_str(&file, &[]).unwrap();
+        let id = c.id_token.unwrap();
+        assert_eq!(id.channel_secrets["1234567890"].0, b"s3cr3t-value");
+        assert!(!format!("{id:?}").contains("s3cr3t"));
+        // One file, several channels: ambiguous.
+        let two = file.replace("[\"1234567890\"]", "[\"1234567890\", \"222\"]");
+        assert_eq!(
+            keys_of(&load_str(&two, &[]).unwrap_err()),
+            vec!["line.channel_secret_file"]
+        );
+        // Per-channel files must name our channels; missing files are reported.
+        let map = format!(
+            "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\"999\" = \"/nonexistent\"\n"
+        );
+        let k = keys_of(&load_str(&map, &[]).unwrap_err());
+        assert_eq!(k, vec!["line.channel_secret_files.999"]);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

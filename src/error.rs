@@ -26,6 +26,8 @@ pub enum ClientError {
     BadPath(PathError),
     /// Request line plus headers over `server.max_header_bytes`.
     HeadersTooLarge,
+    /// The nonce endpoint takes GET (and HEAD) only.
+    NonceMethod,
 }
 
 /// A failure on the way to, or waiting for, the upstream.
@@ -45,6 +47,9 @@ pub enum ProxyError {
     Line(LineError),
     #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch" })]
     Upstream(UpstreamError),
+    /// The nonce store is full (or, with Redis, unreachable): fail closed.
+    #[error("nonce store unavailable")]
+    NonceStore,
     #[error("internal: {0}")]
     Internal(&'static str),
 }
@@ -56,6 +61,7 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::Rejected(r) => r.as_str(),
         ClientError::BadPath(_) => "bad_path",
         ClientError::HeadersTooLarge => "headers_too_large",
+        ClientError::NonceMethod => "nonce_method",
     }
 }
 
@@ -67,8 +73,9 @@ impl ProxyError {
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
+            ProxyError::Client(ClientError::NonceMethod) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Client(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Line(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Line(_) | ProxyError::NonceStore => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(
                 UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade,
             ) => StatusCode::BAD_GATEWAY,
@@ -87,6 +94,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => {
                 "upstream_unrequested_upgrade"
             }
+            ProxyError::NonceStore => "nonce_store_unavailable",
             ProxyError::Internal(_) => "internal_error",
         }
     }
@@ -97,7 +105,14 @@ impl ProxyError {
         match self {
             ProxyError::Client(ClientError::MissingCredential) => (
                 "unauthorized",
-                "this route needs a LINE access token: Authorization: Bearer <token>",
+                "this route needs a LINE token: Authorization: Bearer <token>",
+            ),
+            ProxyError::Client(ClientError::NonceMethod) => {
+                ("invalid_request", "nonces are issued with GET")
+            }
+            ProxyError::NonceStore => (
+                "temporarily_unavailable",
+                "no nonce can be issued or checked right now; retry later",
             ),
             ProxyError::Client(ClientError::Credential(c)) => ("invalid_token", c.describe()),
             ProxyError::Client(ClientError::Rejected(r)) => ("invalid_token", r.describe()),
@@ -146,6 +161,12 @@ impl ProxyError {
             }
             ProxyError::Line(e) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(e.retry_after()));
+            }
+            ProxyError::NonceStore => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::Client(ClientError::NonceMethod) => {
+                headers.insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
             _ => {}
         }
@@ -211,6 +232,16 @@ mod tests {
             status(ProxyError::Upstream(UpstreamError::UnrequestedUpgrade)),
             502
         );
+    }
+
+    #[test]
+    fn nonce_store_maps_to_503_and_nonce_method_to_405() {
+        assert_eq!(status(ProxyError::NonceStore), 503);
+        assert_eq!(
+            ProxyError::NonceStore.into_response().headers()[RETRY_AFTER],
+            "1"
+        );
+        assert_eq!(status(ProxyError::Client(ClientError::NonceMethod)), 405);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::auth::{AuthMethod, Identity};
+use crate::auth::Identity;
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is escaped.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
@@ -88,10 +88,10 @@ impl IdentityHeaderNames {
             self.channel_id.clone(),
             visible_ascii_or_encoded(&identity.channel_id),
         ));
-        let method = match identity.method {
-            AuthMethod::AccessToken => "access_token",
-        };
-        out.push((self.auth_method.clone(), HeaderValue::from_static(method)));
+        out.push((
+            self.auth_method.clone(),
+            HeaderValue::from_static(identity.method.as_str()),
+        ));
         out.push((
             self.expires_at.clone(),
             HeaderValue::from(identity.expires_at),

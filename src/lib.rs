@@ -77,18 +77,50 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
     let admin_listener = bind(config.server.admin_listen).await?;
     let metrics = Arc::new(telemetry::Metrics::new());
     // reqwest's builder error holds no URL; it is safe to print.
-    let line = auth::line::LineClient::new(&config.line, metrics.clone())
-        .map_err(|e| RunError::LineClient(e.without_url().to_string()))?;
+    let line = Arc::new(
+        auth::line::LineClient::new(&config.line, metrics.clone())
+            .map_err(|e| RunError::LineClient(e.without_url().to_string()))?,
+    );
+    let jwks = config
+        .id_token
+        .as_ref()
+        .filter(|c| c.verification == config::IdTokenVerification::Local)
+        .map(|c| {
+            Arc::new(auth::jwks::Jwks::new(
+                line.clone(),
+                c.jwks_url.clone(),
+                metrics.clone(),
+            ))
+        });
+    let id_tokens = config.id_token.as_ref().map(|c| {
+        auth::id_token::IdTokenVerifier::new(
+            c,
+            config.line.channel_ids.clone(),
+            line.clone(),
+            jwks.clone(),
+        )
+    });
+    let nonces = config.id_token.as_ref().map(|c| proxy::Nonces {
+        path: c.nonce.path.clone(),
+        store: Arc::new(auth::nonce::NonceStore::new(
+            c.nonce.ttl,
+            auth::nonce::MAX_NONCES,
+            metrics.clone(),
+        )),
+    });
     let cache = Arc::new(cache::VerdictCache::new(&config.cache));
     let upstream = upstream::Upstream::new(&config.upstream);
     let admin = Arc::new(admin::Admin {
         ready: AtomicBool::new(false),
         metrics: metrics.clone(),
         cache: cache.clone(),
+        jwks: jwks.clone(),
     });
     let state = Arc::new(proxy::State {
         config,
         line,
+        id_tokens,
+        nonces,
         cache,
         upstream,
         metrics,
@@ -125,6 +157,14 @@ impl Bound {
             self.admin.clone(),
             admin_stop_rx,
         ));
+        // Background work: JWKS loading and refresh, nonce sweeping.
+        let mut background = Vec::new();
+        if let Some(jwks) = &self.admin.jwks {
+            background.push(tokio::spawn(jwks.clone().run_refresher()));
+        }
+        if let Some(nonces) = &self.state.nonces {
+            background.push(tokio::spawn(nonces.store.clone().run_sweeper()));
+        }
         let proxy_task = tokio::spawn(server::serve_proxy(
             self.proxy_listener,
             self.tls,
@@ -145,6 +185,9 @@ impl Bound {
         let _ = proxy_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
+        for task in background {
+            task.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

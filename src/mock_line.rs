@@ -1,7 +1,9 @@
 //! A mock LINE Platform for `dev` and the tests. It speaks the JSON documented in
 //! the LINE Login v2.1 reference (see `shared/LINE-API.md`): the access-token
-//! verify endpoint and the profile endpoint, with LINE's status codes and error
-//! bodies. Tokens, faults (status codes, unreadable bodies, delays) and call
+//! verify endpoint, the profile endpoint, the ID-token verify endpoint (with
+//! LINE's documented `error_description` strings) and a JWKS of rotating ES256
+//! keys, with LINE's status codes and error bodies. It signs ID tokens (ES256
+//! with its keys, HS256 with a channel secret) for the tests and `dev`. Tokens, faults (status codes, unreadable bodies, delays) and call
 //! counters are programmable. It listens on loopback only: the real LINE
 //! Platform must never receive test or load traffic.
 
@@ -22,6 +24,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http_body_util::{BodyExt, Limited};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
 
 /// What LINE knows about one access token.
 #[derive(Clone, Debug)]
@@ -69,6 +81,48 @@ pub struct Faults {
     pub delay: Duration,
     pub verify: Option<Fault>,
     pub profile: Option<Fault>,
+    pub jwks: Option<Fault>,
+    pub verify_id_token: Option<Fault>,
+}
+
+/// The issuer LINE puts in every ID token.
+pub const ISSUER: &str = "https://access.line.me";
+
+/// One ES256 key of the mock's JWKS.
+struct SigningKey {
+    kid: String,
+    pair: EcdsaKeyPair,
+}
+
+impl SigningKey {
+    fn generate() -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("key generation");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("valid pkcs8");
+        let mut kid = [0u8; 32];
+        rng.fill(&mut kid).expect("random");
+        let kid = kid.iter().map(|b| format!("{b:02x}")).collect();
+        Self { kid, pair }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let point = self.pair.public_key().as_ref();
+        serde_json::json!({
+            "kty": "EC", "alg": "ES256", "use": "sig", "crv": "P-256", "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        let input = signing_input(header, claims);
+        let signature = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .expect("signing");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
 }
 
 #[derive(Default)]
@@ -77,7 +131,24 @@ struct MockState {
     faults: Mutex<Faults>,
     verify_calls: AtomicUsize,
     profile_calls: AtomicUsize,
+    jwks_calls: AtomicUsize,
+    verify_id_token_calls: AtomicUsize,
     request_ids: AtomicUsize,
+    /// Published in the JWKS; the last one signs.
+    keys: Mutex<Vec<Arc<SigningKey>>>,
+    /// Channel id → secret, for HS256 tokens at the remote verify endpoint.
+    channel_secrets: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl MockState {
+    fn current_key(&self) -> Arc<SigningKey> {
+        self.keys
+            .lock()
+            .expect("poisoned")
+            .last()
+            .expect("there is always a key")
+            .clone()
+    }
 }
 
 /// A running mock; stops when dropped.
@@ -99,6 +170,11 @@ impl MockLine {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(MockState::default());
+        state
+            .keys
+            .lock()
+            .expect("poisoned")
+            .push(Arc::new(SigningKey::generate()));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Ok(Self { addr, state, task })
     }
@@ -131,6 +207,108 @@ impl MockLine {
     pub fn profile_calls(&self) -> usize {
         self.state.profile_calls.load(Ordering::SeqCst)
     }
+
+    pub fn jwks_calls(&self) -> usize {
+        self.state.jwks_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn verify_id_token_calls(&self) -> usize {
+        self.state.verify_id_token_calls.load(Ordering::SeqCst)
+    }
+
+    /// The value for `line.jwks_url`.
+    pub fn jwks_url(&self) -> String {
+        format!("http://{}/oauth2/v2.1/certs", self.addr)
+    }
+
+    /// Adds a new signing key (published next to the old ones); returns its kid.
+    pub fn rotate_key(&self) -> String {
+        let key = Arc::new(SigningKey::generate());
+        let kid = key.kid.clone();
+        self.state.keys.lock().expect("poisoned").push(key);
+        kid
+    }
+
+    /// Stops publishing every key but the newest.
+    pub fn retire_old_keys(&self) {
+        let mut keys = self.state.keys.lock().expect("poisoned");
+        let newest = keys.pop().expect("there is always a key");
+        keys.clear();
+        keys.push(newest);
+    }
+
+    /// The kid of the current signing key.
+    pub fn current_kid(&self) -> String {
+        self.state.current_key().kid.clone()
+    }
+
+    /// Registers a channel secret, for HS256 tokens at the remote verify endpoint.
+    pub fn set_channel_secret(&self, channel_id: &str, secret: &[u8]) {
+        self.state
+            .channel_secrets
+            .lock()
+            .expect("poisoned")
+            .insert(channel_id.into(), secret.to_vec());
+    }
+
+    /// An ES256 ID token over `claims`, signed with the current key.
+    pub fn sign_es256(&self, claims: &serde_json::Value) -> String {
+        let key = self.state.current_key();
+        key.sign(
+            &serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }),
+            claims,
+        )
+    }
+
+    /// An ES256 JWS with exactly this header, signed with the current key.
+    pub fn sign_es256_with_header(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> String {
+        self.state.current_key().sign(header, claims)
+    }
+
+    /// An HS256 ID token over `claims` with a channel secret (web login).
+    pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+        Self::sign_hs256_with_header(
+            &serde_json::json!({ "typ": "JWT", "alg": "HS256" }),
+            secret,
+            claims,
+        )
+    }
+
+    /// An HS256 JWS with exactly this header.
+    pub fn sign_hs256_with_header(
+        header: &serde_json::Value,
+        secret: &[u8],
+        claims: &serde_json::Value,
+    ) -> String {
+        let input = signing_input(header, claims);
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// The claims of a LINE ID token for `aud`/`sub`, issued now, valid an hour.
+    pub fn id_claims(aud: &str, sub: &str, nonce: Option<&str>) -> serde_json::Value {
+        let now = crate::auth::unix_now();
+        let mut claims = serde_json::json!({
+            "iss": ISSUER, "sub": sub, "aud": aud, "exp": now + 3600, "iat": now,
+            "amr": ["linesso"], "name": "Brown", "picture": "https://profile.line-scdn.net/0hID",
+        });
+        if let Some(n) = nonce {
+            claims["nonce"] = n.into();
+        }
+        claims
+    }
+}
+
+fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<MockState>) {
@@ -152,6 +330,8 @@ async fn handle(
     state: Arc<MockState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     let faults = state.faults.lock().expect("poisoned").clone();
     if !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
@@ -160,7 +340,7 @@ async fn handle(
         "{:016x}",
         state.request_ids.fetch_add(1, Ordering::Relaxed) + 0x1000
     );
-    let mut response = match (req.method(), req.uri().path()) {
+    let mut response = match (&method, path.as_str()) {
         (&Method::GET, "/oauth2/v2.1/verify") => {
             state.verify_calls.fetch_add(1, Ordering::SeqCst);
             match faults.verify {
@@ -173,6 +353,50 @@ async fn handle(
             match faults.profile {
                 Some(fault) => fault_response(fault),
                 None => profile(&state, &req),
+            }
+        }
+        (&Method::GET, "/oauth2/v2.1/certs") => {
+            state.jwks_calls.fetch_add(1, Ordering::SeqCst);
+            match faults.jwks {
+                Some(fault) => fault_response(fault),
+                None => jwks(&state),
+            }
+        }
+        (&Method::POST, "/oauth2/v2.1/verify") => {
+            state.verify_id_token_calls.fetch_add(1, Ordering::SeqCst);
+            match faults.verify_id_token {
+                Some(fault) => fault_response(fault),
+                None => {
+                    let body = Limited::new(req.into_body(), 64 * 1024)
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    verify_id_token(&state, &String::from_utf8_lossy(&body))
+                }
+            }
+        }
+        // Mock only: mints an ES256 ID token, so that `dev` can show a login.
+        (&Method::GET, "/mock/id_token") => {
+            let query = req.uri().query().unwrap_or("");
+            let arg = |k| form_urlencoded_value(query, k);
+            match (arg("aud"), arg("sub")) {
+                (Some(aud), Some(sub)) => {
+                    let claims = MockLine::id_claims(&aud, &sub, arg("nonce").as_deref());
+                    let key = state.current_key();
+                    let token = key.sign(
+                        &serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }),
+                        &claims,
+                    );
+                    let mut r = Response::new(Full::new(Bytes::from(token)));
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r
+                }
+                _ => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "message": "aud and sub are required" }),
+                ),
             }
         }
         _ => json(
@@ -244,6 +468,102 @@ fn profile(state: &MockState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             serde_json::json!({ "message": "Authentication failed. Confirm that the access token in the authorization header is valid." }),
         ),
     }
+}
+
+/// `GET /oauth2/v2.1/certs`: the mock's EC keys, plus an RSA key as LINE's own
+/// set has had (verifiers must skip it).
+fn jwks(state: &MockState) -> Response<Full<Bytes>> {
+    let mut keys: Vec<serde_json::Value> = state
+        .keys
+        .lock()
+        .expect("poisoned")
+        .iter()
+        .map(|k| k.jwk())
+        .collect();
+    keys.push(serde_json::json!({
+        "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "rsa-decoy-0000",
+        "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw",
+        "e": "AQAB",
+    }));
+    json(StatusCode::OK, serde_json::json!({ "keys": keys }))
+}
+
+/// `POST /oauth2/v2.1/verify` with `id_token`, `client_id`, optional `nonce`:
+/// the payload, or 400 with one of LINE's documented `error_description`s.
+fn verify_id_token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
+    let refuse = |description: &str| {
+        json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "invalid_request", "error_description": description }),
+        )
+    };
+    let (Some(token), Some(client_id)) = (
+        form_urlencoded_value(form, "id_token"),
+        form_urlencoded_value(form, "client_id"),
+    ) else {
+        return refuse("id_token and client_id are required");
+    };
+    let nonce = form_urlencoded_value(form, "nonce");
+    let parts: Vec<&str> = token.split('.').collect();
+    let decoded = (parts.len() == 3)
+        .then(|| {
+            let h = URL_SAFE_NO_PAD.decode(parts[0]).ok()?;
+            let p = URL_SAFE_NO_PAD.decode(parts[1]).ok()?;
+            let s = URL_SAFE_NO_PAD.decode(parts[2]).ok()?;
+            Some((
+                serde_json::from_slice::<serde_json::Value>(&h).ok()?,
+                serde_json::from_slice::<serde_json::Value>(&p).ok()?,
+                s,
+            ))
+        })
+        .flatten();
+    let Some((header, payload, signature)) = decoded else {
+        return refuse("Invalid IdToken.");
+    };
+    let input = format!("{}.{}", parts[0], parts[1]);
+    let signed = match header["alg"].as_str() {
+        Some("ES256") => state.keys.lock().expect("poisoned").iter().any(|k| {
+            Some(k.kid.as_str()) == header["kid"].as_str()
+                && UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, k.pair.public_key().as_ref())
+                    .verify(input.as_bytes(), &signature)
+                    .is_ok()
+        }),
+        Some("HS256") => state
+            .channel_secrets
+            .lock()
+            .expect("poisoned")
+            .get(&client_id)
+            .is_some_and(|secret| {
+                hmac::verify(
+                    &hmac::Key::new(hmac::HMAC_SHA256, secret),
+                    input.as_bytes(),
+                    &signature,
+                )
+                .is_ok()
+            }),
+        _ => false,
+    };
+    if !signed {
+        return refuse("Invalid IdToken.");
+    }
+    if payload["iss"].as_str() != Some(ISSUER) {
+        return refuse("Invalid IdToken Issuer.");
+    }
+    if payload["exp"]
+        .as_u64()
+        .is_none_or(|exp| exp <= crate::auth::unix_now())
+    {
+        return refuse("IdToken expired.");
+    }
+    if payload["aud"].as_str() != Some(client_id.as_str()) {
+        return refuse("Invalid IdToken Audience.");
+    }
+    if let Some(n) = nonce
+        && payload["nonce"].as_str() != Some(n.as_str())
+    {
+        return refuse("Invalid IdToken Nonce.");
+    }
+    json(StatusCode::OK, payload)
 }
 
 fn fault_response(fault: Fault) -> Response<Full<Bytes>> {

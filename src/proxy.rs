@@ -12,6 +12,7 @@
 //! A request that fails any phase is answered by the proxy and never forwarded.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,10 +24,12 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::auth::credential::bearer_token;
-use crate::auth::line::{AccessTokenVerdict, LineClient};
-use crate::auth::{Authenticated, Verdict};
-use crate::cache::{Cached, CredentialKind, Lookup, VerdictCache, cache_key};
+use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
+use crate::auth::id_token::{IdClaims, IdTokenVerifier, MAX_ID_TOKEN_BYTES};
+use crate::auth::line::{AccessTokenVerdict, LineClient, LineError};
+use crate::auth::nonce::{Consumed, NonceStore};
+use crate::auth::{Authenticated, Rejection, Verdict};
+use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, VerdictCache, cache_key};
 use crate::config::Config;
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::headers;
@@ -47,10 +50,19 @@ const HEADER_LINE_OVERHEAD: usize = 4;
 /// Everything a request needs, shared by all connections.
 pub struct State {
     pub config: Config,
-    pub line: LineClient,
+    pub line: Arc<LineClient>,
+    /// Present when some route has `auth = "id_token"`.
+    pub id_tokens: Option<IdTokenVerifier>,
+    pub nonces: Option<Nonces>,
     pub cache: Arc<VerdictCache>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+}
+
+/// The nonce endpoint and its store.
+pub struct Nonces {
+    pub path: String,
+    pub store: Arc<NonceStore>,
 }
 
 /// What the access log line and the request metrics say about one request.
@@ -149,6 +161,15 @@ async fn pipeline(
         .map_err(|e| ProxyError::Client(ClientError::BadPath(e)))?;
     outcome.path = Some(path.clone());
 
+    // The nonce endpoint answers before routing: it needs no credential.
+    if let Some(nonces) = &state.nonces
+        && path.path() == nonces.path
+    {
+        outcome.auth = RouteAuth::None;
+        outcome.outcome = "nonce_issued";
+        return issue_nonce(req.method(), &nonces.store);
+    }
+
     // 3. strip_identity
     headers::strip_identity(
         req.headers_mut(),
@@ -177,7 +198,7 @@ async fn pipeline(
         match policy.auth {
             RouteAuth::None => None,
             RouteAuth::AccessToken | RouteAuth::Optional => {
-                match bearer_token(req.headers())
+                match bearer_token(req.headers(), MAX_TOKEN_BYTES)
                     .map_err(|e| ProxyError::Client(ClientError::Credential(e)))?
                 {
                     Some(token) => Some(authenticate(state, token, outcome).await?),
@@ -185,6 +206,16 @@ async fn pipeline(
                         outcome.outcome = "anonymous";
                         None
                     }
+                    None => return Err(ProxyError::Client(ClientError::MissingCredential)),
+                }
+            }
+            RouteAuth::IdToken => {
+                match bearer_token(req.headers(), MAX_ID_TOKEN_BYTES)
+                    .map_err(|e| ProxyError::Client(ClientError::Credential(e)))?
+                {
+                    Some(token) => Some(
+                        authenticate_id_token(state, token, policy.require_nonce, outcome).await?,
+                    ),
                     None => return Err(ProxyError::Client(ClientError::MissingCredential)),
                 }
             }
@@ -237,28 +268,118 @@ async fn pipeline(
     Ok(response.map(Either::Left))
 }
 
-/// Verdict for a bearer token: cache first, then the LINE Platform (once per
-/// token however many requests wait). Records the cache outcome and latency.
+/// `GET {nonce.path}`: a fresh nonce as `{"nonce": …, "expires_in": …}`.
+fn issue_nonce(method: &Method, store: &NonceStore) -> Result<Response<ProxyBody>, ProxyError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ProxyError::Client(ClientError::NonceMethod));
+    }
+    let nonce = store.issue().map_err(|_| ProxyError::NonceStore)?;
+    let body = serde_json::json!({ "nonce": nonce, "expires_in": store.ttl().as_secs() });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // A nonce is single-use: no shared cache may hand it to someone else.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Verdict for an ID token. With a nonce required: verified (never from the
+/// cache — every presentation must consume), then the nonce is consumed, and
+/// only a fresh one lets the request through. Without: cached like an access
+/// token, never past `exp`.
+async fn authenticate_id_token(
+    state: &State,
+    token: &str,
+    require_nonce: bool,
+    outcome: &mut Outcome,
+) -> Result<Arc<Cached>, ProxyError> {
+    let verifier = state.id_tokens.as_ref().ok_or(ProxyError::Internal(
+        "an id_token route without an ID-token verifier",
+    ))?;
+    let names = &state.config.identity.names;
+    let valid = |claims: IdClaims| {
+        let identity = claims.into_identity();
+        Verdict::Valid(Authenticated {
+            headers: names.encode(&identity),
+            identity,
+        })
+    };
+    if !require_nonce {
+        let key = cache_key(CredentialKind::IdToken, token);
+        let verify = async {
+            Ok(verifier
+                .verify(token)
+                .await?
+                .map_or_else(Verdict::Rejected, valid))
+        };
+        return authenticate_cached(state, key, verify, verifier.source(), outcome).await;
+    }
+    let start = Instant::now();
+    let checked = verifier.verify(token).await;
+    state
+        .metrics
+        .auth_duration
+        .get_or_create(&SourceLabels {
+            source: verifier.source(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    let claims = checked
+        .map_err(ProxyError::Line)?
+        .map_err(|r| ProxyError::Client(ClientError::Rejected(r)))?;
+    let nonces = state
+        .nonces
+        .as_ref()
+        .ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
+    let rejected = |r| ProxyError::Client(ClientError::Rejected(r));
+    let nonce = claims
+        .nonce
+        .as_deref()
+        .ok_or(rejected(Rejection::NonceMissing))?;
+    // Consumed only now: a token that failed verification never burns a nonce.
+    match nonces.store.consume(nonce) {
+        Consumed::Fresh => Ok(Arc::new(Cached::uncached(valid(claims)))),
+        Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
+        Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
+    }
+}
+
+/// Verdict for an access token: cache first, then the LINE Platform.
 async fn authenticate(
     state: &State,
     token: &str,
     outcome: &mut Outcome,
 ) -> Result<Arc<Cached>, ProxyError> {
-    let start = Instant::now();
     let key = cache_key(CredentialKind::AccessToken, token);
     let names = &state.config.identity.names;
-    let (result, lookup) = state
-        .cache
-        .get_or_verify(key, async {
-            Ok(match state.line.verify_access_token(token).await? {
-                AccessTokenVerdict::Valid(identity) => Verdict::Valid(Authenticated {
-                    headers: names.encode(&identity),
-                    identity,
-                }),
-                AccessTokenVerdict::Rejected(r) => Verdict::Rejected(r),
-            })
+    let verify = async {
+        Ok(match state.line.verify_access_token(token).await? {
+            AccessTokenVerdict::Valid(identity) => Verdict::Valid(Authenticated {
+                headers: names.encode(&identity),
+                identity,
+            }),
+            AccessTokenVerdict::Rejected(r) => Verdict::Rejected(r),
         })
-        .await;
+    };
+    authenticate_cached(state, key, verify, "line", outcome).await
+}
+
+/// Runs `verify` through the verdict cache (once per key however many requests
+/// wait), records the cache outcome and latency (`miss_source` labels misses).
+async fn authenticate_cached<F>(
+    state: &State,
+    key: CacheKey,
+    verify: F,
+    miss_source: &'static str,
+    outcome: &mut Outcome,
+) -> Result<Arc<Cached>, ProxyError>
+where
+    F: Future<Output = Result<Verdict, LineError>>,
+{
+    let start = Instant::now();
+    let (result, lookup) = state.cache.get_or_verify(key, verify).await;
     outcome.cache = Some(lookup);
     let metrics = &state.metrics;
     let source = match lookup {
@@ -268,11 +389,11 @@ async fn authenticate(
         }
         Lookup::Miss => {
             metrics.cache_misses.inc();
-            "line"
+            miss_source
         }
         Lookup::Coalesced => {
             metrics.cache_coalesced.inc();
-            "line"
+            miss_source
         }
     };
     metrics

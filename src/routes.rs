@@ -17,6 +17,9 @@ pub enum RouteAuth {
     AccessToken,
     /// Verified when present, anonymous when absent, 401 when invalid.
     Optional,
+    /// `Authorization: Bearer <LINE ID token>`, with a single-use nonce unless
+    /// the route sets `require_nonce = false`.
+    IdToken,
 }
 
 impl RouteAuth {
@@ -25,6 +28,7 @@ impl RouteAuth {
             RouteAuth::None => "none",
             RouteAuth::AccessToken => "access_token",
             RouteAuth::Optional => "optional",
+            RouteAuth::IdToken => "id_token",
         }
     }
 }
@@ -39,6 +43,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Lets a CORS preflight (`OPTIONS` + `Origin` + `Access-Control-Request-Method`) through without a credential.
     pub allow_cors_preflight: bool,
+    /// `id_token` routes: the token's nonce must be one this proxy issued, consumed once.
+    pub require_nonce: bool,
 }
 
 /// The policy that applies to one request.
@@ -47,12 +53,14 @@ pub struct Policy {
     pub auth: RouteAuth,
     /// The request is a CORS preflight that its route lets through uncredentialed.
     pub preflight_pass: bool,
+    pub require_nonce: bool,
 }
 
 /// Unmatched paths need an access token.
 pub const DEFAULT_POLICY: Policy = Policy {
     auth: RouteAuth::AccessToken,
     preflight_pass: false,
+    require_nonce: false,
 };
 
 /// Ordered routes; the first match wins.
@@ -95,6 +103,7 @@ impl RouteTable {
                 return Policy {
                     auth: route.auth,
                     preflight_pass: preflight,
+                    require_nonce: route.require_nonce,
                 };
             }
         }
@@ -288,18 +297,21 @@ mod tests {
                 auth: RouteAuth::None,
                 methods: Some(vec![Method::GET]),
                 allow_cors_preflight: false,
+                require_nonce: false,
             },
             Route {
                 path_prefix: "/api/".into(),
                 auth: RouteAuth::AccessToken,
                 methods: Some(vec![Method::POST]),
                 allow_cors_preflight: true,
+                require_nonce: false,
             },
             Route {
                 path_prefix: "/".into(),
                 auth: RouteAuth::Optional,
                 methods: None,
                 allow_cors_preflight: false,
+                require_nonce: false,
             },
         ])
     }
@@ -334,7 +346,8 @@ mod tests {
             p,
             Policy {
                 auth: RouteAuth::AccessToken,
-                preflight_pass: true
+                preflight_pass: true,
+                require_nonce: false,
             }
         );
         let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"DELETE"));

@@ -102,6 +102,11 @@ pub struct LineCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NonceLabels {
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusClassLabels {
     pub class: &'static str,
 }
@@ -137,6 +142,10 @@ pub struct Metrics {
     /// Upstream responses by status `class` (2xx, 4xx, …).
     pub upstream_responses: Family<StatusClassLabels, Counter>,
     pub open_connections: Gauge,
+    /// Nonce events: issued, consumed, expired, rejected, store_full.
+    pub nonces: Family<NonceLabels, Counter>,
+    /// ES256 keys currently loaded from LINE's JWKS.
+    pub jwks_keys: Gauge,
     request_ids: AtomicU64,
 }
 
@@ -231,8 +240,22 @@ impl Metrics {
             "Open client connections on the proxy listener",
             open_connections.clone(),
         );
+        let nonces = Family::<NonceLabels, Counter>::default();
+        registry.register(
+            "nonces",
+            "Nonce events: issued, consumed, expired, rejected, store_full",
+            nonces.clone(),
+        );
+        let jwks_keys = Gauge::default();
+        registry.register(
+            "jwks_keys",
+            "ES256 keys loaded from LINE's JWKS",
+            jwks_keys.clone(),
+        );
         Self {
             registry,
+            nonces,
+            jwks_keys,
             requests,
             rejections,
             unavailable,

@@ -42,8 +42,12 @@ impl CredentialError {
     }
 }
 
-/// Returns the bearer token, `None` when there is no `Authorization` header.
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
+/// Returns the bearer token (at most `max_bytes`), `None` when there is no
+/// `Authorization` header.
+pub fn bearer_token(
+    headers: &HeaderMap,
+    max_bytes: usize,
+) -> Result<Option<&str>, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -57,7 +61,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, CredentialError
         return Err(CredentialError::NotBearer);
     }
     let token = bytes[scheme_end..].trim_ascii();
-    if token.len() > MAX_TOKEN_BYTES {
+    if token.len() > max_bytes {
         return Err(CredentialError::TooLong);
     }
     if !is_b64token(token) {
@@ -83,6 +87,10 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn bearer_token_default(h: &HeaderMap) -> Result<Option<&str>, CredentialError> {
+        bearer_token(h, MAX_TOKEN_BYTES)
+    }
+
     fn with(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
@@ -93,46 +101,55 @@ mod tests {
 
     #[test]
     fn reads_one_bearer_token() {
-        assert_eq!(bearer_token(&with(&[])), Ok(None));
+        assert_eq!(bearer_token_default(&with(&[])), Ok(None));
         assert_eq!(
-            bearer_token(&with(&["Bearer abc.DEF-_~+/=="])),
+            bearer_token_default(&with(&["Bearer abc.DEF-_~+/=="])),
             Ok(Some("abc.DEF-_~+/=="))
         );
-        assert_eq!(bearer_token(&with(&["bearer abc"])), Ok(Some("abc")));
-        assert_eq!(bearer_token(&with(&["BEARER   abc"])), Ok(Some("abc")));
+        assert_eq!(
+            bearer_token_default(&with(&["bearer abc"])),
+            Ok(Some("abc"))
+        );
+        assert_eq!(
+            bearer_token_default(&with(&["BEARER   abc"])),
+            Ok(Some("abc"))
+        );
     }
 
     #[test]
     fn refuses_everything_else() {
         assert_eq!(
-            bearer_token(&with(&["Bearer a", "Bearer b"])),
+            bearer_token_default(&with(&["Bearer a", "Bearer b"])),
             Err(CredentialError::Multiple)
         );
         assert_eq!(
-            bearer_token(&with(&["Basic YTpi"])),
+            bearer_token_default(&with(&["Basic YTpi"])),
             Err(CredentialError::NotBearer)
         );
         assert_eq!(
-            bearer_token(&with(&["Bearerabc"])),
+            bearer_token_default(&with(&["Bearerabc"])),
             Err(CredentialError::NotBearer)
         );
         assert_eq!(
-            bearer_token(&with(&["Bearer"])),
+            bearer_token_default(&with(&["Bearer"])),
             Err(CredentialError::Malformed)
         );
         assert_eq!(
-            bearer_token(&with(&["Bearer a b"])),
+            bearer_token_default(&with(&["Bearer a b"])),
             Err(CredentialError::Malformed)
         );
         assert_eq!(
-            bearer_token(&with(&["Bearer ==="])),
+            bearer_token_default(&with(&["Bearer ==="])),
             Err(CredentialError::Malformed)
         );
         assert_eq!(
-            bearer_token(&with(&["Bearer a=b"])),
+            bearer_token_default(&with(&["Bearer a=b"])),
             Err(CredentialError::Malformed)
         );
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
-        assert_eq!(bearer_token(&with(&[&long])), Err(CredentialError::TooLong));
+        assert_eq!(
+            bearer_token_default(&with(&[&long])),
+            Err(CredentialError::TooLong)
+        );
     }
 }

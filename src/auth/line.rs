@@ -32,11 +32,24 @@ const MAX_RETRY_AFTER_SECONDS: u64 = 60;
 /// After a 429 without `Retry-After`, new verifications wait this long (5 seconds).
 pub const DEFAULT_RATE_LIMIT_BACKOFF_SECONDS: u64 = 5;
 
+/// `application/x-www-form-urlencoded` values: everything but unreserved is escaped.
+const FORM_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Which LINE endpoint a call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `GET /oauth2/v2.1/verify` (access token).
     Verify,
+    /// `GET /v2/profile`.
     Profile,
+    /// `POST /oauth2/v2.1/verify` (ID token).
+    VerifyIdToken,
+    /// `GET /oauth2/v2.1/certs`.
+    Jwks,
 }
 
 impl Endpoint {
@@ -44,6 +57,8 @@ impl Endpoint {
         match self {
             Endpoint::Verify => "verify",
             Endpoint::Profile => "profile",
+            Endpoint::VerifyIdToken => "verify_id_token",
+            Endpoint::Jwks => "jwks",
         }
     }
 }
@@ -70,6 +85,9 @@ pub enum LineError {
     /// `Retry-After` (or [`DEFAULT_RATE_LIMIT_BACKOFF_SECONDS`]) has passed.
     #[error("backing off after a LINE rate limit ({retry_after} s left)")]
     BackingOff { retry_after: u64 },
+    /// No JWKS has loaded yet: ES256 ID tokens cannot be checked.
+    #[error("LINE's JWKS has not been loaded")]
+    JwksUnavailable,
 }
 
 impl LineError {
@@ -84,6 +102,7 @@ impl LineError {
             LineError::BadResponse(_) => "line_bad_response",
             LineError::Overloaded => "line_overloaded",
             LineError::BackingOff { .. } => "line_backoff",
+            LineError::JwksUnavailable => "jwks_unavailable",
         }
     }
 
@@ -104,7 +123,7 @@ impl LineError {
 }
 
 /// One call's result: an answer LINE stands behind, or a rejection.
-enum Answer<T> {
+pub(crate) enum Answer<T> {
     Ok(T),
     Rejected(Rejection),
 }
@@ -224,9 +243,35 @@ impl LineClient {
         }))
     }
 
+    /// A GET request on the shared client (timeouts, no redirects).
+    pub(crate) fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        self.http.get(url)
+    }
+
+    /// A form POST to LINE's ID-token verify endpoint.
+    pub(crate) fn post_verify_id_token(&self, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        let body = form
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    percent_encoding::utf8_percent_encode(v, FORM_VALUE)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        self.http
+            .post(&self.verify_url)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+    }
+
     /// Sends one request and reads its body (bounded). Maps transport failures to
     /// [`LineError`] without ever formatting the `reqwest::Error` (it holds the URL).
-    async fn call(
+    pub(crate) async fn call(
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
@@ -350,7 +395,11 @@ fn parse_retry_after(value: &Option<String>) -> Option<u64> {
 }
 
 /// Classifies a status that is not 200: 400/401 are LINE refusing the token.
-fn refusal<T>(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Answer<T>, LineError> {
+pub(crate) fn refusal<T>(
+    endpoint: Endpoint,
+    status: u16,
+    body: &[u8],
+) -> Result<Answer<T>, LineError> {
     match status {
         // The profile endpoint answers 403 to a token without the `profile`
         // scope: the token cannot identify anyone, so it is refused.
@@ -361,10 +410,25 @@ fn refusal<T>(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Answer<T>,
                 v.get("error_description")
                     .or_else(|| v.get("message"))
                     .and_then(Value::as_str)
-                    .map(str::to_ascii_lowercase)
+                    .map(str::to_owned)
             });
-            let rejection = match text {
-                Some(t) if t.contains("expired") => Rejection::Expired,
+            let rejection = match (endpoint, text.as_deref()) {
+                // LINE's documented ID-token verify errors (LINE-API.md §5).
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Issuer.")) => {
+                    Rejection::WrongIssuer
+                }
+                (Endpoint::VerifyIdToken, Some("IdToken expired.")) => Rejection::Expired,
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Audience.")) => {
+                    Rejection::WrongChannel
+                }
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Nonce.")) => {
+                    Rejection::NonceMismatch
+                }
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Subject Identifier.")) => {
+                    Rejection::BadSubject
+                }
+                (Endpoint::VerifyIdToken, _) => Rejection::Invalid,
+                (_, Some(t)) if t.to_ascii_lowercase().contains("expired") => Rejection::Expired,
                 _ => Rejection::Invalid,
             };
             Ok(Answer::Rejected(rejection))

@@ -6,7 +6,10 @@
 //! LINE Platform; the verdict goes through the [`crate::cache`] on its way back.
 
 pub mod credential;
+pub mod id_token;
+pub mod jwks;
 pub mod line;
+pub mod nonce;
 
 use http::{HeaderName, HeaderValue};
 
@@ -14,6 +17,17 @@ use http::{HeaderName, HeaderValue};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
     AccessToken,
+    IdToken,
+}
+
+impl AuthMethod {
+    /// The `X-Line-Auth-Method` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::AccessToken => "access_token",
+            AuthMethod::IdToken => "id_token",
+        }
+    }
 }
 
 /// An identity the LINE Platform vouched for. Nothing here comes from the client.
@@ -53,6 +67,30 @@ pub enum Rejection {
     NotPositiveExpiry,
     /// The profile endpoint refused the token (403): it lacks the `profile` scope.
     NoProfileScope,
+    /// Not a compact JWS of three base64url parts, over 8 KiB, or unreadable JSON.
+    IdTokenMalformed,
+    /// `alg` other than ES256/HS256 (`none`, RS256, …) or a key-carrying header
+    /// (`jku`, `x5u`, `jwk`, `x5c`, `crit`).
+    IdTokenAlgorithm,
+    /// ES256 with a `kid` that is not in LINE's JWKS (after one refetch).
+    UnknownKey,
+    /// HS256 for a channel whose secret this proxy does not hold.
+    NoChannelSecret,
+    BadSignature,
+    /// `iss` is not `https://access.line.me`.
+    WrongIssuer,
+    /// `iat` is in the future beyond the clock-skew leeway.
+    IssuedInFuture,
+    /// `sub` is not a LINE user id.
+    BadSubject,
+    /// The route needs a nonce and the token carries none.
+    NonceMissing,
+    /// The nonce was never issued here, or was already used.
+    NonceUnknown,
+    /// The nonce was issued here but its lifetime is over.
+    NonceExpired,
+    /// LINE's remote verify said the nonce does not match.
+    NonceMismatch,
 }
 
 impl Rejection {
@@ -64,17 +102,41 @@ impl Rejection {
             Rejection::WrongChannel => "wrong_channel",
             Rejection::NotPositiveExpiry => "expires_in_not_positive",
             Rejection::NoProfileScope => "no_profile_scope",
+            Rejection::IdTokenMalformed => "id_token_malformed",
+            Rejection::IdTokenAlgorithm => "id_token_algorithm",
+            Rejection::UnknownKey => "id_token_unknown_kid",
+            Rejection::NoChannelSecret => "id_token_no_channel_secret",
+            Rejection::BadSignature => "id_token_bad_signature",
+            Rejection::WrongIssuer => "id_token_wrong_issuer",
+            Rejection::IssuedInFuture => "id_token_iat_in_future",
+            Rejection::BadSubject => "id_token_bad_subject",
+            Rejection::NonceMissing => "nonce_missing",
+            Rejection::NonceUnknown => "nonce_unknown_or_used",
+            Rejection::NonceExpired => "nonce_expired",
+            Rejection::NonceMismatch => "nonce_mismatch",
         }
     }
 
     /// Safe to show the client: says what kind of problem, never echoes the token.
     pub fn describe(self) -> &'static str {
         match self {
-            Rejection::Expired => "the access token has expired",
-            Rejection::Invalid => "the LINE Platform did not accept the access token",
-            Rejection::WrongChannel => "the access token was issued to another channel",
-            Rejection::NotPositiveExpiry => "the access token has expired",
+            Rejection::Expired => "the token has expired",
+            Rejection::Invalid => "the LINE Platform did not accept the token",
+            Rejection::WrongChannel => "the token was issued to another channel",
+            Rejection::NotPositiveExpiry => "the token has expired",
             Rejection::NoProfileScope => "the access token lacks the profile scope",
+            Rejection::IdTokenMalformed => "the ID token is not a well-formed JWT",
+            Rejection::IdTokenAlgorithm => "the ID token's algorithm or header is not accepted",
+            Rejection::UnknownKey => "the ID token was signed with an unknown key",
+            Rejection::NoChannelSecret => "HS256 ID tokens are not accepted for this channel",
+            Rejection::BadSignature => "the ID token's signature is invalid",
+            Rejection::WrongIssuer => "the ID token was not issued by LINE",
+            Rejection::IssuedInFuture => "the ID token is issued in the future",
+            Rejection::BadSubject => "the ID token's subject is not a LINE user id",
+            Rejection::NonceMissing => "the ID token carries no nonce",
+            Rejection::NonceUnknown => "the nonce is unknown or was already used",
+            Rejection::NonceExpired => "the nonce has expired",
+            Rejection::NonceMismatch => "the ID token's nonce does not match",
         }
     }
 }
