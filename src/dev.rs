@@ -119,11 +119,19 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), cra
     file.upstream.url = Some(upstream.url());
     file.line.channel_ids = vec![DEMO_CHANNEL_ID.into()];
     file.line.api_base_url = line.base_url();
-    file.routes = vec![RouteSection {
-        path_prefix: Some("/public/".into()),
-        auth: Some("none".into()),
-        ..RouteSection::default()
-    }];
+    file.line.jwks_url = line.jwks_url();
+    file.routes = vec![
+        RouteSection {
+            path_prefix: Some("/public/".into()),
+            auth: Some("none".into()),
+            ..RouteSection::default()
+        },
+        RouteSection {
+            path_prefix: Some("/login".into()),
+            auth: Some("id_token".into()),
+            ..RouteSection::default()
+        },
+    ];
     let config = file.validate().expect("the dev configuration is valid");
 
     let bound = crate::bind(config).await?;
@@ -144,6 +152,13 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), cra
          curl -s http://{proxy}/public/info -H 'X-Line-User-Id: Uattacker'\n\n\
          # metrics\n\
          curl -s http://{admin}/metrics\n\n\
+         # ID-token login: a nonce from the proxy, an ID token carrying it (minted by the\n\
+         # mock LINE Platform, as the LINE SDK would get one), then the login route\n\
+         NONCE=$(curl -s http://{proxy}/auth/nonce | sed -E 's/.*\"nonce\":\"([^\"]+)\".*/\\1/')\n\
+         ID_TOKEN=$(curl -s \"{line_url}/mock/id_token?aud={DEMO_CHANNEL_ID}&sub={DEMO_USER_ID}&nonce=$NONCE\")\n\
+         curl -s -X POST http://{proxy}/login -H \"Authorization: Bearer $ID_TOKEN\"\n\n\
+         # the same ID token again: 401, its nonce was used (no replay)\n\
+         curl -si -X POST http://{proxy}/login -H \"Authorization: Bearer $ID_TOKEN\"\n\n\
          Ctrl-C stops all three.\n",
         line_url = line.base_url(),
         up_url = upstream.url(),

@@ -265,7 +265,10 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     })
     .await
     .unwrap();
-    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    let curls: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("curl ") && !l.contains('$'))
+        .collect();
     assert_eq!(curls.len(), 6, "{lines:#?}");
     let c = client();
     let mut answers = Vec::new();
@@ -294,6 +297,47 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     assert!(!answers[4].1.contains("x-line-user-id"), "{}", answers[4].1);
     assert_eq!(answers[5].0, 200);
     assert!(answers[5].1.contains("line_auth_proxy_requests_total"));
+    // The login sequence, step by step as a shell would run it.
+    let nonce_line = lines.iter().find(|l| l.starts_with("NONCE=")).unwrap();
+    let (nonce_url, _) = parse_curl(nonce_line);
+    let v: serde_json::Value = c
+        .get(&nonce_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let nonce = v["nonce"].as_str().unwrap();
+    let mint_line = lines.iter().find(|l| l.starts_with("ID_TOKEN=")).unwrap();
+    let mint_url = mint_line
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .replace("$NONCE", nonce);
+    let id_token = c.get(&mint_url).send().await.unwrap().text().await.unwrap();
+    let login_url = format!("http://127.0.0.1:{port}/login");
+    let login_lines: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("curl ") && l.contains("$ID_TOKEN"))
+        .collect();
+    assert_eq!(login_lines.len(), 2, "{lines:#?}");
+    assert!(login_lines.iter().all(|l| l.contains(&login_url)));
+    let first = c
+        .post(&login_url)
+        .bearer_auth(&id_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.text().await.unwrap().contains("\"id_token\""));
+    let replay = c
+        .post(&login_url)
+        .bearer_auth(&id_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

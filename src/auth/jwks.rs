@@ -31,8 +31,10 @@ pub struct Jwks {
     line: Arc<LineClient>,
     url: String,
     keys: RwLock<Option<Arc<KeySet>>>,
-    /// When the last fetch started (any reason); guards the refetch rate.
-    last_fetch: std::sync::Mutex<Option<Instant>>,
+    /// When the last unknown-kid refetch started; guards their rate. Start-up
+    /// and periodic fetches do not count: a rotation right after start is
+    /// still picked up at once.
+    last_unknown_kid_fetch: std::sync::Mutex<Option<Instant>>,
     /// Serialises fetches: concurrent unknown kids share one.
     fetching: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -44,7 +46,7 @@ impl Jwks {
             line,
             url,
             keys: RwLock::new(None),
-            last_fetch: std::sync::Mutex::new(None),
+            last_unknown_kid_fetch: std::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             metrics,
         }
@@ -75,11 +77,14 @@ impl Jwks {
         {
             return Ok(Some(key.clone()));
         }
-        let due = self
-            .last_fetch
-            .lock()
-            .expect("poisoned")
-            .is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
+        let due = {
+            let mut last = self.last_unknown_kid_fetch.lock().expect("poisoned");
+            let due = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
         if due {
             let _ = self.fetch_locked().await;
         }
@@ -96,7 +101,6 @@ impl Jwks {
     }
 
     async fn fetch_locked(&self) -> Result<usize, LineError> {
-        *self.last_fetch.lock().expect("poisoned") = Some(Instant::now());
         let (status, body) = self
             .line
             .call(Endpoint::Jwks, self.line.get(&self.url))

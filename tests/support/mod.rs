@@ -213,6 +213,16 @@ impl Drop for TestProxy {
 /// Configuration text for a proxy in front of `upstream`, verifying with `line`,
 /// on ephemeral ports; `extra` is appended (more sections, `[[routes]]`).
 pub fn config_text(line_base_url: &str, upstream_url: &str, extra: &str) -> String {
+    config_text_line(line_base_url, upstream_url, "", extra)
+}
+
+/// [`config_text`] with more keys in `[line]` (ID-token settings).
+pub fn config_text_line(
+    line_base_url: &str,
+    upstream_url: &str,
+    line_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -228,6 +238,7 @@ timeout_ms = 2000
 channel_ids = ["{CHANNEL}"]
 api_base_url = "{line_base_url}"
 timeout_ms = 500
+{line_extra}
 
 {extra}
 "#
@@ -242,19 +253,7 @@ pub fn config(text: &str) -> Config {
 
 /// Binds and serves the proxy, then polls `/readyz` until it answers 200.
 pub async fn spawn_proxy(config: Config) -> TestProxy {
-    let bound = line_auth_proxy::bind(config).await.expect("proxy binds");
-    let addr = bound.proxy_addr();
-    let admin = bound.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(bound.serve(async {
-        let _ = rx.await;
-    }));
-    let proxy = TestProxy {
-        addr,
-        admin,
-        shutdown: Some(tx),
-        task: Some(task),
-    };
+    let proxy = spawn_proxy_unready(config).await;
     let c = client();
     for _ in 0..500 {
         if let Ok(r) = c.get(proxy.admin_url("/readyz")).send().await
@@ -266,6 +265,23 @@ pub async fn spawn_proxy(config: Config) -> TestProxy {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("proxy never became ready");
+}
+
+/// Binds and serves the proxy without waiting for readiness.
+pub async fn spawn_proxy_unready(config: Config) -> TestProxy {
+    let bound = line_auth_proxy::bind(config).await.expect("proxy binds");
+    let addr = bound.proxy_addr();
+    let admin = bound.admin_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(bound.serve(async {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        addr,
+        admin,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
 }
 
 /// The usual trio: mock LINE with one valid token, a recording upstream, the proxy.
@@ -418,4 +434,52 @@ pub async fn concurrent_statuses(url: String, token: &'static str, n: usize) -> 
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// A login setup: mock LINE (JWKS on), a recording upstream, and a proxy with
+/// an `id_token` route at `/login` (plus whatever `extra` adds), verifying
+/// locally against the mock's JWKS unless `line_extra` says otherwise.
+pub async fn login_env(line_extra: &str, extra: &str) -> Env {
+    let line = MockLine::start().await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let line_extra = format!("jwks_url = \"{}\"\n{line_extra}", line.jwks_url());
+    let extra = format!("[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n{extra}");
+    let proxy = spawn_proxy(config(&config_text_line(
+        &line.base_url(),
+        &upstream.url(),
+        &line_extra,
+        &extra,
+    )))
+    .await;
+    Env {
+        line,
+        upstream,
+        proxy,
+    }
+}
+
+impl Env {
+    /// A fresh nonce from the proxy's nonce endpoint.
+    pub async fn nonce(&self) -> String {
+        let r = client()
+            .get(self.proxy.url("/auth/nonce"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["nonce"].as_str().unwrap().to_string()
+    }
+
+    /// POST /login with `token`; the status.
+    pub async fn login(&self, token: &str) -> u16 {
+        client()
+            .post(self.proxy.url("/login"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
 }

@@ -1,0 +1,521 @@
+//! Login with LINE ID tokens: local (ES256 via JWKS, HS256 with the channel
+//! secret) and remote verification, single-use nonces, and every refusal — each
+//! proving the upstream was not reached.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn claims(nonce: Option<&str>) -> Value {
+    MockLine::id_claims(CHANNEL, USER, nonce)
+}
+
+#[tokio::test]
+async fn nonce_endpoint_issues_long_random_single_use_nonces() {
+    let e = login_env("", "").await;
+    let r = client()
+        .get(e.proxy.url("/auth/nonce"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let v: Value = r.json().await.unwrap();
+    let nonce = v["nonce"].as_str().unwrap();
+    assert!(nonce.len() >= 22, "{nonce}");
+    assert!(
+        nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+    assert_eq!(v["expires_in"], 300);
+    assert_ne!(e.nonce().await, e.nonce().await);
+    // Served by the proxy itself, never forwarded; only GET.
+    let r = client()
+        .post(e.proxy.url("/auth/nonce"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn es256_login_passes_once_with_lines_identity() {
+    let e = login_env("", "").await;
+    let nonce = e.nonce().await;
+    let mut c = claims(Some(&nonce));
+    c["email"] = "taro.line@example.com".into();
+    c["name"] = "山田 太郎".into();
+    let token = e.line.sign_es256(&c);
+    let r = client()
+        .post(e.proxy.url("/login"))
+        .bearer_auth(&token)
+        .header("X-Line-User-Id", "Uattacker")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = e.upstream.last();
+    assert_eq!(seen.headers["x-line-user-id"], USER);
+    assert_eq!(seen.headers["x-line-auth-method"], "id_token");
+    assert_eq!(seen.headers["x-line-channel-id"], CHANNEL);
+    assert_eq!(seen.headers["x-line-email"], "taro.line@example.com");
+    assert_eq!(
+        seen.headers["x-line-display-name"],
+        "%E5%B1%B1%E7%94%B0%20%E5%A4%AA%E9%83%8E"
+    );
+    assert_eq!(
+        seen.headers["x-line-picture-url"],
+        "https://profile.line-scdn.net/0hID"
+    );
+    assert_eq!(
+        seen.headers["x-line-expires-at"],
+        c["exp"].to_string().as_str()
+    );
+    assert!(seen.headers.get("authorization").is_none());
+    // Replay: the same token again is refused, and so is another token with that nonce.
+    assert_eq!(e.login(&token).await, 401);
+    assert_eq!(
+        e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await,
+        401
+    );
+    assert_eq!(e.upstream.hits(), 1);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_rejections_total{reason=\"nonce_unknown_or_used\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "line_auth_proxy_nonces_total{event=\"consumed\"}"),
+        1.0,
+        "{m}"
+    );
+    // Local mode never calls LINE's verify endpoint.
+    assert_eq!(e.line.verify_id_token_calls(), 0);
+}
+
+#[tokio::test]
+async fn unknown_and_missing_nonces_are_refused() {
+    let e = login_env("", "").await;
+    assert_eq!(
+        e.login(
+            &e.line
+                .sign_es256(&claims(Some("never-issued-by-the-proxy")))
+        )
+        .await,
+        401
+    );
+    assert_eq!(e.login(&e.line.sign_es256(&claims(None))).await, 401);
+    assert_eq!(e.upstream.hits(), 0);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_rejections_total{reason=\"nonce_missing\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn expired_nonce_is_refused() {
+    let e = login_env("", "[nonce]\nttl_seconds = 1\n").await;
+    let nonce = e.nonce().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await,
+        401
+    );
+    assert_eq!(e.upstream.hits(), 0);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "line_auth_proxy_auth_rejections_total{reason=\"nonce_expired\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_token_cannot_burn_a_nonce() {
+    let e = login_env("", "").await;
+    let nonce = e.nonce().await;
+    let good = e.line.sign_es256(&claims(Some(&nonce)));
+    // Same claims, signature of another token.
+    let other = e.line.sign_es256(&claims(Some("x")));
+    let forged = format!(
+        "{}.{}",
+        good.rsplit_once('.').unwrap().0,
+        other.rsplit_once('.').unwrap().1
+    );
+    assert_eq!(e.login(&forged).await, 401);
+    assert_eq!(e.upstream.hits(), 0);
+    assert_eq!(e.login(&good).await, 200);
+}
+
+#[tokio::test]
+async fn concurrent_replays_have_exactly_one_winner() {
+    let e = login_env("", "").await;
+    let token = e.line.sign_es256(&claims(Some(&e.nonce().await)));
+    let token: &'static str = Box::leak(token.into_boxed_str());
+    let c = client();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (c, url) = (c.clone(), e.proxy.url("/login"));
+            tokio::spawn(async move {
+                c.post(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            401 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(e.upstream.hits(), 1);
+}
+
+async fn assert_refused(e: &Env, token: &str, reason: &str) {
+    let nonce_hits = e.upstream.hits();
+    let r = client()
+        .post(e.proxy.url("/login"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(json_error(r, 401).await, "invalid_token");
+    assert_eq!(
+        e.upstream.hits(),
+        nonce_hits,
+        "a refused token reached the upstream"
+    );
+    let m = e.proxy.metrics().await;
+    assert!(
+        metric(
+            &m,
+            &format!("line_auth_proxy_auth_rejections_total{{reason=\"{reason}\"}}")
+        ) >= 1.0,
+        "no rejection counted as {reason}:\n{m}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_claims_are_refused() {
+    let e = login_env("", "").await;
+    let now = line_auth_proxy::auth::unix_now();
+    let with = |k: &str, v: Value| {
+        let mut c = claims(Some("n"));
+        c[k] = v;
+        c
+    };
+    assert_refused(
+        &e,
+        &e.line.sign_es256(&with("aud", OTHER_CHANNEL.into())),
+        "wrong_channel",
+    )
+    .await;
+    assert_refused(
+        &e,
+        &e.line.sign_es256(&with("aud", json!(1234567890))),
+        "wrong_channel",
+    )
+    .await;
+    assert_refused(
+        &e,
+        &e.line
+            .sign_es256(&with("iss", "https://evil.example".into())),
+        "id_token_wrong_issuer",
+    )
+    .await;
+    assert_refused(
+        &e,
+        &e.line.sign_es256(&with("exp", json!(now - 3600))),
+        "token_expired",
+    )
+    .await;
+    assert_refused(
+        &e,
+        &e.line.sign_es256(&with("iat", json!(now + 3600))),
+        "id_token_iat_in_future",
+    )
+    .await;
+    assert_refused(
+        &e,
+        &e.line.sign_es256(&with("sub", "U1234".into())),
+        "id_token_bad_subject",
+    )
+    .await;
+    assert_refused(
+        &e,
+        &e.line.sign_es256(&with("sub", format!("{USER} ").into())),
+        "id_token_bad_subject",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn clock_skew_leeway_applies_to_exp_and_iat() {
+    let e = login_env("clock_skew_seconds = 60\n", "").await;
+    let now = line_auth_proxy::auth::unix_now();
+    let mut c = claims(Some(&e.nonce().await));
+    c["exp"] = json!(now - 10);
+    c["iat"] = json!(now + 10);
+    assert_eq!(e.login(&e.line.sign_es256(&c)).await, 200);
+    let mut c = claims(Some(&e.nonce().await));
+    c["exp"] = json!(now - 120);
+    assert_eq!(e.login(&e.line.sign_es256(&c)).await, 401);
+}
+
+#[tokio::test]
+async fn algorithm_tricks_are_refused() {
+    let e = login_env("", "").await;
+    let nonce = e.nonce().await;
+    let c = claims(Some(&nonce));
+    let b64 = |v: &Value| base64_url(v.to_string().as_bytes());
+    // alg: none, unsigned.
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&c)
+    );
+    assert_refused(&e, &none, "id_token_algorithm").await;
+    let none_sig = format!("{}.{}.AA", b64(&json!({"alg": "none"})), b64(&c));
+    assert_refused(&e, &none_sig, "id_token_algorithm").await;
+    // HS256 "signed" with the public key's bytes (classic RS/ES → HS confusion).
+    let jwks: Value = client()
+        .get(e.line.jwks_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = jwks["keys"][0].to_string();
+    let confused = MockLine::sign_hs256_with_header(
+        &json!({"alg": "HS256", "kid": e.line.current_kid()}),
+        jwk.as_bytes(),
+        &c,
+    );
+    assert_refused(&e, &confused, "id_token_no_channel_secret").await;
+    // RS256 / PS256 headers.
+    for alg in ["RS256", "PS256", "ES384", "HS512"] {
+        let t = e
+            .line
+            .sign_es256_with_header(&json!({"alg": alg, "kid": e.line.current_kid()}), &c);
+        assert_refused(&e, &t, "id_token_algorithm").await;
+    }
+    // Key-carrying headers, even with a valid signature.
+    for (h, v) in [
+        ("jku", json!("https://evil.example/jwks")),
+        ("x5u", json!("https://evil.example/cert")),
+        ("jwk", json!({"kty": "EC"})),
+        ("x5c", json!(["MIIB"])),
+        ("crit", json!(["exp"])),
+    ] {
+        let mut header = json!({"alg": "ES256", "kid": e.line.current_kid()});
+        header[h] = v;
+        assert_refused(
+            &e,
+            &e.line.sign_es256_with_header(&header, &c),
+            "id_token_algorithm",
+        )
+        .await;
+    }
+    // Tampered payload and signature.
+    let good = e.line.sign_es256(&c);
+    let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+    let mut tampered = c.clone();
+    tampered["sub"] = "Uffffffffffffffffffffffffffffffff".into();
+    parts[1] = b64(&tampered);
+    assert_refused(&e, &parts.join("."), "id_token_bad_signature").await;
+    let mut sig: Vec<char> = good.rsplit_once('.').unwrap().1.chars().collect();
+    sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
+    let bad_sig = format!(
+        "{}.{}",
+        good.rsplit_once('.').unwrap().0,
+        sig.into_iter().collect::<String>()
+    );
+    assert_refused(&e, &bad_sig, "id_token_bad_signature").await;
+    // After all that, the nonce is still live: the genuine token passes.
+    assert_eq!(e.login(&good).await, 200);
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_tokens_are_refused_before_any_work() {
+    let e = login_env("", "").await;
+    let jwks_before = e.line.jwks_calls();
+    let big = format!(
+        "{}.{}.{}",
+        "a".repeat(4000),
+        "b".repeat(4000),
+        "c".repeat(400)
+    );
+    let r = client()
+        .post(e.proxy.url("/login"))
+        .bearer_auth(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_refused(&e, "only.two", "id_token_malformed").await;
+    assert_refused(&e, "a.b.c.d", "id_token_malformed").await;
+    assert_refused(&e, "e30.e30.e30", "id_token_algorithm").await;
+    assert_eq!(e.line.jwks_calls(), jwks_before);
+    assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn hs256_web_login_uses_the_channel_secret_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("lap-hs-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("channel-secret");
+    std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let e = login_env(&format!("channel_secret_file = {secret_file:?}\n"), "").await;
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let token = MockLine::sign_hs256(secret, &claims(Some(&e.nonce().await)));
+    assert_eq!(e.login(&token).await, 200);
+    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+    // Wrong secret, and a secret-less channel: refused.
+    let wrong = MockLine::sign_hs256(b"not-the-secret", &claims(Some(&e.nonce().await)));
+    assert_refused(&e, &wrong, "id_token_bad_signature").await;
+    std::fs::remove_dir_all(&dir).ok();
+    let e = login_env("", "").await;
+    let token = MockLine::sign_hs256(secret, &claims(Some(&e.nonce().await)));
+    assert_refused(&e, &token, "id_token_no_channel_secret").await;
+}
+
+#[tokio::test]
+async fn remote_mode_asks_line_and_still_consumes_the_nonce() {
+    let e = login_env("id_token_verification = \"remote\"\n", "").await;
+    e.line.set_channel_secret(CHANNEL, b"web-secret");
+    let nonce = e.nonce().await;
+    let token = e.line.sign_es256(&claims(Some(&nonce)));
+    assert_eq!(e.login(&token).await, 200);
+    assert_eq!(e.line.verify_id_token_calls(), 1);
+    assert_eq!(e.upstream.last().headers["x-line-auth-method"], "id_token");
+    assert_eq!(e.login(&token).await, 401, "replay in remote mode");
+    // HS256 web-login tokens are checked by LINE with the channel's secret.
+    let hs = MockLine::sign_hs256(b"web-secret", &claims(Some(&e.nonce().await)));
+    assert_eq!(e.login(&hs).await, 200);
+    // LINE's documented refusals map to reasons.
+    let now = line_auth_proxy::auth::unix_now();
+    let mut expired = claims(Some(&e.nonce().await));
+    expired["exp"] = json!(now - 10);
+    assert_refused(&e, &e.line.sign_es256(&expired), "token_expired").await;
+    let mut wrong_iss = claims(Some(&e.nonce().await));
+    wrong_iss["iss"] = "https://evil.example".into();
+    assert_refused(&e, &e.line.sign_es256(&wrong_iss), "id_token_wrong_issuer").await;
+    assert_refused(
+        &e,
+        &MockLine::sign_hs256(b"bad", &claims(Some("n"))),
+        "token_invalid",
+    )
+    .await;
+    // A token for another channel never reaches LINE: client_id is ours only.
+    let calls = e.line.verify_id_token_calls();
+    let mut other = claims(Some("n"));
+    other["aud"] = OTHER_CHANNEL.into();
+    assert_refused(&e, &e.line.sign_es256(&other), "wrong_channel").await;
+    assert_eq!(e.line.verify_id_token_calls(), calls);
+    assert_eq!(e.upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn remote_mode_fails_closed_when_line_fails() {
+    let e = login_env("id_token_verification = \"remote\"\n", "").await;
+    let nonce = e.nonce().await;
+    let token = e.line.sign_es256(&claims(Some(&nonce)));
+    for fault in [Fault::Status(500), Fault::Status(429), Fault::Garbage] {
+        e.line.set_faults(Faults {
+            verify_id_token: Some(fault),
+            ..Faults::default()
+        });
+        let r = client()
+            .post(e.proxy.url("/login"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{fault:?}");
+        assert!(r.headers().contains_key("retry-after"));
+        // LINE rate-limited us: wait out the back-off before the next fault.
+        if fault == Fault::Status(429) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(e.upstream.hits(), 0);
+    // LINE recovers; the nonce was never consumed by the failed attempts.
+    e.line.set_faults(Faults::default());
+    assert_eq!(e.login(&token).await, 200);
+}
+
+#[tokio::test]
+async fn liff_routes_without_nonce_cache_the_verdict_until_exp() {
+    let e = login_env(
+        "id_token_verification = \"remote\"\n",
+        "[[routes]]\npath_prefix = \"/liff/\"\nauth = \"id_token\"\nrequire_nonce = false\n",
+    )
+    .await;
+    let token = e.line.sign_es256(&claims(None));
+    for _ in 0..3 {
+        let r = client()
+            .get(e.proxy.url("/liff/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(e.line.verify_id_token_calls(), 1, "verdict not cached");
+    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+    // The nonce route still insists on a nonce for the same token.
+    assert_eq!(e.login(&token).await, 401);
+    // An access token never unlocks an id_token route.
+    e.line
+        .add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let r = client()
+        .get(e.proxy.url("/liff/me"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn id_token_route_without_credential_is_401() {
+    let e = login_env("", "").await;
+    let r = client().post(e.proxy.url("/login")).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(json_error(r, 401).await, "unauthorized");
+    assert_eq!(e.upstream.hits(), 0);
+}
