@@ -66,12 +66,7 @@ impl Lookup {
 struct PerEntryTtl;
 
 impl Expiry<CacheKey, Arc<Cached>> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Cached>,
-        _now: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &CacheKey, value: &Arc<Cached>, _now: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -84,24 +79,13 @@ pub struct VerdictCache {
 
 impl VerdictCache {
     pub fn new(config: &CacheConfig) -> Self {
-        let inner = moka::future::Cache::builder()
-            .max_capacity(config.max_entries)
-            .expire_after(PerEntryTtl)
-            .build();
-        Self {
-            inner,
-            ttl: config.ttl,
-            negative_ttl: config.negative_ttl,
-        }
+        let inner = moka::future::Cache::builder().max_capacity(config.max_entries).expire_after(PerEntryTtl).build();
+        Self { inner, ttl: config.ttl, negative_ttl: config.negative_ttl }
     }
 
     /// The verdict for `key`: from the cache, or from `verify` (run once however
     /// many requests wait for it). `Err` is never cached.
-    pub async fn get_or_verify<F>(
-        &self,
-        key: CacheKey,
-        verify: F,
-    ) -> (Result<Arc<Cached>, Arc<LineError>>, Lookup)
+    pub async fn get_or_verify<F>(&self, key: CacheKey, verify: F) -> (Result<Arc<Cached>, Arc<LineError>>, Lookup)
     where
         F: Future<Output = Result<Verdict, LineError>>,
     {
@@ -123,13 +107,11 @@ impl VerdictCache {
         };
         match result {
             // The TTL already ends at the token's expiry; this guards the last
-            // second of clock granularity: a verdict is never served past expiry.
-            Ok(cached) if !cached.is_live() => {
+            // second of clock granularity: a stored verdict is never served past
+            // expiry. (A fresh verification stands as its verifier decided.)
+            Ok(cached) if lookup != Lookup::Miss && !cached.is_live() => {
                 self.inner.invalidate(&key).await;
-                let expired = Cached {
-                    verdict: Verdict::Rejected(Rejection::Expired),
-                    ttl: Duration::ZERO,
-                };
+                let expired = Cached { verdict: Verdict::Rejected(Rejection::Expired), ttl: Duration::ZERO };
                 (Ok(Arc::new(expired)), lookup)
             }
             other => (other, lookup),
@@ -160,10 +142,7 @@ impl VerdictCache {
 impl Cached {
     /// A verdict that is handed out once and never stored (nonce logins).
     pub fn uncached(verdict: Verdict) -> Self {
-        Self {
-            verdict,
-            ttl: Duration::ZERO,
-        }
+        Self { verdict, ttl: Duration::ZERO }
     }
 
     /// A valid verdict whose token has expired is dead whatever its TTL said.

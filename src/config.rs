@@ -128,16 +128,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("routes.allow_cors_preflight", Kind::Bool),
 ];
 
-const SECTIONS: &[&str] = &[
-    "server",
-    "upstream",
-    "line",
-    "cache",
-    "identity",
-    "nonce",
-    "forward_auth",
-    "assertion",
-];
+const SECTIONS: &[&str] = &["server", "upstream", "line", "cache", "identity", "nonce", "forward_auth", "assertion"];
 
 /// One configuration problem: the dotted key path and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,10 +143,7 @@ pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.0.push(Problem { key: key.into(), message: message.into() });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -320,10 +308,7 @@ pub struct IdentitySection {
 
 impl Default for IdentitySection {
     fn default() -> Self {
-        Self {
-            header_prefix: DEFAULT_HEADER_PREFIX.into(),
-            forward_authorization: false,
-        }
+        Self { header_prefix: DEFAULT_HEADER_PREFIX.into(), forward_authorization: false }
     }
 }
 
@@ -373,13 +358,7 @@ pub struct AssertionSection {
 
 impl Default for AssertionSection {
     fn default() -> Self {
-        Self {
-            enabled: false,
-            header: DEFAULT_ASSERTION_HEADER.into(),
-            audience: None,
-            issuer: None,
-            key_file: None,
-        }
+        Self { enabled: false, header: DEFAULT_ASSERTION_HEADER.into(), audience: None, issuer: None, key_file: None }
     }
 }
 
@@ -572,11 +551,7 @@ where
         };
         let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         let (path, kind, map_key) = match parts.as_slice() {
-            [section, key] => (
-                format!("{section}.{key}"),
-                schema_kind(&format!("{section}.{key}")),
-                None,
-            ),
+            [section, key] => (format!("{section}.{key}"), schema_kind(&format!("{section}.{key}")), None),
             [section, key, entry] => {
                 let path = format!("{section}.{key}");
                 match schema_kind(&path) {
@@ -621,18 +596,14 @@ where
             Kind::StrMap => toml::Value::String(raw),
         };
         let (section, key) = path.split_once('.').expect("schema paths have a section");
-        let section_table = tree
-            .entry(section.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let section_table = tree.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = section_table.as_table_mut() else {
             problems.push(section, "must be a table");
             continue;
         };
         match map_key {
             Some(entry) => {
-                let map = section_table
-                    .entry(key.to_owned())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let map = section_table.entry(key.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 match map.as_table_mut() {
                     Some(map) => {
                         map.insert(entry, value);
@@ -668,24 +639,13 @@ fn check_schema(tree: &mut toml::Table, problems: &mut Problems) {
                     continue;
                 };
                 route.retain(|key, value| {
-                    check_key(
-                        &format!("routes.{key}"),
-                        &format!("routes[{i}].{key}"),
-                        value,
-                        problems,
-                    )
+                    check_key(&format!("routes.{key}"), &format!("routes[{i}].{key}"), value, problems)
                 });
             }
             return true;
         }
         if !SECTIONS.contains(&section) {
-            problems.push(
-                section,
-                format!(
-                    "unknown section; known sections: {}, routes",
-                    SECTIONS.join(", ")
-                ),
-            );
+            problems.push(section, format!("unknown section; known sections: {}, routes", SECTIONS.join(", ")));
             return false;
         }
         let Some(table) = value.as_table_mut() else {
@@ -710,12 +670,8 @@ fn check_key(schema_path: &str, shown: &str, value: &toml::Value, problems: &mut
         Kind::Str => value.is_str(),
         Kind::Int => value.as_integer().is_some_and(|n| n >= 0),
         Kind::Bool => value.is_bool(),
-        Kind::StrList => value
-            .as_array()
-            .is_some_and(|a| a.iter().all(toml::Value::is_str)),
-        Kind::StrMap => value
-            .as_table()
-            .is_some_and(|t| t.values().all(toml::Value::is_str)),
+        Kind::StrList => value.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str)),
+        Kind::StrMap => value.as_table().is_some_and(|t| t.values().all(toml::Value::is_str)),
     };
     if !ok {
         let expected = match kind {
@@ -747,87 +703,55 @@ impl FileConfig {
                 "must differ from server.listen: /metrics and /readyz are never served on the proxy port",
             );
         }
-        let shutdown_grace = range_secs(
-            self.server.shutdown_grace_seconds,
-            0,
-            3_600,
-            "server.shutdown_grace_seconds",
-            &mut p,
-        );
+        let shutdown_grace =
+            range_secs(self.server.shutdown_grace_seconds, 0, 3_600, "server.shutdown_grace_seconds", &mut p);
         if !(1_024..=1_048_576).contains(&self.server.max_header_bytes) {
-            p.push(
-                "server.max_header_bytes",
-                "must be between 1024 and 1048576 bytes",
-            );
+            p.push("server.max_header_bytes", "must be between 1024 and 1048576 bytes");
         }
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             p.push("server.max_connections", "must be between 1 and 1000000");
         }
-        let header_read_timeout = range_ms(
-            self.server.header_read_timeout_ms,
-            "server.header_read_timeout_ms",
-            &mut p,
-        );
+        let header_read_timeout = range_ms(self.server.header_read_timeout_ms, "server.header_read_timeout_ms", &mut p);
         let tls = match (&self.server.tls_cert_file, &self.server.tls_key_file) {
             (Some(cert), Some(key)) => {
-                for (path, key_name) in
-                    [(cert, "server.tls_cert_file"), (key, "server.tls_key_file")]
-                {
+                for (path, key_name) in [(cert, "server.tls_cert_file"), (key, "server.tls_key_file")] {
                     if !path.is_file() {
-                        p.push(
-                            key_name,
-                            format!("{} is not a readable file", path.display()),
-                        );
+                        p.push(key_name, format!("{} is not a readable file", path.display()));
                     }
                 }
-                Some(TlsFiles {
-                    cert_file: cert.clone(),
-                    key_file: key.clone(),
-                })
+                Some(TlsFiles { cert_file: cert.clone(), key_file: key.clone() })
             }
             (None, None) => None,
             (Some(_), None) => {
-                p.push(
-                    "server.tls_key_file",
-                    "is required when server.tls_cert_file is set",
-                );
+                p.push("server.tls_key_file", "is required when server.tls_cert_file is set");
                 None
             }
             (None, Some(_)) => {
-                p.push(
-                    "server.tls_cert_file",
-                    "is required when server.tls_key_file is set",
-                );
+                p.push("server.tls_cert_file", "is required when server.tls_key_file is set");
                 None
             }
         };
 
         let upstream = match &self.upstream.url {
             None => {
-                p.push(
-                    "upstream.url",
-                    "is required: the backend to forward to, e.g. \"http://127.0.0.1:3000\"",
-                );
+                p.push("upstream.url", "is required: the backend to forward to, e.g. \"http://127.0.0.1:3000\"");
                 None
             }
             Some(url) => parse_origin(url, "upstream.url", &mut p),
         };
-        let upstream_connect_timeout = range_ms(
-            self.upstream.connect_timeout_ms,
-            "upstream.connect_timeout_ms",
-            &mut p,
-        );
+        let upstream_connect_timeout =
+            range_ms(self.upstream.connect_timeout_ms, "upstream.connect_timeout_ms", &mut p);
         let upstream_timeout = range_ms(self.upstream.timeout_ms, "upstream.timeout_ms", &mut p);
 
         if self.line.channel_ids.is_empty() {
-            p.push(
-                "line.channel_ids",
-                "needs at least one LINE Login channel id, e.g. [\"1234567890\"]",
-            );
+            p.push("line.channel_ids", "needs at least one LINE Login channel id, e.g. [\"1234567890\"]");
         }
         for (i, id) in self.line.channel_ids.iter().enumerate() {
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 32 {
-                p.push(format!("line.channel_ids[{i}]"), format!("{id:?} is not a channel id (digits only, as shown in the LINE Developers Console)"));
+                p.push(
+                    format!("line.channel_ids[{i}]"),
+                    format!("{id:?} is not a channel id (digits only, as shown in the LINE Developers Console)"),
+                );
             }
         }
         let api_base_url = self.line.api_base_url.trim_end_matches('/').to_owned();
@@ -842,10 +766,7 @@ impl FileConfig {
         }
         let line_timeout = range_ms(self.line.timeout_ms, "line.timeout_ms", &mut p);
         if self.forward_auth.enabled {
-            p.push(
-                "forward_auth.enabled",
-                "forward-auth mode is not supported in this version; set it to false",
-            );
+            p.push("forward_auth.enabled", "forward-auth mode is not supported in this version; set it to false");
         }
         if self.assertion.enabled {
             p.push(
@@ -854,20 +775,9 @@ impl FileConfig {
             );
         }
 
-        let ttl = range_secs(
-            self.cache.ttl_seconds,
-            1,
-            MAX_TTL_SECONDS,
-            "cache.ttl_seconds",
-            &mut p,
-        );
-        let negative_ttl = range_secs(
-            self.cache.negative_ttl_seconds,
-            1,
-            MAX_TTL_SECONDS,
-            "cache.negative_ttl_seconds",
-            &mut p,
-        );
+        let ttl = range_secs(self.cache.ttl_seconds, 1, MAX_TTL_SECONDS, "cache.ttl_seconds", &mut p);
+        let negative_ttl =
+            range_secs(self.cache.negative_ttl_seconds, 1, MAX_TTL_SECONDS, "cache.negative_ttl_seconds", &mut p);
         if !(1..=10_000_000).contains(&self.cache.max_entries) {
             p.push("cache.max_entries", "must be between 1 and 10000000");
         }
@@ -882,10 +792,7 @@ impl FileConfig {
         let assertion_header = match HeaderName::try_from(self.assertion.header.as_str()) {
             Ok(h) => Some(h),
             Err(_) => {
-                p.push(
-                    "assertion.header",
-                    format!("{:?} is not a valid header name", self.assertion.header),
-                );
+                p.push("assertion.header", format!("{:?} is not a valid header name", self.assertion.header));
                 None
             }
         };
@@ -896,10 +803,7 @@ impl FileConfig {
                 routes.push(route);
             }
         }
-        let id_token_routes = self
-            .routes
-            .iter()
-            .any(|r| r.auth.as_deref() == Some("id_token"));
+        let id_token_routes = self.routes.iter().any(|r| r.auth.as_deref() == Some("id_token"));
         let id_token = validate_id_token(&self.line, self.nonce.as_ref(), id_token_routes, &mut p);
 
         if !p.is_empty() {
@@ -922,16 +826,8 @@ impl FileConfig {
                 connect_timeout: upstream_connect_timeout,
                 timeout: upstream_timeout,
             },
-            line: LineConfig {
-                channel_ids: self.line.channel_ids,
-                api_base_url,
-                timeout: line_timeout,
-            },
-            cache: CacheConfig {
-                ttl,
-                negative_ttl,
-                max_entries: self.cache.max_entries,
-            },
+            line: LineConfig { channel_ids: self.line.channel_ids, api_base_url, timeout: line_timeout },
+            cache: CacheConfig { ttl, negative_ttl, max_entries: self.cache.max_entries },
             identity: IdentityConfig {
                 names: names.expect("checked above"),
                 forward_authorization: self.identity.forward_authorization,
@@ -954,8 +850,7 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
         Some(prefix) => {
             if !prefix.starts_with('/') {
                 p.push(key("path_prefix"), "must start with /");
-            } else if crate::routes::normalize_path(prefix).ok().as_deref() != Some(prefix.as_str())
-            {
+            } else if crate::routes::normalize_path(prefix).ok().as_deref() != Some(prefix.as_str()) {
                 p.push(
                     key("path_prefix"),
                     "must be a normalised path (no //, no . or .. segments, no percent-escapes): requests are matched after normalisation",
@@ -974,20 +869,14 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
         Some("optional") => Some(RouteAuth::Optional),
         Some("id_token") => Some(RouteAuth::IdToken),
         Some(other) => {
-            p.push(
-                key("auth"),
-                format!("{other:?} is not one of none, access_token, optional"),
-            );
+            p.push(key("auth"), format!("{other:?} is not one of none, access_token, optional"));
             None
         }
     };
     let require_nonce = match (r.auth.as_deref(), r.require_nonce) {
         (Some("id_token"), setting) => setting.unwrap_or(true),
         (_, Some(_)) => {
-            p.push(
-                key("require_nonce"),
-                "applies to auth = \"id_token\" routes only",
-            );
+            p.push(key("require_nonce"), "applies to auth = \"id_token\" routes only");
             false
         }
         (_, None) => false,
@@ -995,10 +884,7 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
     let methods = match &r.methods {
         None => None,
         Some(list) if list.is_empty() => {
-            p.push(
-                key("methods"),
-                "must name at least one method, or be left out to match every method",
-            );
+            p.push(key("methods"), "must name at least one method, or be left out to match every method");
             None
         }
         Some(list) => {
@@ -1007,10 +893,7 @@ fn validate_route(i: usize, r: &RouteSection, p: &mut Problems) -> Option<Route>
                 let upper = m.to_ascii_uppercase();
                 match Method::from_bytes(upper.as_bytes()) {
                     Ok(method) if !m.is_empty() => out.push(method),
-                    _ => p.push(
-                        format!("routes[{i}].methods[{j}]"),
-                        format!("{m:?} is not an HTTP method"),
-                    ),
+                    _ => p.push(format!("routes[{i}].methods[{j}]"), format!("{m:?} is not an HTTP method")),
                 }
             }
             Some(out)
@@ -1039,10 +922,7 @@ fn validate_id_token(
         "local" => IdTokenVerification::Local,
         "remote" => IdTokenVerification::Remote,
         other => {
-            p.push(
-                "line.id_token_verification",
-                format!("{other:?} is not one of local, remote"),
-            );
+            p.push("line.id_token_verification", format!("{other:?} is not one of local, remote"));
             IdTokenVerification::Local
         }
     };
@@ -1050,16 +930,10 @@ fn validate_id_token(
         && scheme == http::uri::Scheme::HTTP
         && !is_loopback_host(authority.host())
     {
-        p.push(
-            "line.jwks_url",
-            "must be https (http is allowed for loopback test servers only)",
-        );
+        p.push("line.jwks_url", "must be https (http is allowed for loopback test servers only)");
     }
     if line.clock_skew_seconds > 300 {
-        p.push(
-            "line.clock_skew_seconds",
-            "must be between 0 and 300 seconds",
-        );
+        p.push("line.clock_skew_seconds", "must be between 0 and 300 seconds");
     }
     let mut channel_secrets = BTreeMap::new();
     match (&line.channel_secret_file, &line.channel_secret_files) {
@@ -1099,13 +973,9 @@ fn validate_id_token(
     });
     if nonce.path != DEFAULT_NONCE_PATH
         && (!nonce.path.starts_with('/')
-            || crate::routes::normalize_path(&nonce.path).ok().as_deref()
-                != Some(nonce.path.as_str()))
+            || crate::routes::normalize_path(&nonce.path).ok().as_deref() != Some(nonce.path.as_str()))
     {
-        p.push(
-            "nonce.path",
-            "must be a normalised path starting with /, e.g. \"/auth/nonce\"",
-        );
+        p.push("nonce.path", "must be a normalised path starting with /, e.g. \"/auth/nonce\"");
     }
     let nonce_ttl = range_secs(nonce.ttl_seconds, 1, 3_600, "nonce.ttl_seconds", p);
     match nonce.store.as_str() {
@@ -1120,23 +990,11 @@ fn validate_id_token(
         // Settings that only ID-token routes use would silently do nothing.
         let unused = [
             ("nonce", nonce_given),
-            (
-                "line.id_token_verification",
-                line.id_token_verification != DEFAULT_ID_TOKEN_VERIFICATION,
-            ),
+            ("line.id_token_verification", line.id_token_verification != DEFAULT_ID_TOKEN_VERIFICATION),
             ("line.jwks_url", line.jwks_url != DEFAULT_JWKS_URL),
-            (
-                "line.clock_skew_seconds",
-                line.clock_skew_seconds != DEFAULT_CLOCK_SKEW_SECONDS,
-            ),
-            (
-                "line.channel_secret_file",
-                line.channel_secret_file.is_some(),
-            ),
-            (
-                "line.channel_secret_files",
-                line.channel_secret_files.is_some(),
-            ),
+            ("line.clock_skew_seconds", line.clock_skew_seconds != DEFAULT_CLOCK_SKEW_SECONDS),
+            ("line.channel_secret_file", line.channel_secret_file.is_some()),
+            ("line.channel_secret_files", line.channel_secret_files.is_some()),
         ];
         for (key, set) in unused {
             if set {
@@ -1149,10 +1007,7 @@ fn validate_id_token(
         jwks_url: line.jwks_url.clone(),
         clock_skew: Duration::from_secs(line.clock_skew_seconds),
         channel_secrets,
-        nonce: NonceConfig {
-            path: nonce.path.clone(),
-            ttl: nonce_ttl,
-        },
+        nonce: NonceConfig { path: nonce.path.clone(), ttl: nonce_ttl },
     })
 }
 
@@ -1178,21 +1033,14 @@ fn parse_addr(s: &str, key: &str, p: &mut Problems) -> Option<SocketAddr> {
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            p.push(
-                key,
-                format!("{s:?} is not an IP:port address, e.g. \"0.0.0.0:8080\" or \"[::]:8080\""),
-            );
+            p.push(key, format!("{s:?} is not an IP:port address, e.g. \"0.0.0.0:8080\" or \"[::]:8080\""));
             None
         }
     }
 }
 
 /// Accepts an `http(s)://host[:port]/path` URL (no credentials, no fragment).
-fn parse_origin_and_path(
-    s: &str,
-    key: &str,
-    p: &mut Problems,
-) -> Option<(http::uri::Scheme, http::uri::Authority)> {
+fn parse_origin_and_path(s: &str, key: &str, p: &mut Problems) -> Option<(http::uri::Scheme, http::uri::Authority)> {
     let uri: Uri = match s.parse() {
         Ok(u) => u,
         Err(_) => {
@@ -1201,35 +1049,22 @@ fn parse_origin_and_path(
         }
     };
     let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-        p.push(
-            key,
-            format!("{s:?} must be an absolute http:// or https:// URL"),
-        );
+        p.push(key, format!("{s:?} must be an absolute http:// or https:// URL"));
         return None;
     };
     if !matches!(scheme.as_str(), "http" | "https") || authority.as_str().contains('@') {
-        p.push(
-            key,
-            format!("{s:?} must be an http:// or https:// URL without credentials"),
-        );
+        p.push(key, format!("{s:?} must be an http:// or https:// URL without credentials"));
         return None;
     }
     Some((scheme, authority))
 }
 
 /// Accepts `http(s)://host[:port]` with an optional trailing `/` and nothing else.
-fn parse_origin(
-    s: &str,
-    key: &str,
-    p: &mut Problems,
-) -> Option<(http::uri::Scheme, http::uri::Authority)> {
+fn parse_origin(s: &str, key: &str, p: &mut Problems) -> Option<(http::uri::Scheme, http::uri::Authority)> {
     let uri: Uri = match s.parse() {
         Ok(u) => u,
         Err(_) => {
-            p.push(
-                key,
-                format!("{s:?} is not a URL, e.g. \"http://127.0.0.1:3000\""),
-            );
+            p.push(key, format!("{s:?} is not a URL, e.g. \"http://127.0.0.1:3000\""));
             return None;
         }
     };
@@ -1249,10 +1084,7 @@ fn parse_origin(
         return None;
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        p.push(
-            key,
-            format!("{s:?} must be an origin only (scheme, host, port): no path or query"),
-        );
+        p.push(key, format!("{s:?} must be an origin only (scheme, host, port): no path or query"));
         return None;
     }
     Some((scheme?, authority))
@@ -1269,10 +1101,7 @@ fn is_loopback_host(host: &str) -> bool {
 
 fn range_ms(ms: u64, key: &str, p: &mut Problems) -> Duration {
     if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
-        p.push(
-            key,
-            format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds"),
-        );
+        p.push(key, format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds"));
     }
     Duration::from_millis(ms)
 }
@@ -1289,18 +1118,14 @@ mod tests {
     use super::*;
 
     fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, Problems> {
-        super::load_str(
-            toml,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        super::load_str(toml, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     fn keys(p: &Problems) -> Vec<&str> {
         p.0.iter().map(|x| x.key.as_str()).collect()
     }
 
-    const MINIMAL: &str =
-        "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
+    const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
 
     #[test]
     fn minimal_file_gets_every_default() {
@@ -1319,10 +1144,7 @@ mod tests {
         assert!(!c.routes.routes().is_empty());
         for (path, _) in SCHEMA {
             let key = path.rsplit('.').next().unwrap();
-            assert!(
-                text.contains(key),
-                "config/example.toml does not document {path}"
-            );
+            assert!(text.contains(key), "config/example.toml does not document {path}");
         }
     }
 
@@ -1370,11 +1192,7 @@ methods = ["G ET"]
 
     #[test]
     fn unknown_keys_and_types_are_all_reported() {
-        let p = load_str(
-            "[server]\nfoo = 1\nlisten = 5\n[bogus]\nx = 1\n[[routes]]\npath = \"/\"\n",
-            &[],
-        )
-        .unwrap_err();
+        let p = load_str("[server]\nfoo = 1\nlisten = 5\n[bogus]\nx = 1\n[[routes]]\npath = \"/\"\n", &[]).unwrap_err();
         let k = keys(&p);
         assert!(k.contains(&"server.foo"));
         assert!(k.contains(&"server.listen"));
@@ -1420,22 +1238,12 @@ methods = ["G ET"]
 
     #[test]
     fn not_yet_supported_features_are_refused_not_ignored() {
-        let file =
-            format!("{MINIMAL}[forward_auth]\nenabled = true\n[assertion]\nenabled = true\n");
+        let file = format!("{MINIMAL}[forward_auth]\nenabled = true\n[assertion]\nenabled = true\n");
         let k = keys_of(&load_str(&file, &[]).unwrap_err());
         assert_eq!(k, vec!["forward_auth.enabled", "assertion.enabled"]);
         // Disabled sections are accepted as written.
-        let ok = format!(
-            "{MINIMAL}[forward_auth]\nenabled = false\n[assertion]\nenabled = false\nheader = \"X-Id\"\n"
-        );
-        assert_eq!(
-            load_str(&ok, &[])
-                .unwrap()
-                .identity
-                .assertion_header
-                .as_str(),
-            "x-id"
-        );
+        let ok = format!("{MINIMAL}[forward_auth]\nenabled = false\n[assertion]\nenabled = false\nheader = \"X-Id\"\n");
+        assert_eq!(load_str(&ok, &[]).unwrap().identity.assertion_header.as_str(), "x-id");
     }
 
     fn keys_of(p: &Problems) -> Vec<String> {
@@ -1453,10 +1261,7 @@ methods = ["G ET"]
         assert_eq!(id.clock_skew, Duration::from_secs(60));
         assert_eq!(id.nonce.path, "/auth/nonce");
         assert_eq!(id.nonce.ttl, Duration::from_secs(300));
-        assert!(
-            c.routes.routes()[0].require_nonce,
-            "require_nonce defaults to true"
-        );
+        assert!(c.routes.routes()[0].require_nonce, "require_nonce defaults to true");
         let c = load_str(&format!("{MINIMAL}{LOGIN}require_nonce = false\n"), &[]).unwrap();
         assert!(!c.routes.routes()[0].require_nonce);
         assert!(load_str(MINIMAL, &[]).unwrap().id_token.is_none());
@@ -1465,16 +1270,10 @@ methods = ["G ET"]
     #[test]
     fn id_token_settings_without_an_id_token_route_are_errors() {
         let file = format!("{MINIMAL}[nonce]\nttl_seconds = 60\n");
-        let p = load_str(
-            &file,
-            &[("LINE_AUTH_PROXY__LINE__ID_TOKEN_VERIFICATION", "remote")],
-        )
-        .unwrap_err();
+        let p = load_str(&file, &[("LINE_AUTH_PROXY__LINE__ID_TOKEN_VERIFICATION", "remote")]).unwrap_err();
         assert_eq!(keys_of(&p), vec!["nonce", "line.id_token_verification"]);
         let p = load_str(
-            &format!(
-                "{MINIMAL}[[routes]]\npath_prefix = \"/\"\nauth = \"none\"\nrequire_nonce = true\n"
-            ),
+            &format!("{MINIMAL}[[routes]]\npath_prefix = \"/\"\nauth = \"none\"\nrequire_nonce = true\n"),
             &[],
         )
         .unwrap_err();
@@ -1496,10 +1295,7 @@ methods = ["G ET"]
             "nonce.ttl_seconds",
             "nonce.store",
         ] {
-            assert!(
-                k.iter().any(|x| x == expected),
-                "{expected} missing from {k:?}"
-            );
+            assert!(k.iter().any(|x| x == expected), "{expected} missing from {k:?}");
         }
     }
 
@@ -1516,10 +1312,7 @@ methods = ["G ET"]
         assert!(!format!("{id:?}").contains("s3cr3t"));
         // One file, several channels: ambiguous.
         let two = file.replace("[\"1234567890\"]", "[\"1234567890\", \"222\"]");
-        assert_eq!(
-            keys_of(&load_str(&two, &[]).unwrap_err()),
-            vec!["line.channel_secret_file"]
-        );
+        assert_eq!(keys_of(&load_str(&two, &[]).unwrap_err()), vec!["line.channel_secret_file"]);
         // Per-channel files must name our channels; missing files are reported.
         let map = format!(
             "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\"999\" = \"/nonexistent\"\n"
@@ -1536,42 +1329,21 @@ methods = ["G ET"]
         assert!(with("http://127.0.0.1:1234").is_ok());
         assert!(with("http://[::1]:1234").is_ok());
         assert!(with("http://localhost:1234").is_ok());
-        assert_eq!(
-            keys(&with("http://api.line.me").unwrap_err()),
-            vec!["line.api_base_url"]
-        );
-        assert_eq!(
-            keys(&with("https://api.line.me/v2").unwrap_err()),
-            vec!["line.api_base_url"]
-        );
+        assert_eq!(keys(&with("http://api.line.me").unwrap_err()), vec!["line.api_base_url"]);
+        assert_eq!(keys(&with("https://api.line.me/v2").unwrap_err()), vec!["line.api_base_url"]);
     }
 
     #[test]
     fn admin_port_cannot_be_the_proxy_port() {
-        let file = format!(
-            "{MINIMAL}[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n"
-        );
-        assert_eq!(
-            keys(&load_str(&file, &[]).unwrap_err()),
-            vec!["server.admin_listen"]
-        );
+        let file = format!("{MINIMAL}[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n");
+        assert_eq!(keys(&load_str(&file, &[]).unwrap_err()), vec!["server.admin_listen"]);
     }
 
     #[test]
     fn upstream_url_must_be_an_origin() {
-        for bad in [
-            "http://x:1/base",
-            "http://u:p@x:1",
-            "x:1",
-            "ftp://x",
-            "http://x?q=1",
-        ] {
+        for bad in ["http://x:1/base", "http://u:p@x:1", "x:1", "ftp://x", "http://x?q=1"] {
             let file = MINIMAL.replace("http://127.0.0.1:3000", bad);
-            assert_eq!(
-                keys(&load_str(&file, &[]).unwrap_err()),
-                vec!["upstream.url"],
-                "{bad}"
-            );
+            assert_eq!(keys(&load_str(&file, &[]).unwrap_err()), vec!["upstream.url"], "{bad}");
         }
     }
 }

@@ -71,12 +71,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         .headers()
         .keys()
         .map(|k| {
-            let values = req
-                .headers()
-                .get_all(k)
-                .iter()
-                .map(|v| v.to_str().unwrap_or("<non-ascii>"))
-                .collect();
+            let values = req.headers().get_all(k).iter().map(|v| v.to_str().unwrap_or("<non-ascii>")).collect();
             (k.as_str(), values)
         })
         .collect();
@@ -86,21 +81,15 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
         "headers": headers,
     });
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_string_pretty(&body).unwrap_or_default() + "\n",
-    )));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_string_pretty(&body).unwrap_or_default() + "\n")));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), crate::RunError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let bind_err = |source| crate::RunError::Bind {
-        addr: loopback,
-        source,
-    };
+    let bind_err = |source| crate::RunError::Bind { addr: loopback, source };
     let line = MockLine::start().await.map_err(bind_err)?;
     let mut demo = MockToken::new(DEMO_CHANNEL_ID, DEMO_USER_ID, "Brown ブラウン");
     demo.picture_url = Some("https://profile.line-scdn.net/0hdemo".into());
@@ -121,16 +110,8 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), cra
     file.line.api_base_url = line.base_url();
     file.line.jwks_url = line.jwks_url();
     file.routes = vec![
-        RouteSection {
-            path_prefix: Some("/public/".into()),
-            auth: Some("none".into()),
-            ..RouteSection::default()
-        },
-        RouteSection {
-            path_prefix: Some("/login".into()),
-            auth: Some("id_token".into()),
-            ..RouteSection::default()
-        },
+        RouteSection { path_prefix: Some("/public/".into()), auth: Some("none".into()), ..RouteSection::default() },
+        RouteSection { path_prefix: Some("/login".into()), auth: Some("id_token".into()), ..RouteSection::default() },
     ];
     let config = file.validate().expect("the dev configuration is valid");
 

@@ -70,15 +70,13 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Client(ClientError::BadPath(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::Client(ClientError::HeadersTooLarge) => {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
+            ProxyError::Client(ClientError::HeadersTooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Client(ClientError::NonceMethod) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Client(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Line(_) | ProxyError::NonceStore => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream(
-                UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade,
-            ) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,9 +89,7 @@ impl ProxyError {
             ProxyError::Line(e) => e.reason(),
             ProxyError::Upstream(UpstreamError::Unreachable) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Timeout) => "upstream_timeout",
-            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => {
-                "upstream_unrequested_upgrade"
-            }
+            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => "upstream_unrequested_upgrade",
             ProxyError::NonceStore => "nonce_store_unavailable",
             ProxyError::Internal(_) => "internal_error",
         }
@@ -103,39 +99,29 @@ impl ProxyError {
     /// strings: nothing from the request is echoed.
     fn body_fields(&self) -> (&'static str, &'static str) {
         match self {
-            ProxyError::Client(ClientError::MissingCredential) => (
-                "unauthorized",
-                "this route needs a LINE token: Authorization: Bearer <token>",
-            ),
-            ProxyError::Client(ClientError::NonceMethod) => {
-                ("invalid_request", "nonces are issued with GET")
+            ProxyError::Client(ClientError::MissingCredential) => {
+                ("unauthorized", "this route needs a LINE token: Authorization: Bearer <token>")
             }
-            ProxyError::NonceStore => (
-                "temporarily_unavailable",
-                "no nonce can be issued or checked right now; retry later",
-            ),
+            ProxyError::Client(ClientError::NonceMethod) => ("invalid_request", "nonces are issued with GET"),
+            ProxyError::NonceStore => {
+                ("temporarily_unavailable", "no nonce can be issued or checked right now; retry later")
+            }
             ProxyError::Client(ClientError::Credential(c)) => ("invalid_token", c.describe()),
             ProxyError::Client(ClientError::Rejected(r)) => ("invalid_token", r.describe()),
             ProxyError::Client(ClientError::BadPath(p)) => ("invalid_request", p.describe()),
-            ProxyError::Client(ClientError::HeadersTooLarge) => (
-                "request_header_fields_too_large",
-                "the request headers exceed the proxy's limit",
-            ),
-            ProxyError::Line(_) => (
-                "temporarily_unavailable",
-                "the LINE Platform could not verify the credential right now; retry later",
-            ),
-            ProxyError::Upstream(UpstreamError::Unreachable) => {
-                ("bad_gateway", "the upstream service is unreachable")
+            ProxyError::Client(ClientError::HeadersTooLarge) => {
+                ("request_header_fields_too_large", "the request headers exceed the proxy's limit")
             }
-            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => (
-                "bad_gateway",
-                "the upstream service switched protocols without being asked to",
-            ),
-            ProxyError::Upstream(UpstreamError::Timeout) => (
-                "gateway_timeout",
-                "the upstream service did not answer in time",
-            ),
+            ProxyError::Line(_) => {
+                ("temporarily_unavailable", "the LINE Platform could not verify the credential right now; retry later")
+            }
+            ProxyError::Upstream(UpstreamError::Unreachable) => ("bad_gateway", "the upstream service is unreachable"),
+            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => {
+                ("bad_gateway", "the upstream service switched protocols without being asked to")
+            }
+            ProxyError::Upstream(UpstreamError::Timeout) => {
+                ("gateway_timeout", "the upstream service did not answer in time")
+            }
             ProxyError::Internal(_) => ("internal_error", "the proxy failed to handle the request"),
         }
     }
@@ -154,10 +140,7 @@ impl ProxyError {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ProxyError::Client(ClientError::Credential(_) | ClientError::Rejected(_)) => {
-                headers.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
             }
             ProxyError::Line(e) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(e.retry_after()));
@@ -166,7 +149,7 @@ impl ProxyError {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::Client(ClientError::NonceMethod) => {
-                headers.insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                headers.insert(http::header::ALLOW, HeaderValue::from_static("GET"));
             }
             _ => {}
         }
@@ -185,32 +168,11 @@ mod tests {
 
     #[test]
     fn client_side_maps_to_4xx() {
-        assert_eq!(
-            status(ProxyError::Client(ClientError::MissingCredential)),
-            401
-        );
-        assert_eq!(
-            status(ProxyError::Client(ClientError::Credential(
-                CredentialError::Multiple
-            ))),
-            401
-        );
-        assert_eq!(
-            status(ProxyError::Client(ClientError::Rejected(
-                Rejection::WrongChannel
-            ))),
-            401
-        );
-        assert_eq!(
-            status(ProxyError::Client(ClientError::BadPath(
-                PathError::EncodedSeparator
-            ))),
-            400
-        );
-        assert_eq!(
-            status(ProxyError::Client(ClientError::HeadersTooLarge)),
-            431
-        );
+        assert_eq!(status(ProxyError::Client(ClientError::MissingCredential)), 401);
+        assert_eq!(status(ProxyError::Client(ClientError::Credential(CredentialError::Multiple))), 401);
+        assert_eq!(status(ProxyError::Client(ClientError::Rejected(Rejection::WrongChannel))), 401);
+        assert_eq!(status(ProxyError::Client(ClientError::BadPath(PathError::EncodedSeparator))), 400);
+        assert_eq!(status(ProxyError::Client(ClientError::HeadersTooLarge)), 431);
     }
 
     #[test]
@@ -223,24 +185,15 @@ mod tests {
 
     #[test]
     fn upstream_side_maps_to_502_and_504() {
-        assert_eq!(
-            status(ProxyError::Upstream(UpstreamError::Unreachable)),
-            502
-        );
+        assert_eq!(status(ProxyError::Upstream(UpstreamError::Unreachable)), 502);
         assert_eq!(status(ProxyError::Upstream(UpstreamError::Timeout)), 504);
-        assert_eq!(
-            status(ProxyError::Upstream(UpstreamError::UnrequestedUpgrade)),
-            502
-        );
+        assert_eq!(status(ProxyError::Upstream(UpstreamError::UnrequestedUpgrade)), 502);
     }
 
     #[test]
     fn nonce_store_maps_to_503_and_nonce_method_to_405() {
         assert_eq!(status(ProxyError::NonceStore), 503);
-        assert_eq!(
-            ProxyError::NonceStore.into_response().headers()[RETRY_AFTER],
-            "1"
-        );
+        assert_eq!(ProxyError::NonceStore.into_response().headers()[RETRY_AFTER], "1");
         assert_eq!(status(ProxyError::Client(ClientError::NonceMethod)), 405);
     }
 
@@ -254,10 +207,7 @@ mod tests {
         let r = ProxyError::Client(ClientError::MissingCredential).into_response();
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
         let r = ProxyError::Client(ClientError::Rejected(Rejection::Expired)).into_response();
-        assert_eq!(
-            r.headers()[WWW_AUTHENTICATE],
-            "Bearer error=\"invalid_token\""
-        );
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer error=\"invalid_token\"");
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
     }
 }

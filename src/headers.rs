@@ -11,11 +11,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::auth::Identity;
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is escaped.
-const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The injected header names, built once from `identity.header_prefix`.
 #[derive(Clone, Debug)]
@@ -61,20 +57,13 @@ impl IdentityHeaderNames {
     /// True when `name`, lower-cased with `_` and `.` read as `-`, starts with the prefix.
     pub fn is_identity_header(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        name.len() >= self.strip_prefix.len()
-            && name
-                .iter()
-                .zip(&self.strip_prefix)
-                .all(|(&n, &p)| fold_byte(n) == p)
+        name.len() >= self.strip_prefix.len() && name.iter().zip(&self.strip_prefix).all(|(&n, &p)| fold_byte(n) == p)
     }
 
     /// Encodes a verified identity as the exact set of headers to inject.
     pub fn encode(&self, identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(7);
-        out.push((
-            self.user_id.clone(),
-            visible_ascii_or_encoded(&identity.user_id),
-        ));
+        out.push((self.user_id.clone(), visible_ascii_or_encoded(&identity.user_id)));
         if let Some(name) = &identity.display_name {
             out.push((self.display_name.clone(), percent_encoded(name)));
         }
@@ -84,18 +73,9 @@ impl IdentityHeaderNames {
         if let Some(email) = &identity.email {
             out.push((self.email.clone(), visible_ascii_or_encoded(email)));
         }
-        out.push((
-            self.channel_id.clone(),
-            visible_ascii_or_encoded(&identity.channel_id),
-        ));
-        out.push((
-            self.auth_method.clone(),
-            HeaderValue::from_static(identity.method.as_str()),
-        ));
-        out.push((
-            self.expires_at.clone(),
-            HeaderValue::from(identity.expires_at),
-        ));
+        out.push((self.channel_id.clone(), visible_ascii_or_encoded(&identity.channel_id)));
+        out.push((self.auth_method.clone(), HeaderValue::from_static(identity.method.as_str())));
+        out.push((self.expires_at.clone(), HeaderValue::from(identity.expires_at)));
         out
     }
 }
@@ -129,11 +109,7 @@ pub fn visible_ascii_or_encoded(s: &str) -> HeaderValue {
 }
 
 /// Removes every client-sent identity header and the assertion header.
-pub fn strip_identity(
-    headers: &mut HeaderMap,
-    names: &IdentityHeaderNames,
-    assertion: &HeaderName,
-) {
+pub fn strip_identity(headers: &mut HeaderMap, names: &IdentityHeaderNames, assertion: &HeaderName) {
     // Collect first: HeaderMap cannot remove while iterating. The common case is
     // no match at all, which allocates nothing.
     let mut doomed: Vec<HeaderName> = Vec::new();
@@ -166,11 +142,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// `Upgrade` survive so the upstream can switch protocols. Runs before injection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Taken first: `Connection: upgrade` itself names the Upgrade header.
-    let upgrade = if keep_upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
+    let upgrade = if keep_upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
@@ -187,9 +159,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(&name);
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -248,23 +218,11 @@ mod tests {
     #[test]
     fn strip_rule_folds_case_underscore_and_dot() {
         let n = names();
-        for spoof in [
-            "x-line-user-id",
-            "X_LINE_USER_ID",
-            "x.line.user.id",
-            "X-Line_Anything",
-            "x-line-",
-        ] {
-            assert!(
-                n.is_identity_header(&HeaderName::from_bytes(spoof.as_bytes()).unwrap()),
-                "{spoof}"
-            );
+        for spoof in ["x-line-user-id", "X_LINE_USER_ID", "x.line.user.id", "X-Line_Anything", "x-line-"] {
+            assert!(n.is_identity_header(&HeaderName::from_bytes(spoof.as_bytes()).unwrap()), "{spoof}");
         }
         for fine in ["x-lin", "x-linear", "line-user-id", "x-request-id"] {
-            assert!(
-                !n.is_identity_header(&HeaderName::from_bytes(fine.as_bytes()).unwrap()),
-                "{fine}"
-            );
+            assert!(!n.is_identity_header(&HeaderName::from_bytes(fine.as_bytes()).unwrap()), "{fine}");
         }
     }
 
@@ -292,14 +250,8 @@ mod tests {
 
     #[test]
     fn display_names_are_percent_encoded_and_cannot_inject() {
-        assert_eq!(
-            percent_encoded("Brown ブラウン").to_str().unwrap(),
-            "Brown%20%E3%83%96%E3%83%A9%E3%82%A6%E3%83%B3"
-        );
-        assert_eq!(
-            percent_encoded("a\r\nX-Line-User-Id: U0").to_str().unwrap(),
-            "a%0D%0AX-Line-User-Id%3A%20U0"
-        );
+        assert_eq!(percent_encoded("Brown ブラウン").to_str().unwrap(), "Brown%20%E3%83%96%E3%83%A9%E3%82%A6%E3%83%B3");
+        assert_eq!(percent_encoded("a\r\nX-Line-User-Id: U0").to_str().unwrap(), "a%0D%0AX-Line-User-Id%3A%20U0");
         assert_eq!(percent_encoded("a-b.c_d~e").to_str().unwrap(), "a-b.c_d~e");
     }
 
@@ -308,20 +260,14 @@ mod tests {
         let url = "https://profile.line-scdn.net/0h8pWW?x=1&y=%20";
         assert_eq!(visible_ascii_or_encoded(url).to_str().unwrap(), url);
         assert_eq!(visible_ascii_or_encoded("a b").to_str().unwrap(), "a%20b");
-        assert_eq!(
-            visible_ascii_or_encoded("ü@x").to_str().unwrap(),
-            "%C3%BC%40x"
-        );
+        assert_eq!(visible_ascii_or_encoded("ü@x").to_str().unwrap(), "%C3%BC%40x");
     }
 
     #[test]
     fn connection_cannot_remove_host_and_hop_headers_go() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("example"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-foo, host"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-foo, host"));
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -338,10 +284,7 @@ mod tests {
     #[test]
     fn authenticated_upgrade_keeps_exactly_upgrade() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("Upgrade, x-foo"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-foo"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-foo", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, true);

@@ -34,10 +34,7 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] server::TlsError),
     #[error("cannot build the LINE Platform client: {0}")]
@@ -62,16 +59,9 @@ pub struct Bound {
 /// Builds the shared state and binds both listeners.
 pub async fn bind(config: Config) -> Result<Bound, RunError> {
     install_crypto_provider();
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(server::tls_acceptor)
-        .transpose()?;
+    let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { addr, source })
+        TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
     };
     let proxy_listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.server.admin_listen).await?;
@@ -85,28 +75,14 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
         .id_token
         .as_ref()
         .filter(|c| c.verification == config::IdTokenVerification::Local)
-        .map(|c| {
-            Arc::new(auth::jwks::Jwks::new(
-                line.clone(),
-                c.jwks_url.clone(),
-                metrics.clone(),
-            ))
-        });
-    let id_tokens = config.id_token.as_ref().map(|c| {
-        auth::id_token::IdTokenVerifier::new(
-            c,
-            config.line.channel_ids.clone(),
-            line.clone(),
-            jwks.clone(),
-        )
-    });
+        .map(|c| Arc::new(auth::jwks::Jwks::new(line.clone(), c.jwks_url.clone(), metrics.clone())));
+    let id_tokens = config
+        .id_token
+        .as_ref()
+        .map(|c| auth::id_token::IdTokenVerifier::new(c, config.line.channel_ids.clone(), line.clone(), jwks.clone()));
     let nonces = config.id_token.as_ref().map(|c| proxy::Nonces {
         path: c.nonce.path.clone(),
-        store: Arc::new(auth::nonce::NonceStore::new(
-            c.nonce.ttl,
-            auth::nonce::MAX_NONCES,
-            metrics.clone(),
-        )),
+        store: Arc::new(auth::nonce::NonceStore::new(c.nonce.ttl, auth::nonce::MAX_NONCES, metrics.clone())),
     });
     let cache = Arc::new(cache::VerdictCache::new(&config.cache));
     let upstream = upstream::Upstream::new(&config.upstream);
@@ -116,35 +92,17 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
         cache: cache.clone(),
         jwks: jwks.clone(),
     });
-    let state = Arc::new(proxy::State {
-        config,
-        line,
-        id_tokens,
-        nonces,
-        cache,
-        upstream,
-        metrics,
-    });
-    Ok(Bound {
-        proxy_listener,
-        admin_listener,
-        tls,
-        state,
-        admin,
-    })
+    let state = Arc::new(proxy::State { config, line, id_tokens, nonces, cache, upstream, metrics });
+    Ok(Bound { proxy_listener, admin_listener, tls, state, admin })
 }
 
 impl Bound {
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.proxy_listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin_listener.local_addr().expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves: then `/readyz` turns 503, the proxy stops
@@ -152,11 +110,7 @@ impl Bound {
     pub async fn serve<F: Future<Output = ()>>(self, shutdown: F) -> Result<(), RunError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        let admin_task = tokio::spawn(admin::serve(
-            self.admin_listener,
-            self.admin.clone(),
-            admin_stop_rx,
-        ));
+        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), admin_stop_rx));
         // Background work: JWKS loading and refresh, nonce sweeping.
         let mut background = Vec::new();
         if let Some(jwks) = &self.admin.jwks {
@@ -165,12 +119,7 @@ impl Bound {
         if let Some(nonces) = &self.state.nonces {
             background.push(tokio::spawn(nonces.store.clone().run_sweeper()));
         }
-        let proxy_task = tokio::spawn(server::serve_proxy(
-            self.proxy_listener,
-            self.tls,
-            self.state.clone(),
-            stop_rx,
-        ));
+        let proxy_task = tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.state.clone(), stop_rx));
         self.admin.ready.store(true, Ordering::Release);
         tracing::info!(
             listen = %self.state.config.server.listen,

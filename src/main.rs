@@ -46,10 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     line_auth_proxy::install_crypto_provider();
     match cli.command {
-        Some(Command::Dev {
-            listen,
-            admin_listen,
-        }) => {
+        Some(Command::Dev { listen, admin_listen }) => {
             telemetry::init_tracing(cli.log_format);
             runtime(line_auth_proxy::dev::run(listen, admin_listen))
         }
@@ -66,10 +63,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             telemetry::init_tracing(cli.log_format);
-            runtime(line_auth_proxy::run(
-                config,
-                line_auth_proxy::shutdown_signal(),
-            ))
+            runtime(line_auth_proxy::run(config, line_auth_proxy::shutdown_signal()))
         }
     }
 }
@@ -93,10 +87,7 @@ fn runtime<F>(future: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), line_auth_proxy::RunError>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -31,8 +31,7 @@ use http_body_util::{BodyExt, Limited};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
-    UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, UnparsedPublicKey,
 };
 
 /// What LINE knows about one access token.
@@ -72,6 +71,8 @@ pub enum Fault {
     RateLimitedRetryAfter(u64),
     /// 200 with a body that is not JSON (a proxy's HTML error page, say).
     Garbage,
+    /// 400 `{"error": "invalid_request", "error_description": <this>}`.
+    Refuse(&'static str),
 }
 
 /// Faults currently in force; the default is a healthy LINE Platform.
@@ -97,10 +98,9 @@ struct SigningKey {
 impl SigningKey {
     fn generate() -> Self {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("key generation");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .expect("valid pkcs8");
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key generation");
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("valid pkcs8");
         let mut kid = [0u8; 32];
         rng.fill(&mut kid).expect("random");
         let kid = kid.iter().map(|b| format!("{b:02x}")).collect();
@@ -117,10 +117,7 @@ impl SigningKey {
 
     fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
         let input = signing_input(header, claims);
-        let signature = self
-            .pair
-            .sign(&SystemRandom::new(), input.as_bytes())
-            .expect("signing");
+        let signature = self.pair.sign(&SystemRandom::new(), input.as_bytes()).expect("signing");
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
     }
 }
@@ -142,12 +139,7 @@ struct MockState {
 
 impl MockState {
     fn current_key(&self) -> Arc<SigningKey> {
-        self.keys
-            .lock()
-            .expect("poisoned")
-            .last()
-            .expect("there is always a key")
-            .clone()
+        self.keys.lock().expect("poisoned").last().expect("there is always a key").clone()
     }
 }
 
@@ -170,11 +162,7 @@ impl MockLine {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(MockState::default());
-        state
-            .keys
-            .lock()
-            .expect("poisoned")
-            .push(Arc::new(SigningKey::generate()));
+        state.keys.lock().expect("poisoned").push(Arc::new(SigningKey::generate()));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Ok(Self { addr, state, task })
     }
@@ -185,11 +173,7 @@ impl MockLine {
     }
 
     pub fn add_token(&self, token: &str, info: MockToken) {
-        self.state
-            .tokens
-            .lock()
-            .expect("poisoned")
-            .insert(token.into(), info);
+        self.state.tokens.lock().expect("poisoned").insert(token.into(), info);
     }
 
     pub fn remove_token(&self, token: &str) {
@@ -244,46 +228,27 @@ impl MockLine {
 
     /// Registers a channel secret, for HS256 tokens at the remote verify endpoint.
     pub fn set_channel_secret(&self, channel_id: &str, secret: &[u8]) {
-        self.state
-            .channel_secrets
-            .lock()
-            .expect("poisoned")
-            .insert(channel_id.into(), secret.to_vec());
+        self.state.channel_secrets.lock().expect("poisoned").insert(channel_id.into(), secret.to_vec());
     }
 
     /// An ES256 ID token over `claims`, signed with the current key.
     pub fn sign_es256(&self, claims: &serde_json::Value) -> String {
         let key = self.state.current_key();
-        key.sign(
-            &serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }),
-            claims,
-        )
+        key.sign(&serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }), claims)
     }
 
     /// An ES256 JWS with exactly this header, signed with the current key.
-    pub fn sign_es256_with_header(
-        &self,
-        header: &serde_json::Value,
-        claims: &serde_json::Value,
-    ) -> String {
+    pub fn sign_es256_with_header(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
         self.state.current_key().sign(header, claims)
     }
 
     /// An HS256 ID token over `claims` with a channel secret (web login).
     pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
-        Self::sign_hs256_with_header(
-            &serde_json::json!({ "typ": "JWT", "alg": "HS256" }),
-            secret,
-            claims,
-        )
+        Self::sign_hs256_with_header(&serde_json::json!({ "typ": "JWT", "alg": "HS256" }), secret, claims)
     }
 
     /// An HS256 JWS with exactly this header.
-    pub fn sign_hs256_with_header(
-        header: &serde_json::Value,
-        secret: &[u8],
-        claims: &serde_json::Value,
-    ) -> String {
+    pub fn sign_hs256_with_header(header: &serde_json::Value, secret: &[u8], claims: &serde_json::Value) -> String {
         let input = signing_input(header, claims);
         let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
@@ -304,11 +269,7 @@ impl MockLine {
 }
 
 fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> String {
-    format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    )
+    format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<MockState>) {
@@ -319,27 +280,19 @@ async fn accept_loop(listener: TcpListener, state: Arc<MockState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(state.clone(), req));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn handle(
-    state: Arc<MockState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let faults = state.faults.lock().expect("poisoned").clone();
     if !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
-    let request_id = format!(
-        "{:016x}",
-        state.request_ids.fetch_add(1, Ordering::Relaxed) + 0x1000
-    );
+    let request_id = format!("{:016x}", state.request_ids.fetch_add(1, Ordering::Relaxed) + 0x1000);
     let mut response = match (&method, path.as_str()) {
         (&Method::GET, "/oauth2/v2.1/verify") => {
             state.verify_calls.fetch_add(1, Ordering::SeqCst);
@@ -384,30 +337,17 @@ async fn handle(
                 (Some(aud), Some(sub)) => {
                     let claims = MockLine::id_claims(&aud, &sub, arg("nonce").as_deref());
                     let key = state.current_key();
-                    let token = key.sign(
-                        &serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }),
-                        &claims,
-                    );
+                    let token = key.sign(&serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }), &claims);
                     let mut r = Response::new(Full::new(Bytes::from(token)));
-                    r.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                     r
                 }
-                _ => json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "message": "aud and sub are required" }),
-                ),
+                _ => json(StatusCode::BAD_REQUEST, serde_json::json!({ "message": "aud and sub are required" })),
             }
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({ "message": "Not found" }),
-        ),
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "message": "Not found" })),
     };
-    response.headers_mut().insert(
-        "x-line-request-id",
-        HeaderValue::try_from(request_id).expect("hex"),
-    );
+    response.headers_mut().insert("x-line-request-id", HeaderValue::try_from(request_id).expect("hex"));
     Ok(response)
 }
 
@@ -448,13 +388,11 @@ fn profile(state: &MockState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         .and_then(|v| v.strip_prefix("Bearer "));
     let tokens = state.tokens.lock().expect("poisoned");
     match token.and_then(|t| tokens.get(t)) {
-        Some(t) if t.expired => json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({ "message": "The access token expired" }),
-        ),
+        Some(t) if t.expired => {
+            json(StatusCode::UNAUTHORIZED, serde_json::json!({ "message": "The access token expired" }))
+        }
         Some(t) => {
-            let mut body =
-                serde_json::json!({ "userId": t.user_id, "displayName": t.display_name });
+            let mut body = serde_json::json!({ "userId": t.user_id, "displayName": t.display_name });
             if let Some(p) = &t.picture_url {
                 body["pictureUrl"] = p.clone().into();
             }
@@ -473,13 +411,7 @@ fn profile(state: &MockState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 /// `GET /oauth2/v2.1/certs`: the mock's EC keys, plus an RSA key as LINE's own
 /// set has had (verifiers must skip it).
 fn jwks(state: &MockState) -> Response<Full<Bytes>> {
-    let mut keys: Vec<serde_json::Value> = state
-        .keys
-        .lock()
-        .expect("poisoned")
-        .iter()
-        .map(|k| k.jwk())
-        .collect();
+    let mut keys: Vec<serde_json::Value> = state.keys.lock().expect("poisoned").iter().map(|k| k.jwk()).collect();
     keys.push(serde_json::json!({
         "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "rsa-decoy-0000",
         "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw",
@@ -497,13 +429,16 @@ fn verify_id_token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
             serde_json::json!({ "error": "invalid_request", "error_description": description }),
         )
     };
-    let (Some(token), Some(client_id)) = (
-        form_urlencoded_value(form, "id_token"),
-        form_urlencoded_value(form, "client_id"),
-    ) else {
+    let (Some(token), Some(client_id)) =
+        (form_urlencoded_value(form, "id_token"), form_urlencoded_value(form, "client_id"))
+    else {
         return refuse("id_token and client_id are required");
     };
     let nonce = form_urlencoded_value(form, "nonce");
+    // LINE answers 400 to an empty `nonce=` (LINE-API.md §10, pitfall 2).
+    if nonce.as_deref() == Some("") {
+        return refuse("Invalid IdToken Nonce.");
+    }
     let parts: Vec<&str> = token.split('.').collect();
     let decoded = (parts.len() == 3)
         .then(|| {
@@ -528,19 +463,9 @@ fn verify_id_token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
                     .verify(input.as_bytes(), &signature)
                     .is_ok()
         }),
-        Some("HS256") => state
-            .channel_secrets
-            .lock()
-            .expect("poisoned")
-            .get(&client_id)
-            .is_some_and(|secret| {
-                hmac::verify(
-                    &hmac::Key::new(hmac::HMAC_SHA256, secret),
-                    input.as_bytes(),
-                    &signature,
-                )
-                .is_ok()
-            }),
+        Some("HS256") => state.channel_secrets.lock().expect("poisoned").get(&client_id).is_some_and(|secret| {
+            hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), input.as_bytes(), &signature).is_ok()
+        }),
         _ => false,
     };
     if !signed {
@@ -549,10 +474,7 @@ fn verify_id_token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
     if payload["iss"].as_str() != Some(ISSUER) {
         return refuse("Invalid IdToken Issuer.");
     }
-    if payload["exp"]
-        .as_u64()
-        .is_none_or(|exp| exp <= crate::auth::unix_now())
-    {
+    if payload["exp"].as_u64().is_none_or(|exp| exp <= crate::auth::unix_now()) {
         return refuse("IdToken expired.");
     }
     if payload["aud"].as_str() != Some(client_id.as_str()) {
@@ -578,20 +500,17 @@ fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
             json(status, serde_json::json!({ "message": message }))
         }
         Fault::RateLimitedRetryAfter(seconds) => {
-            let mut r = json(
-                StatusCode::TOO_MANY_REQUESTS,
-                serde_json::json!({ "message": "Too Many Requests" }),
-            );
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+            let mut r = json(StatusCode::TOO_MANY_REQUESTS, serde_json::json!({ "message": "Too Many Requests" }));
+            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
             r
         }
+        Fault::Refuse(description) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "invalid_request", "error_description": description }),
+        ),
         Fault::Garbage => {
-            let mut r = Response::new(Full::new(Bytes::from_static(
-                b"<html><body>502 Bad Gateway</body></html>",
-            )));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            let mut r = Response::new(Full::new(Bytes::from_static(b"<html><body>502 Bad Gateway</body></html>")));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
             r
         }
     }
@@ -600,8 +519,7 @@ fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -611,9 +529,7 @@ fn form_urlencoded_value(query: &str, key: &str) -> Option<String> {
         let (k, v) = pair.split_once('=')?;
         (k == key).then(|| {
             let v = v.replace('+', " ");
-            percent_encoding::percent_decode_str(&v)
-                .decode_utf8_lossy()
-                .into_owned()
+            percent_encoding::percent_decode_str(&v).decode_utf8_lossy().into_owned()
         })
     })
 }

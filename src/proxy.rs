@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
-use crate::auth::id_token::{IdClaims, IdTokenVerifier, MAX_ID_TOKEN_BYTES};
+use crate::auth::id_token::{IdClaims, IdTokenVerifier, MAX_ID_TOKEN_BYTES, unverified_nonce};
 use crate::auth::line::{AccessTokenVerdict, LineClient, LineError};
 use crate::auth::nonce::{Consumed, NonceStore};
 use crate::auth::{Authenticated, Rejection, Verdict};
@@ -83,12 +83,7 @@ pub async fn handle(
     let start = Instant::now();
     let request_id = request_id(&req, &state.metrics);
     let method = req.method().clone();
-    let mut outcome = Outcome {
-        path: None,
-        auth: RouteAuth::AccessToken,
-        cache: None,
-        outcome: "forwarded",
-    };
+    let mut outcome = Outcome { path: None, auth: RouteAuth::AccessToken, cache: None, outcome: "forwarded" };
     // The metric's outcome: what the proxy decided, not what the upstream answered.
     let (mut response, kind) = match pipeline(&state, &conn, req, &request_id, &mut outcome).await {
         Ok(response) => (response, outcome.outcome),
@@ -97,37 +92,22 @@ pub async fn handle(
             let kind = match err.status() {
                 StatusCode::UNAUTHORIZED => "rejected",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-                StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                    "bad_request"
-                }
+                StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "bad_request",
                 StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => "upstream_error",
                 _ => "internal_error",
             };
-            let labels = ReasonLabels {
-                reason: err.reason(),
-            };
+            let labels = ReasonLabels { reason: err.reason() };
             match err.status() {
                 StatusCode::UNAUTHORIZED => state.metrics.rejections.get_or_create(&labels).inc(),
-                StatusCode::SERVICE_UNAVAILABLE => {
-                    state.metrics.unavailable.get_or_create(&labels).inc()
-                }
+                StatusCode::SERVICE_UNAVAILABLE => state.metrics.unavailable.get_or_create(&labels).inc(),
                 _ => 0,
             };
             (err.into_response().map(Either::Right), kind)
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = response.status().as_u16();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            outcome: kind,
-            auth: outcome.auth.as_str(),
-        })
-        .inc();
+    state.metrics.requests.get_or_create(&RequestLabels { outcome: kind, auth: outcome.auth.as_str() }).inc();
     tracing::info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -157,8 +137,7 @@ async fn pipeline(
     }
 
     // 2. normalise
-    let path = normalised_path_and_query(req.uri())
-        .map_err(|e| ProxyError::Client(ClientError::BadPath(e)))?;
+    let path = normalised_path_and_query(req.uri()).map_err(|e| ProxyError::Client(ClientError::BadPath(e)))?;
     outcome.path = Some(path.clone());
 
     // The nonce endpoint answers before routing: it needs no credential.
@@ -171,23 +150,16 @@ async fn pipeline(
     }
 
     // 3. strip_identity
-    headers::strip_identity(
-        req.headers_mut(),
-        &config.identity.names,
-        &config.identity.assertion_header,
-    );
+    headers::strip_identity(req.headers_mut(), &config.identity.names, &config.identity.assertion_header);
 
     // 4. route
     // A preflight carries no body; one that does is not let through uncredentialed.
-    let preflight_method = (req.method() == Method::OPTIONS
-        && req.headers().contains_key(header::ORIGIN)
-        && !has_body(&req))
-    .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
-    .flatten()
-    .map(HeaderValue::as_bytes);
-    let policy = config
-        .routes
-        .policy(req.method(), path.path(), preflight_method);
+    let preflight_method =
+        (req.method() == Method::OPTIONS && req.headers().contains_key(header::ORIGIN) && !has_body(&req))
+            .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten()
+            .map(HeaderValue::as_bytes);
+    let policy = config.routes.policy(req.method(), path.path(), preflight_method);
     outcome.auth = policy.auth;
 
     // 5. authenticate
@@ -213,9 +185,7 @@ async fn pipeline(
                 match bearer_token(req.headers(), MAX_ID_TOKEN_BYTES)
                     .map_err(|e| ProxyError::Client(ClientError::Credential(e)))?
                 {
-                    Some(token) => Some(
-                        authenticate_id_token(state, token, policy.require_nonce, outcome).await?,
-                    ),
+                    Some(token) => Some(authenticate_id_token(state, token, policy.require_nonce, outcome).await?),
                     None => return Err(ProxyError::Client(ClientError::MissingCredential)),
                 }
             }
@@ -232,11 +202,7 @@ async fn pipeline(
         out.remove(header::AUTHORIZATION);
     }
     if let Some(cached) = &identity {
-        let Verdict::Valid(Authenticated {
-            headers: identity_headers,
-            ..
-        }) = &cached.verdict
-        else {
+        let Verdict::Valid(Authenticated { headers: identity_headers, .. }) = &cached.verdict else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
         };
         for (name, value) in identity_headers {
@@ -247,11 +213,7 @@ async fn pipeline(
     state.upstream.prepare(&mut req, path, conn);
 
     // 7. forward
-    let mut response = state
-        .upstream
-        .send(req, &state.metrics)
-        .await
-        .map_err(ProxyError::Upstream)?;
+    let mut response = state.upstream.send(req, &state.metrics).await.map_err(ProxyError::Upstream)?;
 
     // 8. respond
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -270,17 +232,15 @@ async fn pipeline(
 
 /// `GET {nonce.path}`: a fresh nonce as `{"nonce": …, "expires_in": …}`.
 fn issue_nonce(method: &Method, store: &NonceStore) -> Result<Response<ProxyBody>, ProxyError> {
-    if method != Method::GET && method != Method::HEAD {
+    // GET only: a HEAD would store a nonce nobody ever sees.
+    if method != Method::GET {
         return Err(ProxyError::Client(ClientError::NonceMethod));
     }
     let nonce = store.issue().map_err(|_| ProxyError::NonceStore)?;
     let body = serde_json::json!({ "nonce": nonce, "expires_in": store.ttl().as_secs() });
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     // A nonce is single-use: no shared cache may hand it to someone else.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
@@ -296,48 +256,44 @@ async fn authenticate_id_token(
     require_nonce: bool,
     outcome: &mut Outcome,
 ) -> Result<Arc<Cached>, ProxyError> {
-    let verifier = state.id_tokens.as_ref().ok_or(ProxyError::Internal(
-        "an id_token route without an ID-token verifier",
-    ))?;
+    let verifier =
+        state.id_tokens.as_ref().ok_or(ProxyError::Internal("an id_token route without an ID-token verifier"))?;
     let names = &state.config.identity.names;
     let valid = |claims: IdClaims| {
         let identity = claims.into_identity();
-        Verdict::Valid(Authenticated {
-            headers: names.encode(&identity),
-            identity,
-        })
+        Verdict::Valid(Authenticated { headers: names.encode(&identity), identity })
     };
-    if !require_nonce {
+    let rejected = |r| ProxyError::Client(ClientError::Rejected(r));
+    let claimed_nonce = unverified_nonce(token).map_err(rejected)?;
+    // A token that carries a nonce is single-use on every id_token route: else a
+    // native-login token, its nonce spent at /login, would replay on a
+    // require_nonce = false (LIFF) route until it expires.
+    if !require_nonce && claimed_nonce.is_none() {
         let key = cache_key(CredentialKind::IdToken, token);
-        let verify = async {
-            Ok(verifier
-                .verify(token)
-                .await?
-                .map_or_else(Verdict::Rejected, valid))
-        };
+        let verify = async { Ok(verifier.verify(token).await?.map_or_else(Verdict::Rejected, valid)) };
         return authenticate_cached(state, key, verify, verifier.source(), outcome).await;
+    }
+    let nonces = state.nonces.as_ref().ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
+    // Refuse a missing, foreign, used or expired nonce before any signature work
+    // or LINE call: floods of made-up tokens cost nothing upstream.
+    let peeked = match claimed_nonce.as_deref() {
+        None => return Err(rejected(Rejection::NonceMissing)),
+        Some(n) => nonces.store.peek(n),
+    };
+    match peeked {
+        Consumed::Fresh => {}
+        Consumed::Unknown => return Err(rejected(Rejection::NonceUnknown)),
+        Consumed::Expired => return Err(rejected(Rejection::NonceExpired)),
     }
     let start = Instant::now();
     let checked = verifier.verify(token).await;
     state
         .metrics
         .auth_duration
-        .get_or_create(&SourceLabels {
-            source: verifier.source(),
-        })
+        .get_or_create(&SourceLabels { source: verifier.source() })
         .observe(start.elapsed().as_secs_f64());
-    let claims = checked
-        .map_err(ProxyError::Line)?
-        .map_err(|r| ProxyError::Client(ClientError::Rejected(r)))?;
-    let nonces = state
-        .nonces
-        .as_ref()
-        .ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
-    let rejected = |r| ProxyError::Client(ClientError::Rejected(r));
-    let nonce = claims
-        .nonce
-        .as_deref()
-        .ok_or(rejected(Rejection::NonceMissing))?;
+    let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
+    let nonce = claims.nonce.as_deref().ok_or(rejected(Rejection::NonceMissing))?;
     // Consumed only now: a token that failed verification never burns a nonce.
     match nonces.store.consume(nonce) {
         Consumed::Fresh => Ok(Arc::new(Cached::uncached(valid(claims)))),
@@ -347,19 +303,14 @@ async fn authenticate_id_token(
 }
 
 /// Verdict for an access token: cache first, then the LINE Platform.
-async fn authenticate(
-    state: &State,
-    token: &str,
-    outcome: &mut Outcome,
-) -> Result<Arc<Cached>, ProxyError> {
+async fn authenticate(state: &State, token: &str, outcome: &mut Outcome) -> Result<Arc<Cached>, ProxyError> {
     let key = cache_key(CredentialKind::AccessToken, token);
     let names = &state.config.identity.names;
     let verify = async {
         Ok(match state.line.verify_access_token(token).await? {
-            AccessTokenVerdict::Valid(identity) => Verdict::Valid(Authenticated {
-                headers: names.encode(&identity),
-                identity,
-            }),
+            AccessTokenVerdict::Valid(identity) => {
+                Verdict::Valid(Authenticated { headers: names.encode(&identity), identity })
+            }
             AccessTokenVerdict::Rejected(r) => Verdict::Rejected(r),
         })
     };
@@ -396,10 +347,7 @@ where
             miss_source
         }
     };
-    metrics
-        .auth_duration
-        .get_or_create(&SourceLabels { source })
-        .observe(start.elapsed().as_secs_f64());
+    metrics.auth_duration.get_or_create(&SourceLabels { source }).observe(start.elapsed().as_secs_f64());
     let cached = result.map_err(|e| ProxyError::Line((*e).clone()))?;
     match &cached.verdict {
         Verdict::Valid(_) => Ok(cached),
@@ -416,18 +364,13 @@ fn request_id(req: &Request<Incoming>, metrics: &Metrics) -> HeaderValue {
     {
         return v.clone();
     }
-    HeaderValue::try_from(format!("{:016x}", metrics.next_request_id()))
-        .expect("hex is a valid header value")
+    HeaderValue::try_from(format!("{:016x}", metrics.next_request_id())).expect("hex is a valid header value")
 }
 
 /// Request line plus header bytes, as they stood on the wire (approximately).
 fn head_bytes<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len()
-        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + 12;
-    req.headers().iter().fold(line, |n, (k, v)| {
-        n + k.as_str().len() + v.len() + HEADER_LINE_OVERHEAD
-    })
+    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + HEADER_LINE_OVERHEAD)
 }
 
 /// The normalised path with the original query, as the upstream will receive it.
@@ -458,33 +401,22 @@ fn normalised_path_and_query(uri: &http::Uri) -> Result<PathAndQuery, routes::Pa
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
         && req.method() == Method::GET
+        && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && req
             .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
 /// True when the request announces a body (`Content-Length` > 0 or `Transfer-Encoding`).
 fn has_body<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    _slot: Arc<ConnectionSlot>,
-) {
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, _slot: Arc<ConnectionSlot>) {
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
             let mut client = TokioIo::new(client);
@@ -504,15 +436,9 @@ mod tests {
     #[test]
     fn path_and_query_keeps_the_query_and_normalises_the_path() {
         let uri: http::Uri = "/a//b/../c?x=%2F..&y".parse().unwrap();
-        assert_eq!(
-            normalised_path_and_query(&uri).unwrap().as_str(),
-            "/a/c?x=%2F..&y"
-        );
+        assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/a/c?x=%2F..&y");
         let uri: http::Uri = "/plain?q=1".parse().unwrap();
-        assert_eq!(
-            normalised_path_and_query(&uri).unwrap().as_str(),
-            "/plain?q=1"
-        );
+        assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/plain?q=1");
         let uri: http::Uri = "http://example.com/a/./b".parse().unwrap();
         assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/a/b");
     }

@@ -57,11 +57,7 @@ pub struct Policy {
 }
 
 /// Unmatched paths need an access token.
-pub const DEFAULT_POLICY: Policy = Policy {
-    auth: RouteAuth::AccessToken,
-    preflight_pass: false,
-    require_nonce: false,
-};
+pub const DEFAULT_POLICY: Policy = Policy { auth: RouteAuth::AccessToken, preflight_pass: false, require_nonce: false };
 
 /// Ordered routes; the first match wins.
 #[derive(Clone, Debug, Default)]
@@ -93,18 +89,12 @@ impl RouteTable {
                     methods.contains(method)
                         || (preflight
                             && preflight_method.is_some_and(|asked| {
-                                methods
-                                    .iter()
-                                    .any(|m| m.as_str().as_bytes().eq_ignore_ascii_case(asked))
+                                methods.iter().any(|m| m.as_str().as_bytes().eq_ignore_ascii_case(asked))
                             }))
                 }
             };
             if method_ok {
-                return Policy {
-                    auth: route.auth,
-                    preflight_pass: preflight,
-                    require_nonce: route.require_nonce,
-                };
+                return Policy { auth: route.auth, preflight_pass: preflight, require_nonce: route.require_nonce };
             }
         }
         DEFAULT_POLICY
@@ -176,10 +166,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 /// True when no step of [`normalize_path`] would change the path.
 fn is_normal(raw: &str) -> bool {
     let bytes = raw.as_bytes();
-    if bytes
-        .iter()
-        .any(|&b| matches!(b, b'%' | b'\\' | b';') || !b.is_ascii())
-    {
+    if bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | b';') || !b.is_ascii()) {
         return false;
     }
     // Segments between slashes: none empty (except the last), none "." or "..".
@@ -210,9 +197,7 @@ fn decode_segment(segment: &str) -> Result<String, PathError> {
                 match value {
                     b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
                     b';' => return Err(PathError::PathParameter),
-                    v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
-                        out.push(v)
-                    }
+                    v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => out.push(v),
                     v => out.extend_from_slice(format!("%{v:02X}").as_bytes()),
                 }
                 i += 3;
@@ -259,10 +244,7 @@ mod tests {
 
     #[test]
     fn normal_paths_do_not_allocate() {
-        assert!(matches!(
-            normalize_path("/api/v1/items").unwrap(),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(normalize_path("/api/v1/items").unwrap(), Cow::Borrowed(_)));
         assert!(matches!(normalize_path("/api/").unwrap(), Cow::Borrowed(_)));
     }
 
@@ -276,18 +258,9 @@ mod tests {
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("*"), Err(PathError::NotOriginForm));
-        assert_eq!(
-            normalize_path("/public/..;/admin"),
-            Err(PathError::PathParameter)
-        );
-        assert_eq!(
-            normalize_path("/admin;jsessionid=1/x"),
-            Err(PathError::PathParameter)
-        );
-        assert_eq!(
-            normalize_path("/public/%2e%2e%3b/admin"),
-            Err(PathError::PathParameter)
-        );
+        assert_eq!(normalize_path("/public/..;/admin"), Err(PathError::PathParameter));
+        assert_eq!(normalize_path("/admin;jsessionid=1/x"), Err(PathError::PathParameter));
+        assert_eq!(normalize_path("/public/%2e%2e%3b/admin"), Err(PathError::PathParameter));
     }
 
     fn table() -> RouteTable {
@@ -319,37 +292,18 @@ mod tests {
     #[test]
     fn first_match_wins_and_methods_filter() {
         let t = table();
-        assert_eq!(
-            t.policy(&Method::GET, "/public/x", None).auth,
-            RouteAuth::None
-        );
+        assert_eq!(t.policy(&Method::GET, "/public/x", None).auth, RouteAuth::None);
         // POST skips the GET-only public route and falls through to "/".
-        assert_eq!(
-            t.policy(&Method::POST, "/public/x", None).auth,
-            RouteAuth::Optional
-        );
-        assert_eq!(
-            t.policy(&Method::GET, "/public", None).auth,
-            RouteAuth::Optional
-        );
-        assert_eq!(
-            RouteTable::default().policy(&Method::GET, "/x", None),
-            DEFAULT_POLICY
-        );
+        assert_eq!(t.policy(&Method::POST, "/public/x", None).auth, RouteAuth::Optional);
+        assert_eq!(t.policy(&Method::GET, "/public", None).auth, RouteAuth::Optional);
+        assert_eq!(RouteTable::default().policy(&Method::GET, "/x", None), DEFAULT_POLICY);
     }
 
     #[test]
     fn preflight_matches_the_method_asked_about() {
         let t = table();
         let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"post"));
-        assert_eq!(
-            p,
-            Policy {
-                auth: RouteAuth::AccessToken,
-                preflight_pass: true,
-                require_nonce: false,
-            }
-        );
+        assert_eq!(p, Policy { auth: RouteAuth::AccessToken, preflight_pass: true, require_nonce: false });
         let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"DELETE"));
         assert!(!p.preflight_pass);
         let p = t.policy(&Method::OPTIONS, "/api/x", None);

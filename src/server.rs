@@ -51,8 +51,7 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     if certs.is_empty() {
         return Err(read_err(&files.cert_file, &"no certificate in the file"));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| read_err(&files.key_file, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| read_err(&files.key_file, &e))?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -88,11 +87,7 @@ impl Builders {
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-        Self {
-            http1: builder.clone().http1_only(),
-            http2: builder.clone().http2_only(),
-            auto: builder,
-        }
+        Self { http1: builder.clone().http1_only(), http2: builder.clone().http2_only(), auto: builder }
     }
 }
 
@@ -157,15 +152,8 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         state.metrics.open_connections.inc();
-        let slot = Arc::new(ConnectionSlot {
-            _permit: permit,
-            metrics: state.metrics.clone(),
-        });
-        let conn = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-            slot,
-        };
+        let slot = Arc::new(ConnectionSlot { _permit: permit, metrics: state.metrics.clone() });
+        let conn = ConnInfo { peer, tls: tls.is_some(), slot };
         let state = state.clone();
         let builders = builders.clone();
         let watcher = graceful.watcher();
@@ -177,9 +165,7 @@ pub async fn serve_proxy(
                     // hyper-util sniffs the first bytes for the h2c preface with no
                     // timeout of its own: a silent socket would hold its slot forever.
                     match tokio::time::timeout(deadline, preface_known(&stream)).await {
-                        Ok(Ok(())) => {
-                            serve_connection(&builders.auto, stream, conn, state, watcher).await
-                        }
+                        Ok(Ok(())) => serve_connection(&builders.auto, stream, conn, state, watcher).await,
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "connection failed before a request")
                         }
@@ -188,9 +174,7 @@ pub async fn serve_proxy(
                         }
                     }
                 }
-                Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream))
-                    .await
-                {
+                Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let builder = if h2 { &builders.http2 } else { &builders.http1 };
@@ -204,10 +188,7 @@ pub async fn serve_proxy(
     }
     drop(listener);
     let grace = config.shutdown_grace;
-    tracing::info!(
-        grace_seconds = grace.as_secs(),
-        "stopped accepting; draining in-flight requests"
-    );
+    tracing::info!(grace_seconds = grace.as_secs(), "stopped accepting; draining in-flight requests");
     let drained = tokio::time::timeout(grace, async {
         graceful.shutdown().await;
         // Tunnels outlive their connection futures; they hold slots until closed.
@@ -244,9 +225,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
-        proxy::handle(state.clone(), conn.clone(), req)
-    });
+    let service = service_fn(move |req: hyper::Request<Incoming>| proxy::handle(state.clone(), conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

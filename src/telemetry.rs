@@ -27,15 +27,7 @@ pub enum LogFormat {
 /// Dependencies log request URLs at debug and trace level, and the URL of LINE's
 /// access-token verify endpoint holds the token: they are capped at `warn` by a
 /// filter of their own that no `RUST_LOG` directive can outrank.
-const DEPENDENCY_CAPS: &[&str] = &[
-    "hyper",
-    "hyper_util",
-    "reqwest",
-    "h2",
-    "rustls",
-    "tokio_rustls",
-    "hyper_rustls",
-];
+const DEPENDENCY_CAPS: &[&str] = &["hyper", "hyper_util", "reqwest", "h2", "rustls", "tokio_rustls", "hyper_rustls"];
 
 /// Installs the global subscriber on stderr. `RUST_LOG` sets the level (default `info`).
 pub fn init_tracing(format: LogFormat) {
@@ -56,10 +48,9 @@ where
             EnvFilter::new("info")
         }),
     };
-    let caps = DEPENDENCY_CAPS.iter().fold(
-        Targets::new().with_default(LevelFilter::TRACE),
-        |t, target| t.with_target(*target, LevelFilter::WARN),
-    );
+    let caps = DEPENDENCY_CAPS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| t.with_target(*target, LevelFilter::WARN));
     let layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -69,9 +60,7 @@ where
             .with_writer(writer)
             .boxed(),
     };
-    let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(env_filter).with_filter(caps))
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layer.with_filter(env_filter).with_filter(caps)).try_init();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,57 +148,31 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("line_auth_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by outcome and route auth kind",
-            requests.clone(),
-        );
+        registry.register("requests", "Requests by outcome and route auth kind", requests.clone());
         let rejections = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "auth_rejections",
-            "401 answers by reason",
-            rejections.clone(),
-        );
+        registry.register("auth_rejections", "401 answers by reason", rejections.clone());
         let unavailable = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "auth_unavailable",
             "503 answers (verification could not run) by reason",
             unavailable.clone(),
         );
-        let auth_duration = HistogramFamily::<SourceLabels>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
-            "auth_duration_seconds",
-            "Time to a verdict by source (cache, line)",
-            auth_duration.clone(),
-        );
+        let auth_duration =
+            HistogramFamily::<SourceLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("auth_duration_seconds", "Time to a verdict by source (cache, line)", auth_duration.clone());
         let line_requests = Family::<LineCallLabels, Counter>::default();
-        registry.register(
-            "line_requests",
-            "Calls to the LINE Platform by endpoint and outcome",
-            line_requests.clone(),
-        );
-        let line_duration = HistogramFamily::<EndpointLabels>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        registry.register("line_requests", "Calls to the LINE Platform by endpoint and outcome", line_requests.clone());
+        let line_duration =
+            HistogramFamily::<EndpointLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "line_request_duration_seconds",
             "LINE Platform call latency by endpoint",
             line_duration.clone(),
         );
         let cache_hits = Counter::default();
-        registry.register(
-            "cache_hits",
-            "Verdicts served from the cache",
-            cache_hits.clone(),
-        );
+        registry.register("cache_hits", "Verdicts served from the cache", cache_hits.clone());
         let cache_misses = Counter::default();
-        registry.register(
-            "cache_misses",
-            "Verdicts that needed the LINE Platform",
-            cache_misses.clone(),
-        );
+        registry.register("cache_misses", "Verdicts that needed the LINE Platform", cache_misses.clone());
         let cache_coalesced = Counter::default();
         registry.register(
             "cache_coalesced",
@@ -217,23 +180,11 @@ impl Metrics {
             cache_coalesced.clone(),
         );
         let cache_entries = Gauge::default();
-        registry.register(
-            "cache_entries",
-            "Verdicts currently cached",
-            cache_entries.clone(),
-        );
+        registry.register("cache_entries", "Verdicts currently cached", cache_entries.clone());
         let upstream_duration = latency_histogram();
-        registry.register(
-            "upstream_duration_seconds",
-            "Upstream response-head latency",
-            upstream_duration.clone(),
-        );
+        registry.register("upstream_duration_seconds", "Upstream response-head latency", upstream_duration.clone());
         let upstream_responses = Family::<StatusClassLabels, Counter>::default();
-        registry.register(
-            "upstream_responses",
-            "Upstream responses by status class",
-            upstream_responses.clone(),
-        );
+        registry.register("upstream_responses", "Upstream responses by status class", upstream_responses.clone());
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -241,17 +192,9 @@ impl Metrics {
             open_connections.clone(),
         );
         let nonces = Family::<NonceLabels, Counter>::default();
-        registry.register(
-            "nonces",
-            "Nonce events: issued, consumed, expired, rejected, store_full",
-            nonces.clone(),
-        );
+        registry.register("nonces", "Nonce events: issued, consumed, expired, rejected, store_full", nonces.clone());
         let jwks_keys = Gauge::default();
-        registry.register(
-            "jwks_keys",
-            "ES256 keys loaded from LINE's JWKS",
-            jwks_keys.clone(),
-        );
+        registry.register("jwks_keys", "ES256 keys loaded from LINE's JWKS", jwks_keys.clone());
         Self {
             registry,
             nonces,
@@ -276,8 +219,7 @@ impl Metrics {
     /// The OpenMetrics text exposition of every family.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 

@@ -49,12 +49,7 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(https);
-        Self {
-            client,
-            scheme: config.scheme.clone(),
-            authority: config.authority.clone(),
-            timeout: config.timeout,
-        }
+        Self { client, scheme: config.scheme.clone(), authority: config.authority.clone(), timeout: config.timeout }
     }
 
     /// Points the request at the upstream with the authorised path, and sets
@@ -84,10 +79,7 @@ impl Upstream {
             join_cookies(headers);
         }
         append_forwarded_for(headers, conn.peer);
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
         match headers.get(header::HOST).cloned() {
             Some(host) => {
                 headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -100,22 +92,13 @@ impl Upstream {
 
     /// Sends the request; 502 when the upstream cannot be reached, 504 when its
     /// response head does not arrive within `upstream.timeout_ms`.
-    pub async fn send(
-        &self,
-        req: Request<Incoming>,
-        metrics: &Metrics,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<Incoming>, metrics: &Metrics) -> Result<Response<Incoming>, UpstreamError> {
         let start = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        metrics
-            .upstream_duration
-            .observe(start.elapsed().as_secs_f64());
+        metrics.upstream_duration.observe(start.elapsed().as_secs_f64());
         match result {
             Err(_) => {
-                tracing::warn!(
-                    timeout_ms = self.timeout.as_millis() as u64,
-                    "upstream did not answer in time"
-                );
+                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "upstream did not answer in time");
                 Err(UpstreamError::Timeout)
             }
             Ok(Err(e)) => {
@@ -125,9 +108,7 @@ impl Upstream {
             Ok(Ok(response)) => {
                 metrics
                     .upstream_responses
-                    .get_or_create(&StatusClassLabels {
-                        class: status_class(response.status().as_u16()),
-                    })
+                    .get_or_create(&StatusClassLabels { class: status_class(response.status().as_u16()) })
                     .inc();
                 Ok(response)
             }
@@ -165,11 +146,7 @@ fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
             combined.push_str(s);
         }
     }
-    let value = if combined.is_empty() {
-        ip
-    } else {
-        format!("{combined}, {ip}")
-    };
+    let value = if combined.is_empty() { ip } else { format!("{combined}, {ip}") };
     headers.insert(
         X_FORWARDED_FOR.clone(),
         HeaderValue::try_from(value).expect("IP addresses and visible ASCII are valid"),

@@ -8,12 +8,7 @@ use support::*;
 #[tokio::test]
 async fn valid_token_passes_with_one_verify_and_one_profile_call() {
     let e = env("").await;
-    let r = client()
-        .get(e.proxy.url("/api/items?page=2"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/api/items?page=2")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "upstream ok");
     assert_eq!(e.upstream.hits(), 1);
@@ -33,33 +28,18 @@ async fn missing_credential_is_401_with_bare_bearer_challenge() {
 
 async fn assert_rejected(e: &Env, rb: reqwest::RequestBuilder) {
     let r = rb.send().await.unwrap();
-    assert_eq!(
-        r.headers()["www-authenticate"],
-        "Bearer error=\"invalid_token\""
-    );
+    assert_eq!(r.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
     assert_eq!(json_error(r, 401).await, "invalid_token");
-    assert_eq!(
-        e.upstream.hits(),
-        0,
-        "a rejected request reached the upstream"
-    );
+    assert_eq!(e.upstream.hits(), 0, "a rejected request reached the upstream");
 }
 
 #[tokio::test]
 async fn token_for_another_channel_is_refused() {
     let e = env("").await;
-    e.line
-        .add_token("other", MockToken::new(OTHER_CHANNEL, USER, "Mallory"));
+    e.line.add_token("other", MockToken::new(OTHER_CHANNEL, USER, "Mallory"));
     assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth("other")).await;
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"wrong_channel\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"wrong_channel\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -72,11 +52,7 @@ async fn zero_expires_in_is_refused() {
     let mut t = MockToken::new(CHANNEL, USER, "Brown");
     t.expires_in = -5;
     e.line.add_token("negative", t);
-    assert_rejected(
-        &e,
-        client().get(e.proxy.url("/api/x")).bearer_auth("negative"),
-    )
-    .await;
+    assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth("negative")).await;
 }
 
 #[tokio::test]
@@ -85,42 +61,17 @@ async fn expired_and_unknown_tokens_are_refused() {
     let mut t = MockToken::new(CHANNEL, USER, "Brown");
     t.expired = true;
     e.line.add_token("expired", t);
-    assert_rejected(
-        &e,
-        client().get(e.proxy.url("/api/x")).bearer_auth("expired"),
-    )
-    .await;
-    assert_rejected(
-        &e,
-        client().get(e.proxy.url("/api/x")).bearer_auth("unknown"),
-    )
-    .await;
+    assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth("expired")).await;
+    assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth("unknown")).await;
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"token_expired\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"token_invalid\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"token_expired\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"token_invalid\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
 async fn profile_refusal_alone_is_enough_to_refuse() {
     let e = env("").await;
-    e.line.set_faults(Faults {
-        profile: Some(Fault::Status(401)),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { profile: Some(Fault::Status(401)), ..Faults::default() });
     assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth(TOKEN)).await;
 }
 
@@ -128,44 +79,15 @@ async fn profile_refusal_alone_is_enough_to_refuse() {
 async fn malformed_authorization_headers_are_refused_before_line() {
     let e = env("").await;
     let c = client();
-    assert_rejected(
-        &e,
-        c.get(e.proxy.url("/api/x"))
-            .header("authorization", format!("Basic {TOKEN}")),
-    )
-    .await;
-    assert_rejected(
-        &e,
-        c.get(e.proxy.url("/api/x"))
-            .header("authorization", "Bearer"),
-    )
-    .await;
-    assert_rejected(
-        &e,
-        c.get(e.proxy.url("/api/x"))
-            .header("authorization", "Bearer a b"),
-    )
-    .await;
-    assert_rejected(
-        &e,
-        c.get(e.proxy.url("/api/x"))
-            .header("authorization", "Bearer ==="),
-    )
-    .await;
+    assert_rejected(&e, c.get(e.proxy.url("/api/x")).header("authorization", format!("Basic {TOKEN}"))).await;
+    assert_rejected(&e, c.get(e.proxy.url("/api/x")).header("authorization", "Bearer")).await;
+    assert_rejected(&e, c.get(e.proxy.url("/api/x")).header("authorization", "Bearer a b")).await;
+    assert_rejected(&e, c.get(e.proxy.url("/api/x")).header("authorization", "Bearer ===")).await;
     let huge = format!("Bearer {}", "a".repeat(5000));
-    assert_rejected(
-        &e,
-        c.get(e.proxy.url("/api/x")).header("authorization", huge),
-    )
-    .await;
+    assert_rejected(&e, c.get(e.proxy.url("/api/x")).header("authorization", huge)).await;
     assert_eq!(e.line.verify_calls(), 0);
     // Scheme matched case-insensitively.
-    let r = c
-        .get(e.proxy.url("/api/x"))
-        .header("authorization", format!("bEaReR {TOKEN}"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/api/x")).header("authorization", format!("bEaReR {TOKEN}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -208,28 +130,13 @@ async fn optional_route_forwards_anonymous_and_refuses_invalid() {
     let r = c.get(e.proxy.url("/feed/1")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(e.upstream.last().headers.get("x-line-user-id").is_none());
-    let r = c
-        .get(e.proxy.url("/feed/1"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/feed/1")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
     let hits = e.upstream.hits();
-    let r = c
-        .get(e.proxy.url("/feed/1"))
-        .bearer_auth("bogus")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/feed/1")).bearer_auth("bogus").send().await.unwrap();
     assert_eq!(json_error(r, 401).await, "invalid_token");
-    let r = c
-        .get(e.proxy.url("/feed/1"))
-        .header("authorization", "Basic eDp5")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/feed/1")).header("authorization", "Basic eDp5").send().await.unwrap();
     assert_eq!(json_error(r, 401).await, "invalid_token");
     assert_eq!(e.upstream.hits(), hits);
 }
@@ -238,14 +145,7 @@ async fn optional_route_forwards_anonymous_and_refuses_invalid() {
 async fn public_route_needs_nothing_and_method_filter_falls_through() {
     let e = env(ROUTES).await;
     let c = client();
-    assert_eq!(
-        c.get(e.proxy.url("/public/a"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(e.proxy.url("/public/a")).send().await.unwrap().status(), 200);
     assert_eq!(e.line.verify_calls(), 0);
     // POST is not in the public route's methods: matching ends at the default.
     let r = c.post(e.proxy.url("/public/a")).send().await.unwrap();
@@ -290,62 +190,16 @@ async fn cors_preflight_passes_only_where_allowed() {
 async fn access_log_and_metrics_count_outcomes() {
     let e = env(ROUTES).await;
     let c = client();
-    c.post(e.proxy.url("/api/a"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    c.post(e.proxy.url("/api/a")).bearer_auth(TOKEN).send().await.unwrap();
     c.post(e.proxy.url("/api/a")).send().await.unwrap();
     c.get(e.proxy.url("/public/a")).send().await.unwrap();
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_requests_total{outcome=\"forwarded\",auth=\"access_token\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_requests_total{outcome=\"rejected\",auth=\"access_token\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_requests_total{outcome=\"forwarded\",auth=\"none\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"missing_credential\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_line_requests_total{endpoint=\"verify\",outcome=\"ok\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_line_requests_total{endpoint=\"profile\",outcome=\"ok\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_requests_total{outcome=\"forwarded\",auth=\"access_token\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_requests_total{outcome=\"rejected\",auth=\"access_token\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_requests_total{outcome=\"forwarded\",auth=\"none\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"missing_credential\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_line_requests_total{endpoint=\"verify\",outcome=\"ok\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_line_requests_total{endpoint=\"profile\",outcome=\"ok\"}"), 1.0, "{m}");
     assert_eq!(metric(&m, "line_auth_proxy_cache_misses_total"), 1.0, "{m}");
 }
 
@@ -353,27 +207,13 @@ async fn access_log_and_metrics_count_outcomes() {
 async fn request_id_is_propagated_or_generated() {
     let e = env("").await;
     let c = client();
-    let r = c
-        .get(e.proxy.url("/x"))
-        .bearer_auth(TOKEN)
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/x")).bearer_auth(TOKEN).header("x-request-id", "abc-123").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     assert_eq!(e.upstream.last().headers["x-request-id"], "abc-123");
-    let r = c
-        .get(e.proxy.url("/x"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/x")).bearer_auth(TOKEN).send().await.unwrap();
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 16);
-    assert_eq!(
-        e.upstream.last().headers["x-request-id"],
-        generated.as_str()
-    );
+    assert_eq!(e.upstream.last().headers["x-request-id"], generated.as_str());
     // A 401 carries one too, for support.
     let r = c.get(e.proxy.url("/x")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
@@ -382,22 +222,12 @@ async fn request_id_is_propagated_or_generated() {
 #[tokio::test]
 async fn token_without_profile_scope_is_refused_and_cached() {
     let e = env("").await;
-    e.line.set_faults(Faults {
-        profile: Some(Fault::Status(403)),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { profile: Some(Fault::Status(403)), ..Faults::default() });
     assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth(TOKEN)).await;
     assert_rejected(&e, client().get(e.proxy.url("/api/x")).bearer_auth(TOKEN)).await;
     assert_eq!(e.line.verify_calls(), 1);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"no_profile_scope\"}"
-        ),
-        2.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"no_profile_scope\"}"), 2.0, "{m}");
 }
 
 #[tokio::test]

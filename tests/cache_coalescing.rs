@@ -12,10 +12,7 @@ use support::*;
 async fn fifty_concurrent_fresh_requests_make_one_verify_and_one_profile_call() {
     let e = env("").await;
     // Slow LINE so that all fifty overlap.
-    e.line.set_faults(Faults {
-        delay: Duration::from_millis(200),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { delay: Duration::from_millis(200), ..Faults::default() });
     let statuses = concurrent_statuses(e.proxy.url("/api/x"), TOKEN, 50).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(e.line.verify_calls(), 1);
@@ -24,8 +21,7 @@ async fn fifty_concurrent_fresh_requests_make_one_verify_and_one_profile_call() 
     let m = e.proxy.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_cache_misses_total"), 1.0, "{m}");
     assert_eq!(
-        metric(&m, "line_auth_proxy_cache_coalesced_total")
-            + metric(&m, "line_auth_proxy_cache_hits_total"),
+        metric(&m, "line_auth_proxy_cache_coalesced_total") + metric(&m, "line_auth_proxy_cache_hits_total"),
         49.0,
         "{m}"
     );
@@ -68,22 +64,13 @@ async fn ttl_is_capped_by_expires_in() {
     e.line.add_token("short-lived", t);
     let c = client();
     assert_eq!(e.status("/a", "short-lived").await, 200);
-    let expires_at: u64 = e.upstream.last().headers["x-line-expires-at"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let expires_at: u64 = e.upstream.last().headers["x-line-expires-at"].to_str().unwrap().parse().unwrap();
     // Past the token's expiry (cache.ttl_seconds is 60): the proxy must ask LINE again.
     while line_auth_proxy::auth::unix_now() <= expires_at {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     e.line.remove_token("short-lived");
-    let r = c
-        .get(e.proxy.url("/a"))
-        .bearer_auth("short-lived")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(e.proxy.url("/a")).bearer_auth("short-lived").send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(e.line.verify_calls(), 2);
     assert_eq!(e.upstream.hits(), 1);
@@ -110,8 +97,7 @@ async fn rejections_are_cached_for_the_negative_ttl_only() {
     }
     assert_eq!(e.line.verify_calls(), 1);
     // The token becomes valid at LINE; within the negative TTL it is still refused.
-    e.line
-        .add_token("late-token", MockToken::new(CHANNEL, USER, "Brown"));
+    e.line.add_token("late-token", MockToken::new(CHANNEL, USER, "Brown"));
     assert_eq!(e.status("/a", "late-token").await, 401);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(e.status("/a", "late-token").await, 200);
@@ -123,14 +109,10 @@ async fn cache_is_bounded_by_max_entries() {
     let e = env("[cache]\nmax_entries = 10\n").await;
     for i in 0..60 {
         let token = format!("token-{i}");
-        e.line
-            .add_token(&token, MockToken::new(CHANNEL, USER, "Brown"));
+        e.line.add_token(&token, MockToken::new(CHANNEL, USER, "Brown"));
         assert_eq!(e.status("/a", &token).await, 200);
     }
     let m = e.proxy.metrics().await;
     let entries = metric(&m, "line_auth_proxy_cache_entries");
-    assert!(
-        entries <= 10.0 && entries > 0.0,
-        "{entries} entries cached with max_entries = 10"
-    );
+    assert!(entries <= 10.0 && entries > 0.0, "{entries} entries cached with max_entries = 10");
 }

@@ -20,11 +20,8 @@ mod tempfile_like {
     pub struct TempFile(pub std::path::PathBuf);
     impl TempFile {
         pub fn new(text: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "lap-cli-{}-{}.toml",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
+            let path =
+                std::env::temp_dir().join(format!("lap-cli-{}-{}.toml", std::process::id(), rand::random::<u64>()));
             std::fs::write(&path, text).unwrap();
             Self(path)
         }
@@ -50,8 +47,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-const GOOD: &str =
-    "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
+const GOOD: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
 
 #[test]
 fn check_accepts_a_good_file_and_the_example() {
@@ -71,35 +67,21 @@ fn check_prints_every_problem_with_its_key_path_and_exits_2() {
     );
     let (code, _, err) = run(&["check", "--config", f.0.to_str().unwrap()], &[]);
     assert_eq!(code, 2);
-    for key in [
-        "server.listen",
-        "server.colour",
-        "upstream.url",
-        "line.channel_ids",
-        "cache.ttl_seconds",
-        "routes[0].auth",
-    ] {
-        assert!(
-            err.contains(&format!("error: {key}: ")),
-            "{key} missing from:\n{err}"
-        );
+    for key in
+        ["server.listen", "server.colour", "upstream.url", "line.channel_ids", "cache.ttl_seconds", "routes[0].auth"]
+    {
+        assert!(err.contains(&format!("error: {key}: ")), "{key} missing from:\n{err}");
     }
 }
 
 #[test]
 fn config_file_may_come_from_the_environment() {
     let f = write_config(GOOD);
-    let (code, _, _) = run(
-        &["check"],
-        &[("LINE_AUTH_PROXY_CONFIG", f.0.to_str().unwrap())],
-    );
+    let (code, _, _) = run(&["check"], &[("LINE_AUTH_PROXY_CONFIG", f.0.to_str().unwrap())]);
     assert_eq!(code, 0);
     let (code, _, err) = run(
         &["check"],
-        &[
-            ("LINE_AUTH_PROXY_CONFIG", f.0.to_str().unwrap()),
-            ("LINE_AUTH_PROXY__CACHE__TTL_SECONDS", "0"),
-        ],
+        &[("LINE_AUTH_PROXY_CONFIG", f.0.to_str().unwrap()), ("LINE_AUTH_PROXY__CACHE__TTL_SECONDS", "0")],
     );
     assert_eq!(code, 2);
     assert!(err.contains("cache.ttl_seconds"), "{err}");
@@ -112,10 +94,7 @@ fn missing_config_and_bad_arguments_exit_2() {
     assert!(err.contains("--config"), "{err}");
     assert_eq!(run(&[], &[]).0, 2);
     assert_eq!(run(&["--no-such-flag"], &[]).0, 2);
-    assert_eq!(
-        run(&["check", "--config", "/nonexistent/file.toml"], &[]).0,
-        2
-    );
+    assert_eq!(run(&["check", "--config", "/nonexistent/file.toml"], &[]).0, 2);
 }
 
 fn free_port() -> u16 {
@@ -129,14 +108,8 @@ async fn sigterm_stops_a_real_process_with_exit_0() {
     let upstream = RecordingUpstream::start().await;
     let (port, admin) = (free_port(), free_port());
     let text = config_text(&line.base_url(), &upstream.url(), "")
-        .replace(
-            "admin_listen = \"127.0.0.1:0\"",
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-        )
-        .replace(
-            "\nlisten = \"127.0.0.1:0\"",
-            &format!("\nlisten = \"127.0.0.1:{port}\""),
-        );
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
+        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""));
     let f = write_config(&text);
     let mut child = Command::new(BIN)
         .args(["--config", f.0.to_str().unwrap(), "--log-format", "json"])
@@ -148,10 +121,7 @@ async fn sigterm_stops_a_real_process_with_exit_0() {
     let c = client();
     let mut ready = false;
     for _ in 0..1000 {
-        if let Ok(r) = c
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
+        if let Ok(r) = c.get(format!("http://127.0.0.1:{admin}/readyz")).send().await
             && r.status() == 200
         {
             ready = true;
@@ -160,17 +130,9 @@ async fn sigterm_stops_a_real_process_with_exit_0() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(ready, "the process never became ready");
-    let r = c
-        .get(format!("http://127.0.0.1:{port}/a"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("http://127.0.0.1:{port}/a")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
@@ -182,18 +144,8 @@ async fn sigterm_stops_a_real_process_with_exit_0() {
     .unwrap();
     assert_eq!(exit.0.code(), Some(0), "stderr:\n{}", exit.1);
     // JSON logs: every line parses, and the access line is there.
-    let lines: Vec<serde_json::Value> = exit
-        .1
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["target"] == "access" && l["status"] == 200),
-        "{}",
-        exit.1
-    );
+    let lines: Vec<serde_json::Value> = exit.1.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["target"] == "access" && l["status"] == 200), "{}", exit.1);
     assert!(!exit.1.contains(TOKEN));
 }
 
@@ -201,8 +153,7 @@ async fn sigterm_stops_a_real_process_with_exit_0() {
 fn a_port_in_use_is_a_runtime_failure_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text =
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n{GOOD}");
+    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n{GOOD}");
     let f = write_config(&text);
     let mut child = Command::new(BIN)
         .args(["--config", f.0.to_str().unwrap()])
@@ -217,11 +168,7 @@ fn a_port_in_use_is_a_runtime_failure_exit_1() {
 
 /// Splits a printed `curl` line into its URL and `-H` headers.
 fn parse_curl(line: &str) -> (String, Vec<(String, String)>) {
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
     let headers = line
         .split("-H '")
         .skip(1)
@@ -239,13 +186,7 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     use std::io::BufRead;
     let (port, admin) = (free_port(), free_port());
     let mut child = Command::new(BIN)
-        .args([
-            "dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -265,10 +206,7 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     })
     .await
     .unwrap();
-    let curls: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("curl ") && !l.contains('$'))
-        .collect();
+    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ") && !l.contains('$')).collect();
     assert_eq!(curls.len(), 6, "{lines:#?}");
     let c = client();
     let mut answers = Vec::new();
@@ -287,11 +225,7 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     assert_eq!(answers[1].0, 401);
     assert_eq!(answers[2].0, 401);
     assert_eq!(answers[3].0, 200);
-    assert!(
-        !answers[3].1.contains("Uattacker") && !answers[3].1.contains("evil@example.com"),
-        "{}",
-        answers[3].1
-    );
+    assert!(!answers[3].1.contains("Uattacker") && !answers[3].1.contains("evil@example.com"), "{}", answers[3].1);
     assert!(answers[3].1.contains(line_auth_proxy::dev::DEMO_USER_ID));
     assert_eq!(answers[4].0, 200);
     assert!(!answers[4].1.contains("x-line-user-id"), "{}", answers[4].1);
@@ -300,50 +234,22 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     // The login sequence, step by step as a shell would run it.
     let nonce_line = lines.iter().find(|l| l.starts_with("NONCE=")).unwrap();
     let (nonce_url, _) = parse_curl(nonce_line);
-    let v: serde_json::Value = c
-        .get(&nonce_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = c.get(&nonce_url).send().await.unwrap().json().await.unwrap();
     let nonce = v["nonce"].as_str().unwrap();
     let mint_line = lines.iter().find(|l| l.starts_with("ID_TOKEN=")).unwrap();
-    let mint_url = mint_line
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .replace("$NONCE", nonce);
+    let mint_url = mint_line.split('"').nth(1).unwrap().replace("$NONCE", nonce);
     let id_token = c.get(&mint_url).send().await.unwrap().text().await.unwrap();
     let login_url = format!("http://127.0.0.1:{port}/login");
-    let login_lines: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("curl ") && l.contains("$ID_TOKEN"))
-        .collect();
+    let login_lines: Vec<&String> =
+        lines.iter().filter(|l| l.starts_with("curl ") && l.contains("$ID_TOKEN")).collect();
     assert_eq!(login_lines.len(), 2, "{lines:#?}");
     assert!(login_lines.iter().all(|l| l.contains(&login_url)));
-    let first = c
-        .post(&login_url)
-        .bearer_auth(&id_token)
-        .send()
-        .await
-        .unwrap();
+    let first = c.post(&login_url).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(first.status(), 200);
     assert!(first.text().await.unwrap().contains("\"id_token\""));
-    let replay = c
-        .post(&login_url)
-        .bearer_auth(&id_token)
-        .send()
-        .await
-        .unwrap();
+    let replay = c.post(&login_url).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(replay.status(), 401);
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }

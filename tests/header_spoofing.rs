@@ -53,10 +53,7 @@ fn identity_headers(r: &Recorded) -> Vec<(String, String)> {
 #[tokio::test]
 async fn public_route_strips_every_variant() {
     let e = env(ROUTES).await;
-    let r = spoofed(client().get(e.proxy.url("/public/x")))
-        .send()
-        .await
-        .unwrap();
+    let r = spoofed(client().get(e.proxy.url("/public/x"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(identity_headers(&e.upstream.last()), vec![]);
     assert_eq!(e.line.verify_calls(), 0);
@@ -65,10 +62,7 @@ async fn public_route_strips_every_variant() {
 #[tokio::test]
 async fn optional_route_without_credential_strips_every_variant() {
     let e = env(ROUTES).await;
-    let r = spoofed(client().get(e.proxy.url("/feed/x")))
-        .send()
-        .await
-        .unwrap();
+    let r = spoofed(client().get(e.proxy.url("/feed/x"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(identity_headers(&e.upstream.last()), vec![]);
 }
@@ -76,27 +70,16 @@ async fn optional_route_without_credential_strips_every_variant() {
 #[tokio::test]
 async fn protected_route_replaces_spoofed_identity_with_lines() {
     let e = env(ROUTES).await;
-    let r = spoofed(client().get(e.proxy.url("/api/me")).bearer_auth(TOKEN))
-        .send()
-        .await
-        .unwrap();
+    let r = spoofed(client().get(e.proxy.url("/api/me")).bearer_auth(TOKEN)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let got = identity_headers(&e.upstream.last());
-    let expires_at = got
-        .iter()
-        .find(|(k, _)| k == "x-line-expires-at")
-        .unwrap()
-        .1
-        .clone();
+    let expires_at = got.iter().find(|(k, _)| k == "x-line-expires-at").unwrap().1.clone();
     let expected: Vec<(String, String)> = vec![
         ("x-line-auth-method", "access_token"),
         ("x-line-channel-id", CHANNEL),
         ("x-line-display-name", "Brown"),
         ("x-line-expires-at", expires_at.as_str()),
-        (
-            "x-line-picture-url",
-            "https://profile.line-scdn.net/abcdefghijklmn",
-        ),
+        ("x-line-picture-url", "https://profile.line-scdn.net/abcdefghijklmn"),
         ("x-line-user-id", USER),
     ]
     .into_iter()
@@ -112,19 +95,9 @@ async fn protected_route_replaces_spoofed_identity_with_lines() {
 #[tokio::test]
 async fn rejected_request_never_reaches_the_upstream() {
     let e = env(ROUTES).await;
-    let r = spoofed(
-        client()
-            .get(e.proxy.url("/api/me"))
-            .bearer_auth("forged-token"),
-    )
-    .send()
-    .await
-    .unwrap();
+    let r = spoofed(client().get(e.proxy.url("/api/me")).bearer_auth("forged-token")).send().await.unwrap();
     assert_eq!(json_error(r, 401).await, "invalid_token");
-    let r = spoofed(client().get(e.proxy.url("/api/me")))
-        .send()
-        .await
-        .unwrap();
+    let r = spoofed(client().get(e.proxy.url("/api/me"))).send().await.unwrap();
     assert_eq!(json_error(r, 401).await, "unauthorized");
     assert_eq!(e.upstream.hits(), 0);
 }
@@ -132,8 +105,7 @@ async fn rejected_request_never_reaches_the_upstream() {
 #[tokio::test]
 async fn header_line_did_not_give_is_absent_not_passed_through() {
     let e = env("").await;
-    e.line
-        .add_token("no-picture", MockToken::new(CHANNEL, USER, "Cony"));
+    e.line.add_token("no-picture", MockToken::new(CHANNEL, USER, "Cony"));
     let r = client()
         .get(e.proxy.url("/api/me"))
         .bearer_auth("no-picture")
@@ -166,26 +138,14 @@ async fn connection_header_cannot_remove_injected_identity() {
     assert_eq!(last.headers["x-line-user-id"], USER);
     assert_eq!(last.headers["x-line-channel-id"], CHANNEL);
     assert_eq!(last.headers["x-forwarded-for"], "127.0.0.1");
-    assert!(
-        last.headers
-            .get("connection")
-            .is_none_or(|v| v != "close, X-Line-User-Id")
-    );
+    assert!(last.headers.get("connection").is_none_or(|v| v != "close, X-Line-User-Id"));
 }
 
 #[tokio::test]
 async fn display_name_is_percent_encoded_and_cannot_inject_headers() {
     let e = env("").await;
-    e.line.add_token(
-        "unicode",
-        MockToken::new(CHANNEL, USER, "ブラウン\r\nX-Line-User-Id: Uevil"),
-    );
-    let r = client()
-        .get(e.proxy.url("/api/me"))
-        .bearer_auth("unicode")
-        .send()
-        .await
-        .unwrap();
+    e.line.add_token("unicode", MockToken::new(CHANNEL, USER, "ブラウン\r\nX-Line-User-Id: Uevil"));
+    let r = client().get(e.proxy.url("/api/me")).bearer_auth("unicode").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let last = e.upstream.last();
     assert_eq!(
@@ -199,44 +159,21 @@ async fn display_name_is_percent_encoded_and_cannot_inject_headers() {
 #[tokio::test]
 async fn authorization_is_removed_unless_configured() {
     let e = env(ROUTES).await;
-    client()
-        .get(e.proxy.url("/api/me"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    client().get(e.proxy.url("/api/me")).bearer_auth(TOKEN).send().await.unwrap();
     assert!(e.upstream.last().headers.get("authorization").is_none());
-    client()
-        .get(e.proxy.url("/public/x"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    client().get(e.proxy.url("/public/x")).bearer_auth(TOKEN).send().await.unwrap();
     assert!(e.upstream.last().headers.get("authorization").is_none());
 
     let e = env("[identity]\nforward_authorization = true\n").await;
-    client()
-        .get(e.proxy.url("/api/me"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        e.upstream.last().headers["authorization"],
-        format!("Bearer {TOKEN}")
-    );
+    client().get(e.proxy.url("/api/me")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(e.upstream.last().headers["authorization"], format!("Bearer {TOKEN}"));
 }
 
 #[tokio::test]
 async fn custom_prefix_strips_and_injects_under_that_prefix() {
     let e = env("[identity]\nheader_prefix = \"X-Auth-\"\n").await;
-    let r = client()
-        .get(e.proxy.url("/api/me"))
-        .bearer_auth(TOKEN)
-        .header("x_auth_user_id", "Uevil")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client().get(e.proxy.url("/api/me")).bearer_auth(TOKEN).header("x_auth_user_id", "Uevil").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let last = e.upstream.last();
     assert_eq!(last.headers["x-auth-user-id"], USER);
@@ -246,22 +183,12 @@ async fn custom_prefix_strips_and_injects_under_that_prefix() {
 #[tokio::test]
 async fn http2_clients_are_stripped_too() {
     let e = env(ROUTES).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let r = spoofed(h2.get(e.proxy.url("/public/x")))
-        .send()
-        .await
-        .unwrap();
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let r = spoofed(h2.get(e.proxy.url("/public/x"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(identity_headers(&e.upstream.last()), vec![]);
-    let r = spoofed(h2.get(e.proxy.url("/api/me")).bearer_auth(TOKEN))
-        .send()
-        .await
-        .unwrap();
+    let r = spoofed(h2.get(e.proxy.url("/api/me")).bearer_auth(TOKEN)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let last = e.upstream.last();
     assert_eq!(last.headers["x-line-user-id"], USER);

@@ -14,30 +14,18 @@ fn claims(nonce: Option<&str>) -> Value {
 #[tokio::test]
 async fn nonce_endpoint_issues_long_random_single_use_nonces() {
     let e = login_env("", "").await;
-    let r = client()
-        .get(e.proxy.url("/auth/nonce"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/auth/nonce")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     assert_eq!(r.headers()["cache-control"], "no-store");
     let v: Value = r.json().await.unwrap();
     let nonce = v["nonce"].as_str().unwrap();
     assert!(nonce.len() >= 22, "{nonce}");
-    assert!(
-        nonce
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    );
+    assert!(nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     assert_eq!(v["expires_in"], 300);
     assert_ne!(e.nonce().await, e.nonce().await);
     // Served by the proxy itself, never forwarded; only GET.
-    let r = client()
-        .post(e.proxy.url("/auth/nonce"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().post(e.proxy.url("/auth/nonce")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(e.upstream.hits(), 0);
 }
@@ -63,40 +51,17 @@ async fn es256_login_passes_once_with_lines_identity() {
     assert_eq!(seen.headers["x-line-auth-method"], "id_token");
     assert_eq!(seen.headers["x-line-channel-id"], CHANNEL);
     assert_eq!(seen.headers["x-line-email"], "taro.line@example.com");
-    assert_eq!(
-        seen.headers["x-line-display-name"],
-        "%E5%B1%B1%E7%94%B0%20%E5%A4%AA%E9%83%8E"
-    );
-    assert_eq!(
-        seen.headers["x-line-picture-url"],
-        "https://profile.line-scdn.net/0hID"
-    );
-    assert_eq!(
-        seen.headers["x-line-expires-at"],
-        c["exp"].to_string().as_str()
-    );
+    assert_eq!(seen.headers["x-line-display-name"], "%E5%B1%B1%E7%94%B0%20%E5%A4%AA%E9%83%8E");
+    assert_eq!(seen.headers["x-line-picture-url"], "https://profile.line-scdn.net/0hID");
+    assert_eq!(seen.headers["x-line-expires-at"], c["exp"].to_string().as_str());
     assert!(seen.headers.get("authorization").is_none());
     // Replay: the same token again is refused, and so is another token with that nonce.
     assert_eq!(e.login(&token).await, 401);
-    assert_eq!(
-        e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await,
-        401
-    );
+    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await, 401);
     assert_eq!(e.upstream.hits(), 1);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"nonce_unknown_or_used\"}"
-        ),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(&m, "line_auth_proxy_nonces_total{event=\"consumed\"}"),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_unknown_or_used\"}"), 2.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"consumed\"}"), 1.0, "{m}");
     // Local mode never calls LINE's verify endpoint.
     assert_eq!(e.line.verify_id_token_calls(), 0);
 }
@@ -104,25 +69,11 @@ async fn es256_login_passes_once_with_lines_identity() {
 #[tokio::test]
 async fn unknown_and_missing_nonces_are_refused() {
     let e = login_env("", "").await;
-    assert_eq!(
-        e.login(
-            &e.line
-                .sign_es256(&claims(Some("never-issued-by-the-proxy")))
-        )
-        .await,
-        401
-    );
+    assert_eq!(e.login(&e.line.sign_es256(&claims(Some("never-issued-by-the-proxy")))).await, 401);
     assert_eq!(e.login(&e.line.sign_es256(&claims(None))).await, 401);
     assert_eq!(e.upstream.hits(), 0);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"nonce_missing\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_missing\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -130,20 +81,10 @@ async fn expired_nonce_is_refused() {
     let e = login_env("", "[nonce]\nttl_seconds = 1\n").await;
     let nonce = e.nonce().await;
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert_eq!(
-        e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await,
-        401
-    );
+    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await, 401);
     assert_eq!(e.upstream.hits(), 0);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_rejections_total{reason=\"nonce_expired\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_expired\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -153,11 +94,7 @@ async fn a_forged_token_cannot_burn_a_nonce() {
     let good = e.line.sign_es256(&claims(Some(&nonce)));
     // Same claims, signature of another token.
     let other = e.line.sign_es256(&claims(Some("x")));
-    let forged = format!(
-        "{}.{}",
-        good.rsplit_once('.').unwrap().0,
-        other.rsplit_once('.').unwrap().1
-    );
+    let forged = format!("{}.{}", good.rsplit_once('.').unwrap().0, other.rsplit_once('.').unwrap().1);
     assert_eq!(e.login(&forged).await, 401);
     assert_eq!(e.upstream.hits(), 0);
     assert_eq!(e.login(&good).await, 200);
@@ -172,15 +109,7 @@ async fn concurrent_replays_have_exactly_one_winner() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let (c, url) = (c.clone(), e.proxy.url("/login"));
-            tokio::spawn(async move {
-                c.post(url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+            tokio::spawn(async move { c.post(url).bearer_auth(token).send().await.unwrap().status().as_u16() })
         })
         .collect();
     let mut ok = 0;
@@ -197,28 +126,13 @@ async fn concurrent_replays_have_exactly_one_winner() {
 
 async fn assert_refused(e: &Env, token: &str, reason: &str) {
     let nonce_hits = e.upstream.hits();
-    let r = client()
-        .post(e.proxy.url("/login"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.headers()["www-authenticate"],
-        "Bearer error=\"invalid_token\""
-    );
+    let r = client().post(e.proxy.url("/login")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
     assert_eq!(json_error(r, 401).await, "invalid_token");
-    assert_eq!(
-        e.upstream.hits(),
-        nonce_hits,
-        "a refused token reached the upstream"
-    );
+    assert_eq!(e.upstream.hits(), nonce_hits, "a refused token reached the upstream");
     let m = e.proxy.metrics().await;
     assert!(
-        metric(
-            &m,
-            &format!("line_auth_proxy_auth_rejections_total{{reason=\"{reason}\"}}")
-        ) >= 1.0,
+        metric(&m, &format!("line_auth_proxy_auth_rejections_total{{reason=\"{reason}\"}}")) >= 1.0,
         "no rejection counted as {reason}:\n{m}"
     );
 }
@@ -227,54 +141,20 @@ async fn assert_refused(e: &Env, token: &str, reason: &str) {
 async fn wrong_claims_are_refused() {
     let e = login_env("", "").await;
     let now = line_auth_proxy::auth::unix_now();
+    // One live nonce serves every case: a refused token never consumes it.
+    let nonce = e.nonce().await;
     let with = |k: &str, v: Value| {
-        let mut c = claims(Some("n"));
+        let mut c = claims(Some(&nonce));
         c[k] = v;
         c
     };
-    assert_refused(
-        &e,
-        &e.line.sign_es256(&with("aud", OTHER_CHANNEL.into())),
-        "wrong_channel",
-    )
-    .await;
-    assert_refused(
-        &e,
-        &e.line.sign_es256(&with("aud", json!(1234567890))),
-        "wrong_channel",
-    )
-    .await;
-    assert_refused(
-        &e,
-        &e.line
-            .sign_es256(&with("iss", "https://evil.example".into())),
-        "id_token_wrong_issuer",
-    )
-    .await;
-    assert_refused(
-        &e,
-        &e.line.sign_es256(&with("exp", json!(now - 3600))),
-        "token_expired",
-    )
-    .await;
-    assert_refused(
-        &e,
-        &e.line.sign_es256(&with("iat", json!(now + 3600))),
-        "id_token_iat_in_future",
-    )
-    .await;
-    assert_refused(
-        &e,
-        &e.line.sign_es256(&with("sub", "U1234".into())),
-        "id_token_bad_subject",
-    )
-    .await;
-    assert_refused(
-        &e,
-        &e.line.sign_es256(&with("sub", format!("{USER} ").into())),
-        "id_token_bad_subject",
-    )
-    .await;
+    assert_refused(&e, &e.line.sign_es256(&with("aud", OTHER_CHANNEL.into())), "wrong_channel").await;
+    assert_refused(&e, &e.line.sign_es256(&with("aud", json!(1234567890))), "wrong_channel").await;
+    assert_refused(&e, &e.line.sign_es256(&with("iss", "https://evil.example".into())), "id_token_wrong_issuer").await;
+    assert_refused(&e, &e.line.sign_es256(&with("exp", json!(now - 3600))), "token_expired").await;
+    assert_refused(&e, &e.line.sign_es256(&with("iat", json!(now + 3600))), "id_token_iat_in_future").await;
+    assert_refused(&e, &e.line.sign_es256(&with("sub", "U1234".into())), "id_token_bad_subject").await;
+    assert_refused(&e, &e.line.sign_es256(&with("sub", format!("{USER} ").into())), "id_token_bad_subject").await;
 }
 
 #[tokio::test]
@@ -297,35 +177,19 @@ async fn algorithm_tricks_are_refused() {
     let c = claims(Some(&nonce));
     let b64 = |v: &Value| base64_url(v.to_string().as_bytes());
     // alg: none, unsigned.
-    let none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(&c)
-    );
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&c));
     assert_refused(&e, &none, "id_token_algorithm").await;
     let none_sig = format!("{}.{}.AA", b64(&json!({"alg": "none"})), b64(&c));
     assert_refused(&e, &none_sig, "id_token_algorithm").await;
     // HS256 "signed" with the public key's bytes (classic RS/ES → HS confusion).
-    let jwks: Value = client()
-        .get(e.line.jwks_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = client().get(e.line.jwks_url()).send().await.unwrap().json().await.unwrap();
     let jwk = jwks["keys"][0].to_string();
-    let confused = MockLine::sign_hs256_with_header(
-        &json!({"alg": "HS256", "kid": e.line.current_kid()}),
-        jwk.as_bytes(),
-        &c,
-    );
+    let confused =
+        MockLine::sign_hs256_with_header(&json!({"alg": "HS256", "kid": e.line.current_kid()}), jwk.as_bytes(), &c);
     assert_refused(&e, &confused, "id_token_no_channel_secret").await;
     // RS256 / PS256 headers.
     for alg in ["RS256", "PS256", "ES384", "HS512"] {
-        let t = e
-            .line
-            .sign_es256_with_header(&json!({"alg": alg, "kid": e.line.current_kid()}), &c);
+        let t = e.line.sign_es256_with_header(&json!({"alg": alg, "kid": e.line.current_kid()}), &c);
         assert_refused(&e, &t, "id_token_algorithm").await;
     }
     // Key-carrying headers, even with a valid signature.
@@ -338,12 +202,7 @@ async fn algorithm_tricks_are_refused() {
     ] {
         let mut header = json!({"alg": "ES256", "kid": e.line.current_kid()});
         header[h] = v;
-        assert_refused(
-            &e,
-            &e.line.sign_es256_with_header(&header, &c),
-            "id_token_algorithm",
-        )
-        .await;
+        assert_refused(&e, &e.line.sign_es256_with_header(&header, &c), "id_token_algorithm").await;
     }
     // Tampered payload and signature.
     let good = e.line.sign_es256(&c);
@@ -354,11 +213,7 @@ async fn algorithm_tricks_are_refused() {
     assert_refused(&e, &parts.join("."), "id_token_bad_signature").await;
     let mut sig: Vec<char> = good.rsplit_once('.').unwrap().1.chars().collect();
     sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
-    let bad_sig = format!(
-        "{}.{}",
-        good.rsplit_once('.').unwrap().0,
-        sig.into_iter().collect::<String>()
-    );
+    let bad_sig = format!("{}.{}", good.rsplit_once('.').unwrap().0, sig.into_iter().collect::<String>());
     assert_refused(&e, &bad_sig, "id_token_bad_signature").await;
     // After all that, the nonce is still live: the genuine token passes.
     assert_eq!(e.login(&good).await, 200);
@@ -373,22 +228,13 @@ fn base64_url(bytes: &[u8]) -> String {
 async fn oversized_and_malformed_tokens_are_refused_before_any_work() {
     let e = login_env("", "").await;
     let jwks_before = e.line.jwks_calls();
-    let big = format!(
-        "{}.{}.{}",
-        "a".repeat(4000),
-        "b".repeat(4000),
-        "c".repeat(400)
-    );
-    let r = client()
-        .post(e.proxy.url("/login"))
-        .bearer_auth(&big)
-        .send()
-        .await
-        .unwrap();
+    let big = format!("{}.{}.{}", "a".repeat(4000), "b".repeat(4000), "c".repeat(400));
+    let r = client().post(e.proxy.url("/login")).bearer_auth(&big).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_refused(&e, "only.two", "id_token_malformed").await;
     assert_refused(&e, "a.b.c.d", "id_token_malformed").await;
-    assert_refused(&e, "e30.e30.e30", "id_token_algorithm").await;
+    // Well-formed but without a nonce: refused before any signature work.
+    assert_refused(&e, "e30.e30.e30", "nonce_missing").await;
     assert_eq!(e.line.jwks_calls(), jwks_before);
     assert_eq!(e.upstream.hits(), 0);
 }
@@ -434,15 +280,11 @@ async fn remote_mode_asks_line_and_still_consumes_the_nonce() {
     let mut wrong_iss = claims(Some(&e.nonce().await));
     wrong_iss["iss"] = "https://evil.example".into();
     assert_refused(&e, &e.line.sign_es256(&wrong_iss), "id_token_wrong_issuer").await;
-    assert_refused(
-        &e,
-        &MockLine::sign_hs256(b"bad", &claims(Some("n"))),
-        "token_invalid",
-    )
-    .await;
+    let live = e.nonce().await;
+    assert_refused(&e, &MockLine::sign_hs256(b"bad", &claims(Some(&live))), "token_invalid").await;
     // A token for another channel never reaches LINE: client_id is ours only.
     let calls = e.line.verify_id_token_calls();
-    let mut other = claims(Some("n"));
+    let mut other = claims(Some(&live));
     other["aud"] = OTHER_CHANNEL.into();
     assert_refused(&e, &e.line.sign_es256(&other), "wrong_channel").await;
     assert_eq!(e.line.verify_id_token_calls(), calls);
@@ -454,27 +296,20 @@ async fn remote_mode_fails_closed_when_line_fails() {
     let e = login_env("id_token_verification = \"remote\"\n", "").await;
     let nonce = e.nonce().await;
     let token = e.line.sign_es256(&claims(Some(&nonce)));
-    for fault in [Fault::Status(500), Fault::Status(429), Fault::Garbage] {
-        e.line.set_faults(Faults {
-            verify_id_token: Some(fault),
-            ..Faults::default()
-        });
-        let r = client()
-            .post(e.proxy.url("/login"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+    for fault in [Fault::Status(500), Fault::Garbage, Fault::RateLimitedRetryAfter(1)] {
+        e.line.set_faults(Faults { verify_id_token: Some(fault), ..Faults::default() });
+        let r = client().post(e.proxy.url("/login")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(r.status(), 503, "{fault:?}");
         assert!(r.headers().contains_key("retry-after"));
-        // LINE rate-limited us: wait out the back-off before the next fault.
-        if fault == Fault::Status(429) {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
     }
     assert_eq!(e.upstream.hits(), 0);
-    // LINE recovers; the nonce was never consumed by the failed attempts.
+    // LINE recovers, but it rate-limited us a moment ago: no call until the back-off ends.
     e.line.set_faults(Faults::default());
+    let calls = e.line.verify_id_token_calls();
+    assert_eq!(e.login(&token).await, 503);
+    assert_eq!(e.line.verify_id_token_calls(), calls);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // The nonce was never consumed by the failed attempts.
     assert_eq!(e.login(&token).await, 200);
 }
 
@@ -487,12 +322,7 @@ async fn liff_routes_without_nonce_cache_the_verdict_until_exp() {
     .await;
     let token = e.line.sign_es256(&claims(None));
     for _ in 0..3 {
-        let r = client()
-            .get(e.proxy.url("/liff/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
     assert_eq!(e.line.verify_id_token_calls(), 1, "verdict not cached");
@@ -500,14 +330,8 @@ async fn liff_routes_without_nonce_cache_the_verdict_until_exp() {
     // The nonce route still insists on a nonce for the same token.
     assert_eq!(e.login(&token).await, 401);
     // An access token never unlocks an id_token route.
-    e.line
-        .add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let r = client()
-        .get(e.proxy.url("/liff/me"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    e.line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let r = client().get(e.proxy.url("/liff/me")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -518,4 +342,145 @@ async fn id_token_route_without_credential_is_401() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     assert_eq!(json_error(r, 401).await, "unauthorized");
     assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_fails_even_with_a_secret_configured() {
+    let dir = std::env::temp_dir().join(format!("lap-hs-confusion-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("channel-secret");
+    std::fs::write(&secret_file, "the-real-channel-secret").unwrap();
+    let e = login_env(&format!("channel_secret_file = {secret_file:?}\n"), "").await;
+    let nonce = e.nonce().await;
+    let jwks: Value = client().get(e.line.jwks_url()).send().await.unwrap().json().await.unwrap();
+    let jwk = &jwks["keys"][0];
+    // Every encoding of the public key an attacker might try as the HMAC key.
+    let x = jwk["x"].as_str().unwrap();
+    for key in [jwk.to_string(), x.to_string(), format!("{x}{}", jwk["y"].as_str().unwrap())] {
+        let t = MockLine::sign_hs256_with_header(
+            &json!({"alg": "HS256", "kid": e.line.current_kid()}),
+            key.as_bytes(),
+            &claims(Some(&nonce)),
+        );
+        assert_refused(&e, &t, "id_token_bad_signature").await;
+    }
+    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await, 200);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn remote_refusals_map_to_reasons() {
+    let e = login_env("id_token_verification = \"remote\"\n", "").await;
+    let nonce = e.nonce().await;
+    let token = e.line.sign_es256(&claims(Some(&nonce)));
+    for (description, reason) in [
+        ("Invalid IdToken.", "token_invalid"),
+        ("Invalid IdToken Issuer.", "id_token_wrong_issuer"),
+        ("IdToken expired.", "token_expired"),
+        ("Invalid IdToken Audience.", "wrong_channel"),
+        ("Invalid IdToken Nonce.", "nonce_mismatch"),
+        ("Invalid IdToken Subject Identifier.", "id_token_bad_subject"),
+        ("JWS verification failed", "token_invalid"),
+    ] {
+        e.line.set_faults(Faults { verify_id_token: Some(Fault::Refuse(description)), ..Faults::default() });
+        assert_refused(&e, &token, reason).await;
+    }
+    // None of those refusals consumed the nonce.
+    e.line.set_faults(Faults::default());
+    assert_eq!(e.login(&token).await, 200);
+}
+
+#[tokio::test]
+async fn remote_mode_picks_client_id_from_our_channels_by_audience() {
+    let line = MockLine::start().await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text_line(
+        &line.base_url(),
+        &upstream.url(),
+        "id_token_verification = \"remote\"\n",
+        "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
+    )
+    .replace(&format!("channel_ids = [\"{CHANNEL}\"]"), &format!("channel_ids = [\"{CHANNEL}\", \"{OTHER_CHANNEL}\"]"));
+    let e = Env { proxy: spawn_proxy(config(&text)).await, line, upstream };
+    let mut c = MockLine::id_claims(OTHER_CHANNEL, USER, Some(&e.nonce().await));
+    c["name"] = "Second channel".into();
+    // The mock checks aud == client_id, as LINE does.
+    assert_eq!(e.login(&e.line.sign_es256(&c)).await, 200);
+    assert_eq!(e.upstream.last().headers["x-line-channel-id"], OTHER_CHANNEL);
+}
+
+#[tokio::test]
+async fn empty_nonce_claims_never_match() {
+    let e = login_env("", "").await;
+    let _live = e.nonce().await;
+    assert_refused(&e, &e.line.sign_es256(&claims(Some(""))), "nonce_unknown_or_used").await;
+    let e = login_env("id_token_verification = \"remote\"\n", "").await;
+    assert_refused(&e, &e.line.sign_es256(&claims(Some(""))), "nonce_unknown_or_used").await;
+    assert_eq!(e.line.verify_id_token_calls(), 0);
+}
+
+#[tokio::test]
+async fn nonce_metrics_count_every_event() {
+    let e = login_env("", "[nonce]\nttl_seconds = 1\n").await;
+    let used = e.nonce().await;
+    let _expiring = e.nonce().await;
+    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&used)))).await, 200);
+    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&used)))).await, 401);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"issued\"}"), 2.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"consumed\"}"), 1.0, "{m}");
+    // The replay was refused at the peek, before any verification.
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_unknown_or_used\"}"), 1.0, "{m}");
+    // The sweeper runs every min(ttl, 30 s) = 1 s.
+    let mut expired = 0.0;
+    for _ in 0..40 {
+        expired = metric(&e.proxy.metrics().await, "line_auth_proxy_nonces_total{event=\"expired\"}");
+        if expired >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(expired, 1.0);
+}
+
+const LIFF: &str = "[[routes]]\npath_prefix = \"/liff/\"\nauth = \"id_token\"\nrequire_nonce = false\n";
+
+#[tokio::test]
+async fn a_spent_login_token_does_not_replay_on_a_liff_route() {
+    let e = login_env("", LIFF).await;
+    let token = e.line.sign_es256(&claims(Some(&e.nonce().await)));
+    assert_eq!(e.login(&token).await, 200);
+    let r = client().get(e.proxy.url("/liff/session")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a nonce-bearing token replayed on a require_nonce = false route");
+    // A fresh nonce-bearing token works there once, like on /login.
+    let fresh = e.line.sign_es256(&claims(Some(&e.nonce().await)));
+    assert_eq!(client().get(e.proxy.url("/liff/session")).bearer_auth(&fresh).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(e.proxy.url("/liff/session")).bearer_auth(&fresh).send().await.unwrap().status(), 401);
+    assert_eq!(e.upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn liff_verdicts_are_never_served_past_exp() {
+    let e = login_env("", LIFF).await;
+    let mut c = claims(None);
+    let exp = line_auth_proxy::auth::unix_now() + 2;
+    c["exp"] = json!(exp);
+    let token = e.line.sign_es256(&c);
+    assert_eq!(client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    while line_auth_proxy::auth::unix_now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Past exp the cached verdict is gone; the 60 s leeway of a fresh local check
+    // still admits it until exp + 60, which is the verifier's rule, not the cache's.
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_cache_hits_total"), 1.0, "{m}");
+    let _ = client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap();
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric(&m, "line_auth_proxy_cache_hits_total"),
+        1.0,
+        "a verdict was served from the cache past exp:\n{m}"
+    );
 }

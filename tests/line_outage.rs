@@ -8,24 +8,11 @@ use std::time::Duration;
 use support::*;
 
 async fn assert_unavailable(e: &Env, token: &str) -> reqwest::Response {
-    let r = client()
-        .get(e.proxy.url("/api/x"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/api/x")).bearer_auth(token).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry >= 1);
-    assert_eq!(
-        e.upstream.hits(),
-        0,
-        "a request went upstream while LINE was failing"
-    );
+    assert_eq!(e.upstream.hits(), 0, "a request went upstream while LINE was failing");
     r
 }
 
@@ -33,44 +20,23 @@ async fn assert_unavailable(e: &Env, token: &str) -> reqwest::Response {
 async fn line_5xx_is_503_and_not_cached() {
     let e = env("").await;
     for status in [500, 502, 503] {
-        e.line.set_faults(Faults {
-            verify: Some(Fault::Status(status)),
-            ..Faults::default()
-        });
+        e.line.set_faults(Faults { verify: Some(Fault::Status(status)), ..Faults::default() });
         let r = assert_unavailable(&e, TOKEN).await;
         assert_eq!(json_error(r, 503).await, "temporarily_unavailable");
     }
     // Profile failing alone is as bad as verify failing.
-    e.line.set_faults(Faults {
-        profile: Some(Fault::Status(500)),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { profile: Some(Fault::Status(500)), ..Faults::default() });
     assert_unavailable(&e, TOKEN).await;
     let calls = e.line.verify_calls();
     // LINE recovers: the very next request verifies again (failures were not cached).
     e.line.set_faults(Faults::default());
-    let r = client()
-        .get(e.proxy.url("/api/x"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(e.line.verify_calls(), calls + 1);
     let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_server_error\"}"), 4.0, "{m}");
     assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_unavailable_total{reason=\"line_server_error\"}"
-        ),
-        4.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_line_requests_total{endpoint=\"verify\",outcome=\"server_error\"}"
-        ),
+        metric(&m, "line_auth_proxy_line_requests_total{endpoint=\"verify\",outcome=\"server_error\"}"),
         3.0,
         "{m}"
     );
@@ -86,46 +52,23 @@ async fn rate_limit_is_503_and_backs_off_for_five_seconds_by_default() {
     e.line.set_faults(Faults::default());
     let calls = e.line.verify_calls();
     let r = assert_unavailable(&e, "another-token").await;
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry), "{retry}");
     assert_eq!(e.line.verify_calls(), calls);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_unavailable_total{reason=\"line_rate_limited\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_unavailable_total{reason=\"line_backoff\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_rate_limited\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_backoff\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
 async fn rate_limit_honours_lines_retry_after() {
     let e = env("").await;
-    e.line
-        .set_faults(verify_fails(Fault::RateLimitedRetryAfter(7)));
+    e.line.set_faults(verify_fails(Fault::RateLimitedRetryAfter(7)));
     let r = assert_unavailable(&e, TOKEN).await;
     assert_eq!(r.headers()["retry-after"], "7");
     e.line.set_faults(Faults::default());
     let r = assert_unavailable(&e, TOKEN).await;
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((6..=7).contains(&retry), "{retry}");
     assert_eq!(e.line.verify_calls(), 1);
 }
@@ -134,21 +77,11 @@ async fn rate_limit_honours_lines_retry_after() {
 async fn timeout_is_503() {
     let e = env("").await;
     // line.timeout_ms is 500 in the harness.
-    e.line.set_faults(Faults {
-        delay: Duration::from_millis(1500),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { delay: Duration::from_millis(1500), ..Faults::default() });
     let r = assert_unavailable(&e, TOKEN).await;
     assert_eq!(r.headers()["retry-after"], "1");
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_unavailable_total{reason=\"line_timeout\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_timeout\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -156,10 +89,7 @@ async fn unreadable_success_body_is_503_not_a_pass() {
     let e = env("").await;
     e.line.set_faults(verify_fails(Fault::Garbage));
     assert_unavailable(&e, TOKEN).await;
-    e.line.set_faults(Faults {
-        profile: Some(Fault::Garbage),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { profile: Some(Fault::Garbage), ..Faults::default() });
     assert_unavailable(&e, TOKEN).await;
 }
 
@@ -177,30 +107,13 @@ async fn unreachable_line_is_503() {
     // A port that was just free: nothing listens there.
     let closed = closed_addr();
     let upstream = RecordingUpstream::start().await;
-    let proxy = spawn_proxy(config(&config_text(
-        &format!("http://{closed}"),
-        &upstream.url(),
-        "",
-    )))
-    .await;
-    let r = client()
-        .get(proxy.url("/api/x"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let proxy = spawn_proxy(config(&config_text(&format!("http://{closed}"), &upstream.url(), ""))).await;
+    let r = client().get(proxy.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(upstream.hits(), 0);
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "line_auth_proxy_auth_unavailable_total{reason=\"line_unreachable\"}"
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_unreachable\"}"), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -222,12 +135,7 @@ async fn cached_verdicts_keep_serving_during_an_outage() {
     assert_eq!(e.status("/a", TOKEN).await, 200);
     assert_eq!(e.line.verify_calls(), 1);
     // An unseen token still fails closed.
-    let r = client()
-        .get(e.proxy.url("/a"))
-        .bearer_auth("fresh-token")
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/a")).bearer_auth("fresh-token").send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(e.upstream.hits(), 2);
 }

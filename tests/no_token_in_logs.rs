@@ -59,18 +59,12 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     let e = env("").await;
     let c = client();
     let mut call = async |e: &Env, token: &str| {
-        let r = c
-            .get(e.proxy.url("/api/x?q=1"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let r = c.get(e.proxy.url("/api/x?q=1")).bearer_auth(token).send().await.unwrap();
         bodies.push_str(&format!("{:?}", r.headers()));
         bodies.push_str(&r.text().await.unwrap());
     };
 
-    e.line
-        .add_token(SECRETS[0], MockToken::new(CHANNEL, USER, "Brown"));
+    e.line.add_token(SECRETS[0], MockToken::new(CHANNEL, USER, "Brown"));
     call(&e, SECRETS[0]).await;
     call(&e, SECRETS[1]).await;
     let mut expired = MockToken::new(CHANNEL, USER, "Brown");
@@ -79,17 +73,11 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     call(&e, SECRETS[2]).await;
     e.line.set_faults(verify_fails(Fault::Status(500)));
     call(&e, SECRETS[3]).await;
-    e.line.set_faults(Faults {
-        delay: Duration::from_millis(1200),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { delay: Duration::from_millis(1200), ..Faults::default() });
     call(&e, SECRETS[4]).await;
     e.line.set_faults(verify_fails(Fault::Garbage));
     call(&e, SECRETS[5]).await;
-    e.line.set_faults(Faults {
-        profile: Some(Fault::Status(403)),
-        ..Faults::default()
-    });
+    e.line.set_faults(Faults { profile: Some(Fault::Status(403)), ..Faults::default() });
     call(&e, SECRETS[9]).await;
     e.line.set_faults(verify_fails(Fault::Status(429)));
     call(&e, SECRETS[6]).await;
@@ -98,33 +86,13 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     // LINE unreachable, and the upstream unreachable, each on a proxy of its own.
     let closed = closed_addr();
     let upstream = RecordingUpstream::start().await;
-    let dead_line = spawn_proxy(config(&config_text(
-        &format!("http://{closed}"),
-        &upstream.url(),
-        "",
-    )))
-    .await;
-    let r = c
-        .get(dead_line.url("/a"))
-        .bearer_auth(SECRETS[7])
-        .send()
-        .await
-        .unwrap();
+    let dead_line = spawn_proxy(config(&config_text(&format!("http://{closed}"), &upstream.url(), ""))).await;
+    let r = c.get(dead_line.url("/a")).bearer_auth(SECRETS[7]).send().await.unwrap();
     bodies.push_str(&r.text().await.unwrap());
     let line = MockLine::start().await.unwrap();
     line.add_token(SECRETS[8], MockToken::new(CHANNEL, USER, "Brown"));
-    let dead_up = spawn_proxy(config(&config_text(
-        &line.base_url(),
-        &format!("http://{closed}"),
-        "",
-    )))
-    .await;
-    let r = c
-        .get(dead_up.url("/a"))
-        .bearer_auth(SECRETS[8])
-        .send()
-        .await
-        .unwrap();
+    let dead_up = spawn_proxy(config(&config_text(&line.base_url(), &format!("http://{closed}"), ""))).await;
+    let r = c.get(dead_up.url("/a")).bearer_auth(SECRETS[8]).send().await.unwrap();
     assert_eq!(r.status(), 502);
     bodies.push_str(&r.text().await.unwrap());
     let metrics2 = dead_line.metrics().await + &dead_up.metrics().await;
@@ -133,36 +101,19 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     // The capture works: access lines and LINE failure lines are there.
-    assert!(
-        logs.contains("\"target\":\"access\""),
-        "no access log captured:\n{logs}"
-    );
-    assert!(
-        logs.contains("LINE Platform"),
-        "no LINE failure line captured"
-    );
+    assert!(logs.contains("\"target\":\"access\""), "no access log captured:\n{logs}");
+    assert!(logs.contains("LINE Platform"), "no LINE failure line captured");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "a token reached the logs: {secret}");
-        assert!(
-            !metrics.contains(secret) && !metrics2.contains(secret),
-            "a token reached the metrics: {secret}"
-        );
-        assert!(
-            !bodies.contains(secret),
-            "a token reached a response: {secret}"
-        );
+        assert!(!metrics.contains(secret) && !metrics2.contains(secret), "a token reached the metrics: {secret}");
+        assert!(!bodies.contains(secret), "a token reached a response: {secret}");
     }
     // Dependencies stay at warn whatever RUST_LOG says.
     for line in logs.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let target = v["target"].as_str().unwrap_or("");
         let level = v["level"].as_str().unwrap_or("");
-        let dependency = ["hyper", "reqwest", "h2", "rustls"]
-            .iter()
-            .any(|d| target.starts_with(d));
-        assert!(
-            !(dependency && matches!(level, "DEBUG" | "TRACE")),
-            "dependency log below warn: {line}"
-        );
+        let dependency = ["hyper", "reqwest", "h2", "rustls"].iter().any(|d| target.starts_with(d));
+        assert!(!(dependency && matches!(level, "DEBUG" | "TRACE")), "dependency log below warn: {line}");
     }
 }

@@ -18,12 +18,7 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let in_flight = tokio::spawn({
         let c = c.clone();
         async move {
-            c.get(url)
-                .bearer_auth(TOKEN)
-                .header("x-test-delay-ms", "800")
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
+            c.get(url).bearer_auth(TOKEN).header("x-test-delay-ms", "800").send().await.map(|r| r.status().as_u16())
         }
     });
     // Wait until the upstream holds the request.
@@ -88,10 +83,6 @@ async fn grace_period_bounds_the_drain() {
     let started = std::time::Instant::now();
     proxy.begin_shutdown().await.unwrap().unwrap();
     // The drain gave up at the grace period instead of waiting 30 s for the upstream.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "drain took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "drain took {:?}", started.elapsed());
     stuck.abort();
 }

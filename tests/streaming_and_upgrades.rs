@@ -15,16 +15,12 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn eight_mib_body_streams_through_intact() {
     let e = env("").await;
-    let body: Vec<u8> = (0..8 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let sent = Sha256::digest(&body);
     // A streamed (chunked) request body over hyper's own client, echoed back by
     // the upstream as a stream.
-    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = body
-        .chunks(64 * 1024)
-        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
-        .collect();
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+        body.chunks(64 * 1024).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
     let io = TokioIo::new(TcpStream::connect(e.proxy.addr).await.unwrap());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
@@ -39,13 +35,7 @@ async fn eight_mib_body_streams_through_intact() {
     assert_eq!(received.len(), body.len());
     assert_eq!(Sha256::digest(&received), sent);
     // And with a Content-Length body.
-    let r = client()
-        .post(e.proxy.url("/echo-body"))
-        .bearer_auth(TOKEN)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = client().post(e.proxy.url("/echo-body")).bearer_auth(TOKEN).body(body.clone()).send().await.unwrap();
     assert_eq!(Sha256::digest(r.bytes().await.unwrap()), sent);
 }
 
@@ -69,13 +59,7 @@ fn futures_stream(items: Vec<Chunk>) -> impl futures_core::Stream<Item = Chunk> 
 #[tokio::test]
 async fn rejected_upload_is_not_forwarded() {
     let e = env("").await;
-    let r = client()
-        .post(e.proxy.url("/echo-body"))
-        .bearer_auth("bad")
-        .body(vec![0u8; 1 << 20])
-        .send()
-        .await
-        .unwrap();
+    let r = client().post(e.proxy.url("/echo-body")).bearer_auth("bad").body(vec![0u8; 1 << 20]).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(e.upstream.hits(), 0);
 }
@@ -86,18 +70,10 @@ const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpg
 #[tokio::test]
 async fn websocket_upgrade_without_credential_is_refused_before_101() {
     let e = env("").await;
-    let answer = raw(
-        e.proxy.addr,
-        format!("{UPGRADE}X-Line-User-Id: Uevil\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let answer = raw(e.proxy.addr, format!("{UPGRADE}X-Line-User-Id: Uevil\r\n\r\n").as_bytes()).await;
     assert_eq!(raw_status(&answer), 401, "{answer}");
     assert_eq!(e.upstream.hits(), 0);
-    let answer = raw(
-        e.proxy.addr,
-        format!("{UPGRADE}Authorization: Bearer nope\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let answer = raw(e.proxy.addr, format!("{UPGRADE}Authorization: Bearer nope\r\n\r\n").as_bytes()).await;
     assert_eq!(raw_status(&answer), 401, "{answer}");
     assert_eq!(e.upstream.hits(), 0);
 }
@@ -106,12 +82,9 @@ async fn websocket_upgrade_without_credential_is_refused_before_101() {
 async fn authenticated_websocket_upgrade_is_tunnelled() {
     let e = env("").await;
     let mut s = TcpStream::connect(e.proxy.addr).await.unwrap();
-    s.write_all(
-        format!("{UPGRADE}Authorization: Bearer {TOKEN}\r\nX-Line-User-Id: Uevil\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
+    s.write_all(format!("{UPGRADE}Authorization: Bearer {TOKEN}\r\nX-Line-User-Id: Uevil\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -120,10 +93,7 @@ async fn authenticated_websocket_upgrade_is_tunnelled() {
     }
     let head = String::from_utf8(head).unwrap();
     assert_eq!(raw_status(&head), 101, "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("upgrade: websocket"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
     let seen = e.upstream.last();
     assert_eq!(seen.headers["x-line-user-id"], USER);
     assert_eq!(seen.headers["upgrade"], "websocket");

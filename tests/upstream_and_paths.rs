@@ -11,18 +11,8 @@ async fn unreachable_upstream_is_502() {
     let line = MockLine::start().await.unwrap();
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
     let closed = closed_addr();
-    let proxy = spawn_proxy(config(&config_text(
-        &line.base_url(),
-        &format!("http://{closed}"),
-        "",
-    )))
-    .await;
-    let r = client()
-        .get(proxy.url("/a"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let proxy = spawn_proxy(config(&config_text(&line.base_url(), &format!("http://{closed}"), ""))).await;
+    let r = client().get(proxy.url("/a")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(json_error(r, 502).await, "bad_gateway");
 }
 
@@ -30,21 +20,10 @@ async fn unreachable_upstream_is_502() {
 async fn slow_upstream_is_504() {
     let e = env("").await;
     // upstream.timeout_ms is 2000 in the harness.
-    let r = client()
-        .get(e.proxy.url("/slow"))
-        .bearer_auth(TOKEN)
-        .header("x-test-delay-ms", "4000")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client().get(e.proxy.url("/slow")).bearer_auth(TOKEN).header("x-test-delay-ms", "4000").send().await.unwrap();
     assert_eq!(json_error(r, 504).await, "gateway_timeout");
-    let r = client()
-        .get(e.proxy.url("/slow"))
-        .bearer_auth(TOKEN)
-        .header("x-test-delay-ms", "10")
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/slow")).bearer_auth(TOKEN).header("x-test-delay-ms", "10").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -54,22 +33,11 @@ const ROUTES: &str = "[[routes]]\npath_prefix = \"/public/\"\nauth = \"none\"\n"
 async fn upstream_receives_the_normalised_path_that_was_authorised() {
     let e = env(ROUTES).await;
     // Each of these reaches /private through the public prefix on a naive proxy.
-    for sneaky in [
-        "/public/../private",
-        "/public/%2e%2e/private",
-        "/public/./../private",
-        "//public/..//private",
-    ] {
-        let answer = raw(
-            e.proxy.addr,
-            format!("GET {sneaky} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        assert_eq!(
-            raw_status(&answer),
-            401,
-            "{sneaky} was not treated as /private: {answer}"
-        );
+    for sneaky in ["/public/../private", "/public/%2e%2e/private", "/public/./../private", "//public/..//private"] {
+        let answer =
+            raw(e.proxy.addr, format!("GET {sneaky} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
+        assert_eq!(raw_status(&answer), 401, "{sneaky} was not treated as /private: {answer}");
     }
     assert_eq!(e.upstream.hits(), 0);
     let answer = raw(
@@ -78,35 +46,20 @@ async fn upstream_receives_the_normalised_path_that_was_authorised() {
     )
     .await;
     assert_eq!(raw_status(&answer), 200, "{answer}");
-    assert_eq!(
-        e.upstream.last().path_and_query,
-        "/public/a/b/d?q=/../x&y=%2F"
-    );
+    assert_eq!(e.upstream.last().path_and_query, "/public/a/b/d?q=/../x&y=%2F");
     // The query never takes part in routing.
-    let r = client()
-        .get(e.proxy.url("/private?path=/public/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(e.proxy.url("/private?path=/public/")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]
 async fn encoded_separators_and_backslashes_are_400() {
     let e = env(ROUTES).await;
-    for bad in [
-        "/public/a%2fb",
-        "/public/a%2F..%2Fprivate",
-        "/public/a%5cb",
-        "/public/a%00b",
-        "/public/a\\b",
-        "/public/%zz",
-    ] {
-        let answer = raw(
-            e.proxy.addr,
-            format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
+    for bad in
+        ["/public/a%2fb", "/public/a%2F..%2Fprivate", "/public/a%5cb", "/public/a%00b", "/public/a\\b", "/public/%zz"]
+    {
+        let answer =
+            raw(e.proxy.addr, format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
         let status = raw_status(&answer);
         assert_eq!(status, 400, "{bad}: {answer}");
         if answer.contains("application/json") {
@@ -144,13 +97,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     .await;
     assert_eq!(raw_status(&answer), 200);
     let seen = e.upstream.last();
-    for h in [
-        "keep-alive",
-        "te",
-        "proxy-authorization",
-        "x-custom-hop",
-        "upgrade",
-    ] {
+    for h in ["keep-alive", "te", "proxy-authorization", "x-custom-hop", "upgrade"] {
         assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
     }
     // The upstream's own hop-by-hop header does not reach the client.
@@ -165,36 +112,22 @@ async fn oversized_head_is_431_with_a_json_body() {
     let big = "a".repeat(20_000);
     let answer = raw(
         e.proxy.addr,
-        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
-    assert_eq!(
-        raw_status(&answer),
-        431,
-        "{}",
-        &answer[..answer.len().min(300)]
-    );
-    assert!(
-        answer.contains("\"request_header_fields_too_large\""),
-        "{answer}"
-    );
+    assert_eq!(raw_status(&answer), 431, "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains("\"request_header_fields_too_large\""), "{answer}");
     // Many small headers add up the same way.
-    let many: String = (0..400)
-        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40)))
-        .collect();
-    let answer = raw(
-        e.proxy.addr,
-        format!("GET /public/x HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let many: String = (0..400).map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40))).collect();
+    let answer =
+        raw(e.proxy.addr, format!("GET /public/x HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes())
+            .await;
     assert_eq!(raw_status(&answer), 431);
     // Just under the limit passes.
     let ok = "c".repeat(15_000);
     let answer = raw(
         e.proxy.addr,
-        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Ok: {ok}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Ok: {ok}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     assert_eq!(raw_status(&answer), 200);
@@ -207,8 +140,7 @@ async fn far_oversized_head_is_refused_by_the_parser_and_never_forwarded() {
     let huge = "a".repeat(200_000);
     let answer = raw(
         e.proxy.addr,
-        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     // hyper's buffer limit: a bare 431 (or the connection closed on us).
@@ -222,16 +154,9 @@ async fn far_oversized_head_is_refused_by_the_parser_and_never_forwarded() {
 async fn path_parameters_are_refused() {
     let e = env(ROUTES).await;
     // Tomcat reads /public/..;/admin as /admin; the proxy must not route it as /public/.
-    for bad in [
-        "/public/..;/admin",
-        "/public/x;jsessionid=1",
-        "/public/%2e%2e%3b/admin",
-    ] {
-        let answer = raw(
-            e.proxy.addr,
-            format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
+    for bad in ["/public/..;/admin", "/public/x;jsessionid=1", "/public/%2e%2e%3b/admin"] {
+        let answer =
+            raw(e.proxy.addr, format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
         assert_eq!(raw_status(&answer), 400, "{bad}: {answer}");
         assert!(answer.contains("path parameters"), "{answer}");
     }
@@ -295,11 +220,9 @@ async fn routing_and_method_overrides_never_reach_the_upstream() {
 #[tokio::test]
 async fn non_ascii_paths_survive_normalisation() {
     let e = env(ROUTES).await;
-    let answer = raw(
-        e.proxy.addr,
-        "GET /public/caf\u{e9}/./x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes(),
-    )
-    .await;
+    let answer =
+        raw(e.proxy.addr, "GET /public/caf\u{e9}/./x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes())
+            .await;
     if raw_status(&answer) == 200 {
         assert_eq!(e.upstream.last().path_and_query, "/public/caf\u{e9}/x");
     } else {
@@ -326,22 +249,13 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
     // …until the proxy closes them.
     let n1 = tokio::time::timeout(std::time::Duration::from_secs(5), silent1.read(&mut buf)).await;
     let n2 = tokio::time::timeout(std::time::Duration::from_secs(5), silent2.read(&mut buf)).await;
-    assert!(
-        matches!(n1, Ok(Ok(0)) | Ok(Err(_))),
-        "silent socket 1 was not closed: {n1:?}"
-    );
-    assert!(
-        matches!(n2, Ok(Ok(0)) | Ok(Err(_))),
-        "silent socket 2 was not closed: {n2:?}"
-    );
+    assert!(matches!(n1, Ok(Ok(0)) | Ok(Err(_))), "silent socket 1 was not closed: {n1:?}");
+    assert!(matches!(n2, Ok(Ok(0)) | Ok(Err(_))), "silent socket 2 was not closed: {n2:?}");
     let mut partial = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let n3 = tokio::time::timeout(std::time::Duration::from_secs(5), partial.read(&mut buf)).await;
-    assert!(
-        matches!(n3, Ok(Ok(0)) | Ok(Err(_))),
-        "partial-preface socket was not closed: {n3:?}"
-    );
+    assert!(matches!(n3, Ok(Ok(0)) | Ok(Err(_))), "partial-preface socket was not closed: {n3:?}");
     // The slots are free again.
     let r = client().get(proxy.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 401);

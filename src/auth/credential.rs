@@ -34,9 +34,7 @@ impl CredentialError {
         match self {
             CredentialError::Multiple => "more than one Authorization header",
             CredentialError::NotBearer => "the Authorization scheme must be Bearer",
-            CredentialError::Malformed => {
-                "the bearer token is empty or has characters a token cannot have"
-            }
+            CredentialError::Malformed => "the bearer token is empty or has characters a token cannot have",
             CredentialError::TooLong => "the bearer token is too long",
         }
     }
@@ -44,10 +42,7 @@ impl CredentialError {
 
 /// Returns the bearer token (at most `max_bytes`), `None` when there is no
 /// `Authorization` header.
-pub fn bearer_token(
-    headers: &HeaderMap,
-    max_bytes: usize,
-) -> Result<Option<&str>, CredentialError> {
+pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<Option<&str>, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -68,18 +63,16 @@ pub fn bearer_token(
         return Err(CredentialError::Malformed);
     }
     // b64token is ASCII, so this cannot fail.
-    std::str::from_utf8(token)
-        .map(Some)
-        .map_err(|_| CredentialError::Malformed)
+    std::str::from_utf8(token).map(Some).map_err(|_| CredentialError::Malformed)
 }
 
 /// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(t: &[u8]) -> bool {
     let body_end = t.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     body_end > 0
-        && t[..body_end].iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+        && t[..body_end]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
 }
 
 #[cfg(test)]
@@ -102,54 +95,21 @@ mod tests {
     #[test]
     fn reads_one_bearer_token() {
         assert_eq!(bearer_token_default(&with(&[])), Ok(None));
-        assert_eq!(
-            bearer_token_default(&with(&["Bearer abc.DEF-_~+/=="])),
-            Ok(Some("abc.DEF-_~+/=="))
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["bearer abc"])),
-            Ok(Some("abc"))
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["BEARER   abc"])),
-            Ok(Some("abc"))
-        );
+        assert_eq!(bearer_token_default(&with(&["Bearer abc.DEF-_~+/=="])), Ok(Some("abc.DEF-_~+/==")));
+        assert_eq!(bearer_token_default(&with(&["bearer abc"])), Ok(Some("abc")));
+        assert_eq!(bearer_token_default(&with(&["BEARER   abc"])), Ok(Some("abc")));
     }
 
     #[test]
     fn refuses_everything_else() {
-        assert_eq!(
-            bearer_token_default(&with(&["Bearer a", "Bearer b"])),
-            Err(CredentialError::Multiple)
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["Basic YTpi"])),
-            Err(CredentialError::NotBearer)
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["Bearerabc"])),
-            Err(CredentialError::NotBearer)
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["Bearer"])),
-            Err(CredentialError::Malformed)
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["Bearer a b"])),
-            Err(CredentialError::Malformed)
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["Bearer ==="])),
-            Err(CredentialError::Malformed)
-        );
-        assert_eq!(
-            bearer_token_default(&with(&["Bearer a=b"])),
-            Err(CredentialError::Malformed)
-        );
+        assert_eq!(bearer_token_default(&with(&["Bearer a", "Bearer b"])), Err(CredentialError::Multiple));
+        assert_eq!(bearer_token_default(&with(&["Basic YTpi"])), Err(CredentialError::NotBearer));
+        assert_eq!(bearer_token_default(&with(&["Bearerabc"])), Err(CredentialError::NotBearer));
+        assert_eq!(bearer_token_default(&with(&["Bearer"])), Err(CredentialError::Malformed));
+        assert_eq!(bearer_token_default(&with(&["Bearer a b"])), Err(CredentialError::Malformed));
+        assert_eq!(bearer_token_default(&with(&["Bearer ==="])), Err(CredentialError::Malformed));
+        assert_eq!(bearer_token_default(&with(&["Bearer a=b"])), Err(CredentialError::Malformed));
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
-        assert_eq!(
-            bearer_token_default(&with(&[&long])),
-            Err(CredentialError::TooLong)
-        );
+        assert_eq!(bearer_token_default(&with(&[&long])), Err(CredentialError::TooLong));
     }
 }

@@ -70,21 +70,12 @@ fn split(token: &str) -> Result<Jws<'_>, Rejection> {
         return Err(Rejection::IdTokenMalformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Rejection::IdTokenMalformed);
     };
-    let decode = |part: &str| {
-        URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|_| Rejection::IdTokenMalformed)
-    };
+    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| Rejection::IdTokenMalformed);
     let json = |bytes: Vec<u8>| {
-        serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .filter(Value::is_object)
-            .ok_or(Rejection::IdTokenMalformed)
+        serde_json::from_slice::<Value>(&bytes).ok().filter(Value::is_object).ok_or(Rejection::IdTokenMalformed)
     };
     Ok(Jws {
         header: json(decode(h)?)?,
@@ -92,6 +83,14 @@ fn split(token: &str) -> Result<Jws<'_>, Rejection> {
         signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature: decode(s)?,
     })
+}
+
+/// The `nonce` claim of a token that has not been verified yet, to refuse a
+/// stale or foreign nonce before any signature work or LINE call. Never trusted
+/// beyond that: the nonce consumed is the verified claim.
+pub fn unverified_nonce(token: &str) -> Result<Option<String>, Rejection> {
+    let jws = split(token)?;
+    Ok(jws.payload.get("nonce").and_then(Value::as_str).map(str::to_owned))
 }
 
 pub struct IdTokenVerifier {
@@ -177,42 +176,31 @@ impl IdTokenVerifier {
         Ok(self.check_claims(&jws.payload))
     }
 
-    async fn verify_remote(
-        &self,
-        token: &str,
-        jws: Jws<'_>,
-    ) -> Result<Result<IdClaims, Rejection>, LineError> {
+    async fn verify_remote(&self, token: &str, jws: Jws<'_>) -> Result<Result<IdClaims, Rejection>, LineError> {
         // client_id comes from our channel list, picked by the token's claimed
         // audience: never a value the client chose that we do not accept.
-        let Some(client_id) = jws
-            .payload
-            .get("aud")
-            .and_then(Value::as_str)
-            .filter(|aud| self.channel_ids.iter().any(|c| c == aud))
+        let Some(client_id) =
+            jws.payload.get("aud").and_then(Value::as_str).filter(|aud| self.channel_ids.iter().any(|c| c == aud))
         else {
             return Ok(Err(Rejection::WrongChannel));
         };
         let nonce = jws.payload.get("nonce").and_then(Value::as_str);
+        // Same admission as access tokens: bounded, and silent during a 429 back-off.
+        let _slot = self.line.admit().await?;
         let mut form = vec![("id_token", token), ("client_id", client_id)];
         // LINE refuses an empty `nonce=`; send it only when the token has one.
         if let Some(n) = nonce.filter(|n| !n.is_empty()) {
             form.push(("nonce", n));
         }
-        let (status, body) = self
-            .line
-            .call(
-                Endpoint::VerifyIdToken,
-                self.line.post_verify_id_token(&form),
-            )
-            .await?;
+        let (status, body) = self.line.call(Endpoint::VerifyIdToken, self.line.post_verify_id_token(&form)).await?;
         if status != 200 {
             return match refusal::<()>(Endpoint::VerifyIdToken, status, &body)? {
                 Answer::Rejected(r) => Ok(Err(r)),
                 Answer::Ok(()) => unreachable!("refusal never answers Ok"),
             };
         }
-        let payload: Value = serde_json::from_slice(&body)
-            .map_err(|_| LineError::BadResponse(Endpoint::VerifyIdToken))?;
+        let payload: Value =
+            serde_json::from_slice(&body).map_err(|_| LineError::BadResponse(Endpoint::VerifyIdToken))?;
         if !payload.is_object() {
             return Err(LineError::BadResponse(Endpoint::VerifyIdToken));
         }
@@ -240,9 +228,7 @@ impl IdTokenVerifier {
         if iat > now.saturating_add(skew) {
             return Err(Rejection::IssuedInFuture);
         }
-        let sub = text("sub")
-            .filter(|s| is_line_user_id(s))
-            .ok_or(Rejection::BadSubject)?;
+        let sub = text("sub").filter(|s| is_line_user_id(s)).ok_or(Rejection::BadSubject)?;
         Ok(IdClaims {
             sub: sub.to_owned(),
             aud: aud.to_owned(),
@@ -274,9 +260,6 @@ mod tests {
         assert_eq!(jws.signature, vec![0, 0, 0]);
         // Arrays and strings are not JOSE headers.
         let arr = URL_SAFE_NO_PAD.encode(b"[1]");
-        assert!(matches!(
-            split(&format!("{arr}.{p}.AAAA")),
-            Err(Rejection::IdTokenMalformed)
-        ));
+        assert!(matches!(split(&format!("{arr}.{p}.AAAA")), Err(Rejection::IdTokenMalformed)));
     }
 }

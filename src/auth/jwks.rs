@@ -7,6 +7,7 @@
 //! also list RSA keys, which no ID token uses today.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub struct Jwks {
     /// and periodic fetches do not count: a rotation right after start is
     /// still picked up at once.
     last_unknown_kid_fetch: std::sync::Mutex<Option<Instant>>,
+    /// The last fetch (of any kind) failed: unknown kids are then a 503, not a 401.
+    last_fetch_failed: AtomicBool,
     /// Serialises fetches: concurrent unknown kids share one.
     fetching: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -47,6 +50,7 @@ impl Jwks {
             url,
             keys: RwLock::new(None),
             last_unknown_kid_fetch: std::sync::Mutex::new(None),
+            last_fetch_failed: AtomicBool::new(false),
             fetching: tokio::sync::Mutex::new(()),
             metrics,
         }
@@ -86,7 +90,13 @@ impl Jwks {
             due
         };
         if due {
-            let _ = self.fetch_locked().await;
+            let fetched = self.fetch_locked().await;
+            self.last_fetch_failed.store(fetched.is_err(), Ordering::Relaxed);
+        }
+        // LINE failing while a kid is unknown is LINE being unavailable (503),
+        // not a verdict on the token — until a fetch succeeds again.
+        if self.last_fetch_failed.load(Ordering::Relaxed) {
+            return Err(LineError::JwksUnavailable);
         }
         match self.current() {
             Some(set) => Ok(set.get(kid).cloned()),
@@ -97,22 +107,20 @@ impl Jwks {
     /// Fetches now (serialised with other fetches); keeps the old set on failure.
     pub async fn refresh(&self) -> Result<usize, LineError> {
         let _one_fetch = self.fetching.lock().await;
-        self.fetch_locked().await
+        let fetched = self.fetch_locked().await;
+        self.last_fetch_failed.store(fetched.is_err(), Ordering::Relaxed);
+        fetched
     }
 
     async fn fetch_locked(&self) -> Result<usize, LineError> {
-        let (status, body) = self
-            .line
-            .call(Endpoint::Jwks, self.line.get(&self.url))
-            .await?;
+        let (status, body) = self.line.call(Endpoint::Jwks, self.line.get(&self.url)).await?;
         if status != 200 {
             tracing::warn!(status, "JWKS fetch failed; keeping the last good key set");
-            return Err(LineError::Status {
-                endpoint: Endpoint::Jwks,
-                status,
-            });
+            return Err(LineError::Status { endpoint: Endpoint::Jwks, status });
         }
-        let set = parse_jwks(&body).ok_or(LineError::BadResponse(Endpoint::Jwks))?;
+        // A set without one usable key (`{"keys":[]}`, RSA only, someone else's
+        // JSON) would lock every ES256 login out: keep the last good set instead.
+        let set = parse_jwks(&body).filter(|s| !s.is_empty()).ok_or(LineError::BadResponse(Endpoint::Jwks))?;
         let count = set.len();
         self.metrics.jwks_keys.set(count as i64);
         *self.keys.write().expect("poisoned") = Some(Arc::new(set));
@@ -188,6 +196,7 @@ mod tests {
         assert_eq!(kids, vec!["a", "no-alg"]);
         assert_eq!(set["a"].len(), 65);
         assert!(parse_jwks(b"{}").is_none());
+        assert!(parse_jwks(br#"{"keys":[]}"#).unwrap().is_empty());
         assert!(parse_jwks(b"<html>").is_none());
     }
 }

@@ -33,11 +33,8 @@ const MAX_RETRY_AFTER_SECONDS: u64 = 60;
 pub const DEFAULT_RATE_LIMIT_BACKOFF_SECONDS: u64 = 5;
 
 /// `application/x-www-form-urlencoded` values: everything but unreserved is escaped.
-const FORM_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const FORM_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Which LINE endpoint a call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +68,7 @@ pub enum LineError {
     #[error("could not reach the LINE Platform for {}", .0.as_str())]
     Connect(Endpoint),
     #[error("LINE {} call rate-limited (429)", .endpoint.as_str())]
-    RateLimited {
-        endpoint: Endpoint,
-        retry_after: Option<u64>,
-    },
+    RateLimited { endpoint: Endpoint, retry_after: Option<u64> },
     #[error("LINE {} call answered HTTP {status}", .endpoint.as_str())]
     Status { endpoint: Endpoint, status: u16 },
     #[error("LINE {} call answered a body that is not the documented JSON", .0.as_str())]
@@ -109,14 +103,9 @@ impl LineError {
     /// Seconds for the client's `Retry-After` (≥ 1).
     pub fn retry_after(&self) -> u64 {
         match self {
-            LineError::RateLimited {
-                retry_after: Some(s),
-                ..
-            } => (*s).clamp(1, MAX_RETRY_AFTER_SECONDS),
+            LineError::RateLimited { retry_after: Some(s), .. } => (*s).clamp(1, MAX_RETRY_AFTER_SECONDS),
             LineError::RateLimited { .. } => DEFAULT_RATE_LIMIT_BACKOFF_SECONDS,
-            LineError::BackingOff { retry_after } => {
-                (*retry_after).clamp(1, MAX_RETRY_AFTER_SECONDS)
-            }
+            LineError::BackingOff { retry_after } => (*retry_after).clamp(1, MAX_RETRY_AFTER_SECONDS),
             _ => 1,
         }
     }
@@ -184,27 +173,9 @@ impl LineClient {
     /// Verifies an access token: verify and profile concurrently, then LINE's
     /// documented checks (`client_id` is ours, `expires_in` > 0).
     pub async fn verify_access_token(&self, token: &str) -> Result<AccessTokenVerdict, LineError> {
-        let now = unix_millis();
-        let until = self.backoff_until_ms.load(Ordering::Relaxed);
-        if now < until {
-            return Err(LineError::BackingOff {
-                retry_after: (until - now).div_ceil(1000),
-            });
-        }
-        let _permit = tokio::time::timeout(self.timeout, self.permits.acquire())
-            .await
-            .map_err(|_| LineError::Overloaded)?
-            .expect("the semaphore is never closed");
-        let verify = self.call(
-            Endpoint::Verify,
-            self.http
-                .get(&self.verify_url)
-                .query(&[("access_token", token)]),
-        );
-        let profile = self.call(
-            Endpoint::Profile,
-            self.http.get(&self.profile_url).bearer_auth(token),
-        );
+        let _slot = self.admit().await?;
+        let verify = self.call(Endpoint::Verify, self.http.get(&self.verify_url).query(&[("access_token", token)]));
+        let profile = self.call(Endpoint::Profile, self.http.get(&self.profile_url).bearer_auth(token));
         let (verify, profile) = tokio::join!(verify, profile);
         let verify = verify.and_then(|(status, body)| parse_verify(status, &body));
         let profile = profile.and_then(|(status, body)| parse_profile(status, &body));
@@ -243,6 +214,21 @@ impl LineClient {
         }))
     }
 
+    /// Admission for one verification: refused while backing off after a 429,
+    /// and bounded to [`MAX_CONCURRENT_VERIFICATIONS`] in flight. Every path that
+    /// calls LINE for a client's credential goes through here.
+    pub(crate) async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, LineError> {
+        let now = unix_millis();
+        let until = self.backoff_until_ms.load(Ordering::Relaxed);
+        if now < until {
+            return Err(LineError::BackingOff { retry_after: (until - now).div_ceil(1000) });
+        }
+        Ok(tokio::time::timeout(self.timeout, self.permits.acquire())
+            .await
+            .map_err(|_| LineError::Overloaded)?
+            .expect("the semaphore is never closed"))
+    }
+
     /// A GET request on the shared client (timeouts, no redirects).
     pub(crate) fn get(&self, url: &str) -> reqwest::RequestBuilder {
         self.http.get(url)
@@ -252,20 +238,12 @@ impl LineClient {
     pub(crate) fn post_verify_id_token(&self, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
         let body = form
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    percent_encoding::utf8_percent_encode(v, FORM_VALUE)
-                )
-            })
+            .map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, FORM_VALUE)))
             .collect::<Vec<_>>()
             .join("&");
         self.http
             .post(&self.verify_url)
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body)
     }
 
@@ -279,12 +257,7 @@ impl LineClient {
         let start = Instant::now();
         let result = send(endpoint, request).await;
         let elapsed = start.elapsed().as_secs_f64();
-        self.metrics
-            .line_duration
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.as_str(),
-            })
-            .observe(elapsed);
+        self.metrics.line_duration.get_or_create(&EndpointLabels { endpoint: endpoint.as_str() }).observe(elapsed);
         let outcome = match &result {
             Ok((status, _, _)) => match status {
                 200 => "ok",
@@ -297,13 +270,7 @@ impl LineClient {
             Err(LineError::Connect(_)) => "connect_error",
             Err(_) => "bad_response",
         };
-        self.metrics
-            .line_requests
-            .get_or_create(&LineCallLabels {
-                endpoint: endpoint.as_str(),
-                outcome,
-            })
-            .inc();
+        self.metrics.line_requests.get_or_create(&LineCallLabels { endpoint: endpoint.as_str(), outcome }).inc();
         match result {
             Ok((status, request_id, body)) => {
                 if status != 200 {
@@ -316,15 +283,10 @@ impl LineClient {
                 }
                 if status == 429 {
                     let retry_after = parse_retry_after(&body.1);
-                    let seconds = retry_after
-                        .unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF_SECONDS)
-                        .clamp(1, MAX_RETRY_AFTER_SECONDS);
-                    self.backoff_until_ms
-                        .fetch_max(unix_millis() + seconds * 1000, Ordering::Relaxed);
-                    return Err(LineError::RateLimited {
-                        endpoint,
-                        retry_after,
-                    });
+                    let seconds =
+                        retry_after.unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF_SECONDS).clamp(1, MAX_RETRY_AFTER_SECONDS);
+                    self.backoff_until_ms.fetch_max(unix_millis() + seconds * 1000, Ordering::Relaxed);
+                    return Err(LineError::RateLimited { endpoint, retry_after });
                 }
                 Ok((status, body.0))
             }
@@ -339,10 +301,7 @@ impl LineClient {
 /// The body plus LINE's `Retry-After` header value (if any).
 type BodyAndRetry = (Bytes, Option<String>);
 
-async fn send(
-    endpoint: Endpoint,
-    request: reqwest::RequestBuilder,
-) -> Result<(u16, String, BodyAndRetry), LineError> {
+async fn send(endpoint: Endpoint, request: reqwest::RequestBuilder) -> Result<(u16, String, BodyAndRetry), LineError> {
     let classify = |e: reqwest::Error| {
         if e.is_timeout() {
             LineError::Timeout(endpoint)
@@ -362,15 +321,9 @@ async fn send(
         .chars()
         .take(64)
         .collect::<String>();
-    let retry_after = response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
+    let retry_after =
+        response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
         return Err(LineError::BadResponse(endpoint));
     }
     let mut body = BytesMut::new();
@@ -384,10 +337,7 @@ async fn send(
 }
 
 fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn parse_retry_after(value: &Option<String>) -> Option<u64> {
@@ -395,38 +345,28 @@ fn parse_retry_after(value: &Option<String>) -> Option<u64> {
 }
 
 /// Classifies a status that is not 200: 400/401 are LINE refusing the token.
-pub(crate) fn refusal<T>(
-    endpoint: Endpoint,
-    status: u16,
-    body: &[u8],
-) -> Result<Answer<T>, LineError> {
+pub(crate) fn refusal<T>(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Answer<T>, LineError> {
     match status {
         // The profile endpoint answers 403 to a token without the `profile`
         // scope: the token cannot identify anyone, so it is refused.
         403 if endpoint == Endpoint::Profile => Ok(Answer::Rejected(Rejection::NoProfileScope)),
         400 | 401 => {
             // Bodies carry `error_description` (verify) or `message` (profile).
-            let text = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-                v.get("error_description")
-                    .or_else(|| v.get("message"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            });
+            // A 400/401 without LINE's JSON (an intermediary's HTML page, say) is
+            // not LINE's verdict: unavailable, not a cached rejection.
+            let v = serde_json::from_slice::<Value>(body).map_err(|_| LineError::BadResponse(endpoint))?;
+            if v.get("error").is_none() && v.get("error_description").is_none() && v.get("message").is_none() {
+                return Err(LineError::BadResponse(endpoint));
+            }
+            let text =
+                v.get("error_description").or_else(|| v.get("message")).and_then(Value::as_str).map(str::to_owned);
             let rejection = match (endpoint, text.as_deref()) {
                 // LINE's documented ID-token verify errors (LINE-API.md §5).
-                (Endpoint::VerifyIdToken, Some("Invalid IdToken Issuer.")) => {
-                    Rejection::WrongIssuer
-                }
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Issuer.")) => Rejection::WrongIssuer,
                 (Endpoint::VerifyIdToken, Some("IdToken expired.")) => Rejection::Expired,
-                (Endpoint::VerifyIdToken, Some("Invalid IdToken Audience.")) => {
-                    Rejection::WrongChannel
-                }
-                (Endpoint::VerifyIdToken, Some("Invalid IdToken Nonce.")) => {
-                    Rejection::NonceMismatch
-                }
-                (Endpoint::VerifyIdToken, Some("Invalid IdToken Subject Identifier.")) => {
-                    Rejection::BadSubject
-                }
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Audience.")) => Rejection::WrongChannel,
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Nonce.")) => Rejection::NonceMismatch,
+                (Endpoint::VerifyIdToken, Some("Invalid IdToken Subject Identifier.")) => Rejection::BadSubject,
                 (Endpoint::VerifyIdToken, _) => Rejection::Invalid,
                 (_, Some(t)) if t.to_ascii_lowercase().contains("expired") => Rejection::Expired,
                 _ => Rejection::Invalid,
@@ -450,16 +390,10 @@ fn parse_verify(status: u16, body: &[u8]) -> Result<Answer<VerifyOk>, LineError>
         _ => return Err(bad()),
     };
     let expires_in = match v.get("expires_in") {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_f64().map(|f| f as i64))
-            .ok_or_else(bad)?,
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).ok_or_else(bad)?,
         _ => return Err(bad()),
     };
-    Ok(Answer::Ok(VerifyOk {
-        client_id,
-        expires_in,
-    }))
+    Ok(Answer::Ok(VerifyOk { client_id, expires_in }))
 }
 
 fn parse_profile(status: u16, body: &[u8]) -> Result<Answer<Profile>, LineError> {
@@ -498,23 +432,14 @@ mod tests {
         assert!(
             matches!(parse_verify(200, numeric), Ok(Answer::Ok(VerifyOk { ref client_id, .. })) if client_id == "1440057261")
         );
-        assert_eq!(
-            parse_verify(200, b"<html>").err(),
-            Some(LineError::BadResponse(Endpoint::Verify))
-        );
-        assert_eq!(
-            parse_verify(200, br#"{"client_id":"1"}"#).err(),
-            Some(LineError::BadResponse(Endpoint::Verify))
-        );
+        assert_eq!(parse_verify(200, b"<html>").err(), Some(LineError::BadResponse(Endpoint::Verify)));
+        assert_eq!(parse_verify(200, br#"{"client_id":"1"}"#).err(), Some(LineError::BadResponse(Endpoint::Verify)));
     }
 
     #[test]
     fn refusals_are_verdicts_and_other_statuses_are_errors() {
         let expired = br#"{"error":"invalid_request","error_description":"access token expired"}"#;
-        assert!(matches!(
-            parse_verify(400, expired),
-            Ok(Answer::Rejected(Rejection::Expired))
-        ));
+        assert!(matches!(parse_verify(400, expired), Ok(Answer::Rejected(Rejection::Expired))));
         assert!(matches!(
             parse_verify(400, br#"{"message":"failed to parse"}"#),
             Ok(Answer::Rejected(Rejection::Invalid))
@@ -527,24 +452,9 @@ mod tests {
             parse_profile(401, br#"{"message":"The access token expired"}"#),
             Ok(Answer::Rejected(Rejection::Expired))
         ));
-        assert_eq!(
-            parse_verify(500, b"").err(),
-            Some(LineError::Status {
-                endpoint: Endpoint::Verify,
-                status: 500
-            })
-        );
-        assert!(matches!(
-            parse_profile(403, b""),
-            Ok(Answer::Rejected(Rejection::NoProfileScope))
-        ));
-        assert_eq!(
-            parse_verify(403, b"").err(),
-            Some(LineError::Status {
-                endpoint: Endpoint::Verify,
-                status: 403
-            })
-        );
+        assert_eq!(parse_verify(500, b"").err(), Some(LineError::Status { endpoint: Endpoint::Verify, status: 500 }));
+        assert!(matches!(parse_profile(403, b""), Ok(Answer::Rejected(Rejection::NoProfileScope))));
+        assert_eq!(parse_verify(403, b"").err(), Some(LineError::Status { endpoint: Endpoint::Verify, status: 403 }));
     }
 
     #[test]
@@ -558,38 +468,27 @@ mod tests {
             Answer::Rejected(_) => panic!("rejected"),
         }
         let bad_id = br#"{"userId":"U4af\r\nX: y","displayName":"Brown"}"#;
+        assert_eq!(parse_profile(200, bad_id).err(), Some(LineError::BadResponse(Endpoint::Profile)));
+    }
+
+    #[test]
+    fn a_refusal_without_lines_json_is_unavailability() {
         assert_eq!(
-            parse_profile(200, bad_id).err(),
-            Some(LineError::BadResponse(Endpoint::Profile))
+            parse_verify(400, b"<html>Bad Request</html>").err(),
+            Some(LineError::BadResponse(Endpoint::Verify))
         );
+        assert_eq!(parse_profile(401, b"{}").err(), Some(LineError::BadResponse(Endpoint::Profile)));
+        assert!(matches!(
+            parse_verify(400, br#"{"error":"invalid_request"}"#),
+            Ok(Answer::Rejected(Rejection::Invalid))
+        ));
     }
 
     #[test]
     fn retry_after_is_at_least_one_second() {
         assert_eq!(LineError::Timeout(Endpoint::Verify).retry_after(), 1);
-        assert_eq!(
-            LineError::RateLimited {
-                endpoint: Endpoint::Verify,
-                retry_after: Some(0)
-            }
-            .retry_after(),
-            1
-        );
-        assert_eq!(
-            LineError::RateLimited {
-                endpoint: Endpoint::Verify,
-                retry_after: Some(3600)
-            }
-            .retry_after(),
-            60
-        );
-        assert_eq!(
-            LineError::RateLimited {
-                endpoint: Endpoint::Verify,
-                retry_after: None
-            }
-            .retry_after(),
-            5
-        );
+        assert_eq!(LineError::RateLimited { endpoint: Endpoint::Verify, retry_after: Some(0) }.retry_after(), 1);
+        assert_eq!(LineError::RateLimited { endpoint: Endpoint::Verify, retry_after: Some(3600) }.retry_after(), 60);
+        assert_eq!(LineError::RateLimited { endpoint: Endpoint::Verify, retry_after: None }.retry_after(), 5);
     }
 }

@@ -84,6 +84,16 @@ impl NonceStore {
         Ok(nonce)
     }
 
+    /// What consuming `nonce` would find, without consuming it: a peek to
+    /// refuse a foreign nonce before verification work. [`Self::consume`] decides.
+    pub fn peek(&self, nonce: &str) -> Consumed {
+        match self.live.get(nonce) {
+            Some(expires) if *expires > Instant::now() => Consumed::Fresh,
+            Some(_) => Consumed::Expired,
+            None => Consumed::Unknown,
+        }
+    }
+
     /// Consumes `nonce`: the removal is the atomic step, so of two concurrent
     /// consumers exactly one sees [`Consumed::Fresh`].
     pub fn consume(&self, nonce: &str) -> Consumed {
@@ -107,10 +117,7 @@ impl NonceStore {
         self.live.retain(|_, expires| *expires > now);
         let removed = before.saturating_sub(self.live.len());
         if removed > 0 {
-            self.metrics
-                .nonces
-                .get_or_create(&NonceLabels { event: "expired" })
-                .inc_by(removed as u64);
+            self.metrics.nonces.get_or_create(&NonceLabels { event: "expired" }).inc_by(removed as u64);
         }
         removed
     }
@@ -119,10 +126,7 @@ impl NonceStore {
         let now_ms = self.started.elapsed().as_millis() as u64;
         let last = self.last_inline_sweep_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) >= INLINE_SWEEP_INTERVAL_MS
-            && self
-                .last_inline_sweep_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.last_inline_sweep_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             self.sweep();
         }
@@ -146,10 +150,7 @@ impl NonceStore {
     }
 
     fn count(&self, event: &'static str) {
-        self.metrics
-            .nonces
-            .get_or_create(&NonceLabels { event })
-            .inc();
+        self.metrics.nonces.get_or_create(&NonceLabels { event }).inc();
     }
 }
 
@@ -158,11 +159,7 @@ mod tests {
     use super::*;
 
     fn store(ttl_ms: u64, capacity: usize) -> NonceStore {
-        NonceStore::new(
-            Duration::from_millis(ttl_ms),
-            capacity,
-            Arc::new(Metrics::new()),
-        )
+        NonceStore::new(Duration::from_millis(ttl_ms), capacity, Arc::new(Metrics::new()))
     }
 
     #[test]
@@ -172,11 +169,10 @@ mod tests {
         let b = s.issue().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert!(
-            a.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        );
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_eq!(s.peek(&a), Consumed::Fresh);
         assert_eq!(s.consume(&a), Consumed::Fresh);
+        assert_eq!(s.peek(&a), Consumed::Unknown);
         assert_eq!(s.consume(&a), Consumed::Unknown);
         assert_eq!(s.consume("never-issued"), Consumed::Unknown);
     }
@@ -209,9 +205,8 @@ mod tests {
         let s = Arc::new(store(60_000, 10));
         let n = s.issue().unwrap();
         let winners: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..16)
-                .map(|_| scope.spawn(|| (s.consume(&n) == Consumed::Fresh) as usize))
-                .collect();
+            let handles: Vec<_> =
+                (0..16).map(|_| scope.spawn(|| (s.consume(&n) == Consumed::Fresh) as usize)).collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(winners, 1);

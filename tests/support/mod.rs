@@ -94,9 +94,7 @@ impl RecordingUpstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests()
-            .pop()
-            .expect("the upstream received no request")
+        self.requests().pop().expect("the upstream received no request")
     }
 }
 
@@ -107,10 +105,7 @@ async fn upstream_handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<UpBody>, Infallible> {
     state.hits.fetch_add(1, Ordering::SeqCst);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.to_string());
+    let path = req.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
     state.requests.lock().unwrap().push(Recorded {
         method: req.method().to_string(),
         path_and_query: path.clone(),
@@ -131,10 +126,8 @@ async fn upstream_handle(
         });
         let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert("connection", "upgrade".parse().unwrap());
-        r.headers_mut()
-            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
         return Ok(r);
     }
     if path.starts_with("/slow") {
@@ -151,8 +144,7 @@ async fn upstream_handle(
     }
     let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(b"upstream ok"))));
     // Hop-by-hop headers the proxy must drop on the way back.
-    r.headers_mut()
-        .insert("keep-alive", "timeout=5".parse().unwrap());
+    r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
     r.headers_mut().insert("x-upstream", "1".parse().unwrap());
     Ok(r)
 }
@@ -188,14 +180,7 @@ impl TestProxy {
 
     /// The Prometheus exposition from the admin listener.
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        client().get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
 }
 
@@ -217,12 +202,7 @@ pub fn config_text(line_base_url: &str, upstream_url: &str, extra: &str) -> Stri
 }
 
 /// [`config_text`] with more keys in `[line]` (ID-token settings).
-pub fn config_text_line(
-    line_base_url: &str,
-    upstream_url: &str,
-    line_extra: &str,
-    extra: &str,
-) -> String {
+pub fn config_text_line(line_base_url: &str, upstream_url: &str, line_extra: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -247,8 +227,7 @@ timeout_ms = 500
 
 /// Parses configuration text (panics on problems: a test's config must be valid).
 pub fn config(text: &str) -> Config {
-    config::load_str(text, std::iter::empty())
-        .unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}"))
+    config::load_str(text, std::iter::empty()).unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}"))
 }
 
 /// Binds and serves the proxy, then polls `/readyz` until it answers 200.
@@ -276,12 +255,7 @@ pub async fn spawn_proxy_unready(config: Config) -> TestProxy {
     let task = tokio::spawn(bound.serve(async {
         let _ = rx.await;
     }));
-    TestProxy {
-        addr,
-        admin,
-        shutdown: Some(tx),
-        task: Some(task),
-    }
+    TestProxy { addr, admin, shutdown: Some(tx), task: Some(task) }
 }
 
 /// The usual trio: mock LINE with one valid token, a recording upstream, the proxy.
@@ -299,26 +273,13 @@ pub async fn env(extra: &str) -> Env {
     token.picture_url = Some("https://profile.line-scdn.net/abcdefghijklmn".into());
     line.add_token(TOKEN, token);
     let upstream = RecordingUpstream::start().await;
-    let proxy = spawn_proxy(config(&config_text(
-        &line.base_url(),
-        &upstream.url(),
-        extra,
-    )))
-    .await;
-    Env {
-        line,
-        upstream,
-        proxy,
-    }
+    let proxy = spawn_proxy(config(&config_text(&line.base_url(), &upstream.url(), extra))).await;
+    Env { line, upstream, proxy }
 }
 
 /// An HTTP client that never uses a system proxy.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 /// Sends raw bytes and reads one answer: up to the end of its `Content-Length`
@@ -374,10 +335,7 @@ pub async fn collect(body: Incoming) -> Bytes {
 /// A counter's value from the exposition text (`name{labels}` exactly as printed).
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -385,31 +343,18 @@ pub fn metric(text: &str, series: &str) -> f64 {
 impl Env {
     /// GET `path` with a bearer token; the status as a number.
     pub async fn status(&self, path: &str, token: &str) -> u16 {
-        client()
-            .get(self.proxy.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        client().get(self.proxy.url(path)).bearer_auth(token).send().await.unwrap().status().as_u16()
     }
 }
 
 /// Faults where only the verify endpoint fails this way.
 pub fn verify_fails(fault: Fault) -> Faults {
-    Faults {
-        verify: Some(fault),
-        ..Faults::default()
-    }
+    Faults { verify: Some(fault), ..Faults::default() }
 }
 
 /// An address where nothing listens (a port that was free a moment ago).
 pub fn closed_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// `n` concurrent GETs of `url` with `token`; their statuses.
@@ -418,15 +363,7 @@ pub async fn concurrent_statuses(url: String, token: &'static str, n: usize) -> 
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (c, url) = (c.clone(), url.clone());
-            tokio::spawn(async move {
-                c.get(url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+            tokio::spawn(async move { c.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() })
         })
         .collect();
     let mut out = Vec::with_capacity(n);
@@ -444,28 +381,14 @@ pub async fn login_env(line_extra: &str, extra: &str) -> Env {
     let upstream = RecordingUpstream::start().await;
     let line_extra = format!("jwks_url = \"{}\"\n{line_extra}", line.jwks_url());
     let extra = format!("[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n{extra}");
-    let proxy = spawn_proxy(config(&config_text_line(
-        &line.base_url(),
-        &upstream.url(),
-        &line_extra,
-        &extra,
-    )))
-    .await;
-    Env {
-        line,
-        upstream,
-        proxy,
-    }
+    let proxy = spawn_proxy(config(&config_text_line(&line.base_url(), &upstream.url(), &line_extra, &extra))).await;
+    Env { line, upstream, proxy }
 }
 
 impl Env {
     /// A fresh nonce from the proxy's nonce endpoint.
     pub async fn nonce(&self) -> String {
-        let r = client()
-            .get(self.proxy.url("/auth/nonce"))
-            .send()
-            .await
-            .unwrap();
+        let r = client().get(self.proxy.url("/auth/nonce")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         v["nonce"].as_str().unwrap().to_string()
@@ -473,13 +396,6 @@ impl Env {
 
     /// POST /login with `token`; the status.
     pub async fn login(&self, token: &str) -> u16 {
-        client()
-            .post(self.proxy.url("/login"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        client().post(self.proxy.url("/login")).bearer_auth(token).send().await.unwrap().status().as_u16()
     }
 }
