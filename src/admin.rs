@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::auth::jwks::Jwks;
 use crate::cache::VerdictCache;
+use crate::redis_conn::RedisConn;
 use crate::telemetry::Metrics;
 
 /// What the admin endpoints report on.
@@ -28,12 +29,17 @@ pub struct Admin {
     pub cache: Arc<VerdictCache>,
     /// In local ID-token mode, readiness also waits for LINE's JWKS.
     pub jwks: Option<Arc<Jwks>>,
+    /// With Redis nonces, readiness follows Redis (the shared cache never does:
+    /// it degrades to memory + LINE).
+    pub nonce_redis: Option<Arc<RedisConn>>,
 }
 
 impl Admin {
     /// Listeners up, not shutting down, and (local ID-token mode) JWKS loaded.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.jwks.as_ref().is_none_or(|j| j.is_loaded())
+        self.ready.load(Ordering::Acquire)
+            && self.jwks.as_ref().is_none_or(|j| j.is_loaded())
+            && self.nonce_redis.as_ref().is_none_or(|r| r.is_healthy())
     }
 }
 

@@ -6,6 +6,11 @@
 //! never stored. Concurrent misses on one key share one verification: moka's
 //! `try_get_with` runs a single initialiser and hands its result to every waiter
 //! (hand-written single-flight with a map of futures is exactly what it replaces).
+//!
+//! With `cache.shared = "redis"` a second tier sits behind the in-process one:
+//! memory → Redis → LINE, still once per key per replica. Redis holds the
+//! identity (never the token) until the same instant memory would; a Redis
+//! failure only costs a LINE call, never a request.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,8 +20,14 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::auth::line::LineError;
-use crate::auth::{Rejection, Verdict, unix_now};
+use crate::auth::{Authenticated, Identity, Rejection, Verdict, is_line_user_id, unix_now};
 use crate::config::CacheConfig;
+use crate::headers::IdentityHeaderNames;
+use crate::redis_conn::RedisConn;
+use crate::telemetry::Metrics;
+
+/// Shared entries larger than this are ignored (16 KiB): ours are a few hundred bytes.
+const MAX_SHARED_VALUE_BYTES: usize = 16 * 1024;
 
 /// Digest of a credential: what the cache is keyed by.
 pub type CacheKey = [u8; 32];
@@ -51,6 +62,8 @@ pub enum Lookup {
     Miss,
     /// Waited for another request's verification of the same token.
     Coalesced,
+    /// Not in memory; found in the shared (Redis) tier.
+    Shared,
 }
 
 impl Lookup {
@@ -59,6 +72,7 @@ impl Lookup {
             Lookup::Hit => "hit",
             Lookup::Miss => "miss",
             Lookup::Coalesced => "coalesced",
+            Lookup::Shared => "shared",
         }
     }
 }
@@ -75,12 +89,18 @@ pub struct VerdictCache {
     inner: moka::future::Cache<CacheKey, Arc<Cached>>,
     ttl: Duration,
     negative_ttl: Duration,
+    shared: Option<SharedTier>,
 }
 
 impl VerdictCache {
-    pub fn new(config: &CacheConfig) -> Self {
+    pub fn new(config: &CacheConfig, shared: Option<SharedTier>) -> Self {
         let inner = moka::future::Cache::builder().max_capacity(config.max_entries).expire_after(PerEntryTtl).build();
-        Self { inner, ttl: config.ttl, negative_ttl: config.negative_ttl }
+        Self { inner, ttl: config.ttl, negative_ttl: config.negative_ttl, shared }
+    }
+
+    /// The shared tier's connection, if any.
+    pub fn shared_redis(&self) -> Option<&Arc<RedisConn>> {
+        self.shared.as_ref().map(|s| &s.conn)
     }
 
     /// The verdict for `key`: from the cache, or from `verify` (run once however
@@ -92,17 +112,26 @@ impl VerdictCache {
         let (result, lookup) = match self.inner.get(&key).await {
             Some(hit) => (Ok(hit), Lookup::Hit),
             None => {
-                let mut ran = false;
+                let mut ran = None;
                 let result = self
                     .inner
                     .try_get_with(key, async {
-                        ran = true;
+                        if let Some(shared) = &self.shared
+                            && let Some(found) = shared.get(&key).await
+                        {
+                            ran = Some(Lookup::Shared);
+                            return Ok(Arc::new(found));
+                        }
+                        ran = Some(Lookup::Miss);
                         let verdict = verify.await?;
                         let ttl = self.ttl_for(&verdict);
+                        if let Some(shared) = &self.shared {
+                            shared.put(&key, &verdict, ttl);
+                        }
                         Ok::<_, LineError>(Arc::new(Cached { verdict, ttl }))
                     })
                     .await;
-                (result, if ran { Lookup::Miss } else { Lookup::Coalesced })
+                (result, ran.unwrap_or(Lookup::Coalesced))
             }
         };
         match result {
@@ -136,6 +165,102 @@ impl VerdictCache {
     /// that `entry_count` is current).
     pub async fn sync(&self) {
         self.inner.run_pending_tasks().await;
+    }
+}
+
+/// The Redis tier: `{prefix}{hex digest}` → a [`SharedVerdict`] in JSON.
+pub struct SharedTier {
+    conn: Arc<RedisConn>,
+    /// Headers are re-encoded on read: only the identity is stored.
+    names: IdentityHeaderNames,
+    metrics: Arc<Metrics>,
+}
+
+/// What Redis holds for one credential digest.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedVerdict {
+    /// Format version.
+    v: u8,
+    /// Unix ms until which the verdict may be used (the memory tier's expiry).
+    until_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rejected: Option<String>,
+}
+
+impl SharedTier {
+    pub fn new(conn: Arc<RedisConn>, names: IdentityHeaderNames, metrics: Arc<Metrics>) -> Self {
+        Self { conn, names, metrics }
+    }
+
+    fn redis_key(&self, key: &CacheKey) -> String {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        self.conn.key(&hex)
+    }
+
+    /// The shared verdict, if Redis has a live one. Failures count and miss.
+    async fn get(&self, key: &CacheKey) -> Option<Cached> {
+        let get = redis::cmd("GET").arg(self.redis_key(key)).clone();
+        let bytes = match self.conn.run::<Option<Vec<u8>>>("cache_get", &get).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.metrics.cache_shared_misses.inc();
+                return None;
+            }
+            Err(_) => {
+                self.metrics.cache_shared_errors.inc();
+                return None;
+            }
+        };
+        let found = self.decode(&bytes);
+        match &found {
+            Some(_) => self.metrics.cache_shared_hits.inc(),
+            None => self.metrics.cache_shared_misses.inc(),
+        };
+        found
+    }
+
+    /// Checks everything it reads: a stale, malformed or implausible entry is a miss.
+    fn decode(&self, bytes: &[u8]) -> Option<Cached> {
+        if bytes.len() > MAX_SHARED_VALUE_BYTES {
+            return None;
+        }
+        let shared: SharedVerdict = serde_json::from_slice(bytes).ok()?;
+        let now_ms = unix_now() * 1000;
+        if shared.v != 1 || shared.until_ms <= now_ms {
+            return None;
+        }
+        let ttl = Duration::from_millis(shared.until_ms - now_ms);
+        let verdict = match (shared.identity, shared.rejected) {
+            (Some(identity), None) if is_line_user_id(&identity.user_id) && identity.expires_at > unix_now() => {
+                Verdict::Valid(Authenticated { headers: self.names.encode(&identity), identity })
+            }
+            (None, Some(code)) => Verdict::Rejected(Rejection::from_code(&code)?),
+            _ => return None,
+        };
+        Some(Cached { verdict, ttl })
+    }
+
+    /// Stores the verdict in the background: the request does not wait on Redis.
+    fn put(&self, key: &CacheKey, verdict: &Verdict, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let (identity, rejected) = match verdict {
+            Verdict::Valid(a) => (Some(a.identity.clone()), None),
+            Verdict::Rejected(r) => (None, Some(r.as_str().to_owned())),
+        };
+        let until_ms = unix_now() * 1000 + ttl.as_millis() as u64;
+        let value = serde_json::to_vec(&SharedVerdict { v: 1, until_ms, identity, rejected }).expect("serialisable");
+        let set = redis::cmd("SET").arg(self.redis_key(key)).arg(value).arg("PX").arg(ttl.as_millis() as u64).clone();
+        let conn = self.conn.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if conn.run::<()>("cache_set", &set).await.is_err() {
+                metrics.cache_shared_errors.inc();
+            }
+        });
     }
 }
 

@@ -63,6 +63,14 @@ pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
 pub const DEFAULT_NONCE_PATH: &str = "/auth/nonce";
 /// Nonce lifetime (300 seconds).
 pub const DEFAULT_NONCE_TTL_SECONDS: u64 = 300;
+/// Namespace of nonce keys in Redis (`line-auth-proxy:nonce:`).
+pub const DEFAULT_NONCE_REDIS_KEY_PREFIX: &str = "line-auth-proxy:nonce:";
+/// Namespace of shared verdicts in Redis (`line-auth-proxy:verdict:`).
+pub const DEFAULT_CACHE_REDIS_KEY_PREFIX: &str = "line-auth-proxy:verdict:";
+/// Per-call Redis timeout for nonces: past it, 503 (250 milliseconds).
+pub const DEFAULT_NONCE_REDIS_TIMEOUT_MS: u64 = 250;
+/// Per-call Redis timeout for the shared cache: past it, ask LINE (100 milliseconds).
+pub const DEFAULT_CACHE_REDIS_TIMEOUT_MS: u64 = 100;
 /// Header of the signed identity assertion; always stripped from clients (`X-Line-Identity-Jwt`).
 pub const DEFAULT_ASSERTION_HEADER: &str = "X-Line-Identity-Jwt";
 
@@ -113,6 +121,12 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("nonce.ttl_seconds", Kind::Int),
     ("nonce.store", Kind::Str),
     ("nonce.redis_url", Kind::Str),
+    ("nonce.redis_key_prefix", Kind::Str),
+    ("nonce.redis_timeout_ms", Kind::Int),
+    ("cache.shared", Kind::Str),
+    ("cache.redis_url", Kind::Str),
+    ("cache.redis_key_prefix", Kind::Str),
+    ("cache.redis_timeout_ms", Kind::Int),
     ("forward_auth.enabled", Kind::Bool),
     ("forward_auth.path", Kind::Str),
     ("forward_auth.trusted_proxies", Kind::StrList),
@@ -285,6 +299,14 @@ pub struct CacheSection {
     pub negative_ttl_seconds: u64,
     /// Capacity, entries (default [`DEFAULT_CACHE_MAX_ENTRIES`]).
     pub max_entries: u64,
+    /// `none` (default) or `redis`: a second tier shared by replicas.
+    pub shared: String,
+    /// Redis for the shared tier (default: `nonce.redis_url`).
+    pub redis_url: Option<String>,
+    /// Key namespace (default [`DEFAULT_CACHE_REDIS_KEY_PREFIX`]).
+    pub redis_key_prefix: String,
+    /// Per-call timeout, milliseconds (default [`DEFAULT_CACHE_REDIS_TIMEOUT_MS`]).
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for CacheSection {
@@ -293,6 +315,10 @@ impl Default for CacheSection {
             ttl_seconds: DEFAULT_CACHE_TTL_SECONDS,
             negative_ttl_seconds: DEFAULT_CACHE_NEGATIVE_TTL_SECONDS,
             max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            shared: "none".into(),
+            redis_url: None,
+            redis_key_prefix: DEFAULT_CACHE_REDIS_KEY_PREFIX.into(),
+            redis_timeout_ms: DEFAULT_CACHE_REDIS_TIMEOUT_MS,
         }
     }
 }
@@ -319,9 +345,14 @@ pub struct NonceSection {
     pub path: String,
     /// Nonce lifetime, seconds (default [`DEFAULT_NONCE_TTL_SECONDS`]).
     pub ttl_seconds: u64,
-    /// `memory` (default; `redis` arrives with the multi-replica work).
+    /// `memory` (default, one replica) or `redis` (shared by replicas).
     pub store: String,
+    /// `redis://` or `rediss://` URL, with password and database (required with `redis`).
     pub redis_url: Option<String>,
+    /// Key namespace (default [`DEFAULT_NONCE_REDIS_KEY_PREFIX`]).
+    pub redis_key_prefix: String,
+    /// Per-call timeout, milliseconds (default [`DEFAULT_NONCE_REDIS_TIMEOUT_MS`]).
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for NonceSection {
@@ -331,6 +362,8 @@ impl Default for NonceSection {
             ttl_seconds: DEFAULT_NONCE_TTL_SECONDS,
             store: "memory".into(),
             redis_url: None,
+            redis_key_prefix: DEFAULT_NONCE_REDIS_KEY_PREFIX.into(),
+            redis_timeout_ms: DEFAULT_NONCE_REDIS_TIMEOUT_MS,
         }
     }
 }
@@ -407,6 +440,42 @@ pub enum IdTokenVerification {
 pub struct NonceConfig {
     pub path: String,
     pub ttl: Duration,
+    /// `None`: in memory.
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where and how to reach Redis for one use (nonces or the shared cache).
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// May hold a password: never logged; see [`RedisConfig::redacted`].
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// `scheme://host:port/db`, without credentials: the form safe to log.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted())
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Drops `user:password@` from a URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}{}", &url[..scheme_end + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// Secret bytes that never show in `Debug` output.
@@ -458,6 +527,8 @@ pub struct CacheConfig {
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub max_entries: u64,
+    /// The shared second tier, when `cache.shared = "redis"`.
+    pub shared: Option<RedisConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -781,6 +852,26 @@ impl FileConfig {
         if !(1..=10_000_000).contains(&self.cache.max_entries) {
             p.push("cache.max_entries", "must be between 1 and 10000000");
         }
+        let shared_cache = match self.cache.shared.as_str() {
+            "none" => None,
+            "redis" => {
+                let url =
+                    self.cache.redis_url.clone().or_else(|| self.nonce.as_ref().and_then(|n| n.redis_url.clone()));
+                match url {
+                    None => {
+                        p.push("cache.redis_url", "is required with cache.shared = \"redis\" (or set nonce.redis_url)");
+                        None
+                    }
+                    Some(url) => {
+                        redis_config(&url, &self.cache.redis_key_prefix, self.cache.redis_timeout_ms, "cache", &mut p)
+                    }
+                }
+            }
+            other => {
+                p.push("cache.shared", format!("{other:?} is not one of none, redis"));
+                None
+            }
+        };
 
         let names = match IdentityHeaderNames::new(&self.identity.header_prefix) {
             Ok(n) => Some(n),
@@ -827,7 +918,7 @@ impl FileConfig {
                 timeout: upstream_timeout,
             },
             line: LineConfig { channel_ids: self.line.channel_ids, api_base_url, timeout: line_timeout },
-            cache: CacheConfig { ttl, negative_ttl, max_entries: self.cache.max_entries },
+            cache: CacheConfig { ttl, negative_ttl, max_entries: self.cache.max_entries, shared: shared_cache },
             identity: IdentityConfig {
                 names: names.expect("checked above"),
                 forward_authorization: self.identity.forward_authorization,
@@ -970,6 +1061,8 @@ fn validate_id_token(
         ttl_seconds: n.ttl_seconds,
         store: n.store.clone(),
         redis_url: n.redis_url.clone(),
+        redis_key_prefix: n.redis_key_prefix.clone(),
+        redis_timeout_ms: n.redis_timeout_ms,
     });
     if nonce.path != DEFAULT_NONCE_PATH
         && (!nonce.path.starts_with('/')
@@ -978,14 +1071,22 @@ fn validate_id_token(
         p.push("nonce.path", "must be a normalised path starting with /, e.g. \"/auth/nonce\"");
     }
     let nonce_ttl = range_secs(nonce.ttl_seconds, 1, 3_600, "nonce.ttl_seconds", p);
-    match nonce.store.as_str() {
-        "memory" => {}
-        "redis" => p.push(
-            "nonce.store",
-            "\"redis\" is not supported in this version (one replica, memory store); use \"memory\"",
-        ),
-        other => p.push("nonce.store", format!("{other:?} is not one of memory, redis")),
-    }
+    let redis = match (nonce.store.as_str(), &nonce.redis_url) {
+        ("memory", None) => None,
+        ("memory", Some(_)) => {
+            p.push("nonce.redis_url", "is set but nonce.store is \"memory\": set nonce.store = \"redis\" or remove it");
+            None
+        }
+        ("redis", None) => {
+            p.push("nonce.redis_url", "is required with nonce.store = \"redis\", e.g. \"redis://10.0.0.5:6379/0\"");
+            None
+        }
+        ("redis", Some(url)) => redis_config(url, &nonce.redis_key_prefix, nonce.redis_timeout_ms, "nonce", p),
+        (other, _) => {
+            p.push("nonce.store", format!("{other:?} is not one of memory, redis"));
+            None
+        }
+    };
     if !id_token_routes {
         // Settings that only ID-token routes use would silently do nothing.
         let unused = [
@@ -1007,7 +1108,44 @@ fn validate_id_token(
         jwks_url: line.jwks_url.clone(),
         clock_skew: Duration::from_secs(line.clock_skew_seconds),
         channel_secrets,
-        nonce: NonceConfig { path: nonce.path.clone(), ttl: nonce_ttl },
+        nonce: NonceConfig { path: nonce.path.clone(), ttl: nonce_ttl, redis },
+    })
+}
+
+/// Checks a Redis URL (`redis://` or `rediss://`, host required), key prefix and
+/// timeout for `section` (`nonce` or `cache`). Problems never echo the URL: it
+/// may hold a password.
+fn redis_config(url: &str, prefix: &str, timeout_ms: u64, section: &str, p: &mut Problems) -> Option<RedisConfig> {
+    let key = |k: &str| format!("{section}.{k}");
+    let ok_url = match url.split_once("://") {
+        Some(("redis" | "rediss", rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            !host.is_empty() && !host.starts_with('/') && redis::IntoConnectionInfo::into_connection_info(url).is_ok()
+        }
+        _ => false,
+    };
+    if !ok_url {
+        p.push(
+            key("redis_url"),
+            format!(
+                "{:?} is not a redis:// or rediss:// URL with a host (e.g. \"redis://:password@10.0.0.5:6379/0\"; unix sockets, Sentinel and Cluster are not supported)",
+                redact_url(url)
+            ),
+        );
+    }
+    if prefix.is_empty()
+        || prefix.len() > 128
+        || prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        p.push(key("redis_key_prefix"), "must be 1 to 128 visible characters, e.g. \"line-auth-proxy:nonce:\"");
+    }
+    if !(1..=10_000).contains(&timeout_ms) {
+        p.push(key("redis_timeout_ms"), "must be between 1 and 10000 milliseconds");
+    }
+    ok_url.then(|| RedisConfig {
+        url: url.to_owned(),
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_millis(timeout_ms),
     })
 }
 
@@ -1284,7 +1422,7 @@ methods = ["G ET"]
     fn id_token_values_are_checked() {
         let file = format!(
             "{MINIMAL}id_token_verification = \"sometimes\"\njwks_url = \"http://evil.example/certs\"\nclock_skew_seconds = 3600\n\
-             [nonce]\npath = \"nonce\"\nttl_seconds = 0\nstore = \"redis\"\n{LOGIN}"
+             [nonce]\npath = \"nonce\"\nttl_seconds = 0\nstore = \"disk\"\n{LOGIN}"
         );
         let k = keys_of(&load_str(&file, &[]).unwrap_err());
         for expected in [
@@ -1297,6 +1435,36 @@ methods = ["G ET"]
         ] {
             assert!(k.iter().any(|x| x == expected), "{expected} missing from {k:?}");
         }
+    }
+
+    #[test]
+    fn redis_settings_are_checked_and_passwords_never_echoed() {
+        let redis =
+            format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/3\"\n");
+        let c = load_str(&redis, &[]).unwrap();
+        let r = c.id_token.unwrap().nonce.redis.unwrap();
+        assert_eq!(r.key_prefix, "line-auth-proxy:nonce:");
+        assert_eq!(r.timeout, Duration::from_millis(250));
+        assert_eq!(r.redacted(), "redis://10.0.0.5:6379/3");
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let missing = format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\n");
+        assert_eq!(keys_of(&load_str(&missing, &[]).unwrap_err()), vec!["nonce.redis_url"]);
+        let stray = format!("{MINIMAL}{LOGIN}[nonce]\nredis_url = \"redis://x:1\"\n");
+        assert_eq!(keys_of(&load_str(&stray, &[]).unwrap_err()), vec!["nonce.redis_url"]);
+        let bad = redis.replace("redis://:hunter2@10.0.0.5:6379/3", "http://:hunter2@x/");
+        let p = load_str(&bad, &[]).unwrap_err();
+        assert_eq!(keys_of(&p), vec!["nonce.redis_url"]);
+        assert!(!p.to_string().contains("hunter2"), "{p}");
+        // The shared cache falls back to the nonce URL, or names its own.
+        let shared = format!("{redis}[cache]\nshared = \"redis\"\n");
+        let c = load_str(&shared, &[]).unwrap();
+        assert_eq!(c.cache.shared.unwrap().key_prefix, "line-auth-proxy:verdict:");
+        let alone = format!("{MINIMAL}[cache]\nshared = \"redis\"\n");
+        assert_eq!(keys_of(&load_str(&alone, &[]).unwrap_err()), vec!["cache.redis_url"]);
+        let own = format!(
+            "{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"rediss://cache.internal:6380\"\nredis_timeout_ms = 50\n"
+        );
+        assert_eq!(load_str(&own, &[]).unwrap().cache.shared.unwrap().timeout, Duration::from_millis(50));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod headers;
 pub mod mock_line;
 pub mod proxy;
+pub mod redis_conn;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
@@ -39,6 +40,8 @@ pub enum RunError {
     Tls(#[from] server::TlsError),
     #[error("cannot build the LINE Platform client: {0}")]
     LineClient(String),
+    #[error("cannot set up Redis: {0}")]
+    Redis(String),
 }
 
 /// Installs ring as the process-wide rustls provider (the only one compiled in).
@@ -80,17 +83,39 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
         .id_token
         .as_ref()
         .map(|c| auth::id_token::IdTokenVerifier::new(c, config.line.channel_ids.clone(), line.clone(), jwks.clone()));
-    let nonces = config.id_token.as_ref().map(|c| proxy::Nonces {
-        path: c.nonce.path.clone(),
-        store: Arc::new(auth::nonce::NonceStore::new(c.nonce.ttl, auth::nonce::MAX_NONCES, metrics.clone())),
-    });
-    let cache = Arc::new(cache::VerdictCache::new(&config.cache));
+    let redis = |c: &config::RedisConfig, purpose| {
+        redis_conn::RedisConn::new(c, purpose, metrics.clone()).map(Arc::new).map_err(RunError::Redis)
+    };
+    let nonces = match &config.id_token {
+        None => None,
+        Some(c) => {
+            let store = match &c.nonce.redis {
+                None => auth::nonce::NonceStore::Memory(auth::nonce::MemoryNonces::new(
+                    c.nonce.ttl,
+                    auth::nonce::MAX_NONCES,
+                    metrics.clone(),
+                )),
+                Some(r) => auth::nonce::NonceStore::Redis(auth::nonce::RedisNonces::new(
+                    redis(r, "nonce")?,
+                    c.nonce.ttl,
+                    metrics.clone(),
+                )),
+            };
+            Some(proxy::Nonces { path: c.nonce.path.clone(), store: Arc::new(store) })
+        }
+    };
+    let shared = match &config.cache.shared {
+        None => None,
+        Some(r) => Some(cache::SharedTier::new(redis(r, "cache")?, config.identity.names.clone(), metrics.clone())),
+    };
+    let cache = Arc::new(cache::VerdictCache::new(&config.cache, shared));
     let upstream = upstream::Upstream::new(&config.upstream);
     let admin = Arc::new(admin::Admin {
         ready: AtomicBool::new(false),
         metrics: metrics.clone(),
         cache: cache.clone(),
         jwks: jwks.clone(),
+        nonce_redis: nonces.as_ref().and_then(|n| n.store.redis().cloned()),
     });
     let state = Arc::new(proxy::State { config, line, id_tokens, nonces, cache, upstream, metrics });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin })
@@ -117,7 +142,10 @@ impl Bound {
             background.push(tokio::spawn(jwks.clone().run_refresher()));
         }
         if let Some(nonces) = &self.state.nonces {
-            background.push(tokio::spawn(nonces.store.clone().run_sweeper()));
+            background.push(tokio::spawn(nonces.store.clone().run_maintenance()));
+        }
+        if let Some(shared) = self.state.cache.shared_redis() {
+            background.push(tokio::spawn(shared.clone().run_health_probe()));
         }
         let proxy_task = tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.state.clone(), stop_rx));
         self.admin.ready.store(true, Ordering::Release);

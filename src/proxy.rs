@@ -146,7 +146,7 @@ async fn pipeline(
     {
         outcome.auth = RouteAuth::None;
         outcome.outcome = "nonce_issued";
-        return issue_nonce(req.method(), &nonces.store);
+        return issue_nonce(req.method(), &nonces.store).await;
     }
 
     // 3. strip_identity
@@ -231,12 +231,12 @@ async fn pipeline(
 }
 
 /// `GET {nonce.path}`: a fresh nonce as `{"nonce": …, "expires_in": …}`.
-fn issue_nonce(method: &Method, store: &NonceStore) -> Result<Response<ProxyBody>, ProxyError> {
+async fn issue_nonce(method: &Method, store: &NonceStore) -> Result<Response<ProxyBody>, ProxyError> {
     // GET only: a HEAD would store a nonce nobody ever sees.
     if method != Method::GET {
         return Err(ProxyError::Client(ClientError::NonceMethod));
     }
-    let nonce = store.issue().map_err(|_| ProxyError::NonceStore)?;
+    let nonce = store.issue().await.map_err(|_| ProxyError::NonceStore)?;
     let body = serde_json::json!({ "nonce": nonce, "expires_in": store.ttl().as_secs() });
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     let headers = response.headers_mut();
@@ -278,7 +278,7 @@ async fn authenticate_id_token(
     // or LINE call: floods of made-up tokens cost nothing upstream.
     let peeked = match claimed_nonce.as_deref() {
         None => return Err(rejected(Rejection::NonceMissing)),
-        Some(n) => nonces.store.peek(n),
+        Some(n) => nonces.store.peek(n).await.map_err(|_| ProxyError::NonceStore)?,
     };
     match peeked {
         Consumed::Fresh => {}
@@ -295,7 +295,7 @@ async fn authenticate_id_token(
     let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
     let nonce = claims.nonce.as_deref().ok_or(rejected(Rejection::NonceMissing))?;
     // Consumed only now: a token that failed verification never burns a nonce.
-    match nonces.store.consume(nonce) {
+    match nonces.store.consume(nonce).await.map_err(|_| ProxyError::NonceStore)? {
         Consumed::Fresh => Ok(Arc::new(Cached::uncached(valid(claims)))),
         Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
         Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
@@ -345,6 +345,10 @@ where
         Lookup::Coalesced => {
             metrics.cache_coalesced.inc();
             miss_source
+        }
+        Lookup::Shared => {
+            metrics.cache_misses.inc();
+            "shared"
         }
     };
     metrics.auth_duration.get_or_create(&SourceLabels { source }).observe(start.elapsed().as_secs_f64());

@@ -91,6 +91,20 @@ pub struct LineCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisLabels {
+    /// `nonce` or `cache`.
+    pub purpose: &'static str,
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisOpLabels {
+    pub purpose: &'static str,
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NonceLabels {
     pub event: &'static str,
 }
@@ -135,6 +149,14 @@ pub struct Metrics {
     pub nonces: Family<NonceLabels, Counter>,
     /// ES256 keys currently loaded from LINE's JWKS.
     pub jwks_keys: Gauge,
+    /// Redis calls by `purpose` (nonce, cache), `op` and `outcome` (ok, error, timeout).
+    pub redis_requests: Family<RedisLabels, Counter>,
+    pub redis_duration: HistogramFamily<RedisOpLabels>,
+    /// Verdicts found in the shared (Redis) tier.
+    pub cache_shared_hits: Counter,
+    pub cache_shared_misses: Counter,
+    /// Shared-tier lookups or writes that failed (the request went on to LINE).
+    pub cache_shared_errors: Counter,
     request_ids: AtomicU64,
 }
 
@@ -195,10 +217,34 @@ impl Metrics {
         registry.register("nonces", "Nonce events: issued, consumed, expired, rejected, store_full", nonces.clone());
         let jwks_keys = Gauge::default();
         registry.register("jwks_keys", "ES256 keys loaded from LINE's JWKS", jwks_keys.clone());
+        let redis_requests = Family::<RedisLabels, Counter>::default();
+        registry.register("redis_requests", "Redis calls by purpose, operation and outcome", redis_requests.clone());
+        let redis_duration =
+            HistogramFamily::<RedisOpLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "redis_request_duration_seconds",
+            "Redis call latency by purpose and operation",
+            redis_duration.clone(),
+        );
+        let cache_shared_hits = Counter::default();
+        registry.register("cache_shared_hits", "Verdicts served from the shared Redis tier", cache_shared_hits.clone());
+        let cache_shared_misses = Counter::default();
+        registry.register("cache_shared_misses", "Shared-tier lookups that found nothing", cache_shared_misses.clone());
+        let cache_shared_errors = Counter::default();
+        registry.register(
+            "cache_shared_errors",
+            "Shared-tier calls that failed (degraded to memory + LINE)",
+            cache_shared_errors.clone(),
+        );
         Self {
             registry,
             nonces,
             jwks_keys,
+            redis_requests,
+            redis_duration,
+            cache_shared_hits,
+            cache_shared_misses,
+            cache_shared_errors,
             requests,
             rejections,
             unavailable,

@@ -14,7 +14,8 @@ pub mod nonce;
 use http::{HeaderName, HeaderValue};
 
 /// How the client proved who it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     AccessToken,
     IdToken,
@@ -31,7 +32,7 @@ impl AuthMethod {
 }
 
 /// An identity the LINE Platform vouched for. Nothing here comes from the client.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// `U` + 32 hex, from `/v2/profile`.
     pub user_id: String,
@@ -94,6 +95,32 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every variant, to read a reason code back (the shared cache stores codes).
+    pub const ALL: [Rejection; 17] = [
+        Rejection::Expired,
+        Rejection::Invalid,
+        Rejection::WrongChannel,
+        Rejection::NotPositiveExpiry,
+        Rejection::NoProfileScope,
+        Rejection::IdTokenMalformed,
+        Rejection::IdTokenAlgorithm,
+        Rejection::UnknownKey,
+        Rejection::NoChannelSecret,
+        Rejection::BadSignature,
+        Rejection::WrongIssuer,
+        Rejection::IssuedInFuture,
+        Rejection::BadSubject,
+        Rejection::NonceMissing,
+        Rejection::NonceUnknown,
+        Rejection::NonceExpired,
+        Rejection::NonceMismatch,
+    ];
+
+    /// The variant whose [`Self::as_str`] is `code`.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+
     /// Stable reason code for logs and the `reason` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -161,6 +188,14 @@ pub fn is_line_user_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_code_reads_back() {
+        for r in Rejection::ALL {
+            assert_eq!(Rejection::from_code(r.as_str()), Some(r));
+        }
+        assert_eq!(Rejection::from_code("nope"), None);
+    }
 
     #[test]
     fn user_id_shape() {

@@ -3,8 +3,13 @@
 //! `GET {nonce.path}` issues one (256 random bits, base64url); an ID token whose
 //! `nonce` claim names it consumes it — atomically, once, and only after the
 //! token's signature and claims verified, so a forged token cannot burn a
-//! nonce. The store is bounded: when full it answers 503 rather than evict live
-//! nonces; expired ones are swept lazily and by a background sweeper.
+//! nonce.
+//!
+//! Two stores: [`MemoryNonces`] for one replica — bounded, answering 503 when
+//! full rather than evicting live nonces, swept lazily and by a background task —
+//! and Redis for several, where `SET NX EX` issues and `GETDEL` consumes, so two
+//! replicas racing on one nonce cannot both win. Redis failing is a 503: nonces
+//! fail closed, never "accept without checking".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use rand::RngCore;
 
+use crate::redis_conn::RedisConn;
 use crate::telemetry::{Metrics, NonceLabels};
 
 /// Live nonces held at most (100000): at the default 300 s TTL that is a
@@ -30,6 +36,171 @@ const INLINE_SWEEP_INTERVAL_MS: u64 = 1_000;
 #[error("the nonce store is full")]
 pub struct NonceStoreFull;
 
+/// The longest nonce the stores will look up (ours are 43 characters): anything
+/// longer, or not base64url, is unknown without a lookup.
+const MAX_NONCE_CHARS: usize = 64;
+/// Redis keeps a nonce this much past its TTL, so an expired one can still be
+/// told from one never issued (60 seconds).
+const REDIS_EXPIRED_GRACE_SECONDS: u64 = 60;
+
+/// Why the store could not answer: 503.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NonceError {
+    #[error("the nonce store is full")]
+    Full,
+    #[error("the nonce store is unreachable")]
+    Unavailable,
+}
+
+/// Where nonces live.
+pub enum NonceStore {
+    Memory(MemoryNonces),
+    Redis(RedisNonces),
+}
+
+impl NonceStore {
+    pub fn ttl(&self) -> Duration {
+        match self {
+            NonceStore::Memory(m) => m.ttl(),
+            NonceStore::Redis(r) => r.ttl,
+        }
+    }
+
+    pub async fn issue(&self) -> Result<String, NonceError> {
+        match self {
+            NonceStore::Memory(m) => m.issue().map_err(|_| NonceError::Full),
+            NonceStore::Redis(r) => r.issue().await,
+        }
+    }
+
+    /// What [`Self::consume`] would find, without consuming.
+    pub async fn peek(&self, nonce: &str) -> Result<Consumed, NonceError> {
+        if !plausible(nonce) {
+            return Ok(Consumed::Unknown);
+        }
+        match self {
+            NonceStore::Memory(m) => Ok(m.peek(nonce)),
+            NonceStore::Redis(r) => r.peek(nonce).await,
+        }
+    }
+
+    /// Consumes `nonce` atomically: of any number of concurrent consumers, on
+    /// any number of replicas sharing the store, one sees [`Consumed::Fresh`].
+    pub async fn consume(&self, nonce: &str) -> Result<Consumed, NonceError> {
+        if !plausible(nonce) {
+            return Ok(Consumed::Unknown);
+        }
+        match self {
+            NonceStore::Memory(m) => Ok(m.consume(nonce)),
+            NonceStore::Redis(r) => r.consume(nonce).await,
+        }
+    }
+
+    /// Background upkeep until aborted: sweeping expired nonces in memory, or
+    /// probing Redis health (readiness follows it).
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let period = self.ttl().min(Duration::from_secs(30));
+        match &*self {
+            NonceStore::Memory(m) => loop {
+                tokio::time::sleep(period).await;
+                m.sweep();
+            },
+            NonceStore::Redis(r) => r.conn.clone().run_health_probe().await,
+        }
+    }
+
+    /// The Redis connection, when nonces live there (readiness follows it).
+    pub fn redis(&self) -> Option<&Arc<RedisConn>> {
+        match self {
+            NonceStore::Memory(_) => None,
+            NonceStore::Redis(r) => Some(&r.conn),
+        }
+    }
+}
+
+fn plausible(nonce: &str) -> bool {
+    !nonce.is_empty()
+        && nonce.len() <= MAX_NONCE_CHARS
+        && nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn fresh_nonce() -> String {
+    let mut bytes = [0u8; NONCE_BYTES];
+    // ThreadRng is a CSPRNG (ChaCha) seeded from the OS.
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Nonces in Redis: the value is the expiry (unix ms), the key lives a grace
+/// period longer so that an expired nonce reads as expired, not unknown.
+pub struct RedisNonces {
+    conn: Arc<RedisConn>,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisNonces {
+    pub fn new(conn: Arc<RedisConn>, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { conn, ttl, metrics }
+    }
+
+    async fn issue(&self) -> Result<String, NonceError> {
+        let nonce = fresh_nonce();
+        let expires = unix_millis() + self.ttl.as_millis() as u64;
+        let set = redis::cmd("SET")
+            .arg(self.conn.key(&nonce))
+            .arg(expires)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.ttl.as_secs() + REDIS_EXPIRED_GRACE_SECONDS)
+            .clone();
+        // NX: a (2^-256-unlikely) collision answers nil rather than overwrite.
+        match self.conn.run::<Option<String>>("nonce_issue", &set).await {
+            Ok(Some(_)) => {
+                self.count("issued");
+                Ok(nonce)
+            }
+            Ok(None) | Err(_) => Err(NonceError::Unavailable),
+        }
+    }
+
+    async fn peek(&self, nonce: &str) -> Result<Consumed, NonceError> {
+        let get = redis::cmd("GET").arg(self.conn.key(nonce)).clone();
+        let value = self.conn.run::<Option<u64>>("nonce_peek", &get).await.map_err(|_| NonceError::Unavailable)?;
+        Ok(classify(value))
+    }
+
+    async fn consume(&self, nonce: &str) -> Result<Consumed, NonceError> {
+        // GETDEL is the atomic step (Redis >= 6.2): one caller gets the value.
+        let getdel = redis::cmd("GETDEL").arg(self.conn.key(nonce)).clone();
+        let value =
+            self.conn.run::<Option<u64>>("nonce_consume", &getdel).await.map_err(|_| NonceError::Unavailable)?;
+        let outcome = classify(value);
+        self.count(match outcome {
+            Consumed::Fresh => "consumed",
+            Consumed::Expired => "expired",
+            Consumed::Unknown => "rejected",
+        });
+        Ok(outcome)
+    }
+
+    fn count(&self, event: &'static str) {
+        self.metrics.nonces.get_or_create(&NonceLabels { event }).inc();
+    }
+}
+
+fn classify(expires_ms: Option<u64>) -> Consumed {
+    match expires_ms {
+        Some(expires) if expires > unix_millis() => Consumed::Fresh,
+        Some(_) => Consumed::Expired,
+        None => Consumed::Unknown,
+    }
+}
+
 /// What consuming a nonce found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consumed {
@@ -41,7 +212,7 @@ pub enum Consumed {
     Expired,
 }
 
-pub struct NonceStore {
+pub struct MemoryNonces {
     live: DashMap<String, Instant>,
     ttl: Duration,
     capacity: usize,
@@ -50,7 +221,7 @@ pub struct NonceStore {
     metrics: Arc<Metrics>,
 }
 
-impl NonceStore {
+impl MemoryNonces {
     pub fn new(ttl: Duration, capacity: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             live: DashMap::new(),
@@ -75,10 +246,7 @@ impl NonceStore {
                 return Err(NonceStoreFull);
             }
         }
-        let mut bytes = [0u8; NONCE_BYTES];
-        // ThreadRng is a CSPRNG (ChaCha) seeded from the OS.
-        rand::rng().fill_bytes(&mut bytes);
-        let nonce = URL_SAFE_NO_PAD.encode(bytes);
+        let nonce = fresh_nonce();
         self.live.insert(nonce.clone(), Instant::now() + self.ttl);
         self.count("issued");
         Ok(nonce)
@@ -132,15 +300,6 @@ impl NonceStore {
         }
     }
 
-    /// Sweeps every `min(ttl, 30 s)` until the task is aborted.
-    pub async fn run_sweeper(self: Arc<Self>) {
-        let period = self.ttl.min(Duration::from_secs(30));
-        loop {
-            tokio::time::sleep(period).await;
-            self.sweep();
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.live.len()
     }
@@ -158,8 +317,8 @@ impl NonceStore {
 mod tests {
     use super::*;
 
-    fn store(ttl_ms: u64, capacity: usize) -> NonceStore {
-        NonceStore::new(Duration::from_millis(ttl_ms), capacity, Arc::new(Metrics::new()))
+    fn store(ttl_ms: u64, capacity: usize) -> MemoryNonces {
+        MemoryNonces::new(Duration::from_millis(ttl_ms), capacity, Arc::new(Metrics::new()))
     }
 
     #[test]
@@ -175,6 +334,14 @@ mod tests {
         assert_eq!(s.peek(&a), Consumed::Unknown);
         assert_eq!(s.consume(&a), Consumed::Unknown);
         assert_eq!(s.consume("never-issued"), Consumed::Unknown);
+    }
+
+    #[tokio::test]
+    async fn implausible_nonces_are_unknown_without_a_lookup() {
+        let s = NonceStore::Memory(store(60_000, 10));
+        for bad in ["", "a b", "x".repeat(65).as_str(), "ab/cd", "ab%2F"] {
+            assert_eq!(s.consume(bad).await, Ok(Consumed::Unknown), "{bad:?}");
+        }
     }
 
     #[test]

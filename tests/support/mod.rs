@@ -399,3 +399,90 @@ impl Env {
         client().post(self.proxy.url("/login")).bearer_auth(token).send().await.unwrap().status().as_u16()
     }
 }
+
+/// A real `redis-server` (Debian's package) on an ephemeral loopback port,
+/// killed on drop. A missing binary is a failure, never a skipped test.
+pub struct RedisServer {
+    pub port: u16,
+    password: Option<String>,
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        Self::start_with_password(None).await
+    }
+
+    pub async fn start_with_password(password: Option<&str>) -> Self {
+        let dir = std::env::temp_dir().join(format!("lap-redis-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self { port: closed_addr().port(), password: password.map(str::to_owned), child: None, dir };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}): install it (apt-get install -y redis-server); .ci/run does")
+        });
+        self.child = Some(child);
+        for _ in 0..500 {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
+                let _ = s.write_all(b"PING\r\n").await;
+                let mut buf = [0u8; 64];
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+                    && n > 0
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// `redis://[:password@]127.0.0.1:port/db`.
+    pub fn url(&self, db: u8) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/{db}", self.port),
+            None => format!("redis://127.0.0.1:{}/{db}", self.port),
+        }
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Keys matching `pattern` in database `db`.
+    pub async fn keys(&self, db: u8, pattern: &str) -> Vec<String> {
+        let client = redis::Client::open(self.url(db)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,211 @@
+//! Several replicas behind one real Redis: nonces issued by one are consumable
+//! exactly once by any; verdicts verified by one serve the others; Redis
+//! outages fail nonce routes closed while access-token routes keep working.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const LOGIN_ROUTE: &str = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
+
+/// Two proxies (A, B) sharing `redis` for nonces and verdicts, one mock LINE.
+struct Replicas {
+    line: MockLine,
+    upstream: RecordingUpstream,
+    a: TestProxy,
+    b: TestProxy,
+}
+
+async fn replicas(redis: &RedisServer) -> Replicas {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let extra = format!(
+        "{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n[cache]\nshared = \"redis\"\n",
+        redis.url(3)
+    );
+    let text =
+        config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
+    let a = spawn_proxy(config(&text)).await;
+    let b = spawn_proxy(config(&text)).await;
+    Replicas { line, upstream, a, b }
+}
+
+async fn nonce_from(p: &TestProxy) -> String {
+    let r = client().get(p.url("/auth/nonce")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<serde_json::Value>().await.unwrap()["nonce"].as_str().unwrap().to_string()
+}
+
+async fn login(p: &TestProxy, token: &str) -> u16 {
+    client().post(p.url("/login")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+fn id_token(line: &MockLine, nonce: &str) -> String {
+    line.sign_es256(&MockLine::id_claims(CHANNEL, USER, Some(nonce)))
+}
+
+#[tokio::test]
+async fn a_nonce_from_one_replica_is_consumed_once_by_any() {
+    let redis = RedisServer::start().await;
+    let r = replicas(&redis).await;
+    let nonce = nonce_from(&r.a).await;
+    let token = id_token(&r.line, &nonce);
+    assert_eq!(login(&r.b, &token).await, 200);
+    assert_eq!(login(&r.a, &token).await, 401);
+    assert_eq!(login(&r.b, &token).await, 401);
+    // Another token carrying the spent nonce, on either replica: refused.
+    assert_eq!(login(&r.a, &id_token(&r.line, &nonce)).await, 401);
+    assert_eq!(r.upstream.hits(), 1);
+    // The keys are namespaced, in the URL's database.
+    assert!(redis.keys(3, "line-auth-proxy:nonce:*").await.is_empty(), "consumed nonce left behind");
+    let live = nonce_from(&r.b).await;
+    assert_eq!(redis.keys(3, "line-auth-proxy:nonce:*").await, vec![format!("line-auth-proxy:nonce:{live}")]);
+    assert!(redis.keys(0, "*").await.is_empty(), "keys written outside database 3");
+    let m = r.a.metrics().await;
+    assert!(
+        metric(&m, "line_auth_proxy_redis_requests_total{purpose=\"nonce\",op=\"nonce_issue\",outcome=\"ok\"}") >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_consumers_across_replicas_have_one_winner() {
+    let redis = RedisServer::start().await;
+    let r = replicas(&redis).await;
+    let token: &'static str = Box::leak(id_token(&r.line, &nonce_from(&r.a).await).into_boxed_str());
+    let c = client();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let url = if i % 2 == 0 { r.a.url("/login") } else { r.b.url("/login") };
+            let c = c.clone();
+            tokio::spawn(async move { c.post(url).bearer_auth(token).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+    assert_eq!(r.upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_verdict_cached_by_one_replica_serves_the_other_without_line() {
+    let redis = RedisServer::start().await;
+    let r = replicas(&redis).await;
+    assert_eq!(client().get(r.a.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(r.line.verify_calls(), 1);
+    // The write to Redis happens in the background: wait until it landed.
+    for _ in 0..100 {
+        if !redis.keys(3, "line-auth-proxy:verdict:*").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stored = redis.keys(3, "line-auth-proxy:verdict:*").await;
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains(TOKEN), "the raw token is a Redis key");
+    assert_eq!(client().get(r.b.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(r.line.verify_calls(), 1, "replica B asked LINE again");
+    let seen = r.upstream.last();
+    assert_eq!(seen.headers["x-line-user-id"], USER);
+    assert_eq!(seen.headers["x-line-display-name"], "Brown");
+    let m = r.b.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_cache_shared_hits_total"), 1.0, "{m}");
+    // Rejections are shared too, for their short TTL.
+    assert_eq!(client().get(r.a.url("/api/x")).bearer_auth("bogus").send().await.unwrap().status(), 401);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client().get(r.b.url("/api/x")).bearer_auth("bogus").send().await.unwrap().status(), 401);
+    assert_eq!(r.line.verify_calls(), 2);
+}
+
+#[tokio::test]
+async fn redis_outage_fails_nonces_closed_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let r = replicas(&redis).await;
+    let c = client();
+    let nonce = nonce_from(&r.a).await;
+    redis.kill();
+
+    // Nonce routes: 503, never "accept without checking".
+    let res = c.get(r.a.url("/auth/nonce")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let token = id_token(&r.line, &nonce);
+    assert_eq!(login(&r.b, &token).await, 503);
+    assert_eq!(r.upstream.hits(), 0);
+
+    // Access tokens still work: the shared cache degrades to memory + LINE.
+    assert_eq!(c.get(r.a.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(r.a.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(r.line.verify_calls(), 1);
+    let m = r.a.metrics().await;
+    assert!(metric(&m, "line_auth_proxy_cache_shared_errors_total") >= 1.0, "{m}");
+
+    // Readiness reports the nonce store's Redis.
+    let mut not_ready = false;
+    for _ in 0..50 {
+        if c.get(r.a.admin_url("/readyz")).send().await.unwrap().status() == 503 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_ready, "/readyz stayed 200 with the nonce store down");
+
+    // Redis comes back (empty): reconnection happens by itself.
+    redis.restart().await;
+    let mut recovered = false;
+    for _ in 0..100 {
+        if c.get(r.b.url("/auth/nonce")).send().await.unwrap().status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "nonce issuance never recovered");
+    let fresh = nonce_from(&r.b).await;
+    assert_eq!(login(&r.a, &id_token(&r.line, &fresh)).await, 200);
+    // The nonce issued before the outage died with it: refused, not accepted.
+    assert_eq!(login(&r.a, &token).await, 401);
+    let mut ready = false;
+    for _ in 0..50 {
+        if c.get(r.a.admin_url("/readyz")).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_means_not_ready_until_it_comes() {
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let line = MockLine::start().await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let extra = format!("{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n", redis.url(0));
+    let text =
+        config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
+    let proxy = spawn_proxy_unready(config(&text)).await;
+    let c = client();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get(proxy.admin_url("/readyz")).send().await.unwrap().status(), 503);
+    assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 503);
+    redis.restart().await;
+    let mut ready = false;
+    for _ in 0..100 {
+        if c.get(proxy.admin_url("/readyz")).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "never became ready after Redis came up");
+    assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 200);
+}
