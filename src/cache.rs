@@ -20,9 +20,9 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::auth::line::LineError;
-use crate::auth::{Authenticated, Identity, Rejection, Verdict, is_line_user_id, unix_now};
+use crate::auth::{Identity, Rejection, Verdict, is_line_user_id, unix_now};
 use crate::config::CacheConfig;
-use crate::headers::IdentityHeaderNames;
+use crate::headers::{EncodedIdentity, IdentityHeaderNames};
 use crate::redis_conn::RedisConn;
 use crate::telemetry::Metrics;
 
@@ -48,10 +48,18 @@ pub fn cache_key(kind: CredentialKind, token: &str) -> CacheKey {
     h.finalize().into()
 }
 
+/// What a cache entry holds: for a valid token only its encoded headers (one
+/// buffer, a few hundred bytes), so 100000 identities fit in tens of megabytes.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    Valid(EncodedIdentity),
+    Rejected(Rejection),
+}
+
 /// A cached verdict with the time it may live, fixed when it was created.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Cached {
-    pub verdict: Verdict,
+    pub stored: Stored,
     ttl: Duration,
 }
 
@@ -79,23 +87,34 @@ impl Lookup {
 
 struct PerEntryTtl;
 
-impl Expiry<CacheKey, Arc<Cached>> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &CacheKey, value: &Arc<Cached>, _now: Instant) -> Option<Duration> {
+impl Expiry<CacheKey, Cached> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &CacheKey, value: &Cached, _now: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
 
 pub struct VerdictCache {
-    inner: moka::future::Cache<CacheKey, Arc<Cached>>,
+    /// Entries by value, not `Arc`: a clone is a refcount and 80 bytes, and
+    /// 100000 entries save an allocation each.
+    inner: moka::future::Cache<CacheKey, Cached>,
     ttl: Duration,
     negative_ttl: Duration,
+    names: IdentityHeaderNames,
     shared: Option<SharedTier>,
 }
 
 impl VerdictCache {
-    pub fn new(config: &CacheConfig, shared: Option<SharedTier>) -> Self {
+    pub fn new(config: &CacheConfig, names: IdentityHeaderNames, shared: Option<SharedTier>) -> Self {
         let inner = moka::future::Cache::builder().max_capacity(config.max_entries).expire_after(PerEntryTtl).build();
-        Self { inner, ttl: config.ttl, negative_ttl: config.negative_ttl, shared }
+        Self { inner, ttl: config.ttl, negative_ttl: config.negative_ttl, names, shared }
+    }
+
+    /// The compact form a verdict is kept in.
+    pub fn store(&self, verdict: &Verdict) -> Stored {
+        match verdict {
+            Verdict::Valid(identity) => Stored::Valid(self.names.encode(identity)),
+            Verdict::Rejected(r) => Stored::Rejected(*r),
+        }
     }
 
     /// The shared tier's connection, if any.
@@ -105,7 +124,7 @@ impl VerdictCache {
 
     /// The verdict for `key`: from the cache, or from `verify` (run once however
     /// many requests wait for it). `Err` is never cached.
-    pub async fn get_or_verify<F>(&self, key: CacheKey, verify: F) -> (Result<Arc<Cached>, Arc<LineError>>, Lookup)
+    pub async fn get_or_verify<F>(&self, key: CacheKey, verify: F) -> (Result<Cached, Arc<LineError>>, Lookup)
     where
         F: Future<Output = Result<Verdict, LineError>>,
     {
@@ -117,10 +136,10 @@ impl VerdictCache {
                     .inner
                     .try_get_with(key, async {
                         if let Some(shared) = &self.shared
-                            && let Some(found) = shared.get(&key).await
+                            && let Some((verdict, ttl)) = shared.get(&key).await
                         {
                             ran = Some(Lookup::Shared);
-                            return Ok(Arc::new(found));
+                            return Ok(Cached { stored: self.store(&verdict), ttl });
                         }
                         ran = Some(Lookup::Miss);
                         let verdict = verify.await?;
@@ -128,7 +147,7 @@ impl VerdictCache {
                         if let Some(shared) = &self.shared {
                             shared.put(&key, &verdict, ttl);
                         }
-                        Ok::<_, LineError>(Arc::new(Cached { verdict, ttl }))
+                        Ok::<_, LineError>(Cached { stored: self.store(&verdict), ttl })
                     })
                     .await;
                 (result, ran.unwrap_or(Lookup::Coalesced))
@@ -140,8 +159,8 @@ impl VerdictCache {
             // expiry. (A fresh verification stands as its verifier decided.)
             Ok(cached) if lookup != Lookup::Miss && !cached.is_live() => {
                 self.inner.invalidate(&key).await;
-                let expired = Cached { verdict: Verdict::Rejected(Rejection::Expired), ttl: Duration::ZERO };
-                (Ok(Arc::new(expired)), lookup)
+                let expired = Cached { stored: Stored::Rejected(Rejection::Expired), ttl: Duration::ZERO };
+                (Ok(expired), lookup)
             }
             other => (other, lookup),
         }
@@ -149,8 +168,8 @@ impl VerdictCache {
 
     fn ttl_for(&self, verdict: &Verdict) -> Duration {
         match verdict {
-            Verdict::Valid(a) => {
-                let left = a.identity.expires_at.saturating_sub(unix_now());
+            Verdict::Valid(identity) => {
+                let left = identity.expires_at.saturating_sub(unix_now());
                 self.ttl.min(Duration::from_secs(left))
             }
             Verdict::Rejected(_) => self.negative_ttl,
@@ -171,8 +190,6 @@ impl VerdictCache {
 /// The Redis tier: `{prefix}{hex digest}` → a [`SharedVerdict`] in JSON.
 pub struct SharedTier {
     conn: Arc<RedisConn>,
-    /// Headers are re-encoded on read: only the identity is stored.
-    names: IdentityHeaderNames,
     metrics: Arc<Metrics>,
 }
 
@@ -190,8 +207,8 @@ struct SharedVerdict {
 }
 
 impl SharedTier {
-    pub fn new(conn: Arc<RedisConn>, names: IdentityHeaderNames, metrics: Arc<Metrics>) -> Self {
-        Self { conn, names, metrics }
+    pub fn new(conn: Arc<RedisConn>, metrics: Arc<Metrics>) -> Self {
+        Self { conn, metrics }
     }
 
     fn redis_key(&self, key: &CacheKey) -> String {
@@ -200,7 +217,7 @@ impl SharedTier {
     }
 
     /// The shared verdict, if Redis has a live one. Failures count and miss.
-    async fn get(&self, key: &CacheKey) -> Option<Cached> {
+    async fn get(&self, key: &CacheKey) -> Option<(Verdict, Duration)> {
         let get = redis::cmd("GET").arg(self.redis_key(key)).clone();
         let bytes = match self.conn.run::<Option<Vec<u8>>>("cache_get", &get).await {
             Ok(Some(bytes)) => bytes,
@@ -222,7 +239,7 @@ impl SharedTier {
     }
 
     /// Checks everything it reads: a stale, malformed or implausible entry is a miss.
-    fn decode(&self, bytes: &[u8]) -> Option<Cached> {
+    fn decode(&self, bytes: &[u8]) -> Option<(Verdict, Duration)> {
         if bytes.len() > MAX_SHARED_VALUE_BYTES {
             return None;
         }
@@ -234,12 +251,12 @@ impl SharedTier {
         let ttl = Duration::from_millis(shared.until_ms - now_ms);
         let verdict = match (shared.identity, shared.rejected) {
             (Some(identity), None) if is_line_user_id(&identity.user_id) && identity.expires_at > unix_now() => {
-                Verdict::Valid(Authenticated { headers: self.names.encode(&identity), identity })
+                Verdict::Valid(identity)
             }
             (None, Some(code)) => Verdict::Rejected(Rejection::from_code(&code)?),
             _ => return None,
         };
-        Some(Cached { verdict, ttl })
+        Some((verdict, ttl))
     }
 
     /// Stores the verdict in the background: the request does not wait on Redis.
@@ -248,7 +265,7 @@ impl SharedTier {
             return;
         }
         let (identity, rejected) = match verdict {
-            Verdict::Valid(a) => (Some(a.identity.clone()), None),
+            Verdict::Valid(identity) => (Some(identity.clone()), None),
             Verdict::Rejected(r) => (None, Some(r.as_str().to_owned())),
         };
         let until_ms = unix_now() * 1000 + ttl.as_millis() as u64;
@@ -266,15 +283,15 @@ impl SharedTier {
 
 impl Cached {
     /// A verdict that is handed out once and never stored (nonce logins).
-    pub fn uncached(verdict: Verdict) -> Self {
-        Self { verdict, ttl: Duration::ZERO }
+    pub fn uncached(stored: Stored) -> Self {
+        Self { stored, ttl: Duration::ZERO }
     }
 
     /// A valid verdict whose token has expired is dead whatever its TTL said.
     fn is_live(&self) -> bool {
-        match &self.verdict {
-            Verdict::Valid(a) => a.identity.expires_at > unix_now(),
-            Verdict::Rejected(_) => true,
+        match &self.stored {
+            Stored::Valid(e) => e.expires_at > unix_now(),
+            Stored::Rejected(_) => true,
         }
     }
 }

@@ -106,9 +106,9 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
     };
     let shared = match &config.cache.shared {
         None => None,
-        Some(r) => Some(cache::SharedTier::new(redis(r, "cache")?, config.identity.names.clone(), metrics.clone())),
+        Some(r) => Some(cache::SharedTier::new(redis(r, "cache")?, metrics.clone())),
     };
-    let cache = Arc::new(cache::VerdictCache::new(&config.cache, shared));
+    let cache = Arc::new(cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared));
     let upstream = upstream::Upstream::new(&config.upstream);
     let admin = Arc::new(admin::Admin {
         ready: AtomicBool::new(false),

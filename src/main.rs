@@ -87,7 +87,15 @@ fn runtime<F>(future: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), line_auth_proxy::RunError>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One core (a sidecar's usual CPU limit, or taskset): a current-thread
+    // runtime does the same work without cross-thread wake-ups and queues.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -135,9 +135,22 @@ struct MockState {
     keys: Mutex<Vec<Arc<SigningKey>>>,
     /// Channel id → secret, for HS256 tokens at the remote verify endpoint.
     channel_secrets: Mutex<HashMap<String, Vec<u8>>>,
+    /// Every token starting with this prefix is valid as this one (benchmarks).
+    token_prefix: Mutex<Option<(String, MockToken)>>,
 }
 
 impl MockState {
+    /// The token's record: registered exactly, or by the benchmark prefix.
+    fn lookup(&self, token: &str) -> Option<MockToken> {
+        if let Some(t) = self.tokens.lock().expect("poisoned").get(token) {
+            return Some(t.clone());
+        }
+        match &*self.token_prefix.lock().expect("poisoned") {
+            Some((prefix, t)) if token.starts_with(prefix.as_str()) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
     fn current_key(&self) -> Arc<SigningKey> {
         self.keys.lock().expect("poisoned").last().expect("there is always a key").clone()
     }
@@ -174,6 +187,12 @@ impl MockLine {
 
     pub fn add_token(&self, token: &str, info: MockToken) {
         self.state.tokens.lock().expect("poisoned").insert(token.into(), info);
+    }
+
+    /// Accepts every token that starts with `prefix` as `info` (benchmarks use
+    /// many distinct fresh tokens without registering each).
+    pub fn accept_prefix(&self, prefix: &str, info: MockToken) {
+        *self.state.token_prefix.lock().expect("poisoned") = Some((prefix.into(), info));
     }
 
     pub fn remove_token(&self, token: &str) {
@@ -360,8 +379,7 @@ fn verify(state: &MockState, query: &str) -> Response<Full<Bytes>> {
             serde_json::json!({ "error": "invalid_request", "error_description": "access_token is required" }),
         );
     };
-    let tokens = state.tokens.lock().expect("poisoned");
-    match tokens.get(&token) {
+    match state.lookup(&token) {
         Some(t) if t.expired => json(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "invalid_request", "error_description": "access token expired" }),
@@ -386,8 +404,7 @@ fn profile(state: &MockState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let tokens = state.tokens.lock().expect("poisoned");
-    match token.and_then(|t| tokens.get(t)) {
+    match token.and_then(|t| state.lookup(t)) {
         Some(t) if t.expired => {
             json(StatusCode::UNAUTHORIZED, serde_json::json!({ "message": "The access token expired" }))
         }

@@ -28,14 +28,14 @@ use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
 use crate::auth::id_token::{IdClaims, IdTokenVerifier, MAX_ID_TOKEN_BYTES, unverified_nonce};
 use crate::auth::line::{AccessTokenVerdict, LineClient, LineError};
 use crate::auth::nonce::{Consumed, NonceStore};
-use crate::auth::{Authenticated, Rejection, Verdict};
-use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, VerdictCache, cache_key};
+use crate::auth::{Rejection, Verdict};
+use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, Stored, VerdictCache, cache_key};
 use crate::config::Config;
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::routes::{self, RouteAuth};
 use crate::server::{ConnInfo, ConnectionSlot};
-use crate::telemetry::{Metrics, ReasonLabels, RequestLabels, SourceLabels};
+use crate::telemetry::{Metrics, ReasonLabels};
 use crate::upstream::Upstream;
 
 /// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
@@ -107,7 +107,7 @@ pub async fn handle(
     };
     response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = response.status().as_u16();
-    state.metrics.requests.get_or_create(&RequestLabels { outcome: kind, auth: outcome.auth.as_str() }).inc();
+    state.metrics.count_request(kind, outcome.auth.as_str());
     tracing::info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -196,18 +196,12 @@ async fn pipeline(
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = req.headers_mut();
-    headers::strip_hop_by_hop(out, upgrade);
-    headers::strip_routing_overrides(out);
-    if !config.identity.forward_authorization {
-        out.remove(header::AUTHORIZATION);
-    }
+    headers::strip_for_upstream(out, upgrade, config.identity.forward_authorization);
     if let Some(cached) = &identity {
-        let Verdict::Valid(Authenticated { headers: identity_headers, .. }) = &cached.verdict else {
+        let Stored::Valid(encoded) = &cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
         };
-        for (name, value) in identity_headers {
-            out.insert(name.clone(), value.clone());
-        }
+        config.identity.names.inject(encoded, out);
     }
     out.insert(X_REQUEST_ID.clone(), request_id.clone());
     state.upstream.prepare(&mut req, path, conn);
@@ -255,14 +249,10 @@ async fn authenticate_id_token(
     token: &str,
     require_nonce: bool,
     outcome: &mut Outcome,
-) -> Result<Arc<Cached>, ProxyError> {
+) -> Result<Cached, ProxyError> {
     let verifier =
         state.id_tokens.as_ref().ok_or(ProxyError::Internal("an id_token route without an ID-token verifier"))?;
-    let names = &state.config.identity.names;
-    let valid = |claims: IdClaims| {
-        let identity = claims.into_identity();
-        Verdict::Valid(Authenticated { headers: names.encode(&identity), identity })
-    };
+    let valid = |claims: IdClaims| Verdict::Valid(claims.into_identity());
     let rejected = |r| ProxyError::Client(ClientError::Rejected(r));
     let claimed_nonce = unverified_nonce(token).map_err(rejected)?;
     // A token that carries a nonce is single-use on every id_token route: else a
@@ -287,30 +277,23 @@ async fn authenticate_id_token(
     }
     let start = Instant::now();
     let checked = verifier.verify(token).await;
-    state
-        .metrics
-        .auth_duration
-        .get_or_create(&SourceLabels { source: verifier.source() })
-        .observe(start.elapsed().as_secs_f64());
+    state.metrics.observe_auth(verifier.source(), start.elapsed().as_secs_f64());
     let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
     let nonce = claims.nonce.as_deref().ok_or(rejected(Rejection::NonceMissing))?;
     // Consumed only now: a token that failed verification never burns a nonce.
     match nonces.store.consume(nonce).await.map_err(|_| ProxyError::NonceStore)? {
-        Consumed::Fresh => Ok(Arc::new(Cached::uncached(valid(claims)))),
+        Consumed::Fresh => Ok(Cached::uncached(state.cache.store(&valid(claims)))),
         Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
         Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
     }
 }
 
 /// Verdict for an access token: cache first, then the LINE Platform.
-async fn authenticate(state: &State, token: &str, outcome: &mut Outcome) -> Result<Arc<Cached>, ProxyError> {
+async fn authenticate(state: &State, token: &str, outcome: &mut Outcome) -> Result<Cached, ProxyError> {
     let key = cache_key(CredentialKind::AccessToken, token);
-    let names = &state.config.identity.names;
     let verify = async {
         Ok(match state.line.verify_access_token(token).await? {
-            AccessTokenVerdict::Valid(identity) => {
-                Verdict::Valid(Authenticated { headers: names.encode(&identity), identity })
-            }
+            AccessTokenVerdict::Valid(identity) => Verdict::Valid(identity),
             AccessTokenVerdict::Rejected(r) => Verdict::Rejected(r),
         })
     };
@@ -325,7 +308,7 @@ async fn authenticate_cached<F>(
     verify: F,
     miss_source: &'static str,
     outcome: &mut Outcome,
-) -> Result<Arc<Cached>, ProxyError>
+) -> Result<Cached, ProxyError>
 where
     F: Future<Output = Result<Verdict, LineError>>,
 {
@@ -351,11 +334,11 @@ where
             "shared"
         }
     };
-    metrics.auth_duration.get_or_create(&SourceLabels { source }).observe(start.elapsed().as_secs_f64());
+    metrics.observe_auth(source, start.elapsed().as_secs_f64());
     let cached = result.map_err(|e| ProxyError::Line((*e).clone()))?;
-    match &cached.verdict {
-        Verdict::Valid(_) => Ok(cached),
-        Verdict::Rejected(r) => Err(ProxyError::Client(ClientError::Rejected(*r))),
+    match &cached.stored {
+        Stored::Valid(_) => Ok(cached),
+        Stored::Rejected(r) => Err(ProxyError::Client(ClientError::Rejected(*r))),
     }
 }
 

@@ -104,6 +104,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub peer_ip: http::HeaderValue,
     pub tls: bool,
     /// Held by the connection and by any WebSocket tunnel it turns into.
     pub slot: Arc<ConnectionSlot>,
@@ -153,7 +155,9 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         state.metrics.open_connections.inc();
         let slot = Arc::new(ConnectionSlot { _permit: permit, metrics: state.metrics.clone() });
-        let conn = ConnInfo { peer, tls: tls.is_some(), slot };
+        let peer_ip =
+            http::HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
+        let conn = ConnInfo { peer, peer_ip, tls: tls.is_some(), slot };
         let state = state.clone();
         let builders = builders.clone();
         let watcher = graceful.watcher();

@@ -3,6 +3,7 @@
 //! Every 401 and 503 is explained twice: by a `reason` label on a counter and by
 //! the `outcome` field of the access log line. No label ever holds a token.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,7 +53,10 @@ where
         .iter()
         .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| t.with_target(*target, LevelFilter::WARN));
     let layer = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        // Colour codes only for a terminal: in a file or a log pipeline they are noise (and cost).
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(writer).boxed()
+        }
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
@@ -158,6 +162,33 @@ pub struct Metrics {
     /// Shared-tier lookups or writes that failed (the request went on to LINE).
     pub cache_shared_errors: Counter,
     request_ids: AtomicU64,
+    /// Pre-resolved handles for the per-request series: the hot path increments
+    /// an atomic instead of hashing a label set under a lock.
+    hot: Hot,
+}
+
+/// Outcome label values of the requests counter.
+const OUTCOMES: [&str; 9] = [
+    "forwarded",
+    "anonymous",
+    "preflight",
+    "nonce_issued",
+    "rejected",
+    "unavailable",
+    "bad_request",
+    "upstream_error",
+    "internal_error",
+];
+/// Route auth kinds.
+const AUTHS: [&str; 4] = ["none", "access_token", "optional", "id_token"];
+/// Sources of a verdict.
+const SOURCES: [&str; 4] = ["cache", "line", "local", "shared"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+struct Hot {
+    requests: Vec<Counter>,
+    auth_duration: Vec<Histogram>,
+    upstream_responses: Vec<Counter>,
 }
 
 impl Default for Metrics {
@@ -236,7 +267,23 @@ impl Metrics {
             "Shared-tier calls that failed (degraded to memory + LINE)",
             cache_shared_errors.clone(),
         );
+        let hot = Hot {
+            requests: OUTCOMES
+                .iter()
+                .flat_map(|o| AUTHS.iter().map(move |a| (*o, *a)))
+                .map(|(outcome, auth)| requests.get_or_create(&RequestLabels { outcome, auth }).clone())
+                .collect(),
+            auth_duration: SOURCES
+                .iter()
+                .map(|source| auth_duration.get_or_create(&SourceLabels { source }).clone())
+                .collect(),
+            upstream_responses: CLASSES
+                .iter()
+                .map(|class| upstream_responses.get_or_create(&StatusClassLabels { class }).clone())
+                .collect(),
+        };
         Self {
+            hot,
             registry,
             nonces,
             jwks_keys,
@@ -267,6 +314,31 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts one request by outcome and route auth kind.
+    pub fn count_request(&self, outcome: &'static str, auth: &'static str) {
+        match (OUTCOMES.iter().position(|o| *o == outcome), AUTHS.iter().position(|a| *a == auth)) {
+            (Some(o), Some(a)) => self.hot.requests[o * AUTHS.len() + a].inc(),
+            _ => self.requests.get_or_create(&RequestLabels { outcome, auth }).inc(),
+        };
+    }
+
+    /// Records the time to a verdict from `source`.
+    pub fn observe_auth(&self, source: &'static str, seconds: f64) {
+        match SOURCES.iter().position(|s| *s == source) {
+            Some(i) => self.hot.auth_duration[i].observe(seconds),
+            None => self.auth_duration.get_or_create(&SourceLabels { source }).observe(seconds),
+        }
+    }
+
+    /// Counts one upstream response by status class.
+    pub fn count_upstream_response(&self, status: u16) {
+        let class = status_class(status);
+        match CLASSES.iter().position(|c| *c == class) {
+            Some(i) => self.hot.upstream_responses[i].inc(),
+            None => self.upstream_responses.get_or_create(&StatusClassLabels { class }).inc(),
+        };
     }
 
     /// A fresh request id: a random per-process start, then sequential (cheap, unique).

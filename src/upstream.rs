@@ -4,7 +4,6 @@
 //! Pipeline position: last. The request arriving here is already stripped of
 //! client identity and hop-by-hop headers and carries the injected identity.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -19,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
 use crate::server::ConnInfo;
-use crate::telemetry::{Metrics, StatusClassLabels, status_class};
+use crate::telemetry::Metrics;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -78,7 +77,7 @@ impl Upstream {
         if was_http2 {
             join_cookies(headers);
         }
-        append_forwarded_for(headers, conn.peer);
+        append_forwarded_for(headers, &conn.peer_ip);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
         match headers.get(header::HOST).cloned() {
             Some(host) => {
@@ -106,10 +105,7 @@ impl Upstream {
                 Err(UpstreamError::Unreachable)
             }
             Ok(Ok(response)) => {
-                metrics
-                    .upstream_responses
-                    .get_or_create(&StatusClassLabels { class: status_class(response.status().as_u16()) })
-                    .inc();
+                metrics.count_upstream_response(response.status().as_u16());
                 Ok(response)
             }
         }
@@ -135,22 +131,23 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 
 /// Appends the peer address to any `X-Forwarded-For` the client sent (kept for
 /// the upstream's information; the proxy itself never decides on it).
-fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let mut combined = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            if !combined.is_empty() {
-                combined.push_str(", ");
-            }
-            combined.push_str(s);
-        }
+fn append_forwarded_for(headers: &mut http::HeaderMap, peer_ip: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        return;
     }
-    let value = if combined.is_empty() { ip } else { format!("{combined}, {ip}") };
-    headers.insert(
-        X_FORWARDED_FOR.clone(),
-        HeaderValue::try_from(value).expect("IP addresses and visible ASCII are valid"),
-    );
+    let mut combined = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if !combined.is_empty() {
+            combined.extend_from_slice(b", ");
+        }
+        combined.extend_from_slice(v.as_bytes());
+    }
+    combined.extend_from_slice(b", ");
+    combined.extend_from_slice(peer_ip.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&combined) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
 }
 
 #[cfg(test)]
@@ -169,14 +166,14 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_peer() {
-        let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
+        let peer = HeaderValue::from_static("10.1.2.3");
         let mut h = http::HeaderMap::new();
-        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, &peer);
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         let mut h = http::HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, &peer);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
     }
 }

@@ -11,8 +11,6 @@ pub mod jwks;
 pub mod line;
 pub mod nonce;
 
-use http::{HeaderName, HeaderValue};
-
 /// How the client proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,14 +42,6 @@ pub struct Identity {
     pub method: AuthMethod,
     /// Token expiry, unix seconds.
     pub expires_at: u64,
-}
-
-/// A verified identity with its headers encoded once, at verification time, so a
-/// cache hit only clones ready-made header values.
-#[derive(Clone, Debug)]
-pub struct Authenticated {
-    pub identity: Identity,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Why a credential was definitively refused. Rejections are verdicts, cached
@@ -171,7 +161,7 @@ impl Rejection {
 /// The outcome of a verification that ran to completion.
 #[derive(Clone, Debug)]
 pub enum Verdict {
-    Valid(Authenticated),
+    Valid(Identity),
     Rejected(Rejection),
 }
 

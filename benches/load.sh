@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Load benchmark: line-auth-proxy against a plain upstream and (when installed)
+# a plain nginx proxy_pass hop, in the same run, with the same settings.
+#
+#   benches/load.sh                      # DURATION=10 CONNS=32 by default
+#   DURATION=20 CONNS=64 benches/load.sh
+#
+# Servers (upstream, mock LINE, line-auth-proxy, nginx) are pinned to core 0 and
+# wrk to core 1 when the machine has two cores. Everything is on 127.0.0.1: the
+# LINE Platform is the in-process mock and never receives benchmark traffic.
+# Prints a table and writes benches/results/latest.{md,json} and chart.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+COLD_LOGINS=${COLD_LOGINS:-200}
+FILL=${FILL:-100000}
+OUT=$ROOT/benches/results
+mkdir -p "$OUT"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk; then
+    echo "== installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+if [ "$(nproc)" -ge 2 ]; then SERVER="taskset -c 0"; LOAD="taskset -c 1"; PINNED="servers on core 0, wrk on core 1"
+else SERVER=""; LOAD=""; PINNED="one core: no pinning"; fi
+HZ=$(getconf CLK_TCK)
+
+echo "== building (release)"
+cargo build --release --quiet --bin line-auth-proxy --example loadbench
+BIN=$ROOT/target/release/line-auth-proxy
+LB=$ROOT/target/release/examples/loadbench
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() { for _ in $(seq 1 500); do curl -sf -o /dev/null "$1" && return 0; sleep 0.02; done; echo "not ready: $1" >&2; return 1; }
+cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# fixtures <line_delay_ms> -> sets UP_PORT LINE_PORT
+fixtures() {
+    local out=$TMP/fixtures-$1.out
+    $SERVER "$LB" fixtures "$1" > "$out" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 500); do grep -q READY "$out" 2>/dev/null && break; sleep 0.02; done
+    read -r _ UP_PORT LINE_PORT < <(grep READY "$out")
+}
+
+# proxy <name> <extra toml> -> sets PROXY_PORT ADMIN_PORT PROXY_PID
+proxy() {
+    PROXY_PORT=$(free_port); ADMIN_PORT=$(free_port)
+    cat > "$TMP/$1.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PROXY_PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+[upstream]
+url = "http://127.0.0.1:$UP_PORT"
+[line]
+channel_ids = ["1234567890"]
+api_base_url = "http://127.0.0.1:$LINE_PORT"
+$2
+EOF
+    RUST_LOG=${PROXY_LOG:-info} $SERVER "$BIN" --config "$TMP/$1.toml" 2> "$TMP/$1.log" &
+    PROXY_PID=$!
+    PIDS+=($PROXY_PID)
+    wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+}
+
+# run_wrk <label> <url> <pids to measure…> [-- header]
+declare -A RPS P50 P99 CPU_US
+run_wrk() {
+    local label=$1 url=$2 header=$3; shift 3
+    local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+    [ -n "$header" ] && args+=(-H "$header")
+    # Warm-up (connections, caches), not measured.
+    $LOAD wrk -t1 -c"$CONNS" -d2s ${header:+-H "$header"} "$url" > /dev/null
+    local before; before=$(cpu_ticks "$@")
+    $LOAD wrk "${args[@]}" "$url" > "$TMP/wrk-$label.txt"
+    local after; after=$(cpu_ticks "$@")
+    local requests; requests=$(awk '/requests in/ {print $1}' "$TMP/wrk-$label.txt")
+    RPS[$label]=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk-$label.txt")
+    P50[$label]=$(awk '$1=="50%" {print $2}' "$TMP/wrk-$label.txt")
+    P99[$label]=$(awk '$1=="99%" {print $2}' "$TMP/wrk-$label.txt")
+    if [ "$#" -gt 0 ]; then
+        CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$requests, 2))")
+    else
+        CPU_US[$label]=""
+    fi
+    if grep -q "Non-2xx" "$TMP/wrk-$label.txt"; then echo "!! $label: non-2xx answers" >&2; grep Non-2xx "$TMP/wrk-$label.txt" >&2; fi
+}
+to_ms() { python3 -c "
+v='$1'
+import re
+m=re.match(r'([0-9.]+)(us|ms|s)', v)
+n=float(m.group(1)); u=m.group(2)
+print(round(n/1000 if u=='us' else n*1000 if u=='s' else n, 3))"; }
+
+echo "== fixtures, proxy ($PINNED)"
+fixtures 0
+proxy main ""
+IDLE_RSS=$(rss_kb "$PROXY_PID")
+TOKEN="bench-hot-token"
+curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PROXY_PORT/api/x"
+
+echo "== wrk: direct to the upstream"
+run_wrk direct "http://127.0.0.1:$UP_PORT/api/x" ""
+echo "== wrk: line-auth-proxy, cached access token"
+run_wrk proxy "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
+
+NGINX=""
+if need nginx; then
+    NGINX_PORT=$(free_port)
+    mkdir -p "$TMP/nginx"
+    cat > "$TMP/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log $TMP/nginx/access.log;
+    upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    $SERVER nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' 2>> "$TMP/nginx/error.log" &
+    NGINX_MASTER=$!
+    PIDS+=($NGINX_MASTER)
+    wait_http "http://127.0.0.1:$NGINX_PORT/"
+    NGINX_PIDS=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER" || true))
+    echo "== wrk: nginx proxy_pass"
+    run_wrk nginx "http://127.0.0.1:$NGINX_PORT/api/x" "" "${NGINX_PIDS[@]}"
+    NGINX=1
+fi
+
+echo "== cold logins (mock LINE answering in 20 ms), coalescing, memory"
+fixtures 20
+proxy cold ""
+COLD=$("$LB" cold "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" "$COLD_LOGINS" 8)
+COALESCE=$("$LB" coalesce "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" 500)
+fixtures 0
+PROXY_LOG=warn proxy fill $'[cache]\nttl_seconds = 3600\nmax_entries = 200000'
+FILL_OUT=$("$LB" fill "http://127.0.0.1:$PROXY_PORT" "$FILL" 32)
+sleep 1
+FILL_RSS=$(rss_kb "$PROXY_PID")
+ENTRIES=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^line_auth_proxy_cache_entries / {print $2}')
+
+export DURATION CONNS PINNED IDLE_RSS FILL_RSS ENTRIES COLD COALESCE FILL_OUT NGINX
+export RPS_DIRECT=${RPS[direct]} RPS_PROXY=${RPS[proxy]} RPS_NGINX=${RPS[nginx]:-}
+export P50_DIRECT=$(to_ms "${P50[direct]}") P99_DIRECT=$(to_ms "${P99[direct]}")
+export P50_PROXY=$(to_ms "${P50[proxy]}") P99_PROXY=$(to_ms "${P99[proxy]}")
+if [ -n "$NGINX" ]; then export P50_NGINX=$(to_ms "${P50[nginx]}") P99_NGINX=$(to_ms "${P99[nginx]}"); fi
+export CPU_PROXY=${CPU_US[proxy]} CPU_NGINX=${CPU_US[nginx]:-}
+export CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) CORES=$(nproc)
+python3 "$ROOT/benches/report.py" "$OUT"

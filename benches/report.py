@@ -1,0 +1,98 @@
+"""Turns benches/load.sh measurements (environment variables) into a table, a
+JSON record and a PNG chart, and says for each target whether it was met."""
+import datetime
+import json
+import os
+import sys
+
+out = sys.argv[1]
+e = os.environ
+num = lambda k: float(e[k]) if e.get(k) else None
+cold, coalesce, fill = json.loads(e["COLD"]), json.loads(e["COALESCE"]), json.loads(e["FILL_OUT"])
+r = {
+    "date": datetime.date.today().isoformat(),
+    "machine": f"{e['CORES']} cores, {e['CPU_MODEL']}; {e['PINNED']}",
+    "command": f"DURATION={e['DURATION']} CONNS={e['CONNS']} benches/load.sh",
+    "rps": {"direct": num("RPS_DIRECT"), "proxy": num("RPS_PROXY"), "nginx": num("RPS_NGINX")},
+    "p50_ms": {"direct": num("P50_DIRECT"), "proxy": num("P50_PROXY"), "nginx": num("P50_NGINX")},
+    "p99_ms": {"direct": num("P99_DIRECT"), "proxy": num("P99_PROXY"), "nginx": num("P99_NGINX")},
+    "cpu_us_per_request": {"proxy": num("CPU_PROXY"), "nginx": num("CPU_NGINX")},
+    "idle_rss_mb": round(int(e["IDLE_RSS"]) / 1024, 1),
+    "rss_mb_filled": round(int(e["FILL_RSS"]) / 1024, 1),
+    "cached_identities": int(float(e["ENTRIES"] or 0)),
+    "cold": cold,
+    "coalesce": coalesce,
+    "fill": fill,
+}
+
+def ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+targets = []
+def target(name, ok, detail):
+    targets.append((name, "met" if ok else "MISSED", detail))
+
+cpu_p, cpu_n = r["cpu_us_per_request"]["proxy"], r["cpu_us_per_request"]["nginx"]
+if cpu_n:
+    target("CPU/request <= 1.0x nginx proxy_pass", cpu_p <= cpu_n, f"{cpu_p} us vs {cpu_n} us ({ratio(cpu_p, cpu_n)}x)")
+    target("throughput >= nginx", r["rps"]["proxy"] >= r["rps"]["nginx"], f"{r['rps']['proxy']:.0f} vs {r['rps']['nginx']:.0f} req/s ({ratio(r['rps']['proxy'], r['rps']['nginx'])}x)")
+added = round(r["p99_ms"]["proxy"] - r["p99_ms"]["direct"], 3)
+target("p99 added over direct <= 0.5 ms", added <= 0.5, f"{added} ms")
+target("idle RSS <= 10 MB", r["idle_rss_mb"] <= 10, f"{r['idle_rss_mb']} MB")
+target(f"{r['cached_identities']} cached identities <= 64 MB RSS", r["rss_mb_filled"] <= 64 and r["cached_identities"] >= 100000, f"{r['rss_mb_filled']} MB")
+target("cold login: one round trip (verify and profile concurrently)", cold["verify_per_login"] == 1 and cold["profile_per_login"] == 1 and cold["p50_ms"] < 40, f"{cold['verify_per_login']} verify + {cold['profile_per_login']} profile per login, p50 {cold['p50_ms']} ms with LINE at 20 ms")
+target("coalescing: 500 concurrent, one fresh token", coalesce["verify_calls"] == 1 and coalesce["profile_calls"] == 1 and coalesce["ok"] == coalesce["requests"], f"{coalesce['verify_calls']:.0f} verify, {coalesce['profile_calls']:.0f} profile, {coalesce['ok']}/{coalesce['requests']} ok")
+r["targets"] = [{"target": t, "result": res, "detail": d} for t, res, d in targets]
+
+rows = [("direct to upstream", "direct"), ("line-auth-proxy, cached token", "proxy")]
+if r["rps"]["nginx"]:
+    rows.append(("nginx proxy_pass", "nginx"))
+lines = [
+    f"Measured {r['date']} on {r['machine']}; `{r['command']}`.",
+    "",
+    "| target | req/s | p50 ms | p99 ms | server CPU µs/req | vs direct (req/s) | vs nginx (CPU) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+for label, k in rows:
+    cpu = r["cpu_us_per_request"].get(k)
+    lines.append(
+        f"| {label} | {r['rps'][k]:.0f} | {r['p50_ms'][k]} | {r['p99_ms'][k]} | {cpu if cpu is not None else '–'} | "
+        f"{ratio(r['rps'][k], r['rps']['direct'])} | {ratio(cpu, cpu_n) if cpu and cpu_n else '–'} |"
+    )
+lines += ["", "| target | result | measured |", "| --- | --- | --- |"]
+lines += [f"| {t} | {res} | {d} |" for t, res, d in targets]
+lines += ["", f"Idle RSS {r['idle_rss_mb']} MB; {r['cached_identities']} cached identities: {r['rss_mb_filled']} MB RSS."]
+md = "\n".join(lines) + "\n"
+print(md)
+with open(os.path.join(out, "latest.md"), "w") as f:
+    f.write(md)
+with open(os.path.join(out, "latest.json"), "w") as f:
+    json.dump(r, f, indent=2)
+
+try:
+    import matplotlib
+except ImportError:
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "matplotlib"], check=False)
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [l for l, _ in rows]
+    keys = [k for _, k in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    axes[0].bar(labels, [r["rps"][k] for k in keys], color=["#888", "#06c755", "#369"][: len(keys)])
+    axes[0].set_title("throughput (req/s, higher is better)")
+    axes[1].bar(labels, [r["p99_ms"][k] for k in keys], color=["#888", "#06c755", "#369"][: len(keys)])
+    axes[1].set_title("p99 latency (ms, lower is better)")
+    cpu_keys = [k for k in keys if r["cpu_us_per_request"].get(k)]
+    axes[2].bar([labels[keys.index(k)] for k in cpu_keys], [r["cpu_us_per_request"][k] for k in cpu_keys], color=["#06c755", "#369"][: len(cpu_keys)])
+    axes[2].set_title("server CPU per request (µs, lower is better)")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+    fig.suptitle(f"line-auth-proxy, {r['date']}, {e['CONNS']} connections, {r['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "chart.png"), dpi=100)
+    print(f"chart: {os.path.join(out, 'chart.png')}")
+except Exception as exc:  # the numbers above stand without the chart
+    print(f"no chart: {exc}")

@@ -1,0 +1,179 @@
+//! Helper for `benches/load.sh` (not a test): the fixtures the load benchmark
+//! runs against, and the small drivers that measure what wrk cannot.
+//!
+//! ```text
+//! loadbench fixtures <line_delay_ms>          upstream + mock LINE; prints "READY <upstream_port> <line_port>"
+//! loadbench cold <proxy> <admin> <n> <conc>   n distinct fresh tokens: latency per login, LINE calls per login
+//! loadbench coalesce <proxy> <admin> <n>      n concurrent requests with one fresh token: LINE calls
+//! loadbench fill <proxy> <n> <conc>           caches n distinct identities
+//! ```
+//!
+//! Everything listens on and talks to 127.0.0.1 only: the real LINE Platform
+//! never receives benchmark traffic.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use line_auth_proxy::mock_line::{Faults, MockLine, MockToken};
+use tokio::net::TcpListener;
+
+const CHANNEL: &str = "1234567890";
+const USER: &str = "U1234567890abcdef1234567890abcdef";
+/// Every token with this prefix is valid at the mock LINE Platform.
+const PREFIX: &str = "bench-";
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).unwrap_or_else(|| usage()).as_str();
+    let num = |i: usize| arg(i).parse::<usize>().unwrap_or_else(|_| usage());
+    match arg(0) {
+        "fixtures" => fixtures(num(1) as u64).await,
+        "cold" => cold(arg(1), arg(2), num(3), num(4)).await,
+        "coalesce" => coalesce(arg(1), arg(2), num(3)).await,
+        "fill" => fill(arg(1), num(2), num(3)).await,
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: loadbench fixtures <line_delay_ms> | cold <proxy> <admin> <n> <concurrency> | coalesce <proxy> <admin> <n> | fill <proxy> <n> <concurrency>"
+    );
+    std::process::exit(2)
+}
+
+/// A minimal keep-alive upstream answering `ok`, and the mock LINE Platform.
+async fn fixtures(line_delay_ms: u64) {
+    let line = MockLine::start().await.expect("mock LINE binds");
+    line.accept_prefix(PREFIX, MockToken::new(CHANNEL, USER, "Bench User"));
+    line.set_faults(Faults { delay: Duration::from_millis(line_delay_ms), ..Faults::default() });
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("upstream binds");
+    let upstream_port = listener.local_addr().unwrap().port();
+    let line_port = line.base_url().rsplit(':').next().unwrap().to_string();
+    println!("READY {upstream_port} {line_port}");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap()
+}
+
+/// A counter's value in the proxy's exposition (0 when absent).
+async fn metric(admin: &str, series: &str) -> f64 {
+    let text = client().get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn line_calls(admin: &str) -> (f64, f64) {
+    (
+        metric(admin, "line_auth_proxy_line_requests_total{endpoint=\"verify\",outcome=\"ok\"}").await,
+        metric(admin, "line_auth_proxy_line_requests_total{endpoint=\"profile\",outcome=\"ok\"}").await,
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// `n` distinct, never-seen tokens, `concurrency` at a time.
+async fn cold(proxy: &str, admin: &str, n: usize, concurrency: usize) {
+    let (v0, p0) = line_calls(admin).await;
+    let c = client();
+    let run = format!("{PREFIX}cold-{}-", std::process::id());
+    let mut latencies = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(concurrency) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let (c, url, token) = (c.clone(), format!("{proxy}/api/cold"), format!("{run}{i}"));
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let status = c.get(url).bearer_auth(token).send().await.unwrap().status();
+                    assert_eq!(status, 200);
+                    start.elapsed()
+                })
+            })
+            .collect();
+        for t in tasks {
+            latencies.push(t.await.unwrap());
+        }
+    }
+    let (v1, p1) = line_calls(admin).await;
+    latencies.sort();
+    let avg = latencies.iter().map(Duration::as_secs_f64).sum::<f64>() / n as f64 * 1000.0;
+    println!(
+        "{{\"logins\": {n}, \"verify_per_login\": {:.3}, \"profile_per_login\": {:.3}, \"avg_ms\": {avg:.2}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}}}",
+        (v1 - v0) / n as f64,
+        (p1 - p0) / n as f64,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    );
+}
+
+/// `n` concurrent requests carrying one token the proxy has never seen.
+async fn coalesce(proxy: &str, admin: &str, n: usize) {
+    let (v0, p0) = line_calls(admin).await;
+    let c = client();
+    let token = format!("{PREFIX}coalesce-{}", std::process::id());
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, url, token) = (c.clone(), format!("{proxy}/api/coalesce"), token.clone());
+            tokio::spawn(async move { c.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += (t.await.unwrap() == 200) as usize;
+    }
+    let (v1, p1) = line_calls(admin).await;
+    println!("{{\"requests\": {n}, \"ok\": {ok}, \"verify_calls\": {}, \"profile_calls\": {}}}", v1 - v0, p1 - p0);
+}
+
+/// Verifies (and so caches) `n` distinct identities.
+async fn fill(proxy: &str, n: usize, concurrency: usize) {
+    let c = client();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(concurrency);
+    let mut handles = Vec::with_capacity(concurrency);
+    let per = n.div_ceil(concurrency);
+    for w in 0..concurrency {
+        let (c, proxy, tx) = (c.clone(), proxy.to_string(), tx.clone());
+        handles.push(tokio::spawn(async move {
+            for i in (w * per)..((w + 1) * per).min(n) {
+                let status = c
+                    .get(format!("{proxy}/api/fill"))
+                    .bearer_auth(format!("{PREFIX}fill-{i}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 200);
+            }
+            drop(tx);
+        }));
+    }
+    drop(tx);
+    while rx.recv().await.is_some() {}
+    for h in handles {
+        h.await.unwrap();
+    }
+    println!("{{\"filled\": {n}, \"seconds\": {:.1}}}", started.elapsed().as_secs_f64());
+}
