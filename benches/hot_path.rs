@@ -1,0 +1,115 @@
+//! Micro benchmarks of the per-request pieces (`cargo bench --bench hot_path`):
+//! header strip + inject, a verdict-cache hit, path normalisation, route
+//! matching, percent-encoding. The load benchmark is `benches/load.sh`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use line_auth_proxy::auth::{AuthMethod, Identity, Verdict};
+use line_auth_proxy::cache::{CredentialKind, VerdictCache, cache_key};
+use line_auth_proxy::config::CacheConfig;
+use line_auth_proxy::headers::{self, IdentityHeaderNames, percent_encoded};
+use line_auth_proxy::routes::{Route, RouteAuth, RouteTable, normalize_path};
+
+fn identity() -> Identity {
+    Identity {
+        user_id: "U1234567890abcdef1234567890abcdef".into(),
+        display_name: Some("Brown ブラウン".into()),
+        picture_url: Some("https://profile.line-scdn.net/0habcdefghijklmn".into()),
+        email: None,
+        channel_id: "1234567890".into(),
+        method: AuthMethod::AccessToken,
+        expires_at: 4_000_000_000,
+    }
+}
+
+fn client_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("app.example"));
+    h.insert("user-agent", HeaderValue::from_static("Mozilla/5.0"));
+    h.insert("accept", HeaderValue::from_static("application/json"));
+    h.insert("accept-encoding", HeaderValue::from_static("gzip, br"));
+    h.insert("authorization", HeaderValue::from_static("Bearer eyJhbGciOiJIUzI1NiJ9.opaque-access-token-value"));
+    h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+    h
+}
+
+fn strip_and_inject(c: &mut Criterion) {
+    let names = IdentityHeaderNames::new("X-Line-").unwrap();
+    let assertion = HeaderName::from_static("x-line-identity-jwt");
+    let encoded = names.encode(&identity());
+    c.bench_function("strip + inject (6 client headers, 6 identity headers)", |b| {
+        b.iter_batched(
+            client_headers,
+            |mut h| {
+                headers::strip_identity(&mut h, &names, &assertion);
+                headers::strip_for_upstream(&mut h, false, false);
+                names.inject(&encoded, &mut h);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = CacheConfig {
+        ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(10),
+        max_entries: 100_000,
+        shared: None,
+    };
+    let cache = VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None);
+    let token = "eyJhbGciOiJIUzI1NiJ9.opaque-access-token-value";
+    rt.block_on(async {
+        let key = cache_key(CredentialKind::AccessToken, token);
+        let _ = cache.get_or_verify(key, async { Ok(Verdict::Valid(identity())) }).await;
+    });
+    c.bench_function("cache hit (digest + lookup)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = cache_key(CredentialKind::AccessToken, black_box(token));
+            let (hit, _) = cache.get_or_verify(key, async { unreachable!("a hit") }).await;
+            hit.unwrap()
+        })
+    });
+}
+
+fn paths_and_routes(c: &mut Criterion) {
+    c.bench_function("normalise an already-normal path", |b| {
+        b.iter(|| normalize_path(black_box("/api/v1/items/42")).unwrap().len())
+    });
+    c.bench_function("normalise /a//b/./c/../%7e/d", |b| {
+        b.iter(|| normalize_path(black_box("/a//b/./c/../%7e/d")).unwrap().len())
+    });
+    let route = |prefix: &str, auth| Route {
+        path_prefix: prefix.into(),
+        auth,
+        methods: None,
+        allow_cors_preflight: false,
+        require_nonce: false,
+    };
+    let table = RouteTable::new(vec![
+        route("/public/", RouteAuth::None),
+        route("/healthz", RouteAuth::None),
+        route("/feed/", RouteAuth::Optional),
+        route("/login", RouteAuth::IdToken),
+        route("/api/", RouteAuth::AccessToken),
+    ]);
+    c.bench_function("route match (5 routes, last matches)", |b| {
+        b.iter(|| table.policy(&Method::GET, black_box("/api/v1/items"), None).auth)
+    });
+}
+
+fn encoding(c: &mut Criterion) {
+    c.bench_function("percent-encode a Japanese display name", |b| {
+        b.iter(|| percent_encoded(black_box("山田 太郎 (Taro)")))
+    });
+    let names = IdentityHeaderNames::new("X-Line-").unwrap();
+    c.bench_function("encode an identity (once per verification)", |b| b.iter(|| names.encode(black_box(&identity()))));
+}
+
+criterion_group!(benches, strip_and_inject, cache_hit, paths_and_routes, encoding);
+criterion_main!(benches);
