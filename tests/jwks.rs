@@ -84,14 +84,7 @@ async fn jwks_down_at_start_means_not_ready_and_503() {
     assert_eq!(upstream.hits(), 0);
     // LINE recovers: the retry loads the set and readiness follows.
     line.set_faults(Faults::default());
-    let mut ready = false;
-    for _ in 0..200 {
-        if c.get(proxy.admin_url("/readyz")).send().await.unwrap().status() == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ready = eventually_status(&proxy.admin_url("/readyz"), 200, 10).await;
     assert!(ready, "never became ready after the JWKS came back");
     let r = c.post(proxy.url("/login")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -6,33 +6,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use line_auth_proxy::telemetry::{LogFormat, init_tracing_with};
 use support::*;
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 const SECRETS: &[&str] = &[
     "SECRETvalidTOKEN0001",
@@ -99,7 +76,7 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     dead_line.stop().await;
     dead_up.stop().await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     // The capture works: access lines and LINE failure lines are there.
     assert!(logs.contains("\"target\":\"access\""), "no access log captured:\n{logs}");
     assert!(logs.contains("LINE Platform"), "no LINE failure line captured");

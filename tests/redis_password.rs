@@ -4,33 +4,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use line_auth_proxy::telemetry::{LogFormat, init_tracing_with};
 use support::*;
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 const PASSWORD: &str = "s3cret-Redis-Passw0rd";
 const WRONG: &str = "wr0ng-Redis-Passw0rd";
@@ -91,7 +68,7 @@ async fn the_redis_password_never_appears_in_logs_metrics_or_bodies() {
     seen.push_str(&wrong.metrics().await);
     seen.push_str(&c.get(wrong.admin_url("/readyz")).send().await.unwrap().text().await.unwrap());
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("Redis call failed") || logs.contains("Redis call timed out"),
         "no Redis failure captured:\n{logs}"

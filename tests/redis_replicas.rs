@@ -147,39 +147,18 @@ async fn redis_outage_fails_nonces_closed_and_recovers() {
     assert!(metric(&m, "line_auth_proxy_cache_shared_errors_total") >= 1.0, "{m}");
 
     // Readiness reports the nonce store's Redis.
-    let mut not_ready = false;
-    for _ in 0..50 {
-        if c.get(r.a.admin_url("/readyz")).send().await.unwrap().status() == 503 {
-            not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let not_ready = eventually_status(&r.a.admin_url("/readyz"), 503, 5).await;
     assert!(not_ready, "/readyz stayed 200 with the nonce store down");
 
     // Redis comes back (empty): reconnection happens by itself.
     redis.restart().await;
-    let mut recovered = false;
-    for _ in 0..100 {
-        if c.get(r.b.url("/auth/nonce")).send().await.unwrap().status() == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let recovered = eventually_status(&r.b.url("/auth/nonce"), 200, 10).await;
     assert!(recovered, "nonce issuance never recovered");
     let fresh = nonce_from(&r.b).await;
     assert_eq!(login(&r.a, &id_token(&r.line, &fresh)).await, 200);
     // The nonce issued before the outage died with it: refused, not accepted.
     assert_eq!(login(&r.a, &token).await, 401);
-    let mut ready = false;
-    for _ in 0..50 {
-        if c.get(r.a.admin_url("/readyz")).send().await.unwrap().status() == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = eventually_status(&r.a.admin_url("/readyz"), 200, 10).await;
     assert!(ready);
 }
 
@@ -198,14 +177,7 @@ async fn redis_down_at_start_means_not_ready_until_it_comes() {
     assert_eq!(c.get(proxy.admin_url("/readyz")).send().await.unwrap().status(), 503);
     assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 503);
     redis.restart().await;
-    let mut ready = false;
-    for _ in 0..100 {
-        if c.get(proxy.admin_url("/readyz")).send().await.unwrap().status() == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = eventually_status(&proxy.admin_url("/readyz"), 200, 10).await;
     assert!(ready, "never became ready after Redis came up");
     assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 200);
 }

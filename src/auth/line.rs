@@ -192,7 +192,7 @@ impl LineClient {
             }
         };
         if !self.channel_ids.contains(&verified.client_id) {
-            tracing::info!(client_id = %verified.client_id, "access token issued to a channel not in line.channel_ids");
+            tracing::info!(client_id = %verified.client_id, "credential issued to a channel not in line.channel_ids");
             return Ok(AccessTokenVerdict::Rejected(Rejection::WrongChannel));
         }
         if verified.expires_in <= 0 {
@@ -278,7 +278,7 @@ impl LineClient {
                     if level_warn {
                         tracing::warn!(endpoint = endpoint.as_str(), status, line_request_id = %request_id, "LINE Platform answered an error");
                     } else {
-                        tracing::debug!(endpoint = endpoint.as_str(), status, line_request_id = %request_id, "LINE Platform refused the token");
+                        tracing::debug!(endpoint = endpoint.as_str(), status, line_request_id = %request_id, "LINE Platform refused the credential");
                     }
                 }
                 if status == 429 {

@@ -486,3 +486,44 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Polls GET `url` every 50 ms (up to `seconds`) until it answers `status`;
+/// true when it did. For state that changes in the background (readiness,
+/// reconnection), never as a way to wait for start-up.
+pub async fn eventually_status(url: &str, status: u16, seconds: u64) -> bool {
+    let c = client();
+    for _ in 0..seconds * 20 {
+        if c.get(url).send().await.is_ok_and(|r| r.status().as_u16() == status) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A `tracing` writer that keeps everything written, for log assertions.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
