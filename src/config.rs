@@ -338,7 +338,7 @@ impl Default for IdentitySection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NonceSection {
     /// Path on the proxy listener that issues nonces (default [`DEFAULT_NONCE_PATH`]).
@@ -1056,14 +1056,7 @@ fn validate_id_token(
         (None, None) => {}
     }
     let nonce_given = nonce.is_some();
-    let nonce = nonce.map_or_else(NonceSection::default, |n| NonceSection {
-        path: n.path.clone(),
-        ttl_seconds: n.ttl_seconds,
-        store: n.store.clone(),
-        redis_url: n.redis_url.clone(),
-        redis_key_prefix: n.redis_key_prefix.clone(),
-        redis_timeout_ms: n.redis_timeout_ms,
-    });
+    let nonce = nonce.cloned().unwrap_or_default();
     if nonce.path != DEFAULT_NONCE_PATH
         && (!nonce.path.starts_with('/')
             || crate::routes::normalize_path(&nonce.path).ok().as_deref() != Some(nonce.path.as_str()))

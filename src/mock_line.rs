@@ -176,7 +176,8 @@ impl MockLine {
         let addr = listener.local_addr()?;
         let state = Arc::new(MockState::default());
         state.keys.lock().expect("poisoned").push(Arc::new(SigningKey::generate()));
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        let handler_state = state.clone();
+        let task = spawn_server(listener, move |req| handle(handler_state.clone(), req));
         Ok(Self { addr, state, task })
     }
 
@@ -291,17 +292,29 @@ fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> Stri
     format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<MockState>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(state.clone(), req));
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
+/// Serves `handler` on every connection `listener` accepts (HTTP/1.1 and h2c,
+/// upgrades allowed) until the task is aborted: the loop behind the mock LINE
+/// Platform, the `dev` echo upstream, and the test and benchmark fixtures.
+pub fn spawn_server<H, F, B>(listener: TcpListener, handler: H) -> JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            });
+        }
+    })
 }
 
 async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
-use crate::auth::id_token::{IdClaims, IdTokenVerifier, MAX_ID_TOKEN_BYTES, unverified_nonce};
+use crate::auth::id_token::{self, IdClaims, IdTokenVerifier, MAX_ID_TOKEN_BYTES};
 use crate::auth::line::{AccessTokenVerdict, LineClient, LineError};
 use crate::auth::nonce::{Consumed, NonceStore};
 use crate::auth::{Rejection, Verdict};
@@ -254,19 +254,21 @@ async fn authenticate_id_token(
         state.id_tokens.as_ref().ok_or(ProxyError::Internal("an id_token route without an ID-token verifier"))?;
     let valid = |claims: IdClaims| Verdict::Valid(claims.into_identity());
     let rejected = |r| ProxyError::Client(ClientError::Rejected(r));
-    let claimed_nonce = unverified_nonce(token).map_err(rejected)?;
+    // Parsed once: the nonce is read here, the signature checked below.
+    let jws = id_token::parse(token).map_err(rejected)?;
+    let claimed_nonce = jws.unverified_nonce();
     // A token that carries a nonce is single-use on every id_token route: else a
     // native-login token, its nonce spent at /login, would replay on a
     // require_nonce = false (LIFF) route until it expires.
     if !require_nonce && claimed_nonce.is_none() {
         let key = cache_key(CredentialKind::IdToken, token);
-        let verify = async { Ok(verifier.verify(token).await?.map_or_else(Verdict::Rejected, valid)) };
+        let verify = async { Ok(verifier.verify(&jws).await?.map_or_else(Verdict::Rejected, valid)) };
         return authenticate_cached(state, key, verify, verifier.source(), outcome).await;
     }
     let nonces = state.nonces.as_ref().ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
     // Refuse a missing, foreign, used or expired nonce before any signature work
     // or LINE call: floods of made-up tokens cost nothing upstream.
-    let peeked = match claimed_nonce.as_deref() {
+    let peeked = match claimed_nonce {
         None => return Err(rejected(Rejection::NonceMissing)),
         Some(n) => nonces.store.peek(n).await.map_err(|_| ProxyError::NonceStore)?,
     };
@@ -276,7 +278,7 @@ async fn authenticate_id_token(
         Consumed::Expired => return Err(rejected(Rejection::NonceExpired)),
     }
     let start = Instant::now();
-    let checked = verifier.verify(token).await;
+    let checked = verifier.verify(&jws).await;
     state.metrics.observe_auth(verifier.source(), start.elapsed().as_secs_f64());
     let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
     let nonce = claims.nonce.as_deref().ok_or(rejected(Rejection::NonceMissing))?;

@@ -57,15 +57,28 @@ impl IdClaims {
     }
 }
 
-/// A compact JWS split and decoded (signature not yet checked).
-struct Jws<'a> {
+/// A compact JWS split and decoded once per request (signature not yet
+/// checked): the proxy reads its nonce, the verifier checks it.
+pub struct Jws<'a> {
+    token: &'a str,
     header: Value,
     payload: Value,
     signing_input: &'a [u8],
     signature: Vec<u8>,
 }
 
-fn split(token: &str) -> Result<Jws<'_>, Rejection> {
+impl Jws<'_> {
+    /// The `nonce` claim, unverified: only to refuse a stale or foreign nonce
+    /// before any signature work or LINE call. The nonce consumed is the
+    /// verified claim.
+    pub fn unverified_nonce(&self) -> Option<&str> {
+        self.payload.get("nonce").and_then(Value::as_str)
+    }
+}
+
+/// Splits and decodes an ID token: over 8 KiB, not three base64url parts, or
+/// not JSON objects is refused before any work.
+pub fn parse(token: &str) -> Result<Jws<'_>, Rejection> {
     if token.len() > MAX_ID_TOKEN_BYTES {
         return Err(Rejection::IdTokenMalformed);
     }
@@ -78,19 +91,12 @@ fn split(token: &str) -> Result<Jws<'_>, Rejection> {
         serde_json::from_slice::<Value>(&bytes).ok().filter(Value::is_object).ok_or(Rejection::IdTokenMalformed)
     };
     Ok(Jws {
+        token,
         header: json(decode(h)?)?,
         payload: json(decode(p)?)?,
         signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature: decode(s)?,
     })
-}
-
-/// The `nonce` claim of a token that has not been verified yet, to refuse a
-/// stale or foreign nonce before any signature work or LINE call. Never trusted
-/// beyond that: the nonce consumed is the verified claim.
-pub fn unverified_nonce(token: &str) -> Result<Option<String>, Rejection> {
-    let jws = split(token)?;
-    Ok(jws.payload.get("nonce").and_then(Value::as_str).map(str::to_owned))
 }
 
 pub struct IdTokenVerifier {
@@ -129,19 +135,15 @@ impl IdTokenVerifier {
 
     /// `Ok(Ok(claims))` verified; `Ok(Err(r))` definitively refused; `Err` the
     /// LINE Platform (JWKS or remote verify) could not answer.
-    pub async fn verify(&self, token: &str) -> Result<Result<IdClaims, Rejection>, LineError> {
-        let jws = match split(token) {
-            Ok(j) => j,
-            Err(r) => return Ok(Err(r)),
-        };
+    pub async fn verify(&self, jws: &Jws<'_>) -> Result<Result<IdClaims, Rejection>, LineError> {
         match self.verification {
             IdTokenVerification::Local => self.verify_local(jws).await,
-            IdTokenVerification::Remote => self.verify_remote(token, jws).await,
+            IdTokenVerification::Remote => self.verify_remote(jws).await,
         }
     }
 
-    async fn verify_local(&self, jws: Jws<'_>) -> Result<Result<IdClaims, Rejection>, LineError> {
-        let header = jws.header.as_object().expect("checked in split");
+    async fn verify_local(&self, jws: &Jws<'_>) -> Result<Result<IdClaims, Rejection>, LineError> {
+        let header = jws.header.as_object().expect("checked in parse");
         if FORBIDDEN_HEADERS.iter().any(|h| header.contains_key(*h)) {
             return Ok(Err(Rejection::IdTokenAlgorithm));
         }
@@ -176,7 +178,7 @@ impl IdTokenVerifier {
         Ok(self.check_claims(&jws.payload))
     }
 
-    async fn verify_remote(&self, token: &str, jws: Jws<'_>) -> Result<Result<IdClaims, Rejection>, LineError> {
+    async fn verify_remote(&self, jws: &Jws<'_>) -> Result<Result<IdClaims, Rejection>, LineError> {
         // client_id comes from our channel list, picked by the token's claimed
         // audience: never a value the client chose that we do not accept.
         let Some(client_id) =
@@ -187,7 +189,7 @@ impl IdTokenVerifier {
         let nonce = jws.payload.get("nonce").and_then(Value::as_str);
         // Same admission as access tokens: bounded, and silent during a 429 back-off.
         let _slot = self.line.admit().await?;
-        let mut form = vec![("id_token", token), ("client_id", client_id)];
+        let mut form = vec![("id_token", jws.token), ("client_id", client_id)];
         // LINE refuses an empty `nonce=`; send it only when the token has one.
         if let Some(n) = nonce.filter(|n| !n.is_empty()) {
             form.push(("nonce", n));
@@ -246,20 +248,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_bounds_and_shapes() {
-        assert!(matches!(split("a.b"), Err(Rejection::IdTokenMalformed)));
-        assert!(matches!(split("a.b.c.d"), Err(Rejection::IdTokenMalformed)));
-        assert!(matches!(split("!!.b.c"), Err(Rejection::IdTokenMalformed)));
+    fn parse_bounds_and_shapes() {
+        assert!(matches!(parse("a.b"), Err(Rejection::IdTokenMalformed)));
+        assert!(matches!(parse("a.b.c.d"), Err(Rejection::IdTokenMalformed)));
+        assert!(matches!(parse("!!.b.c"), Err(Rejection::IdTokenMalformed)));
         let long = "a".repeat(MAX_ID_TOKEN_BYTES + 1);
-        assert!(matches!(split(&long), Err(Rejection::IdTokenMalformed)));
+        assert!(matches!(parse(&long), Err(Rejection::IdTokenMalformed)));
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#);
         let p = URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#);
         let token = format!("{h}.{p}.AAAA");
-        let jws = split(&token).unwrap();
+        let jws = parse(&token).unwrap();
         assert_eq!(jws.signing_input, format!("{h}.{p}").as_bytes());
         assert_eq!(jws.signature, vec![0, 0, 0]);
         // Arrays and strings are not JOSE headers.
         let arr = URL_SAFE_NO_PAD.encode(b"[1]");
-        assert!(matches!(split(&format!("{arr}.{p}.AAAA")), Err(Rejection::IdTokenMalformed)));
+        assert!(matches!(parse(&format!("{arr}.{p}.AAAA")), Err(Rejection::IdTokenMalformed)));
     }
 }

@@ -13,9 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use line_auth_proxy::config::{self, Config};
 #[allow(unused_imports)]
 pub use line_auth_proxy::mock_line::{Fault, Faults, MockLine, MockToken};
@@ -64,20 +62,7 @@ impl RecordingUpstream {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(UpstreamState::default());
         let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| upstream_handle(s.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = line_auth_proxy::mock_line::spawn_server(listener, move |req| upstream_handle(s.clone(), req));
         Self { addr, state, task }
     }
 
