@@ -3,15 +3,13 @@
 //! matching, percent-encoding. The load benchmark is `benches/load.sh`.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use line_auth_proxy::auth::{AuthMethod, Identity, Verdict};
-use line_auth_proxy::cache::{CredentialKind, VerdictCache, cache_key};
-use line_auth_proxy::config::CacheConfig;
-use line_auth_proxy::headers::{self, IdentityHeaderNames, percent_encoded};
-use line_auth_proxy::routes::{Route, RouteAuth, RouteTable, normalize_path};
+use line_auth_proxy::bench::{
+    AuthMethod, CredentialKind, Identity, IdentityHeaderNames, Route, RouteAuth, RouteTable, Verdict, cache_key,
+    normalize_path, percent_encoded, strip_for_upstream, strip_identity, verdict_cache,
+};
 
 fn identity() -> Identity {
     Identity {
@@ -44,8 +42,8 @@ fn strip_and_inject(c: &mut Criterion) {
         b.iter_batched(
             client_headers,
             |mut h| {
-                headers::strip_identity(&mut h, &names, &assertion);
-                headers::strip_for_upstream(&mut h, false, false);
+                strip_identity(&mut h, &names, &assertion);
+                strip_for_upstream(&mut h, false, false);
                 names.inject(&encoded, &mut h);
                 h
             },
@@ -56,13 +54,7 @@ fn strip_and_inject(c: &mut Criterion) {
 
 fn cache_hit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let config = CacheConfig {
-        ttl: Duration::from_secs(60),
-        negative_ttl: Duration::from_secs(10),
-        max_entries: 100_000,
-        shared: None,
-    };
-    let cache = VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None);
+    let cache = verdict_cache(100_000);
     let token = "eyJhbGciOiJIUzI1NiJ9.opaque-access-token-value";
     rt.block_on(async {
         let key = cache_key(CredentialKind::AccessToken, token);

@@ -12,13 +12,15 @@
 //! never receives benchmark traffic.
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use line_auth_proxy::clock::Stopwatch;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use line_auth_proxy::mock_line::{Faults, MockLine, MockToken};
+use line_auth_proxy::dev::{Faults, MockLine, MockToken};
 use tokio::net::TcpListener;
 
 const CHANNEL: &str = "1234567890";
@@ -105,7 +107,7 @@ async fn cold(proxy: &str, admin: &str, n: usize, concurrency: usize) {
             .map(|i| {
                 let (c, url, token) = (c.clone(), format!("{proxy}/api/cold"), format!("{run}{i}"));
                 tokio::spawn(async move {
-                    let start = Instant::now();
+                    let start = Stopwatch::start();
                     let status = c.get(url).bearer_auth(token).send().await.unwrap().status();
                     assert_eq!(status, 200);
                     start.elapsed()
@@ -150,7 +152,7 @@ async fn coalesce(proxy: &str, admin: &str, n: usize) {
 /// Verifies (and so caches) `n` distinct identities.
 async fn fill(proxy: &str, n: usize, concurrency: usize) {
     let c = client();
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(concurrency);
     let mut handles = Vec::with_capacity(concurrency);
     let per = n.div_ceil(concurrency);

@@ -47,13 +47,7 @@ impl Admin {
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener, "admin") => accepted,
             _ = crate::server::stopped(&mut stop) => return,
         };
         let admin = admin.clone();
@@ -84,7 +78,7 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Fu
             }
         }
         "/metrics" => {
-            admin.cache.sync().await;
+            // A number kept as entries come and go: a scrape never walks the cache.
             admin.metrics.cache_entries.set(admin.cache.entry_count() as i64);
             let mut r = Response::new(Full::new(Bytes::from(admin.metrics.encode())));
             r.headers_mut().insert(

@@ -1,8 +1,9 @@
 //! The proxy's one error type. It records which side failed — the client, the
 //! LINE Platform, the upstream, or the proxy itself — because that decides the
-//! status: 400/401/431, 503, 502/504, 500. [`ProxyError::status`] is the one
-//! mapping; [`ProxyError::into_response`] renders the JSON body every
-//! proxy-made answer carries. No variant holds token bytes.
+//! status: 400/401/405/431, 503, 502/504, 500. [`ProxyError::class`] is the one
+//! mapping from an error to its status, its `outcome` metric label and the
+//! refusal counter it goes to; [`ProxyError::into_response`] renders the JSON
+//! body every proxy-made answer carries. No variant holds token bytes.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -13,6 +14,7 @@ use crate::auth::Rejection;
 use crate::auth::credential::CredentialError;
 use crate::auth::line::LineError;
 use crate::routes::PathError;
+use crate::telemetry::{Outcome, Refusal};
 
 /// A failure whose cause is the client's request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,21 +67,46 @@ fn client_reason(e: &ClientError) -> &'static str {
     }
 }
 
+/// How an error is answered and counted: decided in one place, per variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    /// The `outcome` label of `line_auth_proxy_requests_total`.
+    pub outcome: Outcome,
+    /// The refusal counter the reason goes to (401s and 503s), if any.
+    pub refusal: Option<Refusal>,
+}
+
 impl ProxyError {
-    /// The status each side's failure maps to.
-    pub fn status(&self) -> StatusCode {
+    /// The status, outcome and counter of each side's failure.
+    pub fn class(&self) -> Class {
+        let class = |status, outcome, refusal| Class { status, outcome, refusal };
         match self {
-            ProxyError::Client(ClientError::BadPath(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::Client(ClientError::HeadersTooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::Client(ClientError::NonceMethod) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Client(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Line(_) | ProxyError::NonceStore => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream(UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade) => {
-                StatusCode::BAD_GATEWAY
+            ProxyError::Client(ClientError::BadPath(_)) => class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None),
+            ProxyError::Client(ClientError::HeadersTooLarge) => {
+                class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
             }
-            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Client(ClientError::NonceMethod) => {
+                class(StatusCode::METHOD_NOT_ALLOWED, Outcome::BadRequest, None)
+            }
+            ProxyError::Client(
+                ClientError::MissingCredential | ClientError::Credential(_) | ClientError::Rejected(_),
+            ) => class(StatusCode::UNAUTHORIZED, Outcome::Rejected, Some(Refusal::Rejected)),
+            ProxyError::Line(_) | ProxyError::NonceStore => {
+                class(StatusCode::SERVICE_UNAVAILABLE, Outcome::Unavailable, Some(Refusal::Unavailable))
+            }
+            ProxyError::Upstream(UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade) => {
+                class(StatusCode::BAD_GATEWAY, Outcome::UpstreamError, None)
+            }
+            ProxyError::Upstream(UpstreamError::Timeout) => {
+                class(StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamError, None)
+            }
+            ProxyError::Internal(_) => class(StatusCode::INTERNAL_SERVER_ERROR, Outcome::InternalError, None),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.class().status
     }
 
     /// Stable reason code for the access log and metric labels.
@@ -195,6 +222,39 @@ mod tests {
         assert_eq!(status(ProxyError::NonceStore), 503);
         assert_eq!(ProxyError::NonceStore.into_response().headers()[RETRY_AFTER], "1");
         assert_eq!(status(ProxyError::Client(ClientError::NonceMethod)), 405);
+    }
+
+    #[test]
+    fn status_outcome_and_counter_agree_for_every_variant() {
+        let every = [
+            ProxyError::Client(ClientError::MissingCredential),
+            ProxyError::Client(ClientError::Credential(CredentialError::NotBearer)),
+            ProxyError::Client(ClientError::Rejected(Rejection::Invalid)),
+            ProxyError::Client(ClientError::BadPath(PathError::Backslash)),
+            ProxyError::Client(ClientError::HeadersTooLarge),
+            ProxyError::Client(ClientError::NonceMethod),
+            ProxyError::Line(LineError::Overloaded),
+            ProxyError::NonceStore,
+            ProxyError::Upstream(UpstreamError::Unreachable),
+            ProxyError::Upstream(UpstreamError::Timeout),
+            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade),
+            ProxyError::Internal("x"),
+        ];
+        for e in every {
+            let c = e.class();
+            let expected = match c.status.as_u16() {
+                400 | 405 | 431 => (Outcome::BadRequest, None),
+                401 => (Outcome::Rejected, Some(Refusal::Rejected)),
+                503 => (Outcome::Unavailable, Some(Refusal::Unavailable)),
+                502 | 504 => (Outcome::UpstreamError, None),
+                500 => (Outcome::InternalError, None),
+                other => panic!("{e:?} maps to an unexpected {other}"),
+            };
+            assert_eq!((c.outcome, c.refusal), expected, "{e:?}");
+            assert_eq!(e.clone().into_response().status(), c.status, "{e:?}");
+        }
+        // The nonce endpoint's 405 is a bad request, never an internal error.
+        assert_eq!(ProxyError::Client(ClientError::NonceMethod).class().outcome, Outcome::BadRequest);
     }
 
     #[test]

@@ -2,46 +2,72 @@
 //! LINE Platform and forwards requests with trusted `X-Line-*` identity headers.
 //!
 //! [`bind`] opens the listeners (so callers learn the real ports), and
-//! [`Bound::serve`] runs until the shutdown future resolves; [`run`] does both.
-//! `main` and the tests use the same entry points.
+//! [`Bound::serve`] runs until the shutdown future resolves or a task of the
+//! proxy fails; [`run`] does both. `main` and the tests use the same entry
+//! points; tests pass their own [`Clock`] to [`bind_with`].
+//!
+//! The public API is what the binary and the tests need: [`config`] loading,
+//! the entry points, tracing set-up, the [`clock`], and (feature `dev`) the
+//! [`dev`] mock LINE Platform. Everything else is internal to the crate.
 
-pub mod admin;
-pub mod auth;
-pub mod cache;
+mod admin;
+mod auth;
+mod cache;
+pub mod clock;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
-pub mod error;
-pub mod headers;
-pub mod mock_line;
-pub mod proxy;
-pub mod redis_conn;
-pub mod routes;
-pub mod server;
-pub mod telemetry;
-pub mod upstream;
+mod error;
+mod headers;
+mod panics;
+mod proxy;
+mod redis_conn;
+mod routes;
+mod server;
+mod sync;
+mod telemetry;
+mod upstream;
 
+#[doc(hidden)]
+pub mod bench;
+
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+pub use clock::Clock;
 pub use config::Config;
+pub use panics::install_panic_hook;
+pub use telemetry::{LogFormat, init_tracing, init_tracing_with};
 
 /// Why the proxy could not start or run (exit code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("TLS: {0}")]
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up TLS on server.listen")]
     Tls(#[from] server::TlsError),
-    #[error("cannot build the LINE Platform client: {0}")]
-    LineClient(String),
-    #[error("cannot set up Redis: {0}")]
-    Redis(String),
+    /// reqwest's builder errors hold no URL, and `without_url` makes sure.
+    #[error("cannot build the LINE Platform client")]
+    LineClient(#[source] reqwest::Error),
+    #[error(transparent)]
+    Redis(#[from] redis_conn::RedisSetupError),
+    /// A task of the proxy panicked or ended on its own: the process must not
+    /// go on half-working.
+    #[error("the {task} failed: {why}")]
+    TaskFailed { task: &'static str, why: String },
 }
 
 /// Installs ring as the process-wide rustls provider (the only one compiled in).
@@ -50,6 +76,8 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The proxy with its listeners bound, not yet serving.
 pub struct Bound {
     proxy_listener: TcpListener,
@@ -57,10 +85,19 @@ pub struct Bound {
     tls: Option<TlsAcceptor>,
     state: Arc<proxy::State>,
     admin: Arc<admin::Admin>,
+    /// Background work (JWKS refresh, sweeps, Redis probes), supervised like the listeners.
+    background: Vec<(&'static str, Task)>,
 }
 
-/// Builds the shared state and binds both listeners.
+/// Builds the shared state on the real clock and binds both listeners.
 pub async fn bind(config: Config) -> Result<Bound, RunError> {
+    bind_with(config, Clock::system()).await
+}
+
+/// [`bind`] with the clock that expiring state (cache, nonces, JWKS, LINE
+/// back-off) reads: tests pass a manual one and advance it.
+pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> {
+    use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
     let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
     let bind = |addr: SocketAddr| async move {
@@ -69,56 +106,67 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
     let proxy_listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.server.admin_listen).await?;
     let metrics = Arc::new(telemetry::Metrics::new());
-    // reqwest's builder error holds no URL; it is safe to print.
     let line = Arc::new(
-        auth::line::LineClient::new(&config.line, metrics.clone())
-            .map_err(|e| RunError::LineClient(e.without_url().to_string()))?,
+        line::LineClient::new(&config.line, clock.clone(), metrics.clone())
+            .map_err(|e| RunError::LineClient(e.without_url()))?,
     );
+    let mut background: Vec<(&'static str, Task)> = Vec::new();
     let jwks = config
         .id_token
         .as_ref()
         .filter(|c| c.verification == config::IdTokenVerification::Local)
-        .map(|c| Arc::new(auth::jwks::Jwks::new(line.clone(), c.jwks_url.clone(), metrics.clone())));
-    let id_tokens = config
-        .id_token
-        .as_ref()
-        .map(|c| auth::id_token::IdTokenVerifier::new(c, config.line.channel_ids.clone(), line.clone(), jwks.clone()));
-    let redis = |c: &config::RedisConfig, purpose| {
+        .map(|c| Arc::new(jwks::Jwks::new(line.clone(), c.jwks_url.clone(), clock.clone(), metrics.clone())));
+    if let Some(jwks) = &jwks {
+        background.push(("JWKS refresher", Box::pin(jwks.clone().run_refresher())));
+    }
+    let id_tokens = config.id_token.as_ref().map(|c| {
+        id_token::IdTokenVerifier::new(c, config.line.channel_ids.clone(), line.clone(), jwks.clone(), clock.clone())
+    });
+    let redis = |c: &redis_conn::RedisConfig, purpose| {
         redis_conn::RedisConn::new(c, purpose, metrics.clone()).map(Arc::new).map_err(RunError::Redis)
     };
     let nonces = match &config.id_token {
         None => None,
         Some(c) => {
             let store = match &c.nonce.redis {
-                None => auth::nonce::NonceStore::Memory(auth::nonce::MemoryNonces::new(
+                None => nonce::NonceStore::Memory(nonce::MemoryNonces::new(
                     c.nonce.ttl,
-                    auth::nonce::MAX_NONCES,
+                    nonce::MAX_NONCES,
+                    clock.clone(),
                     metrics.clone(),
                 )),
-                Some(r) => auth::nonce::NonceStore::Redis(auth::nonce::RedisNonces::new(
+                Some(r) => nonce::NonceStore::Redis(nonce::RedisNonces::new(
                     redis(r, "nonce")?,
                     c.nonce.ttl,
+                    clock.clone(),
                     metrics.clone(),
                 )),
             };
-            Some(proxy::Nonces { path: c.nonce.path.clone(), store: Arc::new(store) })
+            let store = Arc::new(store);
+            background.push(("nonce store upkeep", Box::pin(store.clone().run_maintenance())));
+            Some(proxy::Nonces { path: c.nonce.path.clone(), store })
         }
     };
     let shared = match &config.cache.shared {
         None => None,
-        Some(r) => Some(cache::SharedTier::new(redis(r, "cache")?, metrics.clone())),
+        Some(r) => {
+            let conn = redis(r, "cache")?;
+            background.push(("shared cache probe", Box::pin(conn.clone().run_health_probe())));
+            Some(cache::SharedTier::new(conn, clock.clone(), metrics.clone()))
+        }
     };
-    let cache = Arc::new(cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared));
+    let cache = Arc::new(cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone()));
+    background.push(("cache sweeper", Box::pin(cache.clone().run_sweeper())));
     let upstream = upstream::Upstream::new(&config.upstream);
     let admin = Arc::new(admin::Admin {
         ready: AtomicBool::new(false),
         metrics: metrics.clone(),
         cache: cache.clone(),
-        jwks: jwks.clone(),
+        jwks,
         nonce_redis: nonces.as_ref().and_then(|n| n.store.redis().cloned()),
     });
     let state = Arc::new(proxy::State { config, line, id_tokens, nonces, cache, upstream, metrics });
-    Ok(Bound { proxy_listener, admin_listener, tls, state, admin })
+    Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background })
 }
 
 impl Bound {
@@ -132,41 +180,72 @@ impl Bound {
 
     /// Serves until `shutdown` resolves: then `/readyz` turns 503, the proxy stops
     /// accepting, and in-flight requests get `server.shutdown_grace_seconds`.
+    /// If a listener or background task panics or ends first (or, with
+    /// [`install_panic_hook`], any task panics), `/readyz` turns 503 and this
+    /// returns [`RunError::TaskFailed`] at once.
     pub async fn serve<F: Future<Output = ()>>(self, shutdown: F) -> Result<(), RunError> {
+        let (proxy_addr, admin_addr) = (self.proxy_addr(), self.admin_addr());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), admin_stop_rx));
-        // Background work: JWKS loading and refresh, nonce sweeping.
-        let mut background = Vec::new();
-        if let Some(jwks) = &self.admin.jwks {
-            background.push(tokio::spawn(jwks.clone().run_refresher()));
+        let mut admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), admin_stop_rx));
+        let mut background = JoinSet::new();
+        let mut names = HashMap::new();
+        for (name, task) in self.background {
+            names.insert(background.spawn(task).id(), name);
         }
-        if let Some(nonces) = &self.state.nonces {
-            background.push(tokio::spawn(nonces.store.clone().run_maintenance()));
-        }
-        if let Some(shared) = self.state.cache.shared_redis() {
-            background.push(tokio::spawn(shared.clone().run_health_probe()));
-        }
-        let proxy_task = tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.state.clone(), stop_rx));
+        let mut proxy_task =
+            tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.state.clone(), stop_rx));
         self.admin.ready.store(true, Ordering::Release);
+        let upstream = &self.state.config.upstream;
         tracing::info!(
-            listen = %self.state.config.server.listen,
-            admin = %self.state.config.server.admin_listen,
-            upstream = %format!("{}://{}", self.state.config.upstream.scheme, self.state.config.upstream.authority),
+            listen = %proxy_addr,
+            admin = %admin_addr,
+            upstream = %format!("{}://{}", upstream.scheme, upstream.authority),
             "line-auth-proxy ready"
         );
-        shutdown.await;
-        tracing::info!("shutdown requested");
+        let failure = tokio::select! {
+            () = shutdown => None,
+            ended = &mut proxy_task => Some(("proxy listener", why(ended))),
+            ended = &mut admin_task => Some(("admin listener", why(ended))),
+            Some(ended) = background.join_next_with_id() => {
+                let id = match &ended {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                Some((names.get(&id).copied().unwrap_or("background task"), why(ended.map(|_| ()))))
+            }
+            message = panics::panicked() => Some(("process (a task panicked)", message)),
+        };
         self.admin.ready.store(false, Ordering::Release);
+        if let Some((task, why)) = failure {
+            tracing::error!(task, why = %why, "a task of the proxy failed; exiting");
+            proxy_task.abort();
+            admin_task.abort();
+            return Err(RunError::TaskFailed { task, why });
+        }
+        tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
         let _ = proxy_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        for task in background {
-            task.abort();
-        }
+        background.abort_all();
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Adds a supervised background task (tests make one fail).
+    #[cfg(test)]
+    fn add_background(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.push((name, Box::pin(task)));
+    }
+}
+
+/// Why a task that should run until shutdown is over.
+fn why(ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(()) => "it ended on its own".into(),
+        Err(e) if e.is_panic() => format!("it panicked: {}", panics::message(e.into_panic().as_ref())),
+        Err(_) => "it was cancelled".into(),
     }
 }
 
@@ -194,5 +273,48 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                    [upstream]\nurl = \"http://127.0.0.1:9\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
+        config::load_str(text, std::iter::empty()).unwrap().config
+    }
+
+    #[tokio::test]
+    async fn a_panicking_background_task_stops_the_proxy_and_readiness() {
+        let mut bound = bind(config()).await.unwrap();
+        let (panic_now, wait) = tokio::sync::oneshot::channel::<()>();
+        bound.add_background("test task", async move {
+            let _ = wait.await;
+            panic!("boom");
+        });
+        let admin = bound.admin.clone();
+        let served = tokio::spawn(bound.serve(std::future::pending()));
+        while !admin.is_ready() {
+            tokio::task::yield_now().await;
+        }
+        panic_now.send(()).unwrap();
+        match served.await.unwrap() {
+            Err(RunError::TaskFailed { task, why }) => {
+                assert_eq!(task, "test task");
+                assert!(why.contains("boom"), "{why}");
+            }
+            other => panic!("expected a task failure, got {other:?}"),
+        }
+        assert!(!admin.is_ready(), "/readyz would still answer 200");
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_ends_is_a_failure_too() {
+        let mut bound = bind(config()).await.unwrap();
+        bound.add_background("short-lived", async {});
+        let result = bound.serve(std::future::pending()).await;
+        assert!(matches!(result, Err(RunError::TaskFailed { task: "short-lived", .. })), "{result:?}");
     }
 }

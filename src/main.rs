@@ -1,14 +1,13 @@
 //! The `line-auth-proxy` command: parses arguments, loads and validates the
 //! configuration (every problem printed, exit 2), initialises tracing, installs
-//! the rustls provider and hands over to the library.
+//! the rustls provider and the panic hook, and hands over to the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use line_auth_proxy::config::{self, CONFIG_FILE_ENV};
-use line_auth_proxy::telemetry::{self, LogFormat};
+use line_auth_proxy::{LogFormat, init_tracing};
 
 #[derive(Parser)]
 #[command(
@@ -32,13 +31,14 @@ enum Command {
     /// Validate the configuration file: print every problem, exit 0 or 2.
     Check,
     /// Run a demo: mock LINE Platform, echo upstream and the proxy; prints curl lines.
+    #[cfg_attr(not(feature = "dev"), command(hide = true))]
     Dev {
-        /// Proxy listener of the demo.
+        /// Proxy listener of the demo (port 0: any free port, printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Admin listener of the demo.
         #[arg(long, default_value = "127.0.0.1:9901")]
-        admin_listen: SocketAddr,
+        admin_listen: std::net::SocketAddr,
     },
 }
 
@@ -46,41 +46,70 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     line_auth_proxy::install_crypto_provider();
     match cli.command {
-        Some(Command::Dev { listen, admin_listen }) => {
-            telemetry::init_tracing(cli.log_format);
-            runtime(line_auth_proxy::dev::run(listen, admin_listen))
-        }
+        Some(Command::Dev { listen, admin_listen }) => dev(cli.log_format, listen, admin_listen),
         Some(Command::Check) => match load(cli.config) {
-            Ok(_) => {
-                println!("configuration OK");
+            Ok(loaded) => {
+                println!(
+                    "configuration OK{}",
+                    match loaded.warnings.len() {
+                        0 => String::new(),
+                        n => format!(" ({n} warning(s) above)"),
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
         None => {
             let config = match load(cli.config) {
-                Ok(c) => c,
+                Ok(loaded) => loaded.config,
                 Err(code) => return code,
             };
-            telemetry::init_tracing(cli.log_format);
+            init_tracing(cli.log_format);
+            line_auth_proxy::install_panic_hook();
             runtime(line_auth_proxy::run(config, line_auth_proxy::shutdown_signal()))
         }
     }
 }
 
-/// Loads the file named by `--config` or the environment; prints every problem.
-fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+#[cfg(feature = "dev")]
+fn dev(format: LogFormat, listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> ExitCode {
+    init_tracing(format);
+    line_auth_proxy::install_panic_hook();
+    runtime(line_auth_proxy::dev::run(listen, admin_listen))
+}
+
+#[cfg(not(feature = "dev"))]
+fn dev(_: LogFormat, _: std::net::SocketAddr, _: std::net::SocketAddr) -> ExitCode {
+    eprintln!("error: this build has no `dev` command (built without the `dev` feature)");
+    ExitCode::from(2)
+}
+
+/// Loads the file named by `--config` or the environment; prints every
+/// warning and every problem.
+fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
     let Some(path) = path else {
         eprintln!("error: no configuration: pass --config FILE or set {CONFIG_FILE_ENV}");
         return Err(ExitCode::from(2));
     };
-    config::load(Some(&path), std::env::vars()).map_err(|problems| {
-        for p in &problems.0 {
-            eprintln!("error: {}: {}", p.key, p.message);
+    match config::load(Some(&path), std::env::vars()) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(loaded)
         }
-        eprintln!("{} problem(s) in {}", problems.0.len(), path.display());
-        ExitCode::from(2)
-    })
+        Err(problems) => {
+            for w in &problems.warnings {
+                eprintln!("warning: {w}");
+            }
+            for p in &problems.errors {
+                eprintln!("error: {p}");
+            }
+            eprintln!("{} problem(s) in {}", problems.errors.len(), path.display());
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn runtime<F>(future: F) -> ExitCode
@@ -105,9 +134,22 @@ where
     match rt.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "line-auth-proxy failed");
-            eprintln!("error: {e}");
+            let chain = error_chain(&e);
+            tracing::error!(error = %chain, "line-auth-proxy failed");
+            eprintln!("error: {chain}");
             ExitCode::from(1)
         }
     }
+}
+
+/// `error: cause: cause…`, every source in the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

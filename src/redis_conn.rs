@@ -7,12 +7,75 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::config::RedisConfig;
+use crate::clock::Stopwatch;
 use crate::telemetry::{Metrics, RedisLabels, RedisOpLabels};
+
+/// Where and how to reach Redis for one use (nonces or the shared cache).
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// May hold a password: never logged; see [`RedisConfig::redacted`].
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// `scheme://host:port/db`, without credentials: the form safe to log.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted())
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Drops `user:password@` from a URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}{}", &url[..scheme_end + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// A `redis://` or `rediss://` URL with a host, as redis-rs reads it. The
+/// message never echoes a password.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let ok = match url.split_once("://") {
+        Some(("redis" | "rediss", rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            !host.is_empty() && !host.starts_with('/') && redis::IntoConnectionInfo::into_connection_info(url).is_ok()
+        }
+        _ => false,
+    };
+    ok.then_some(()).ok_or_else(|| {
+        format!(
+            "{:?} is not a redis:// or rediss:// URL with a host (e.g. \"redis://:password@10.0.0.5:6379/0\"; unix sockets, Sentinel and Cluster are not supported)",
+            redact_url(url)
+        )
+    })
+}
+
+/// Key namespaces are 1 to 128 visible characters.
+pub fn check_key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > 128
+        || prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("must be 1 to 128 visible characters, e.g. \"line-auth-proxy:nonce:\"".into());
+    }
+    Ok(())
+}
 
 /// How often the health probe PINGs (1 second).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,6 +88,17 @@ pub enum RedisFailure {
     Timeout,
     #[error("Redis call failed")]
     Failed,
+}
+
+/// Redis could not be set up at start. Only the error's kind is kept: a
+/// `RedisError`'s text can carry server detail, and its URL a password.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the {purpose} Redis at {address} ({kind:?})")]
+pub struct RedisSetupError {
+    pub purpose: &'static str,
+    /// Without credentials.
+    pub address: String,
+    pub kind: redis::ErrorKind,
 }
 
 pub struct RedisConn {
@@ -41,16 +115,16 @@ pub struct RedisConn {
 impl RedisConn {
     /// Prepares the connection without connecting (Redis may be down at start;
     /// the first call or the health probe connects).
-    pub fn new(config: &RedisConfig, purpose: &'static str, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("{purpose} Redis at {}: {:?}", config.redacted(), e.kind()))?;
+    pub fn new(config: &RedisConfig, purpose: &'static str, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
+        let setup_error =
+            |e: redis::RedisError| RedisSetupError { purpose, address: config.redacted(), kind: e.kind() };
+        let client = redis::Client::open(config.url.as_str()).map_err(setup_error)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| format!("{purpose} Redis at {}: {:?}", config.redacted(), e.kind()))?;
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(setup_error)?;
         Ok(Self {
             manager,
             purpose,
@@ -74,7 +148,7 @@ impl RedisConn {
 
     /// Runs one command with the per-call timeout; counts it as `op`.
     pub async fn run<T: redis::FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
-        let start = Instant::now();
+        let stopwatch = Stopwatch::start();
         let mut conn = self.manager.clone();
         let result = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
         let outcome = match &result {
@@ -86,7 +160,7 @@ impl RedisConn {
         self.metrics
             .redis_duration
             .get_or_create(&RedisOpLabels { purpose: self.purpose, op })
-            .observe(start.elapsed().as_secs_f64());
+            .observe(stopwatch.seconds());
         let result = match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {

@@ -8,8 +8,9 @@ use std::borrow::Cow;
 
 use http::Method;
 
-/// What a route requires of the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a route requires of the client (`routes[].auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RouteAuth {
     /// No credential; identity headers are still stripped.
     None,
@@ -74,6 +75,11 @@ impl RouteTable {
         &self.routes
     }
 
+    /// True when some route requires `auth`.
+    pub fn has(&self, auth: RouteAuth) -> bool {
+        self.routes.iter().any(|r| r.auth == auth)
+    }
+
     /// Finds the policy for a normalised path. `preflight_method` is the
     /// `Access-Control-Request-Method` of an `OPTIONS` request that also carries
     /// `Origin`; a preflight route matches when it allows the method being asked about.
@@ -98,6 +104,28 @@ impl RouteTable {
             }
         }
         DEFAULT_POLICY
+    }
+}
+
+/// A route's `path_prefix` must be what normalisation leaves unchanged:
+/// requests are matched after normalisation, so anything else never matches.
+pub fn check_path_prefix(prefix: &str) -> Result<(), &'static str> {
+    if !prefix.starts_with('/') {
+        return Err("must start with /");
+    }
+    if normalize_path(prefix).ok().as_deref() != Some(prefix) {
+        return Err(
+            "must be a normalised path (no //, no . or .. segments, no percent-escapes): requests are matched after normalisation",
+        );
+    }
+    Ok(())
+}
+
+/// A route's method name, matched case-insensitively.
+pub fn parse_method(name: &str) -> Result<Method, &'static str> {
+    match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+        Ok(method) if !name.is_empty() => Ok(method),
+        _ => Err("is not an HTTP method"),
     }
 }
 

@@ -13,11 +13,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ServerConfig, TlsFiles};
-use crate::proxy::{self, State};
+use crate::proxy::{self, ConnInfo, ConnectionSlot, State};
 
 /// hyper's own read buffer: big enough that heads over `max_header_bytes` still
 /// parse and get the proxy's JSON 431; beyond it hyper answers a bare 431.
@@ -27,35 +27,41 @@ fn hyper_buffer_bytes(max_header_bytes: usize) -> usize {
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before retrying (50 ms).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// After the grace period, how long closing the remaining connections may take (1 second).
+const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// Why the TLS listener could not be set up; each keeps its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{0}")]
-    Config(String),
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate", .path.display())]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("the certificate and key do not make a TLS configuration")]
+    Config(#[from] rustls::Error),
 }
 
 /// Builds the rustls acceptor from PEM files (ALPN: h2, http/1.1).
 pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read_err = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    let read_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Read { path, source }
     };
     let certs = CertificateDer::pem_file_iter(&files.cert_file)
-        .map_err(|e| read_err(&files.cert_file, &e))?
+        .map_err(read_err(&files.cert_file))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_err(&files.cert_file, &e))?;
+        .map_err(read_err(&files.cert_file))?;
     if certs.is_empty() {
-        return Err(read_err(&files.cert_file, &"no certificate in the file"));
+        return Err(TlsError::NoCertificate { path: files.cert_file.clone() });
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| read_err(&files.key_file, &e))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(read_err(&files.key_file))?;
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -100,27 +106,18 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of the HTTP/2 connection preface that tell h2c from HTTP/1.1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What the proxy saw of the client connection, handed to every request on it.
-#[derive(Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
-    pub peer_ip: http::HeaderValue,
-    pub tls: bool,
-    /// Held by the connection and by any WebSocket tunnel it turns into.
-    pub slot: Arc<ConnectionSlot>,
-}
-
-/// One unit of `server.max_connections`: the semaphore permit and the
-/// open-connections gauge, both released when the last holder drops it.
-pub struct ConnectionSlot {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<crate::telemetry::Metrics>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.metrics.open_connections.dec();
+/// Accepts the next connection. A failed `accept` (out of file descriptors,
+/// above all) is logged and retried after [`ACCEPT_ERROR_BACKOFF`]: retrying at
+/// once would spin a core while nothing can be accepted anyway.
+pub async fn accept(listener: &TcpListener, name: &'static str) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed; retrying shortly");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
     }
 }
 
@@ -135,6 +132,8 @@ pub async fn serve_proxy(
     let config = &state.config.server;
     let builders = Arc::new(Builders::new(config));
     let graceful = GracefulShutdown::new();
+    // Past the grace period, whatever is still open (connections, tunnels) is closed.
+    let (force_close, closing) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));
     loop {
         let permit = tokio::select! {
@@ -142,22 +141,12 @@ pub async fn serve_proxy(
             _ = stopped(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, "proxy") => accepted,
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        state.metrics.open_connections.inc();
-        let slot = Arc::new(ConnectionSlot { _permit: permit, metrics: state.metrics.clone() });
-        let peer_ip =
-            http::HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
-        let conn = ConnInfo { peer, peer_ip, tls: tls.is_some(), slot };
+        let conn =
+            ConnInfo::new(peer, tls.is_some(), ConnectionSlot::new(permit, state.metrics.clone()), closing.clone());
         let state = state.clone();
         let builders = builders.clone();
         let watcher = graceful.watcher();
@@ -201,6 +190,9 @@ pub async fn serve_proxy(
     .await;
     if drained.is_err() {
         tracing::warn!("shutdown grace period over; closing the remaining connections");
+        let _ = force_close.send(true);
+        // Each closes when next polled; wait for their slots, briefly.
+        let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, limit.acquire_many(config.max_connections as u32)).await;
     }
 }
 
@@ -229,10 +221,16 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let mut closing = conn.closing.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| proxy::handle(state.clone(), conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    tokio::select! {
+        ended = watcher.watch(connection) => {
+            if let Err(e) = ended {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = stopped(&mut closing) => tracing::debug!(peer = %peer, "connection closed at the end of the grace period"),
     }
 }
 

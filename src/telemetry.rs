@@ -67,6 +67,65 @@ where
     let _ = tracing_subscriber::registry().with(layer.with_filter(env_filter).with_filter(caps)).try_init();
 }
 
+/// What the proxy decided about one request: the `outcome` label of
+/// `line_auth_proxy_requests_total`. What the upstream answered is not an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    /// An `optional` route without a credential.
+    Anonymous,
+    /// A CORS preflight let through without a credential.
+    Preflight,
+    NonceIssued,
+    /// 401.
+    Rejected,
+    /// 503: verification could not run.
+    Unavailable,
+    /// 400, 405, 431.
+    BadRequest,
+    /// 502, 504.
+    UpstreamError,
+    /// 500.
+    InternalError,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::Anonymous,
+        Outcome::Preflight,
+        Outcome::NonceIssued,
+        Outcome::Rejected,
+        Outcome::Unavailable,
+        Outcome::BadRequest,
+        Outcome::UpstreamError,
+        Outcome::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Anonymous => "anonymous",
+            Outcome::Preflight => "preflight",
+            Outcome::NonceIssued => "nonce_issued",
+            Outcome::Rejected => "rejected",
+            Outcome::Unavailable => "unavailable",
+            Outcome::BadRequest => "bad_request",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::InternalError => "internal_error",
+        }
+    }
+}
+
+/// The counters that explain a refusal by its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `line_auth_proxy_auth_rejections_total`: the proxy's 401s.
+    Rejected,
+    /// `line_auth_proxy_auth_unavailable_total`: the proxy's 503s.
+    Unavailable,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub outcome: &'static str,
@@ -128,8 +187,7 @@ fn latency_histogram() -> Histogram {
 /// All metric families, registered once.
 pub struct Metrics {
     registry: Registry,
-    /// Requests by `outcome` (forwarded, anonymous, preflight, rejected, unavailable,
-    /// bad_request, upstream_error, internal_error) and route `auth` kind.
+    /// Requests by [`Outcome`] and route `auth` kind.
     pub requests: Family<RequestLabels, Counter>,
     /// 401s by `reason` (missing_credential, token_expired, wrong_channel, …).
     pub rejections: Family<ReasonLabels, Counter>,
@@ -167,18 +225,6 @@ pub struct Metrics {
     hot: Hot,
 }
 
-/// Outcome label values of the requests counter.
-const OUTCOMES: [&str; 9] = [
-    "forwarded",
-    "anonymous",
-    "preflight",
-    "nonce_issued",
-    "rejected",
-    "unavailable",
-    "bad_request",
-    "upstream_error",
-    "internal_error",
-];
 /// Route auth kinds.
 const AUTHS: [&str; 4] = ["none", "access_token", "optional", "id_token"];
 /// Sources of a verdict.
@@ -268,9 +314,9 @@ impl Metrics {
             cache_shared_errors.clone(),
         );
         let hot = Hot {
-            requests: OUTCOMES
+            requests: Outcome::ALL
                 .iter()
-                .flat_map(|o| AUTHS.iter().map(move |a| (*o, *a)))
+                .flat_map(|o| AUTHS.iter().map(move |a| (o.as_str(), *a)))
                 .map(|(outcome, auth)| requests.get_or_create(&RequestLabels { outcome, auth }).clone())
                 .collect(),
             auth_duration: SOURCES
@@ -317,11 +363,20 @@ impl Metrics {
     }
 
     /// Counts one request by outcome and route auth kind.
-    pub fn count_request(&self, outcome: &'static str, auth: &'static str) {
-        match (OUTCOMES.iter().position(|o| *o == outcome), AUTHS.iter().position(|a| *a == auth)) {
-            (Some(o), Some(a)) => self.hot.requests[o * AUTHS.len() + a].inc(),
-            _ => self.requests.get_or_create(&RequestLabels { outcome, auth }).inc(),
+    pub fn count_request(&self, outcome: Outcome, auth: &'static str) {
+        match AUTHS.iter().position(|a| *a == auth) {
+            Some(a) => self.hot.requests[outcome as usize * AUTHS.len() + a].inc(),
+            None => self.requests.get_or_create(&RequestLabels { outcome: outcome.as_str(), auth }).inc(),
         };
+    }
+
+    /// Counts a 401 or 503 by its reason.
+    pub fn count_refusal(&self, refusal: Refusal, reason: &'static str) {
+        let family = match refusal {
+            Refusal::Rejected => &self.rejections,
+            Refusal::Unavailable => &self.unavailable,
+        };
+        family.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Records the time to a verdict from `source`.

@@ -1,12 +1,12 @@
-//! The upstream side: a pooled hyper-util client, the URI rewrite to the
-//! authorised path, `X-Forwarded-*`, and the connect and response-head timeouts.
+//! The upstream side: a pooled hyper-util client, the rewrite to the authorised
+//! path and to HTTP/1.1, and the connect and response-head timeouts.
 //!
 //! Pipeline position: last. The request arriving here is already stripped of
 //! client identity and hop-by-hop headers and carries the injected identity.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -15,14 +15,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::clock::Stopwatch;
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
-use crate::server::ConnInfo;
 use crate::telemetry::Metrics;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Idle pooled connections are closed after this long (90 seconds).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -51,10 +48,9 @@ impl Upstream {
         Self { client, scheme: config.scheme.clone(), authority: config.authority.clone(), timeout: config.timeout }
     }
 
-    /// Points the request at the upstream with the authorised path, and sets
-    /// `Host` (kept from the client), `X-Forwarded-For/-Proto/-Host` from what
-    /// the proxy saw.
-    pub fn prepare(&self, req: &mut Request<Incoming>, path: PathAndQuery, conn: &ConnInfo) {
+    /// Points the request at the upstream with the authorised path, as HTTP/1.1,
+    /// keeping the client's `Host` (or `:authority`).
+    pub fn prepare(&self, req: &mut Request<Incoming>, path: PathAndQuery) {
         let original_authority = req.uri().authority().cloned();
         let was_http2 = req.version() == Version::HTTP_2;
         let uri = Uri::builder()
@@ -77,24 +73,14 @@ impl Upstream {
         if was_http2 {
             join_cookies(headers);
         }
-        append_forwarded_for(headers, &conn.peer_ip);
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
-        match headers.get(header::HOST).cloned() {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
     }
 
     /// Sends the request; 502 when the upstream cannot be reached, 504 when its
     /// response head does not arrive within `upstream.timeout_ms`.
     pub async fn send(&self, req: Request<Incoming>, metrics: &Metrics) -> Result<Response<Incoming>, UpstreamError> {
-        let start = Instant::now();
+        let stopwatch = Stopwatch::start();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        metrics.upstream_duration.observe(start.elapsed().as_secs_f64());
+        metrics.upstream_duration.observe(stopwatch.seconds());
         match result {
             Err(_) => {
                 tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "upstream did not answer in time");
@@ -129,27 +115,6 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Appends the peer address to any `X-Forwarded-For` the client sent (kept for
-/// the upstream's information; the proxy itself never decides on it).
-fn append_forwarded_for(headers: &mut http::HeaderMap, peer_ip: &HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
-        return;
-    }
-    let mut combined = Vec::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if !combined.is_empty() {
-            combined.extend_from_slice(b", ");
-        }
-        combined.extend_from_slice(v.as_bytes());
-    }
-    combined.extend_from_slice(b", ");
-    combined.extend_from_slice(peer_ip.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&combined) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,18 +127,5 @@ mod tests {
         join_cookies(&mut h);
         assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(h[header::COOKIE], "a=1; b=2");
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_peer() {
-        let peer = HeaderValue::from_static("10.1.2.3");
-        let mut h = http::HeaderMap::new();
-        append_forwarded_for(&mut h, &peer);
-        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
-        let mut h = http::HeaderMap::new();
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, &peer);
-        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
     }
 }

@@ -1,5 +1,6 @@
 //! Access-token verification end to end: what LINE must say for a request to
 //! pass, and every way it is refused (each proving the upstream was not reached).
+#![cfg(feature = "dev")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The admin listener (`/healthz`, `/readyz`, `/metrics`, never on the proxy
 //! port) and rustls termination on the proxy listener.
+#![cfg(feature = "dev")]
 
 mod support;
 

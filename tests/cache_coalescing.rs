@@ -1,6 +1,7 @@
 //! The verdict cache: hits make no network call, concurrent identical fresh
 //! tokens make one LINE round trip, TTLs never outlive the token, rejections are
 //! remembered briefly, and the cache stays within `max_entries`.
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -65,10 +66,9 @@ async fn ttl_is_capped_by_expires_in() {
     let c = client();
     assert_eq!(e.status("/a", "short-lived").await, 200);
     let expires_at: u64 = e.upstream.last().headers["x-line-expires-at"].to_str().unwrap().parse().unwrap();
+    assert_eq!(expires_at, e.clock.unix_seconds() + 1);
     // Past the token's expiry (cache.ttl_seconds is 60): the proxy must ask LINE again.
-    while line_auth_proxy::auth::unix_now() <= expires_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    e.clock.advance(Duration::from_secs(1));
     e.line.remove_token("short-lived");
     let r = c.get(e.proxy.url("/a")).bearer_auth("short-lived").send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -82,7 +82,10 @@ async fn positive_ttl_expires_and_reverifies() {
     assert_eq!(e.status("/a", TOKEN).await, 200);
     assert_eq!(e.status("/a", TOKEN).await, 200);
     assert_eq!(e.line.verify_calls(), 1);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    e.clock.advance(Duration::from_millis(999));
+    assert_eq!(e.status("/a", TOKEN).await, 200);
+    assert_eq!(e.line.verify_calls(), 1, "reverified before the TTL was over");
+    e.clock.advance(Duration::from_millis(1));
     // Revoked at LINE meanwhile: the expired cache entry must not keep it alive.
     e.line.remove_token(TOKEN);
     assert_eq!(e.status("/a", TOKEN).await, 401);
@@ -99,7 +102,7 @@ async fn rejections_are_cached_for_the_negative_ttl_only() {
     // The token becomes valid at LINE; within the negative TTL it is still refused.
     e.line.add_token("late-token", MockToken::new(CHANNEL, USER, "Brown"));
     assert_eq!(e.status("/a", "late-token").await, 401);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    e.clock.advance(Duration::from_secs(1));
     assert_eq!(e.status("/a", "late-token").await, 200);
     assert_eq!(e.line.verify_calls(), 2);
 }

@@ -1,5 +1,6 @@
 //! The command line as operators use it: `check`, `--config`, the environment,
 //! exit codes 0/1/2, and SIGTERM ending a real process with 0.
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -60,6 +61,21 @@ fn check_accepts_a_good_file_and_the_example() {
 }
 
 #[test]
+fn settings_without_effect_are_warnings_and_check_exits_0() {
+    // A base configuration shared by deployments without login routes.
+    let f = write_config(&format!(
+        "{GOOD}jwks_url = \"https://api.line.me/oauth2/v2.1/certs\"\n[nonce]\nttl_seconds = 120\n"
+    ));
+    let (code, out, err) = run(&["check", "--config", f.0.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration OK (2 warning(s) above)"), "{out}");
+    let no_login = "has no effect: no route has auth = \"id_token\"";
+    assert!(err.contains(&format!("warning: line.jwks_url: {no_login}")), "{err}");
+    assert!(err.contains(&format!("warning: nonce.ttl_seconds: {no_login}")), "{err}");
+    assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
 fn check_prints_every_problem_with_its_key_path_and_exits_2() {
     let f = write_config(
         "[server]\nlisten = \"nope\"\ncolour = \"blue\"\n[upstream]\nurl = \"ftp://x\"\n[line]\nchannel_ids = []\n\
@@ -97,20 +113,27 @@ fn missing_config_and_bad_arguments_exit_2() {
     assert_eq!(run(&["check", "--config", "/nonexistent/file.toml"], &[]).0, 2);
 }
 
-fn free_port() -> u16 {
-    closed_addr().port()
+/// Collects a child's stderr line by line on a thread of its own (the pipe
+/// must keep draining), handing each line over as it comes.
+fn stderr_lines(child: &mut std::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[tokio::test]
-async fn sigterm_stops_a_real_process_with_exit_0() {
-    let line = MockLine::start().await.unwrap();
-    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let upstream = RecordingUpstream::start().await;
-    let (port, admin) = (free_port(), free_port());
-    let text = config_text(&line.base_url(), &upstream.url(), "")
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""));
-    let f = write_config(&text);
+async fn sigterm_stops_a_real_process_with_exit_0_and_the_log_names_the_bound_ports() {
+    let e = env("").await;
+    // Port 0 for both listeners: the process reports what it bound.
+    let f = write_config(&config_text(&e.line.base_url(), &e.upstream.url(), ""));
     let mut child = Command::new(BIN)
         .args(["--config", f.0.to_str().unwrap(), "--log-format", "json"])
         .env("RUST_LOG", "info")
@@ -118,35 +141,39 @@ async fn sigterm_stops_a_real_process_with_exit_0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let c = client();
-    let mut ready = false;
-    for _ in 0..1000 {
-        if let Ok(r) = c.get(format!("http://127.0.0.1:{admin}/readyz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let ready = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .expect("no start-up line within 20 s")
+            .unwrap_or_else(|| panic!("the process ended before it was ready: {seen:#?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(line);
+        if v["message"] == "line-auth-proxy ready" {
+            break v;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(ready, "the process never became ready");
-    let r = c.get(format!("http://127.0.0.1:{port}/a")).bearer_auth(TOKEN).send().await.unwrap();
+    };
+    let proxy: std::net::SocketAddr = ready["listen"].as_str().unwrap().parse().unwrap();
+    let admin: std::net::SocketAddr = ready["admin"].as_str().unwrap().parse().unwrap();
+    assert_ne!(proxy.port(), 0, "the start-up line names the configured port, not the bound one");
+    assert_ne!(admin.port(), 0);
+    let c = client();
+    assert_eq!(c.get(format!("http://{admin}/readyz")).send().await.unwrap().status(), 200);
+    let r = c.get(format!("http://{proxy}/a")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        (status, err)
-    })
-    .await
-    .unwrap();
-    assert_eq!(exit.0.code(), Some(0), "stderr:\n{}", exit.1);
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    let stderr = seen.join("\n");
+    assert_eq!(code.code(), Some(0), "stderr:\n{stderr}");
     // JSON logs: every line parses, and the access line is there.
-    let lines: Vec<serde_json::Value> = exit.1.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().any(|l| l["target"] == "access" && l["status"] == 200), "{}", exit.1);
-    assert!(!exit.1.contains(TOKEN));
+    let parsed: Vec<serde_json::Value> = seen.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(parsed.iter().any(|l| l["target"] == "access" && l["status"] == 200), "{stderr}");
+    assert!(!stderr.contains(TOKEN));
 }
 
 #[test]
@@ -184,9 +211,8 @@ fn parse_curl(line: &str) -> (String, Vec<(String, String)>) {
 #[tokio::test]
 async fn dev_prints_curl_lines_that_work_as_pasted() {
     use std::io::BufRead;
-    let (port, admin) = (free_port(), free_port());
     let mut child = Command::new(BIN)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -206,6 +232,10 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     })
     .await
     .unwrap();
+    // The banner names the ports the kernel gave.
+    let banner = lines.iter().find(|l| l.starts_with("line-auth-proxy dev: proxy http://")).expect("banner");
+    let proxy = banner.split_whitespace().nth(3).unwrap().trim_start_matches("http://").to_string();
+    assert!(!proxy.ends_with(":0"), "{banner}");
     let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ") && !l.contains('$')).collect();
     assert_eq!(curls.len(), 6, "{lines:#?}");
     let c = client();
@@ -239,7 +269,7 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     let mint_line = lines.iter().find(|l| l.starts_with("ID_TOKEN=")).unwrap();
     let mint_url = mint_line.split('"').nth(1).unwrap().replace("$NONCE", nonce);
     let id_token = c.get(&mint_url).send().await.unwrap().text().await.unwrap();
-    let login_url = format!("http://127.0.0.1:{port}/login");
+    let login_url = format!("http://{proxy}/login");
     let login_lines: Vec<&String> =
         lines.iter().filter(|l| l.starts_with("curl ") && l.contains("$ID_TOKEN")).collect();
     assert_eq!(login_lines.len(), 2, "{lines:#?}");

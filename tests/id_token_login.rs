@@ -1,15 +1,14 @@
 //! Login with LINE ID tokens: local (ES256 via JWKS, HS256 with the channel
 //! secret) and remote verification, single-use nonces, and every refusal — each
 //! proving the upstream was not reached.
+#![cfg(feature = "dev")]
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use support::*;
-
-fn claims(nonce: Option<&str>) -> Value {
-    MockLine::id_claims(CHANNEL, USER, nonce)
-}
 
 #[tokio::test]
 async fn nonce_endpoint_issues_long_random_single_use_nonces() {
@@ -34,7 +33,7 @@ async fn nonce_endpoint_issues_long_random_single_use_nonces() {
 async fn es256_login_passes_once_with_lines_identity() {
     let e = login_env("", "").await;
     let nonce = e.nonce().await;
-    let mut c = claims(Some(&nonce));
+    let mut c = e.claims(Some(&nonce));
     c["email"] = "taro.line@example.com".into();
     c["name"] = "山田 太郎".into();
     let token = e.line.sign_es256(&c);
@@ -57,7 +56,7 @@ async fn es256_login_passes_once_with_lines_identity() {
     assert!(seen.headers.get("authorization").is_none());
     // Replay: the same token again is refused, and so is another token with that nonce.
     assert_eq!(e.login(&token).await, 401);
-    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await, 401);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&nonce)))).await, 401);
     assert_eq!(e.upstream.hits(), 1);
     let m = e.proxy.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_unknown_or_used\"}"), 2.0, "{m}");
@@ -69,8 +68,8 @@ async fn es256_login_passes_once_with_lines_identity() {
 #[tokio::test]
 async fn unknown_and_missing_nonces_are_refused() {
     let e = login_env("", "").await;
-    assert_eq!(e.login(&e.line.sign_es256(&claims(Some("never-issued-by-the-proxy")))).await, 401);
-    assert_eq!(e.login(&e.line.sign_es256(&claims(None))).await, 401);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some("never-issued-by-the-proxy")))).await, 401);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(None))).await, 401);
     assert_eq!(e.upstream.hits(), 0);
     let m = e.proxy.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_missing\"}"), 1.0, "{m}");
@@ -80,8 +79,8 @@ async fn unknown_and_missing_nonces_are_refused() {
 async fn expired_nonce_is_refused() {
     let e = login_env("", "[nonce]\nttl_seconds = 1\n").await;
     let nonce = e.nonce().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await, 401);
+    e.clock.advance(Duration::from_secs(1));
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&nonce)))).await, 401);
     assert_eq!(e.upstream.hits(), 0);
     let m = e.proxy.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_expired\"}"), 1.0, "{m}");
@@ -91,9 +90,9 @@ async fn expired_nonce_is_refused() {
 async fn a_forged_token_cannot_burn_a_nonce() {
     let e = login_env("", "").await;
     let nonce = e.nonce().await;
-    let good = e.line.sign_es256(&claims(Some(&nonce)));
+    let good = e.line.sign_es256(&e.claims(Some(&nonce)));
     // Same claims, signature of another token.
-    let other = e.line.sign_es256(&claims(Some("x")));
+    let other = e.line.sign_es256(&e.claims(Some("x")));
     let forged = format!("{}.{}", good.rsplit_once('.').unwrap().0, other.rsplit_once('.').unwrap().1);
     assert_eq!(e.login(&forged).await, 401);
     assert_eq!(e.upstream.hits(), 0);
@@ -103,7 +102,7 @@ async fn a_forged_token_cannot_burn_a_nonce() {
 #[tokio::test]
 async fn concurrent_replays_have_exactly_one_winner() {
     let e = login_env("", "").await;
-    let token = e.line.sign_es256(&claims(Some(&e.nonce().await)));
+    let token = e.line.sign_es256(&e.claims(Some(&e.nonce().await)));
     let token: &'static str = Box::leak(token.into_boxed_str());
     let c = client();
     let tasks: Vec<_> = (0..20)
@@ -140,11 +139,11 @@ async fn assert_refused(e: &Env, token: &str, reason: &str) {
 #[tokio::test]
 async fn wrong_claims_are_refused() {
     let e = login_env("", "").await;
-    let now = line_auth_proxy::auth::unix_now();
+    let now = e.clock.unix_seconds();
     // One live nonce serves every case: a refused token never consumes it.
     let nonce = e.nonce().await;
     let with = |k: &str, v: Value| {
-        let mut c = claims(Some(&nonce));
+        let mut c = e.claims(Some(&nonce));
         c[k] = v;
         c
     };
@@ -160,12 +159,12 @@ async fn wrong_claims_are_refused() {
 #[tokio::test]
 async fn clock_skew_leeway_applies_to_exp_and_iat() {
     let e = login_env("clock_skew_seconds = 60\n", "").await;
-    let now = line_auth_proxy::auth::unix_now();
-    let mut c = claims(Some(&e.nonce().await));
+    let now = e.clock.unix_seconds();
+    let mut c = e.claims(Some(&e.nonce().await));
     c["exp"] = json!(now - 10);
     c["iat"] = json!(now + 10);
     assert_eq!(e.login(&e.line.sign_es256(&c)).await, 200);
-    let mut c = claims(Some(&e.nonce().await));
+    let mut c = e.claims(Some(&e.nonce().await));
     c["exp"] = json!(now - 120);
     assert_eq!(e.login(&e.line.sign_es256(&c)).await, 401);
 }
@@ -174,7 +173,7 @@ async fn clock_skew_leeway_applies_to_exp_and_iat() {
 async fn algorithm_tricks_are_refused() {
     let e = login_env("", "").await;
     let nonce = e.nonce().await;
-    let c = claims(Some(&nonce));
+    let c = e.claims(Some(&nonce));
     let b64 = |v: &Value| base64_url(v.to_string().as_bytes());
     // alg: none, unsigned.
     let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&c));
@@ -247,15 +246,15 @@ async fn hs256_web_login_uses_the_channel_secret_from_a_file() {
     std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef\n").unwrap();
     let e = login_env(&format!("channel_secret_file = {secret_file:?}\n"), "").await;
     let secret = b"0123456789abcdef0123456789abcdef";
-    let token = MockLine::sign_hs256(secret, &claims(Some(&e.nonce().await)));
+    let token = MockLine::sign_hs256(secret, &e.claims(Some(&e.nonce().await)));
     assert_eq!(e.login(&token).await, 200);
     assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
     // Wrong secret, and a secret-less channel: refused.
-    let wrong = MockLine::sign_hs256(b"not-the-secret", &claims(Some(&e.nonce().await)));
+    let wrong = MockLine::sign_hs256(b"not-the-secret", &e.claims(Some(&e.nonce().await)));
     assert_refused(&e, &wrong, "id_token_bad_signature").await;
     std::fs::remove_dir_all(&dir).ok();
     let e = login_env("", "").await;
-    let token = MockLine::sign_hs256(secret, &claims(Some(&e.nonce().await)));
+    let token = MockLine::sign_hs256(secret, &e.claims(Some(&e.nonce().await)));
     assert_refused(&e, &token, "id_token_no_channel_secret").await;
 }
 
@@ -264,27 +263,27 @@ async fn remote_mode_asks_line_and_still_consumes_the_nonce() {
     let e = login_env("id_token_verification = \"remote\"\n", "").await;
     e.line.set_channel_secret(CHANNEL, b"web-secret");
     let nonce = e.nonce().await;
-    let token = e.line.sign_es256(&claims(Some(&nonce)));
+    let token = e.line.sign_es256(&e.claims(Some(&nonce)));
     assert_eq!(e.login(&token).await, 200);
     assert_eq!(e.line.verify_id_token_calls(), 1);
     assert_eq!(e.upstream.last().headers["x-line-auth-method"], "id_token");
     assert_eq!(e.login(&token).await, 401, "replay in remote mode");
     // HS256 web-login tokens are checked by LINE with the channel's secret.
-    let hs = MockLine::sign_hs256(b"web-secret", &claims(Some(&e.nonce().await)));
+    let hs = MockLine::sign_hs256(b"web-secret", &e.claims(Some(&e.nonce().await)));
     assert_eq!(e.login(&hs).await, 200);
     // LINE's documented refusals map to reasons.
-    let now = line_auth_proxy::auth::unix_now();
-    let mut expired = claims(Some(&e.nonce().await));
+    let now = e.clock.unix_seconds();
+    let mut expired = e.claims(Some(&e.nonce().await));
     expired["exp"] = json!(now - 10);
     assert_refused(&e, &e.line.sign_es256(&expired), "token_expired").await;
-    let mut wrong_iss = claims(Some(&e.nonce().await));
+    let mut wrong_iss = e.claims(Some(&e.nonce().await));
     wrong_iss["iss"] = "https://evil.example".into();
     assert_refused(&e, &e.line.sign_es256(&wrong_iss), "id_token_wrong_issuer").await;
     let live = e.nonce().await;
-    assert_refused(&e, &MockLine::sign_hs256(b"bad", &claims(Some(&live))), "token_invalid").await;
+    assert_refused(&e, &MockLine::sign_hs256(b"bad", &e.claims(Some(&live))), "token_invalid").await;
     // A token for another channel never reaches LINE: client_id is ours only.
     let calls = e.line.verify_id_token_calls();
-    let mut other = claims(Some(&live));
+    let mut other = e.claims(Some(&live));
     other["aud"] = OTHER_CHANNEL.into();
     assert_refused(&e, &e.line.sign_es256(&other), "wrong_channel").await;
     assert_eq!(e.line.verify_id_token_calls(), calls);
@@ -295,7 +294,7 @@ async fn remote_mode_asks_line_and_still_consumes_the_nonce() {
 async fn remote_mode_fails_closed_when_line_fails() {
     let e = login_env("id_token_verification = \"remote\"\n", "").await;
     let nonce = e.nonce().await;
-    let token = e.line.sign_es256(&claims(Some(&nonce)));
+    let token = e.line.sign_es256(&e.claims(Some(&nonce)));
     for fault in [Fault::Status(500), Fault::Garbage, Fault::RateLimitedRetryAfter(1)] {
         e.line.set_faults(Faults { verify_id_token: Some(fault), ..Faults::default() });
         let r = client().post(e.proxy.url("/login")).bearer_auth(&token).send().await.unwrap();
@@ -308,7 +307,7 @@ async fn remote_mode_fails_closed_when_line_fails() {
     let calls = e.line.verify_id_token_calls();
     assert_eq!(e.login(&token).await, 503);
     assert_eq!(e.line.verify_id_token_calls(), calls);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    e.clock.advance(Duration::from_secs(1));
     // The nonce was never consumed by the failed attempts.
     assert_eq!(e.login(&token).await, 200);
 }
@@ -320,7 +319,7 @@ async fn liff_routes_without_nonce_cache_the_verdict_until_exp() {
         "[[routes]]\npath_prefix = \"/liff/\"\nauth = \"id_token\"\nrequire_nonce = false\n",
     )
     .await;
-    let token = e.line.sign_es256(&claims(None));
+    let token = e.line.sign_es256(&e.claims(None));
     for _ in 0..3 {
         let r = client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -360,11 +359,11 @@ async fn hs256_signed_with_the_public_key_fails_even_with_a_secret_configured() 
         let t = MockLine::sign_hs256_with_header(
             &json!({"alg": "HS256", "kid": e.line.current_kid()}),
             key.as_bytes(),
-            &claims(Some(&nonce)),
+            &e.claims(Some(&nonce)),
         );
         assert_refused(&e, &t, "id_token_bad_signature").await;
     }
-    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&nonce)))).await, 200);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&nonce)))).await, 200);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -372,7 +371,7 @@ async fn hs256_signed_with_the_public_key_fails_even_with_a_secret_configured() 
 async fn remote_refusals_map_to_reasons() {
     let e = login_env("id_token_verification = \"remote\"\n", "").await;
     let nonce = e.nonce().await;
-    let token = e.line.sign_es256(&claims(Some(&nonce)));
+    let token = e.line.sign_es256(&e.claims(Some(&nonce)));
     for (description, reason) in [
         ("Invalid IdToken.", "token_invalid"),
         ("Invalid IdToken Issuer.", "id_token_wrong_issuer"),
@@ -392,7 +391,8 @@ async fn remote_refusals_map_to_reasons() {
 
 #[tokio::test]
 async fn remote_mode_picks_client_id_from_our_channels_by_audience() {
-    let line = MockLine::start().await.unwrap();
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     let upstream = RecordingUpstream::start().await;
     let text = config_text_line(
         &line.base_url(),
@@ -401,8 +401,8 @@ async fn remote_mode_picks_client_id_from_our_channels_by_audience() {
         "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
     )
     .replace(&format!("channel_ids = [\"{CHANNEL}\"]"), &format!("channel_ids = [\"{CHANNEL}\", \"{OTHER_CHANNEL}\"]"));
-    let e = Env { proxy: spawn_proxy(config(&text)).await, line, upstream };
-    let mut c = MockLine::id_claims(OTHER_CHANNEL, USER, Some(&e.nonce().await));
+    let e = Env { proxy: spawn_proxy_with(config(&text), &clock).await, clock, line, upstream };
+    let mut c = e.line.id_claims(OTHER_CHANNEL, USER, Some(&e.nonce().await));
     c["name"] = "Second channel".into();
     // The mock checks aud == client_id, as LINE does.
     assert_eq!(e.login(&e.line.sign_es256(&c)).await, 200);
@@ -413,9 +413,9 @@ async fn remote_mode_picks_client_id_from_our_channels_by_audience() {
 async fn empty_nonce_claims_never_match() {
     let e = login_env("", "").await;
     let _live = e.nonce().await;
-    assert_refused(&e, &e.line.sign_es256(&claims(Some(""))), "nonce_unknown_or_used").await;
+    assert_refused(&e, &e.line.sign_es256(&e.claims(Some(""))), "nonce_unknown_or_used").await;
     let e = login_env("id_token_verification = \"remote\"\n", "").await;
-    assert_refused(&e, &e.line.sign_es256(&claims(Some(""))), "nonce_unknown_or_used").await;
+    assert_refused(&e, &e.line.sign_es256(&e.claims(Some(""))), "nonce_unknown_or_used").await;
     assert_eq!(e.line.verify_id_token_calls(), 0);
 }
 
@@ -424,24 +424,19 @@ async fn nonce_metrics_count_every_event() {
     let e = login_env("", "[nonce]\nttl_seconds = 1\n").await;
     let used = e.nonce().await;
     let _expiring = e.nonce().await;
-    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&used)))).await, 200);
-    assert_eq!(e.login(&e.line.sign_es256(&claims(Some(&used)))).await, 401);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&used)))).await, 200);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&used)))).await, 401);
     let m = e.proxy.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"issued\"}"), 2.0, "{m}");
     assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"consumed\"}"), 1.0, "{m}");
     // The replay was refused at the peek, before any verification.
     assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"nonce_unknown_or_used\"}"), 1.0, "{m}");
-    // The sweeper runs every min(ttl, 30 s) = 1 s.
-    let mut expired = 0.0;
-    for _ in 0..40 {
-        expired = metric(&e.proxy.metrics().await, "line_auth_proxy_nonces_total{event=\"expired\"}");
-        if expired >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(expired, 1.0);
+    // The sweeper runs every min(ttl, 30 s) = 1 s of the proxy's clock and
+    // drops nonces 60 s past their expiry (until then they read as expired).
+    let expired = "line_auth_proxy_nonces_total{event=\"expired\"}";
+    assert_eq!(e.proxy.metric(expired).await, 0.0);
+    e.clock.advance(Duration::from_secs(61));
+    assert!(eventually(Duration::from_secs(5), || async { e.proxy.metric(expired).await == 1.0 }).await);
 }
 
 const LIFF: &str = "[[routes]]\npath_prefix = \"/liff/\"\nauth = \"id_token\"\nrequire_nonce = false\n";
@@ -449,12 +444,12 @@ const LIFF: &str = "[[routes]]\npath_prefix = \"/liff/\"\nauth = \"id_token\"\nr
 #[tokio::test]
 async fn a_spent_login_token_does_not_replay_on_a_liff_route() {
     let e = login_env("", LIFF).await;
-    let token = e.line.sign_es256(&claims(Some(&e.nonce().await)));
+    let token = e.line.sign_es256(&e.claims(Some(&e.nonce().await)));
     assert_eq!(e.login(&token).await, 200);
     let r = client().get(e.proxy.url("/liff/session")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 401, "a nonce-bearing token replayed on a require_nonce = false route");
     // A fresh nonce-bearing token works there once, like on /login.
-    let fresh = e.line.sign_es256(&claims(Some(&e.nonce().await)));
+    let fresh = e.line.sign_es256(&e.claims(Some(&e.nonce().await)));
     assert_eq!(client().get(e.proxy.url("/liff/session")).bearer_auth(&fresh).send().await.unwrap().status(), 200);
     assert_eq!(client().get(e.proxy.url("/liff/session")).bearer_auth(&fresh).send().await.unwrap().status(), 401);
     assert_eq!(e.upstream.hits(), 2);
@@ -463,15 +458,13 @@ async fn a_spent_login_token_does_not_replay_on_a_liff_route() {
 #[tokio::test]
 async fn liff_verdicts_are_never_served_past_exp() {
     let e = login_env("", LIFF).await;
-    let mut c = claims(None);
-    let exp = line_auth_proxy::auth::unix_now() + 2;
+    let mut c = e.claims(None);
+    let exp = e.clock.unix_seconds() + 2;
     c["exp"] = json!(exp);
     let token = e.line.sign_es256(&c);
     assert_eq!(client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
     assert_eq!(client().get(e.proxy.url("/liff/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
-    while line_auth_proxy::auth::unix_now() <= exp {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    e.clock.advance(Duration::from_secs(3));
     // Past exp the cached verdict is gone; the 60 s leeway of a fresh local check
     // still admits it until exp + 60, which is the verifier's rule, not the cache's.
     let m = e.proxy.metrics().await;

@@ -1,6 +1,7 @@
 //! LINE's JWKS in local mode: loaded before readiness, refetched once on an
 //! unknown `kid` (rate-limited however many arrive), the last good set kept
 //! when LINE fails.
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -9,23 +10,24 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 
-fn claims(nonce: &str) -> serde_json::Value {
-    MockLine::id_claims(CHANNEL, USER, Some(nonce))
+impl Env {
+    /// A nonce-carrying ID token signed with the mock's current key.
+    async fn fresh_token(&self) -> String {
+        self.line.sign_es256(&self.claims(Some(&self.nonce().await)))
+    }
 }
 
 #[tokio::test]
 async fn key_rotation_is_picked_up_with_one_refetch() {
     let e = login_env("", "").await;
     assert_eq!(e.line.jwks_calls(), 1, "loaded once at start");
-    let m = e.proxy.metrics().await;
-    assert_eq!(metric(&m, "line_auth_proxy_jwks_keys"), 1.0, "{m}");
+    assert_eq!(e.proxy.metric("line_auth_proxy_jwks_keys").await, 1.0);
     let new_kid = e.line.rotate_key();
     assert_eq!(e.line.current_kid(), new_kid);
-    let token = e.line.sign_es256(&claims(&e.nonce().await));
-    assert_eq!(e.login(&token).await, 200);
+    assert_eq!(e.login(&e.fresh_token().await).await, 200);
     assert_eq!(e.line.jwks_calls(), 2, "one refetch for the unknown kid");
     // The new key is now known: no further fetch.
-    assert_eq!(e.login(&e.line.sign_es256(&claims(&e.nonce().await))).await, 200);
+    assert_eq!(e.login(&e.fresh_token().await).await, 200);
     assert_eq!(e.line.jwks_calls(), 2);
 }
 
@@ -37,7 +39,7 @@ async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_window() {
     let mut tasks = Vec::new();
     for i in 0..1000 {
         let kid = format!("{i:064x}");
-        let token = e.line.sign_es256_with_header(&json!({"alg": "ES256", "kid": kid}), &claims(&nonce));
+        let token = e.line.sign_es256_with_header(&json!({"alg": "ES256", "kid": kid}), &e.claims(Some(&nonce)));
         let (c, url) = (c.clone(), e.proxy.url("/login"));
         tasks.push(tokio::spawn(async move { c.post(url).bearer_auth(token).send().await.unwrap().status().as_u16() }));
         if tasks.len() == 100 {
@@ -49,18 +51,25 @@ async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_window() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 401);
     }
-    // One fetch at start, at most one more in this 30-second window.
-    assert!(e.line.jwks_calls() <= 2, "{} JWKS fetches", e.line.jwks_calls());
+    // One fetch at start, one more for the first unknown kid; the clock stands
+    // still, so the whole flood falls in one 30-second window.
+    assert_eq!(e.line.jwks_calls(), 2);
     assert_eq!(e.upstream.hits(), 0);
-    let m = e.proxy.metrics().await;
-    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"id_token_unknown_kid\"}"), 1000.0, "{m}");
+    let unknown = "line_auth_proxy_auth_rejections_total{reason=\"id_token_unknown_kid\"}";
+    assert_eq!(e.proxy.metric(unknown).await, 1000.0);
+    // A window later, an unknown kid may refetch once more.
+    e.clock.advance(Duration::from_secs(30));
+    let token = e.line.sign_es256_with_header(&json!({"alg": "ES256", "kid": "f".repeat(64)}), &e.claims(Some(&nonce)));
+    assert_eq!(e.login(&token).await, 401);
+    assert_eq!(e.line.jwks_calls(), 3);
     // The nonce survived all of it.
-    assert_eq!(e.login(&e.line.sign_es256(&claims(&nonce))).await, 200);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&nonce)))).await, 200);
 }
 
 #[tokio::test]
 async fn jwks_down_at_start_means_not_ready_and_503() {
-    let line = MockLine::start().await.unwrap();
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     line.set_faults(Faults { jwks: Some(Fault::Status(500)), ..Faults::default() });
     let upstream = RecordingUpstream::start().await;
     let text = config_text_line(
@@ -69,23 +78,22 @@ async fn jwks_down_at_start_means_not_ready_and_503() {
         &format!("jwks_url = \"{}\"\n", line.jwks_url()),
         "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
     );
-    let proxy = spawn_proxy_unready(config(&text)).await;
+    let proxy = spawn_proxy_unready_with(config(&text), &clock).await;
     let c = client();
-    // Wait for the first (failed) fetch.
-    while line.jwks_calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(eventually(Duration::from_secs(5), || async { line.jwks_calls() == 1 }).await, "no first fetch");
     assert_eq!(c.get(proxy.admin_url("/readyz")).send().await.unwrap().status(), 503);
     // A login now cannot be verified: fail closed.
     let nonce: serde_json::Value = c.get(proxy.url("/auth/nonce")).send().await.unwrap().json().await.unwrap();
-    let token = line.sign_es256(&claims(nonce["nonce"].as_str().unwrap()));
+    let token = line.sign_es256(&line.id_claims(CHANNEL, USER, nonce["nonce"].as_str()));
     let r = c.post(proxy.url("/login")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(upstream.hits(), 0);
-    // LINE recovers: the retry loads the set and readiness follows.
+    // LINE recovers: the retry (5 s later on the proxy's clock) loads the set,
+    // and readiness follows.
     line.set_faults(Faults::default());
-    let ready = eventually_status(&proxy.admin_url("/readyz"), 200, 10).await;
-    assert!(ready, "never became ready after the JWKS came back");
+    assert_eq!(line.jwks_calls(), 2, "the failed login asked for the key set once more");
+    clock.advance(Duration::from_secs(5));
+    assert!(eventually_status(&proxy.admin_url("/readyz"), 200, 5).await, "never ready after the JWKS came back");
     let r = c.post(proxy.url("/login")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
@@ -95,27 +103,27 @@ async fn jwks_down_later_keeps_the_last_good_set() {
     let e = login_env("", "").await;
     e.line.set_faults(Faults { jwks: Some(Fault::Status(503)), ..Faults::default() });
     // A token with the old key still verifies.
-    assert_eq!(e.login(&e.line.sign_es256(&claims(&e.nonce().await))).await, 200);
+    assert_eq!(e.login(&e.fresh_token().await).await, 200);
     // A rotated key cannot be learned while LINE fails: 503 (LINE unavailable),
     // not let through, and not a 401 that blames the token — on every retry.
     e.line.rotate_key();
-    let token = e.line.sign_es256(&claims(&e.nonce().await));
+    let token = e.fresh_token().await;
     assert_eq!(e.login(&token).await, 503);
     assert_eq!(e.login(&token).await, 503);
     assert_eq!(e.upstream.hits(), 1);
     // A kid nobody knows, while the old set still verifies old tokens: also 503.
-    assert_eq!(e.login(&e.line.sign_es256(&claims(&e.nonce().await))).await, 503);
-    assert_eq!(e.login(&e.line.sign_es256(&claims(&e.nonce().await))).await, 503);
+    assert_eq!(e.login(&e.fresh_token().await).await, 503);
+    assert_eq!(e.login(&e.fresh_token().await).await, 503);
     assert_eq!(client().get(e.proxy.admin_url("/readyz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
 async fn retired_keys_stop_verifying_after_a_refetch() {
     let e = login_env("", "").await;
-    let old_token = e.line.sign_es256(&claims(&e.nonce().await));
+    let old_token = e.fresh_token().await;
     e.line.rotate_key();
     e.line.retire_old_keys();
     // A new-kid token triggers the refetch; the old kid is gone from the set.
-    assert_eq!(e.login(&e.line.sign_es256(&claims(&e.nonce().await))).await, 200);
+    assert_eq!(e.login(&e.fresh_token().await).await, 200);
     assert_eq!(e.login(&old_token).await, 401);
 }

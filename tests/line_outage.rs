@@ -1,5 +1,6 @@
 //! When the LINE Platform fails, times out or rate-limits us, the proxy fails
 //! closed: 503 with `Retry-After`, the upstream untouched, nothing cached.
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -105,7 +106,8 @@ async fn unexpected_status_is_503() {
 #[tokio::test]
 async fn unreachable_line_is_503() {
     // A port that was just free: nothing listens there.
-    let closed = closed_addr();
+    let closed = closed_port();
+    let closed = closed.addr;
     let upstream = RecordingUpstream::start().await;
     let proxy = spawn_proxy(config(&config_text(&format!("http://{closed}"), &upstream.url(), ""))).await;
     let r = client().get(proxy.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap();

@@ -3,12 +3,13 @@
 //! (the LINE verify URL carries the token in its query string).
 //!
 //! One test in this file: it installs the process-wide subscriber.
+#![cfg(feature = "dev")]
 
 mod support;
 
 use std::time::Duration;
 
-use line_auth_proxy::telemetry::{LogFormat, init_tracing_with};
+use line_auth_proxy::{LogFormat, init_tracing_with};
 use support::*;
 
 const SECRETS: &[&str] = &[
@@ -61,7 +62,8 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     let metrics = e.proxy.metrics().await;
 
     // LINE unreachable, and the upstream unreachable, each on a proxy of its own.
-    let closed = closed_addr();
+    let closed_guard = closed_port();
+    let closed = closed_guard.addr;
     let upstream = RecordingUpstream::start().await;
     let dead_line = spawn_proxy(config(&config_text(&format!("http://{closed}"), &upstream.url(), ""))).await;
     let r = c.get(dead_line.url("/a")).bearer_auth(SECRETS[7]).send().await.unwrap();

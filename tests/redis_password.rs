@@ -1,12 +1,13 @@
 //! The Redis password never reaches a log line, a metric or an error body —
 //! through a working connection, an outage, and a wrong password — at
 //! `RUST_LOG=trace`. One test: it installs the process-wide subscriber.
+#![cfg(feature = "dev")]
 
 mod support;
 
 use std::time::Duration;
 
-use line_auth_proxy::telemetry::{LogFormat, init_tracing_with};
+use line_auth_proxy::{LogFormat, init_tracing_with};
 use support::*;
 
 const PASSWORD: &str = "s3cret-Redis-Passw0rd";
@@ -20,7 +21,7 @@ async fn proxy_with(redis_url: &str) -> (MockLine, RecordingUpstream, TestProxy)
     );
     let text =
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
-    let proxy = spawn_proxy_unready(config(&text)).await;
+    let proxy = spawn_proxy_unready_with(config(&text), &Clock::manual()).await;
     (line, upstream, proxy)
 }
 
@@ -34,17 +35,16 @@ async fn the_redis_password_never_appears_in_logs_metrics_or_bodies() {
 
     let (line, _upstream, proxy) = proxy_with(&redis.url(0)).await;
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let mut issued = false;
-    for _ in 0..100 {
+    let bodies = std::sync::Mutex::new(String::new());
+    let issued = eventually(Duration::from_secs(10), || async {
         let r = c.get(proxy.url("/auth/nonce")).send().await.unwrap();
         let ok = r.status() == 200;
-        seen.push_str(&r.text().await.unwrap());
-        if ok {
-            issued = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let body = r.text().await.unwrap();
+        bodies.lock().unwrap().push_str(&body);
+        ok
+    })
+    .await;
+    seen.push_str(&bodies.into_inner().unwrap());
     assert!(issued, "no nonce with the right password");
     seen.push_str(&c.get(proxy.url("/a")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap());
 
@@ -63,7 +63,9 @@ async fn the_redis_password_never_appears_in_logs_metrics_or_bodies() {
         assert_eq!(r.status(), 503);
         seen.push_str(&r.text().await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The wrong password's health probes have failed (and been logged).
+    let ping_failed = "line_auth_proxy_redis_requests_total{purpose=\"nonce\",op=\"ping\",outcome=\"error\"}";
+    assert!(eventually(Duration::from_secs(10), || async { wrong.metric(ping_failed).await >= 1.0 }).await);
     seen.push_str(&proxy.metrics().await);
     seen.push_str(&wrong.metrics().await);
     seen.push_str(&c.get(wrong.admin_url("/readyz")).send().await.unwrap().text().await.unwrap());

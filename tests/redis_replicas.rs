@@ -1,6 +1,7 @@
 //! Several replicas behind one real Redis: nonces issued by one are consumable
 //! exactly once by any; verdicts verified by one serve the others; Redis
 //! outages fail nonce routes closed while access-token routes keep working.
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -19,7 +20,8 @@ struct Replicas {
 }
 
 async fn replicas(redis: &RedisServer) -> Replicas {
-    let line = MockLine::start().await.unwrap();
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
     let upstream = RecordingUpstream::start().await;
     let extra = format!(
@@ -28,8 +30,8 @@ async fn replicas(redis: &RedisServer) -> Replicas {
     );
     let text =
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
-    let a = spawn_proxy(config(&text)).await;
-    let b = spawn_proxy(config(&text)).await;
+    let a = spawn_proxy_with(config(&text), &clock).await;
+    let b = spawn_proxy_with(config(&text), &clock).await;
     Replicas { line, upstream, a, b }
 }
 
@@ -44,7 +46,7 @@ async fn login(p: &TestProxy, token: &str) -> u16 {
 }
 
 fn id_token(line: &MockLine, nonce: &str) -> String {
-    line.sign_es256(&MockLine::id_claims(CHANNEL, USER, Some(nonce)))
+    line.sign_es256(&line.id_claims(CHANNEL, USER, Some(nonce)))
 }
 
 #[tokio::test]
@@ -100,13 +102,9 @@ async fn a_verdict_cached_by_one_replica_serves_the_other_without_line() {
     assert_eq!(client().get(r.a.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
     assert_eq!(r.line.verify_calls(), 1);
     // The write to Redis happens in the background: wait until it landed.
-    for _ in 0..100 {
-        if !redis.keys(3, "line-auth-proxy:verdict:*").await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let stored = redis.keys(3, "line-auth-proxy:verdict:*").await;
+    let verdicts = || async { redis.keys(3, "line-auth-proxy:verdict:*").await };
+    assert!(eventually(Duration::from_secs(5), || async { !verdicts().await.is_empty() }).await);
+    let stored = verdicts().await;
     assert_eq!(stored.len(), 1);
     assert!(!stored[0].contains(TOKEN), "the raw token is a Redis key");
     assert_eq!(client().get(r.b.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
@@ -118,7 +116,7 @@ async fn a_verdict_cached_by_one_replica_serves_the_other_without_line() {
     assert_eq!(metric(&m, "line_auth_proxy_cache_shared_hits_total"), 1.0, "{m}");
     // Rejections are shared too, for their short TTL.
     assert_eq!(client().get(r.a.url("/api/x")).bearer_auth("bogus").send().await.unwrap().status(), 401);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(eventually(Duration::from_secs(5), || async { verdicts().await.len() == 2 }).await);
     assert_eq!(client().get(r.b.url("/api/x")).bearer_auth("bogus").send().await.unwrap().status(), 401);
     assert_eq!(r.line.verify_calls(), 2);
 }
@@ -166,14 +164,17 @@ async fn redis_outage_fails_nonces_closed_and_recovers() {
 async fn redis_down_at_start_means_not_ready_until_it_comes() {
     let mut redis = RedisServer::start().await;
     redis.kill();
-    let line = MockLine::start().await.unwrap();
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     let upstream = RecordingUpstream::start().await;
     let extra = format!("{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n", redis.url(0));
     let text =
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
-    let proxy = spawn_proxy_unready(config(&text)).await;
+    let proxy = spawn_proxy_unready_with(config(&text), &clock).await;
     let c = client();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not ready even after the health probe has tried and failed.
+    let ping_failed = "line_auth_proxy_redis_requests_total{purpose=\"nonce\",op=\"ping\",outcome=\"error\"}";
+    assert!(eventually(Duration::from_secs(10), || async { proxy.metric(ping_failed).await >= 1.0 }).await);
     assert_eq!(c.get(proxy.admin_url("/readyz")).send().await.unwrap().status(), 503);
     assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 503);
     redis.restart().await;

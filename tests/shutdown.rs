@@ -1,5 +1,6 @@
 //! Graceful shutdown: readiness turns 503, the listener stops accepting, and an
 //! in-flight request completes within the grace period.
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -11,78 +12,43 @@ use support::*;
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let mut e = env("").await;
     let c = client();
-    // Warm the cache so the slow request only waits on the upstream.
-    assert_eq!(e.status("/a", TOKEN).await, 200);
-
-    let url = e.proxy.url("/slow");
-    let in_flight = tokio::spawn({
-        let c = c.clone();
-        async move {
-            c.get(url).bearer_auth(TOKEN).header("x-test-delay-ms", "800").send().await.map(|r| r.status().as_u16())
-        }
-    });
-    // Wait until the upstream holds the request.
-    while e.upstream.hits() < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // A response the upstream holds open until the test lets it finish.
+    let mut in_flight = c.get(e.proxy.url("/stream-out")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(in_flight.status(), 200);
+    assert_eq!(in_flight.chunk().await.unwrap().unwrap(), "first chunk;");
     let admin_ready = e.proxy.admin_url("/readyz");
     let proxy_addr = e.proxy.addr;
     let drain = e.proxy.begin_shutdown();
 
-    // Readiness goes 503 while draining.
-    let mut saw_not_ready = false;
-    for _ in 0..100 {
-        match c.get(&admin_ready).send().await {
-            Ok(r) if r.status() == 503 => {
-                saw_not_ready = true;
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => break,
-        }
-    }
-    assert!(saw_not_ready, "/readyz never answered 503 during the drain");
-
-    // The listener is closed: a new connection is refused.
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(proxy_addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Readiness goes 503 while draining, and the listener closes.
+    assert!(eventually_status(&admin_ready, 503, 5).await, "/readyz never answered 503 during the drain");
+    let refused =
+        eventually(Duration::from_secs(5), || async { tokio::net::TcpStream::connect(proxy_addr).await.is_err() })
+            .await;
     assert!(refused, "the proxy kept accepting after shutdown began");
+    assert!(!drain.is_finished(), "the drain did not wait for the request in flight");
 
-    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
+    e.upstream.release_response();
+    assert_eq!(in_flight.chunk().await.unwrap().unwrap(), "the rest");
+    assert!(in_flight.chunk().await.unwrap().is_none());
     drain.await.unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn grace_period_bounds_the_drain() {
-    let line = MockLine::start().await.unwrap();
-    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let upstream = RecordingUpstream::start().await;
-    let text = config_text(&line.base_url(), &upstream.url(), "")
-        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 1")
-        .replace("timeout_ms = 2000", "timeout_ms = 60000");
-    let mut proxy = spawn_proxy(config(&text)).await;
-    let url = proxy.url("/slow");
-    let stuck = tokio::spawn(async move {
-        client()
-            .get(url)
-            .bearer_auth(TOKEN)
-            .header("x-test-delay-ms", "30000")
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
-    while upstream.hits() < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let started = std::time::Instant::now();
+    let e = env("").await;
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 1");
+    let mut proxy = spawn_proxy_with(config(&text), &e.clock).await;
+    // A response the upstream never finishes.
+    let mut stuck = client().get(proxy.url("/stream-out")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(stuck.chunk().await.unwrap().unwrap(), "first chunk;");
+    let started = tokio::time::Instant::now();
+    // The grace period is real time: the drain must really give up after 1 s.
     proxy.begin_shutdown().await.unwrap().unwrap();
-    // The drain gave up at the grace period instead of waiting 30 s for the upstream.
-    assert!(started.elapsed() < Duration::from_secs(10), "drain took {:?}", started.elapsed());
-    stuck.abort();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "drain took {took:?}");
+    // The stuck response was cut when the grace period ended, not left open.
+    let cut = tokio::time::timeout(Duration::from_secs(5), stuck.chunk()).await;
+    assert!(matches!(cut, Ok(Err(_))), "the connection stayed open after the drain: {cut:?}");
 }

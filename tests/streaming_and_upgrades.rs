@@ -1,5 +1,6 @@
 //! Bodies stream both ways without being buffered whole, and an `Upgrade`
 //! (WebSocket) is authenticated before the 101 and then tunnelled.
+#![cfg(feature = "dev")]
 
 mod support;
 

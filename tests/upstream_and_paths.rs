@@ -1,6 +1,7 @@
 //! The upstream side and the request line: 502/504, the normalised path the
 //! upstream receives, `X-Forwarded-*`, hop-by-hop headers, 400 for dangerous
 //! paths and 431 for oversized heads (each refusal leaving the upstream untouched).
+#![cfg(feature = "dev")]
 
 mod support;
 
@@ -10,7 +11,8 @@ use support::*;
 async fn unreachable_upstream_is_502() {
     let line = MockLine::start().await.unwrap();
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let closed = closed_addr();
+    let closed = closed_port();
+    let closed = closed.addr;
     let proxy = spawn_proxy(config(&config_text(&line.base_url(), &format!("http://{closed}"), ""))).await;
     let r = client().get(proxy.url("/a")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(json_error(r, 502).await, "bad_gateway");

@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use super::jwks::Jwks;
 use super::line::{Answer, Endpoint, LineClient, LineError, refusal};
-use super::{AuthMethod, Identity, Rejection, is_line_user_id, unix_now};
+use super::{AuthMethod, Identity, Rejection, is_line_user_id};
+use crate::clock::Clock;
 use crate::config::{IdTokenConfig, IdTokenVerification, Secret};
 
 /// ID tokens longer than this are refused before any work (8 KiB).
@@ -106,6 +107,7 @@ pub struct IdTokenVerifier {
     secrets: std::collections::BTreeMap<String, Secret>,
     channel_ids: Vec<String>,
     skew: Duration,
+    clock: Clock,
 }
 
 impl IdTokenVerifier {
@@ -114,8 +116,10 @@ impl IdTokenVerifier {
         channel_ids: Vec<String>,
         line: Arc<LineClient>,
         jwks: Option<Arc<Jwks>>,
+        clock: Clock,
     ) -> Self {
         Self {
+            clock,
             line,
             jwks,
             verification: config.verification,
@@ -220,7 +224,7 @@ impl IdTokenVerifier {
         if !self.channel_ids.iter().any(|c| c == aud) {
             return Err(Rejection::WrongChannel);
         }
-        let now = unix_now();
+        let now = self.clock.unix_seconds();
         let skew = self.skew.as_secs();
         let exp = number("exp").ok_or(Rejection::IdTokenMalformed)?;
         if exp.saturating_add(skew) <= now {

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
@@ -40,12 +42,14 @@ pub struct Jwks {
     last_fetch_failed: AtomicBool,
     /// Serialises fetches: concurrent unknown kids share one.
     fetching: tokio::sync::Mutex<()>,
+    clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl Jwks {
-    pub fn new(line: Arc<LineClient>, url: String, metrics: Arc<Metrics>) -> Self {
+    pub fn new(line: Arc<LineClient>, url: String, clock: Clock, metrics: Arc<Metrics>) -> Self {
         Self {
+            clock,
             line,
             url,
             keys: RwLock::new(None),
@@ -58,11 +62,11 @@ impl Jwks {
 
     /// True once a key set has loaded (readiness).
     pub fn is_loaded(&self) -> bool {
-        self.keys.read().expect("poisoned").is_some()
+        crate::sync::read(&self.keys).is_some()
     }
 
     fn current(&self) -> Option<Arc<KeySet>> {
-        self.keys.read().expect("poisoned").clone()
+        crate::sync::read(&self.keys).clone()
     }
 
     /// The key for `kid`. An unknown kid triggers one rate-limited refetch;
@@ -82,10 +86,11 @@ impl Jwks {
             return Ok(Some(key.clone()));
         }
         let due = {
-            let mut last = self.last_unknown_kid_fetch.lock().expect("poisoned");
-            let due = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
+            let mut last = crate::sync::lock(&self.last_unknown_kid_fetch);
+            let now = self.clock.now();
+            let due = last.is_none_or(|t| now.duration_since(t) >= UNKNOWN_KID_REFETCH_INTERVAL);
             if due {
-                *last = Some(Instant::now());
+                *last = Some(now);
             }
             due
         };
@@ -123,7 +128,7 @@ impl Jwks {
         let set = parse_jwks(&body).filter(|s| !s.is_empty()).ok_or(LineError::BadResponse(Endpoint::Jwks))?;
         let count = set.len();
         self.metrics.jwks_keys.set(count as i64);
-        *self.keys.write().expect("poisoned") = Some(Arc::new(set));
+        *crate::sync::write(&self.keys) = Some(Arc::new(set));
         tracing::info!(keys = count, "loaded LINE JWKS");
         Ok(count)
     }
@@ -137,7 +142,7 @@ impl Jwks {
                 Err(_) if self.is_loaded() => REFRESH_INTERVAL,
                 Err(_) => INITIAL_RETRY_INTERVAL,
             };
-            tokio::time::sleep(wait).await;
+            self.clock.sleep(wait).await;
         }
     }
 }

@@ -11,19 +11,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{AuthMethod, Identity, Rejection, is_line_user_id, unix_now};
+use super::{AuthMethod, Identity, Rejection, Verdict, is_line_user_id};
+use crate::clock::{Clock, Stopwatch};
 use crate::config::LineConfig;
 use crate::telemetry::{EndpointLabels, LineCallLabels, Metrics};
 
-/// Verifications in flight to the LINE Platform at once (each is two calls). More
-/// wait up to `line.timeout_ms` for a slot, then fail closed (256).
-pub const MAX_CONCURRENT_VERIFICATIONS: usize = 256;
 /// LINE's JSON answers are tiny; a longer body is treated as unreadable (64 KiB).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// LINE does not document `Retry-After`; when it sends one we pass it on, capped (60 seconds).
@@ -128,12 +126,6 @@ struct Profile {
     picture_url: Option<String>,
 }
 
-/// The outcome of verifying one access token with LINE.
-pub enum AccessTokenVerdict {
-    Valid(Identity),
-    Rejected(Rejection),
-}
-
 /// Client for the LINE Platform, shared by all requests.
 pub struct LineClient {
     http: reqwest::Client,
@@ -141,15 +133,17 @@ pub struct LineClient {
     profile_url: String,
     channel_ids: Vec<String>,
     timeout: Duration,
+    /// `line.max_concurrent_calls` verifications in flight at once.
     permits: Semaphore,
     /// Unix milliseconds before which no new verification is sent (after a 429):
     /// hammering a rate-limited API only extends the limit for every user.
     backoff_until_ms: AtomicU64,
+    clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl LineClient {
-    pub fn new(config: &LineConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &LineConfig, clock: Clock, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -164,15 +158,16 @@ impl LineClient {
             profile_url: format!("{}/v2/profile", config.api_base_url),
             channel_ids: config.channel_ids.clone(),
             timeout: config.timeout,
-            permits: Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
+            permits: Semaphore::new(config.max_concurrent_calls),
             backoff_until_ms: AtomicU64::new(0),
+            clock,
             metrics,
         })
     }
 
     /// Verifies an access token: verify and profile concurrently, then LINE's
     /// documented checks (`client_id` is ours, `expires_in` > 0).
-    pub async fn verify_access_token(&self, token: &str) -> Result<AccessTokenVerdict, LineError> {
+    pub async fn verify_access_token(&self, token: &str) -> Result<Verdict, LineError> {
         let _slot = self.admit().await?;
         let verify = self.call(Endpoint::Verify, self.http.get(&self.verify_url).query(&[("access_token", token)]));
         let profile = self.call(Endpoint::Profile, self.http.get(&self.profile_url).bearer_auth(token));
@@ -183,47 +178,50 @@ impl LineClient {
         // token is not going through either way, and a rejection can be cached.
         let verified = match verify {
             Ok(Answer::Ok(v)) => v,
-            Ok(Answer::Rejected(r)) => return Ok(AccessTokenVerdict::Rejected(r)),
+            Ok(Answer::Rejected(r)) => return Ok(Verdict::Rejected(r)),
             Err(e) => {
                 return match profile {
-                    Ok(Answer::Rejected(r)) => Ok(AccessTokenVerdict::Rejected(r)),
+                    Ok(Answer::Rejected(r)) => Ok(Verdict::Rejected(r)),
                     _ => Err(e),
                 };
             }
         };
         if !self.channel_ids.contains(&verified.client_id) {
             tracing::info!(client_id = %verified.client_id, "credential issued to a channel not in line.channel_ids");
-            return Ok(AccessTokenVerdict::Rejected(Rejection::WrongChannel));
+            return Ok(Verdict::Rejected(Rejection::WrongChannel));
         }
         if verified.expires_in <= 0 {
-            return Ok(AccessTokenVerdict::Rejected(Rejection::NotPositiveExpiry));
+            return Ok(Verdict::Rejected(Rejection::NotPositiveExpiry));
         }
         let profile = match profile {
             Ok(Answer::Ok(p)) => p,
-            Ok(Answer::Rejected(r)) => return Ok(AccessTokenVerdict::Rejected(r)),
+            Ok(Answer::Rejected(r)) => return Ok(Verdict::Rejected(r)),
             Err(e) => return Err(e),
         };
-        Ok(AccessTokenVerdict::Valid(Identity {
+        Ok(Verdict::Valid(Identity {
             user_id: profile.user_id,
             display_name: profile.display_name,
             picture_url: profile.picture_url,
             email: None,
             channel_id: verified.client_id,
             method: AuthMethod::AccessToken,
-            expires_at: unix_now().saturating_add(verified.expires_in as u64),
+            expires_at: self.clock.unix_seconds().saturating_add(verified.expires_in as u64),
         }))
     }
 
     /// Admission for one verification: refused while backing off after a 429,
-    /// and bounded to [`MAX_CONCURRENT_VERIFICATIONS`] in flight. Every path that
-    /// calls LINE for a client's credential goes through here.
+    /// and bounded to `line.max_concurrent_calls` in flight; a verification
+    /// waits up to `line.timeout_ms` for a slot, then fails closed. Every path
+    /// that calls LINE for a client's credential goes through here.
     pub(crate) async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, LineError> {
-        let now = unix_millis();
+        let now = self.clock.unix_millis();
         let until = self.backoff_until_ms.load(Ordering::Relaxed);
         if now < until {
             return Err(LineError::BackingOff { retry_after: (until - now).div_ceil(1000) });
         }
-        Ok(tokio::time::timeout(self.timeout, self.permits.acquire())
+        Ok(self
+            .clock
+            .timeout(self.timeout, self.permits.acquire())
             .await
             .map_err(|_| LineError::Overloaded)?
             .expect("the semaphore is never closed"))
@@ -254,9 +252,9 @@ impl LineClient {
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Bytes), LineError> {
-        let start = Instant::now();
+        let stopwatch = Stopwatch::start();
         let result = send(endpoint, request).await;
-        let elapsed = start.elapsed().as_secs_f64();
+        let elapsed = stopwatch.seconds();
         self.metrics.line_duration.get_or_create(&EndpointLabels { endpoint: endpoint.as_str() }).observe(elapsed);
         let outcome = match &result {
             Ok((status, _, _)) => match status {
@@ -285,7 +283,7 @@ impl LineClient {
                     let retry_after = parse_retry_after(&body.1);
                     let seconds =
                         retry_after.unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF_SECONDS).clamp(1, MAX_RETRY_AFTER_SECONDS);
-                    self.backoff_until_ms.fetch_max(unix_millis() + seconds * 1000, Ordering::Relaxed);
+                    self.backoff_until_ms.fetch_max(self.clock.unix_millis() + seconds * 1000, Ordering::Relaxed);
                     return Err(LineError::RateLimited { endpoint, retry_after });
                 }
                 Ok((status, body.0))
@@ -334,10 +332,6 @@ async fn send(endpoint: Endpoint, request: reqwest::RequestBuilder) -> Result<(u
         body.extend_from_slice(&chunk);
     }
     Ok((status, request_id, (body.freeze(), retry_after)))
-}
-
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn parse_retry_after(value: &Option<String>) -> Option<u64> {

@@ -165,11 +165,6 @@ pub enum Verdict {
     Rejected(Rejection),
 }
 
-/// Current unix time in seconds.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// `U` followed by 32 lower-case hex digits, the only shape a LINE user id has.
 pub fn is_line_user_id(s: &str) -> bool {
     s.len() == 33 && s.starts_with('U') && s[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

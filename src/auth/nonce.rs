@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
@@ -39,9 +41,10 @@ pub struct NonceStoreFull;
 /// The longest nonce the stores will look up (ours are 43 characters): anything
 /// longer, or not base64url, is unknown without a lookup.
 const MAX_NONCE_CHARS: usize = 64;
-/// Redis keeps a nonce this much past its TTL, so an expired one can still be
-/// told from one never issued (60 seconds).
-const REDIS_EXPIRED_GRACE_SECONDS: u64 = 60;
+/// Both stores keep a nonce this much past its TTL, so that an expired one can
+/// still be told from one never issued (`nonce_expired`, not
+/// `nonce_unknown_or_used`) (60 seconds). A full memory store drops them early.
+const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 
 /// Why the store could not answer: 503.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -102,8 +105,8 @@ impl NonceStore {
         let period = self.ttl().min(Duration::from_secs(30));
         match &*self {
             NonceStore::Memory(m) => loop {
-                tokio::time::sleep(period).await;
-                m.sweep();
+                m.clock.sleep(period).await;
+                m.sweep(EXPIRED_GRACE);
             },
             NonceStore::Redis(r) => r.conn.clone().run_health_probe().await,
         }
@@ -131,32 +134,29 @@ fn fresh_nonce() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Nonces in Redis: the value is the expiry (unix ms), the key lives a grace
 /// period longer so that an expired nonce reads as expired, not unknown.
 pub struct RedisNonces {
     conn: Arc<RedisConn>,
     ttl: Duration,
+    clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl RedisNonces {
-    pub fn new(conn: Arc<RedisConn>, ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { conn, ttl, metrics }
+    pub fn new(conn: Arc<RedisConn>, ttl: Duration, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        Self { conn, ttl, clock, metrics }
     }
 
     async fn issue(&self) -> Result<String, NonceError> {
         let nonce = fresh_nonce();
-        let expires = unix_millis() + self.ttl.as_millis() as u64;
+        let expires = self.clock.unix_millis() + self.ttl.as_millis() as u64;
         let set = redis::cmd("SET")
             .arg(self.conn.key(&nonce))
             .arg(expires)
             .arg("NX")
             .arg("EX")
-            .arg(self.ttl.as_secs() + REDIS_EXPIRED_GRACE_SECONDS)
+            .arg((self.ttl + EXPIRED_GRACE).as_secs())
             .clone();
         // NX: a (2^-256-unlikely) collision answers nil rather than overwrite.
         match self.conn.run::<Option<String>>("nonce_issue", &set).await {
@@ -171,7 +171,7 @@ impl RedisNonces {
     async fn peek(&self, nonce: &str) -> Result<Consumed, NonceError> {
         let get = redis::cmd("GET").arg(self.conn.key(nonce)).clone();
         let value = self.conn.run::<Option<u64>>("nonce_peek", &get).await.map_err(|_| NonceError::Unavailable)?;
-        Ok(classify(value))
+        Ok(classify(value, self.clock.unix_millis()))
     }
 
     async fn consume(&self, nonce: &str) -> Result<Consumed, NonceError> {
@@ -179,7 +179,7 @@ impl RedisNonces {
         let getdel = redis::cmd("GETDEL").arg(self.conn.key(nonce)).clone();
         let value =
             self.conn.run::<Option<u64>>("nonce_consume", &getdel).await.map_err(|_| NonceError::Unavailable)?;
-        let outcome = classify(value);
+        let outcome = classify(value, self.clock.unix_millis());
         self.count(match outcome {
             Consumed::Fresh => "consumed",
             Consumed::Expired => "expired",
@@ -193,9 +193,9 @@ impl RedisNonces {
     }
 }
 
-fn classify(expires_ms: Option<u64>) -> Consumed {
+fn classify(expires_ms: Option<u64>, now_ms: u64) -> Consumed {
     match expires_ms {
-        Some(expires) if expires > unix_millis() => Consumed::Fresh,
+        Some(expires) if expires > now_ms => Consumed::Fresh,
         Some(_) => Consumed::Expired,
         None => Consumed::Unknown,
     }
@@ -218,17 +218,19 @@ pub struct MemoryNonces {
     capacity: usize,
     last_inline_sweep_ms: AtomicU64,
     started: Instant,
+    clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl MemoryNonces {
-    pub fn new(ttl: Duration, capacity: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(ttl: Duration, capacity: usize, clock: Clock, metrics: Arc<Metrics>) -> Self {
         Self {
             live: DashMap::new(),
             ttl,
             capacity,
             last_inline_sweep_ms: AtomicU64::new(0),
-            started: Instant::now(),
+            started: clock.now(),
+            clock,
             metrics,
         }
     }
@@ -247,7 +249,7 @@ impl MemoryNonces {
             }
         }
         let nonce = fresh_nonce();
-        self.live.insert(nonce.clone(), Instant::now() + self.ttl);
+        self.live.insert(nonce.clone(), self.clock.now() + self.ttl);
         self.count("issued");
         Ok(nonce)
     }
@@ -256,7 +258,7 @@ impl MemoryNonces {
     /// refuse a foreign nonce before verification work. [`Self::consume`] decides.
     pub fn peek(&self, nonce: &str) -> Consumed {
         match self.live.get(nonce) {
-            Some(expires) if *expires > Instant::now() => Consumed::Fresh,
+            Some(expires) if *expires > self.clock.now() => Consumed::Fresh,
             Some(_) => Consumed::Expired,
             None => Consumed::Unknown,
         }
@@ -266,7 +268,7 @@ impl MemoryNonces {
     /// consumers exactly one sees [`Consumed::Fresh`].
     pub fn consume(&self, nonce: &str) -> Consumed {
         let outcome = match self.live.remove(nonce) {
-            Some((_, expires)) if expires > Instant::now() => Consumed::Fresh,
+            Some((_, expires)) if expires > self.clock.now() => Consumed::Fresh,
             Some(_) => Consumed::Expired,
             None => Consumed::Unknown,
         };
@@ -278,11 +280,11 @@ impl MemoryNonces {
         outcome
     }
 
-    /// Removes expired nonces; returns how many.
-    pub fn sweep(&self) -> usize {
-        let now = Instant::now();
+    /// Removes nonces expired for longer than `grace`; returns how many.
+    pub fn sweep(&self, grace: Duration) -> usize {
+        let now = self.clock.now();
         let before = self.live.len();
-        self.live.retain(|_, expires| *expires > now);
+        self.live.retain(|_, expires| *expires + grace > now);
         let removed = before.saturating_sub(self.live.len());
         if removed > 0 {
             self.metrics.nonces.get_or_create(&NonceLabels { event: "expired" }).inc_by(removed as u64);
@@ -291,20 +293,18 @@ impl MemoryNonces {
     }
 
     fn sweep_if_due(&self) {
-        let now_ms = self.started.elapsed().as_millis() as u64;
+        let now_ms = self.clock.now().duration_since(self.started).as_millis() as u64;
         let last = self.last_inline_sweep_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) >= INLINE_SWEEP_INTERVAL_MS
             && self.last_inline_sweep_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            self.sweep();
+            // Full: the grace that tells expired from unknown is a luxury now.
+            self.sweep(Duration::ZERO);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
 
@@ -318,7 +318,7 @@ mod tests {
     use super::*;
 
     fn store(ttl_ms: u64, capacity: usize) -> MemoryNonces {
-        MemoryNonces::new(Duration::from_millis(ttl_ms), capacity, Arc::new(Metrics::new()))
+        MemoryNonces::new(Duration::from_millis(ttl_ms), capacity, Clock::manual(), Arc::new(Metrics::new()))
     }
 
     #[test]
@@ -349,9 +349,13 @@ mod tests {
         let s = store(1, 10);
         let a = s.issue().unwrap();
         let _b = s.issue().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        s.clock.advance(Duration::from_millis(1));
         assert_eq!(s.consume(&a), Consumed::Expired);
-        assert_eq!(s.sweep(), 1);
+        // Within the grace an expired nonce still reads as expired; then it goes.
+        assert_eq!(s.sweep(EXPIRED_GRACE), 0);
+        assert_eq!(s.peek(&_b), Consumed::Expired);
+        s.clock.advance(EXPIRED_GRACE);
+        assert_eq!(s.sweep(EXPIRED_GRACE), 1);
         assert!(s.is_empty());
     }
 

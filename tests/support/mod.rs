@@ -1,9 +1,14 @@
-//! Test harness: the real proxy on ephemeral ports, the mock LINE Platform, and a
-//! recording upstream. Every server listens on 127.0.0.1:0 and readiness is
-//! polled, never slept for.
+//! Test harness: the real proxy on ephemeral ports, the mock LINE Platform, a
+//! recording upstream and real `redis-server`s. Every server binds port 0 and
+//! reports the port it got; nothing races for a "free" port. Time that expires
+//! state is a manual [`Clock`] shared by the proxy and the mock, advanced by the
+//! tests; waiting for something to happen is [`eventually`], never a sleep.
 #![allow(dead_code)]
 
+mod redis;
+
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,20 +16,45 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+pub use line_auth_proxy::Clock;
 use line_auth_proxy::config::{self, Config};
 #[allow(unused_imports)]
-pub use line_auth_proxy::mock_line::{Fault, Faults, MockLine, MockToken};
+pub use line_auth_proxy::dev::{Fault, Faults, LoopbackServer, MockLine, MockToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+
+#[allow(unused_imports)]
+pub use self::redis::RedisServer;
 
 pub const CHANNEL: &str = "1234567890";
 pub const OTHER_CHANNEL: &str = "9999999999";
 pub const USER: &str = "U1234567890abcdef1234567890abcdef";
+
+/// Polls `condition` until it holds or `within` has passed (real time): the
+/// one way these tests wait for something that happens in the background.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // The poll interval of a condition: what is awaited (a server starting,
+        // a background reconnect) happens in real time, in another task or process.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// A request as the upstream received it.
 #[derive(Clone, Debug)]
@@ -38,36 +68,34 @@ pub struct Recorded {
 struct UpstreamState {
     requests: Mutex<Vec<Recorded>>,
     hits: AtomicUsize,
+    /// `/stream-in`: notified when the first body chunk has arrived.
+    first_chunk_in: Notify,
+    /// `/stream-out`: the rest of the response body waits for this.
+    release_out: Notify,
 }
 
 /// An upstream that records every request. Paths with special meaning:
 /// `/echo-body…` streams the request body back; `/slow…` answers after the
-/// `x-test-delay-ms` request header's delay; an `Upgrade` request gets a 101 and
+/// `x-test-delay-ms` request header's delay; `/stream-in…` reads the body chunk
+/// by chunk and signals [`RecordingUpstream::first_chunk_arrived`];
+/// `/stream-out…` sends one chunk and holds the rest until
+/// [`RecordingUpstream::release_response`]; an `Upgrade` request gets a 101 and
 /// an echo of every byte. Anything else: 200 `upstream ok`.
 pub struct RecordingUpstream {
-    pub addr: SocketAddr,
+    server: LoopbackServer,
     state: Arc<UpstreamState>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for RecordingUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl RecordingUpstream {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(UpstreamState::default());
         let s = state.clone();
-        let task = line_auth_proxy::mock_line::spawn_server(listener, move |req| upstream_handle(s.clone(), req));
-        Self { addr, state, task }
+        let server = LoopbackServer::start(move |req| upstream_handle(s.clone(), req)).await.unwrap();
+        Self { server, state }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     pub fn hits(&self) -> usize {
@@ -81,9 +109,23 @@ impl RecordingUpstream {
     pub fn last(&self) -> Recorded {
         self.requests().pop().expect("the upstream received no request")
     }
+
+    /// Resolves when a `/stream-in` request's first body chunk has arrived.
+    pub async fn first_chunk_arrived(&self) {
+        self.state.first_chunk_in.notified().await
+    }
+
+    /// Lets a held `/stream-out` response finish.
+    pub fn release_response(&self) {
+        self.state.release_out.notify_one();
+    }
 }
 
-type UpBody = Either<Incoming, Full<Bytes>>;
+type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(bytes: &'static [u8]) -> UpBody {
+    Full::new(Bytes::from_static(bytes)).map_err(|never| match never {}).boxed()
+}
 
 async fn upstream_handle(
     state: Arc<UpstreamState>,
@@ -109,7 +151,7 @@ async fn upstream_handle(
                 }
             }
         });
-        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        let mut r = Response::new(full(b""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         r.headers_mut().insert("connection", "upgrade".parse().unwrap());
         r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
@@ -122,16 +164,57 @@ async fn upstream_handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
+        // A slow upstream, as the proxy's real-time upstream timeout meets it.
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if path.starts_with("/echo-body") {
-        return Ok(Response::new(Either::Left(req.into_body())));
+        return Ok(Response::new(req.into_body().boxed()));
     }
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(b"upstream ok"))));
+    if path.starts_with("/stream-in") {
+        let mut body = req.into_body();
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(data) = frame.data_ref() {
+                if total == 0 && !data.is_empty() {
+                    state.first_chunk_in.notify_one();
+                }
+                total += data.len();
+            }
+        }
+        return Ok(Response::new(Full::new(Bytes::from(total.to_string())).map_err(|never| match never {}).boxed()));
+    }
+    if path.starts_with("/stream-out") {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, hyper::Error>>(2);
+        let release = state.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first chunk;")))).await;
+            release.release_out.notified().await;
+            let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"the rest")))).await;
+        });
+        let stream = tokio_stream_from(rx);
+        return Ok(Response::new(http_body_util::StreamBody::new(stream).boxed()));
+    }
+    let mut r = Response::new(full(b"upstream ok"));
     // Hop-by-hop headers the proxy must drop on the way back.
     r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
     r.headers_mut().insert("x-upstream", "1".parse().unwrap());
     Ok(r)
+}
+
+/// A `Stream` over an mpsc receiver, so the harness needs no extra crate.
+fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
+    struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for Rx<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    Rx(rx)
 }
 
 /// A running proxy; `stop` shuts it down like SIGTERM would.
@@ -166,6 +249,11 @@ impl TestProxy {
     /// The Prometheus exposition from the admin listener.
     pub async fn metrics(&self) -> String {
         client().get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// One series' value, as [`metric`] reads it.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
     }
 }
 
@@ -212,28 +300,25 @@ timeout_ms = 500
 
 /// Parses configuration text (panics on problems: a test's config must be valid).
 pub fn config(text: &str) -> Config {
-    config::load_str(text, std::iter::empty()).unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}"))
+    config::load_str(text, std::iter::empty()).unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}")).config
 }
 
-/// Binds and serves the proxy, then polls `/readyz` until it answers 200.
+/// Binds and serves the proxy on `clock`, then polls `/readyz` until it answers 200.
+pub async fn spawn_proxy_with(config: Config, clock: &Clock) -> TestProxy {
+    let proxy = spawn_proxy_unready_with(config, clock).await;
+    let url = proxy.admin_url("/readyz");
+    assert!(eventually_status(&url, 200, 10).await, "proxy never became ready");
+    proxy
+}
+
+/// [`spawn_proxy_with`] on a clock of its own.
 pub async fn spawn_proxy(config: Config) -> TestProxy {
-    let proxy = spawn_proxy_unready(config).await;
-    let c = client();
-    for _ in 0..500 {
-        if let Ok(r) = c.get(proxy.admin_url("/readyz")).send().await
-            && r.status() == 200
-        {
-            return proxy;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("proxy never became ready");
+    spawn_proxy_with(config, &Clock::manual()).await
 }
 
 /// Binds and serves the proxy without waiting for readiness.
-pub async fn spawn_proxy_unready(config: Config) -> TestProxy {
-    let bound = line_auth_proxy::bind(config).await.expect("proxy binds");
+pub async fn spawn_proxy_unready_with(config: Config, clock: &Clock) -> TestProxy {
+    let bound = line_auth_proxy::bind_with(config, clock.clone()).await.expect("proxy binds");
     let addr = bound.proxy_addr();
     let admin = bound.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -243,8 +328,10 @@ pub async fn spawn_proxy_unready(config: Config) -> TestProxy {
     TestProxy { addr, admin, shutdown: Some(tx), task: Some(task) }
 }
 
-/// The usual trio: mock LINE with one valid token, a recording upstream, the proxy.
+/// The usual trio on one manual clock: mock LINE with one valid token, a
+/// recording upstream, the proxy.
 pub struct Env {
+    pub clock: Clock,
     pub line: MockLine,
     pub upstream: RecordingUpstream,
     pub proxy: TestProxy,
@@ -253,13 +340,14 @@ pub struct Env {
 pub const TOKEN: &str = "valid-access-token-0123456789";
 
 pub async fn env(extra: &str) -> Env {
-    let line = MockLine::start().await.unwrap();
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     let mut token = MockToken::new(CHANNEL, USER, "Brown");
     token.picture_url = Some("https://profile.line-scdn.net/abcdefghijklmn".into());
     line.add_token(TOKEN, token);
     let upstream = RecordingUpstream::start().await;
-    let proxy = spawn_proxy(config(&config_text(&line.base_url(), &upstream.url(), extra))).await;
-    Env { line, upstream, proxy }
+    let proxy = spawn_proxy_with(config(&config_text(&line.base_url(), &upstream.url(), extra)), &clock).await;
+    Env { clock, line, upstream, proxy }
 }
 
 /// An HTTP client that never uses a system proxy.
@@ -272,6 +360,11 @@ pub fn client() -> reqwest::Client {
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    read_answer(&mut stream).await
+}
+
+/// Reads one answer from `stream` (see [`raw`]).
+pub async fn read_answer(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 16 * 1024];
@@ -330,6 +423,11 @@ impl Env {
     pub async fn status(&self, path: &str, token: &str) -> u16 {
         client().get(self.proxy.url(path)).bearer_auth(token).send().await.unwrap().status().as_u16()
     }
+
+    /// ID-token claims for our channel and user, issued now by the shared clock.
+    pub fn claims(&self, nonce: Option<&str>) -> serde_json::Value {
+        self.line.id_claims(CHANNEL, USER, nonce)
+    }
 }
 
 /// Faults where only the verify endpoint fails this way.
@@ -337,9 +435,19 @@ pub fn verify_fails(fault: Fault) -> Faults {
     Faults { verify: Some(fault), ..Faults::default() }
 }
 
-/// An address where nothing listens (a port that was free a moment ago).
-pub fn closed_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// An address where nothing listens, held so for as long as the guard lives: a
+/// bound socket that never listens refuses every connection, and no one else
+/// can take its port meanwhile.
+pub struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    ClosedPort { socket, addr }
 }
 
 /// `n` concurrent GETs of `url` with `token`; their statuses.
@@ -362,12 +470,14 @@ pub async fn concurrent_statuses(url: String, token: &'static str, n: usize) -> 
 /// an `id_token` route at `/login` (plus whatever `extra` adds), verifying
 /// locally against the mock's JWKS unless `line_extra` says otherwise.
 pub async fn login_env(line_extra: &str, extra: &str) -> Env {
-    let line = MockLine::start().await.unwrap();
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     let upstream = RecordingUpstream::start().await;
     let line_extra = format!("jwks_url = \"{}\"\n{line_extra}", line.jwks_url());
     let extra = format!("[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n{extra}");
-    let proxy = spawn_proxy(config(&config_text_line(&line.base_url(), &upstream.url(), &line_extra, &extra))).await;
-    Env { line, upstream, proxy }
+    let text = config_text_line(&line.base_url(), &upstream.url(), &line_extra, &extra);
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    Env { clock, line, upstream, proxy }
 }
 
 impl Env {
@@ -385,105 +495,15 @@ impl Env {
     }
 }
 
-/// A real `redis-server` (Debian's package) on an ephemeral loopback port,
-/// killed on drop. A missing binary is a failure, never a skipped test.
-pub struct RedisServer {
-    pub port: u16,
-    password: Option<String>,
-    child: Option<std::process::Child>,
-    dir: std::path::PathBuf,
-}
-
-impl RedisServer {
-    pub async fn start() -> Self {
-        Self::start_with_password(None).await
-    }
-
-    pub async fn start_with_password(password: Option<&str>) -> Self {
-        let dir = std::env::temp_dir().join(format!("lap-redis-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self { port: closed_addr().port(), password: password.map(str::to_owned), child: None, dir };
-        server.spawn().await;
-        server
-    }
-
-    async fn spawn(&mut self) {
-        let mut cmd = std::process::Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if let Some(p) = &self.password {
-            cmd.args(["--requirepass", p]);
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start redis-server ({e}): install it (apt-get install -y redis-server); .ci/run does")
-        });
-        self.child = Some(child);
-        for _ in 0..500 {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
-                let _ = s.write_all(b"PING\r\n").await;
-                let mut buf = [0u8; 64];
-                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
-                    && n > 0
-                {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    /// `redis://[:password@]127.0.0.1:port/db`.
-    pub fn url(&self, db: u8) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/{db}", self.port),
-            None => format!("redis://127.0.0.1:{}/{db}", self.port),
-        }
-    }
-
-    /// Kills the server (SIGKILL: an outage, not a shutdown).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port, empty.
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// Keys matching `pattern` in database `db`.
-    pub async fn keys(&self, db: u8, pattern: &str) -> Vec<String> {
-        let client = redis::Client::open(self.url(db)).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Polls GET `url` every 50 ms (up to `seconds`) until it answers `status`;
-/// true when it did. For state that changes in the background (readiness,
-/// reconnection), never as a way to wait for start-up.
+/// Polls GET `url` (up to `seconds`) until it answers `status`; true when it did.
+/// For state that changes in the background (readiness, reconnection).
 pub async fn eventually_status(url: &str, status: u16, seconds: u64) -> bool {
     let c = client();
-    for _ in 0..seconds * 20 {
-        if c.get(url).send().await.is_ok_and(|r| r.status().as_u16() == status) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    eventually(Duration::from_secs(seconds), || {
+        let request = c.get(url).send();
+        async move { request.await.is_ok_and(|r| r.status().as_u16() == status) }
+    })
+    .await
 }
 
 /// A `tracing` writer that keeps everything written, for log assertions.

@@ -1,15 +1,16 @@
 //! A mock LINE Platform for `dev` and the tests. It speaks the JSON documented in
-//! the LINE Login v2.1 reference (see `shared/LINE-API.md`): the access-token
+//! the LINE Login v2.1 API reference: the access-token
 //! verify endpoint, the profile endpoint, the ID-token verify endpoint (with
 //! LINE's documented `error_description` strings) and a JWKS of rotating ES256
 //! keys, with LINE's status codes and error bodies. It signs ID tokens (ES256
-//! with its keys, HS256 with a channel secret) for the tests and `dev`. Tokens, faults (status codes, unreadable bodies, delays) and call
-//! counters are programmable. It listens on loopback only: the real LINE
+//! with its keys, HS256 with a channel secret) for the tests and `dev`. Tokens,
+//! faults (status codes, unreadable bodies, delays, held answers) and call
+//! counters are programmable, and its notion of now is a [`Clock`] the tests
+//! can share with the proxy. It listens on loopback only: the real LINE
 //! Platform must never receive test or load traffic.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,11 +20,10 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
+
+use super::loopback::LoopbackServer;
+use crate::clock::Clock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -122,8 +122,10 @@ impl SigningKey {
     }
 }
 
-#[derive(Default)]
 struct MockState {
+    clock: Clock,
+    /// While true, the verification endpoints hold their answers.
+    held: watch::Sender<bool>,
     tokens: Mutex<HashMap<String, MockToken>>,
     faults: Mutex<Faults>,
     verify_calls: AtomicUsize,
@@ -158,32 +160,61 @@ impl MockState {
 
 /// A running mock; stops when dropped.
 pub struct MockLine {
-    addr: SocketAddr,
+    server: LoopbackServer,
     state: Arc<MockState>,
-    task: JoinHandle<()>,
 }
 
-impl Drop for MockLine {
+/// Answers of the verification endpoints wait while this lives (see [`MockLine::hold`]).
+pub struct Held(watch::Sender<bool>);
+
+impl Held {
+    /// Lets the held answers (and every later one) go.
+    pub fn release(self) {}
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.send_replace(false);
     }
 }
 
 impl MockLine {
-    /// Starts on `127.0.0.1` with an ephemeral port.
+    /// Starts on `127.0.0.1` with an ephemeral port, on the real clock.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(MockState::default());
-        state.keys.lock().expect("poisoned").push(Arc::new(SigningKey::generate()));
+        Self::start_with_clock(Clock::system()).await
+    }
+
+    /// Starts with `clock` as its notion of now (ID-token `iat`/`exp`, expiry checks).
+    pub async fn start_with_clock(clock: Clock) -> std::io::Result<Self> {
+        let state = Arc::new(MockState {
+            clock,
+            held: watch::channel(false).0,
+            tokens: Mutex::default(),
+            faults: Mutex::default(),
+            verify_calls: AtomicUsize::default(),
+            profile_calls: AtomicUsize::default(),
+            jwks_calls: AtomicUsize::default(),
+            verify_id_token_calls: AtomicUsize::default(),
+            request_ids: AtomicUsize::default(),
+            keys: Mutex::new(vec![Arc::new(SigningKey::generate())]),
+            channel_secrets: Mutex::default(),
+            token_prefix: Mutex::default(),
+        });
         let handler_state = state.clone();
-        let task = spawn_server(listener, move |req| handle(handler_state.clone(), req));
-        Ok(Self { addr, state, task })
+        let server = LoopbackServer::start(move |req| handle(handler_state.clone(), req)).await?;
+        Ok(Self { server, state })
     }
 
     /// The value for `line.api_base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
+    }
+
+    /// Holds every answer of the verify, profile and ID-token verify endpoints
+    /// (they are counted on arrival) until the returned guard is dropped.
+    pub fn hold(&self) -> Held {
+        self.state.held.send_replace(true);
+        Held(self.state.held.clone())
     }
 
     pub fn add_token(&self, token: &str, info: MockToken) {
@@ -222,7 +253,7 @@ impl MockLine {
 
     /// The value for `line.jwks_url`.
     pub fn jwks_url(&self) -> String {
-        format!("http://{}/oauth2/v2.1/certs", self.addr)
+        format!("{}/oauth2/v2.1/certs", self.server.url())
     }
 
     /// Adds a new signing key (published next to the old ones); returns its kid.
@@ -274,47 +305,26 @@ impl MockLine {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
     }
 
-    /// The claims of a LINE ID token for `aud`/`sub`, issued now, valid an hour.
-    pub fn id_claims(aud: &str, sub: &str, nonce: Option<&str>) -> serde_json::Value {
-        let now = crate::auth::unix_now();
-        let mut claims = serde_json::json!({
-            "iss": ISSUER, "sub": sub, "aud": aud, "exp": now + 3600, "iat": now,
-            "amr": ["linesso"], "name": "Brown", "picture": "https://profile.line-scdn.net/0hID",
-        });
-        if let Some(n) = nonce {
-            claims["nonce"] = n.into();
-        }
-        claims
+    /// The claims of a LINE ID token for `aud`/`sub`, issued now (by the mock's
+    /// clock), valid an hour.
+    pub fn id_claims(&self, aud: &str, sub: &str, nonce: Option<&str>) -> serde_json::Value {
+        id_claims(self.state.clock.unix_seconds(), aud, sub, nonce)
     }
+}
+
+fn id_claims(now: u64, aud: &str, sub: &str, nonce: Option<&str>) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "iss": ISSUER, "sub": sub, "aud": aud, "exp": now + 3600, "iat": now,
+        "amr": ["linesso"], "name": "Brown", "picture": "https://profile.line-scdn.net/0hID",
+    });
+    if let Some(n) = nonce {
+        claims["nonce"] = n.into();
+    }
+    claims
 }
 
 fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> String {
     format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
-}
-
-/// Serves `handler` on every connection `listener` accepts (HTTP/1.1 and h2c,
-/// upgrades allowed) until the task is aborted: the loop behind the mock LINE
-/// Platform, the `dev` echo upstream, and the test and benchmark fixtures.
-pub fn spawn_server<H, F, B>(listener: TcpListener, handler: H) -> JoinHandle<()>
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handler))
-                    .await;
-            });
-        }
-    })
 }
 
 async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -325,21 +335,27 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
         tokio::time::sleep(faults.delay).await;
     }
     let request_id = format!("{:016x}", state.request_ids.fetch_add(1, Ordering::Relaxed) + 0x1000);
+    let verification = matches!(path.as_str(), "/oauth2/v2.1/verify" | "/v2/profile");
+    if verification {
+        // Counted on arrival (below), answered once released.
+        let mut held = state.held.subscribe();
+        let count = match (&method, path.as_str()) {
+            (&Method::GET, "/oauth2/v2.1/verify") => &state.verify_calls,
+            (&Method::POST, _) => &state.verify_id_token_calls,
+            _ => &state.profile_calls,
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        let _ = held.wait_for(|held| !held).await;
+    }
     let mut response = match (&method, path.as_str()) {
-        (&Method::GET, "/oauth2/v2.1/verify") => {
-            state.verify_calls.fetch_add(1, Ordering::SeqCst);
-            match faults.verify {
-                Some(fault) => fault_response(fault),
-                None => verify(&state, req.uri().query().unwrap_or("")),
-            }
-        }
-        (&Method::GET, "/v2/profile") => {
-            state.profile_calls.fetch_add(1, Ordering::SeqCst);
-            match faults.profile {
-                Some(fault) => fault_response(fault),
-                None => profile(&state, &req),
-            }
-        }
+        (&Method::GET, "/oauth2/v2.1/verify") => match faults.verify {
+            Some(fault) => fault_response(fault),
+            None => verify(&state, req.uri().query().unwrap_or("")),
+        },
+        (&Method::GET, "/v2/profile") => match faults.profile {
+            Some(fault) => fault_response(fault),
+            None => profile(&state, &req),
+        },
         (&Method::GET, "/oauth2/v2.1/certs") => {
             state.jwks_calls.fetch_add(1, Ordering::SeqCst);
             match faults.jwks {
@@ -347,27 +363,21 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
                 None => jwks(&state),
             }
         }
-        (&Method::POST, "/oauth2/v2.1/verify") => {
-            state.verify_id_token_calls.fetch_add(1, Ordering::SeqCst);
-            match faults.verify_id_token {
-                Some(fault) => fault_response(fault),
-                None => {
-                    let body = Limited::new(req.into_body(), 64 * 1024)
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    verify_id_token(&state, &String::from_utf8_lossy(&body))
-                }
+        (&Method::POST, "/oauth2/v2.1/verify") => match faults.verify_id_token {
+            Some(fault) => fault_response(fault),
+            None => {
+                let body =
+                    Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                verify_id_token(&state, &String::from_utf8_lossy(&body))
             }
-        }
+        },
         // Mock only: mints an ES256 ID token, so that `dev` can show a login.
         (&Method::GET, "/mock/id_token") => {
             let query = req.uri().query().unwrap_or("");
             let arg = |k| form_urlencoded_value(query, k);
             match (arg("aud"), arg("sub")) {
                 (Some(aud), Some(sub)) => {
-                    let claims = MockLine::id_claims(&aud, &sub, arg("nonce").as_deref());
+                    let claims = id_claims(state.clock.unix_seconds(), &aud, &sub, arg("nonce").as_deref());
                     let key = state.current_key();
                     let token = key.sign(&serde_json::json!({ "typ": "JWT", "alg": "ES256", "kid": key.kid }), &claims);
                     let mut r = Response::new(Full::new(Bytes::from(token)));
@@ -504,7 +514,7 @@ fn verify_id_token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
     if payload["iss"].as_str() != Some(ISSUER) {
         return refuse("Invalid IdToken Issuer.");
     }
-    if payload["exp"].as_u64().is_none_or(|exp| exp <= crate::auth::unix_now()) {
+    if payload["exp"].as_u64().is_none_or(|exp| exp <= state.clock.unix_seconds()) {
         return refuse("IdToken expired.");
     }
     if payload["aud"].as_str() != Some(client_id.as_str()) {

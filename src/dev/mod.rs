@@ -1,21 +1,20 @@
-//! `line-auth-proxy dev`: one command, no setup. Starts the mock LINE Platform,
-//! an echo upstream that answers with the headers it received, and the proxy
-//! wired to both, then prints `curl` lines that work as pasted.
+//! Development tooling, behind the default-on `dev` cargo feature, so that a
+//! production build (`--no-default-features`) carries no mock and no code that
+//! mints tokens.
+//!
+//! `line-auth-proxy dev`: one command, no setup. Starts the [`mock_line`] LINE
+//! Platform, an [`echo`] upstream that answers with the headers it received, and
+//! the proxy wired to both, then prints `curl` lines that work as pasted. The
+//! tests and benchmarks use the same mock and the same [`LoopbackServer`].
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+pub mod echo;
+pub mod loopback;
+pub mod mock_line;
+
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
-use crate::config::{FileConfig, RouteSection};
-use crate::mock_line::{MockLine, MockToken};
+pub use loopback::LoopbackServer;
+pub use mock_line::{Fault, Faults, Held, MockLine, MockToken};
 
 /// The demo channel id the proxy accepts in `dev`.
 pub const DEMO_CHANNEL_ID: &str = "1234567890";
@@ -25,52 +24,6 @@ pub const DEMO_TOKEN: &str = "demo-valid-token";
 pub const DEMO_OTHER_CHANNEL_TOKEN: &str = "demo-other-channel-token";
 /// The demo user's LINE user id.
 pub const DEMO_USER_ID: &str = "U4af4980629d5ea2b0c8d1e6f3a7b9c01";
-
-/// An upstream that answers every request with a JSON echo of its method, path
-/// and headers; stops when dropped.
-pub struct EchoUpstream {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl EchoUpstream {
-    pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let task = crate::mock_line::spawn_server(listener, echo);
-        Ok(Self { addr, task })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let headers: BTreeMap<&str, Vec<&str>> = req
-        .headers()
-        .keys()
-        .map(|k| {
-            let values = req.headers().get_all(k).iter().map(|v| v.to_str().unwrap_or("<non-ascii>")).collect();
-            (k.as_str(), values)
-        })
-        .collect();
-    let body = serde_json::json!({
-        "upstream": "line-auth-proxy dev echo",
-        "method": req.method().as_str(),
-        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        "headers": headers,
-    });
-    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_string_pretty(&body).unwrap_or_default() + "\n")));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
-}
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), crate::RunError> {
@@ -85,21 +38,36 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), cra
         DEMO_OTHER_CHANNEL_TOKEN,
         MockToken::new("9999999999", "U00000000000000000000000000000000", "Mallory"),
     );
-    let upstream = EchoUpstream::start().await.map_err(bind_err)?;
+    let upstream = echo::start().await.map_err(bind_err)?;
+    // The demo is configured the way an operator would write it.
+    let text = format!(
+        r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin_listen}"
+shutdown_grace_seconds = 2
 
-    let mut file = FileConfig::default();
-    file.server.listen = listen.to_string();
-    file.server.admin_listen = admin_listen.to_string();
-    file.server.shutdown_grace_seconds = 2;
-    file.upstream.url = Some(upstream.url());
-    file.line.channel_ids = vec![DEMO_CHANNEL_ID.into()];
-    file.line.api_base_url = line.base_url();
-    file.line.jwks_url = line.jwks_url();
-    file.routes = vec![
-        RouteSection { path_prefix: Some("/public/".into()), auth: Some("none".into()), ..RouteSection::default() },
-        RouteSection { path_prefix: Some("/login".into()), auth: Some("id_token".into()), ..RouteSection::default() },
-    ];
-    let config = file.validate().expect("the dev configuration is valid");
+[upstream]
+url = "{upstream}"
+
+[line]
+channel_ids = ["{DEMO_CHANNEL_ID}"]
+api_base_url = "{line}"
+jwks_url = "{jwks}"
+
+[[routes]]
+path_prefix = "/public/"
+auth = "none"
+
+[[routes]]
+path_prefix = "/login"
+auth = "id_token"
+"#,
+        upstream = upstream.url(),
+        line = line.base_url(),
+        jwks = line.jwks_url(),
+    );
+    let config = crate::config::load_str(&text, std::iter::empty()).expect("the dev configuration is valid").config;
 
     let bound = crate::bind(config).await?;
     let proxy = bound.proxy_addr();

@@ -1,0 +1,164 @@
+use super::*;
+use crate::auth::{AuthMethod, Identity};
+
+fn cache(max_entries: usize, clock: &Clock) -> VerdictCache {
+    let config =
+        CacheConfig { ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(1), max_entries, shared: None };
+    VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None, clock.clone())
+}
+
+fn valid_until(expires_at: u64) -> Verdict {
+    Verdict::Valid(Identity {
+        user_id: "U1234567890abcdef1234567890abcdef".into(),
+        display_name: None,
+        picture_url: None,
+        email: None,
+        channel_id: "1".into(),
+        method: AuthMethod::AccessToken,
+        expires_at,
+    })
+}
+
+fn key(i: u32) -> CacheKey {
+    cache_key(CredentialKind::AccessToken, &i.to_string())
+}
+
+#[tokio::test]
+async fn stays_within_max_entries_when_full_of_live_entries() {
+    let clock = Clock::manual();
+    let c = cache(100, &clock);
+    let exp = clock.unix_seconds() + 3600;
+    for i in 0..1000 {
+        let (r, lookup) = c.get_or_verify(key(i), async { Ok(valid_until(exp)) }).await;
+        assert!(r.is_ok());
+        assert_eq!(lookup, Lookup::Miss);
+        assert!(c.entry_count() <= 100);
+    }
+    assert_eq!(c.entry_count(), 100);
+    // The latest entry survived its own insertion.
+    assert_eq!(c.get_or_verify(key(999), async { unreachable!() }).await.1, Lookup::Hit);
+}
+
+#[tokio::test]
+async fn kinds_never_share_an_entry_and_rejections_expire() {
+    let clock = Clock::manual();
+    let c = cache(10, &clock);
+    let access = cache_key(CredentialKind::AccessToken, "t");
+    let id = cache_key(CredentialKind::IdToken, "t");
+    assert_ne!(access, id);
+    let _ = c.get_or_verify(access, async { Ok(Verdict::Rejected(Rejection::Invalid)) }).await;
+    assert_eq!(c.get_or_verify(access, async { unreachable!() }).await.1, Lookup::Hit);
+    let exp = clock.unix_seconds() + 3600;
+    assert_eq!(c.get_or_verify(id, async { Ok(valid_until(exp)) }).await.1, Lookup::Miss);
+    clock.advance(Duration::from_millis(1001));
+    assert_eq!(c.get_or_verify(access, async { Ok(Verdict::Rejected(Rejection::Invalid)) }).await.1, Lookup::Miss);
+}
+
+#[tokio::test]
+async fn expired_entries_leave_by_the_sweep_not_by_reading_the_count() {
+    let clock = Clock::manual();
+    let c = cache(100, &clock);
+    for i in 0..10 {
+        let _ = c.get_or_verify(key(i), async { Ok(Verdict::Rejected(Rejection::Invalid)) }).await;
+    }
+    clock.advance(Duration::from_secs(2));
+    // Reading the count (what a scrape does) walks nothing and changes nothing.
+    assert_eq!(c.entry_count(), 10);
+    assert_eq!(c.entry_count(), 10);
+    c.sweep();
+    assert_eq!(c.entry_count(), 0);
+}
+
+#[tokio::test]
+async fn the_background_sweeper_runs_on_the_cache_clock() {
+    let clock = Clock::manual();
+    let c = Arc::new(cache(100, &clock));
+    let _ = c.get_or_verify(key(1), async { Ok(Verdict::Rejected(Rejection::Invalid)) }).await;
+    let sweeper = tokio::spawn(c.clone().run_sweeper());
+    tokio::task::yield_now().await;
+    clock.advance(SWEEP_INTERVAL);
+    for _ in 0..100 {
+        if c.entry_count() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(c.entry_count(), 0);
+    sweeper.abort();
+}
+
+#[tokio::test]
+async fn an_expired_verdict_is_refused_whatever_its_ttl_says() {
+    let clock = Clock::manual();
+    let c = cache(10, &clock);
+    let exp = clock.unix_seconds() + 30;
+    // Stored with a TTL longer than the token lives (as an entry from another
+    // replica could be): past `exp` it is refused as expired, not served.
+    let cached = Cached { stored: c.store(&valid_until(exp)), ttl: Duration::from_secs(600) };
+    c.insert(key(7), &cached);
+    assert!(matches!(c.get_or_verify(key(7), async { unreachable!() }).await.0.unwrap().stored, Stored::Valid(_)));
+    clock.advance(Duration::from_secs(31));
+    let (result, lookup) = c.get_or_verify(key(7), async { unreachable!() }).await;
+    assert_eq!(lookup, Lookup::Hit);
+    assert!(matches!(result.unwrap().stored, Stored::Rejected(Rejection::Expired)));
+    assert_eq!(c.entry_count(), 0);
+}
+
+#[tokio::test]
+async fn a_panic_under_a_shard_lock_does_not_break_the_shard() {
+    let clock = Clock::manual();
+    let c = Arc::new(cache(100, &clock));
+    let exp = clock.unix_seconds() + 3600;
+    let _ = c.get_or_verify(key(1), async { Ok(valid_until(exp)) }).await;
+    let home = VerdictCache::home(&key(1));
+    let poisoner = c.clone();
+    let joined = std::thread::spawn(move || {
+        let _shard = poisoner.shards[home].lock().unwrap();
+        panic!("a bug while holding a shard lock");
+    })
+    .join();
+    assert!(joined.is_err());
+    assert!(c.shards[home].is_poisoned());
+    // The shard works again (emptied: a cache may forget, never fail for good).
+    let (result, lookup) = c.get_or_verify(key(1), async { Ok(valid_until(exp)) }).await;
+    assert!(result.is_ok());
+    assert_eq!(lookup, Lookup::Miss);
+    assert_eq!(c.get_or_verify(key(1), async { unreachable!() }).await.1, Lookup::Hit);
+    assert!(!c.shards[home].is_poisoned());
+    assert_eq!(c.entry_count(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_verification_leaves_no_flight_behind() {
+    let clock = Clock::manual();
+    let c = Arc::new(cache(10, &clock));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.get_or_verify(key(1), async {
+                let _ = started_tx.send(());
+                std::future::pending::<Result<Verdict, LineError>>().await
+            })
+            .await
+        })
+    };
+    started_rx.await.unwrap();
+    assert_eq!(c.inflight_count(), 1);
+    waiter.abort();
+    let _ = waiter.await;
+    assert_eq!(c.inflight_count(), 0, "the cancelled request's flight stayed in the map");
+}
+
+#[tokio::test]
+async fn a_failure_is_shared_by_its_waiters_and_then_forgotten() {
+    let clock = Clock::manual();
+    let c = cache(10, &clock);
+    let (result, lookup) = c.get_or_verify(key(1), async { Err(LineError::Overloaded) }).await;
+    assert!(result.is_err());
+    assert_eq!(lookup, Lookup::Miss);
+    assert_eq!(c.inflight_count(), 0);
+    assert_eq!(c.entry_count(), 0);
+    let exp = clock.unix_seconds() + 3600;
+    assert!(c.get_or_verify(key(1), async { Ok(valid_until(exp)) }).await.0.is_ok());
+}

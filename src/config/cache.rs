@@ -1,0 +1,100 @@
+//! `[cache]`: how long verdicts are reused, how many are kept, and the optional
+//! Redis tier shared by replicas.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::keys::{Count, Millis, Seconds, choice, section};
+use super::{FileConfig, Problems, redis_config};
+use crate::redis_conn::RedisConfig;
+
+/// `cache.ttl_seconds` (60 seconds).
+pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 60;
+/// `cache.negative_ttl_seconds` (10 seconds).
+pub const DEFAULT_CACHE_NEGATIVE_TTL_SECONDS: u64 = 10;
+/// `cache.max_entries` (100000 entries).
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
+/// `cache.redis_key_prefix`: the namespace of shared verdicts.
+pub const DEFAULT_CACHE_REDIS_KEY_PREFIX: &str = "line-auth-proxy:verdict:";
+/// `cache.redis_timeout_ms` (100 milliseconds): past it, ask LINE instead.
+pub const DEFAULT_CACHE_REDIS_TIMEOUT_MS: u64 = 100;
+
+/// `cache.shared`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedCache {
+    /// Each replica keeps its own verdicts.
+    #[default]
+    None,
+    /// memory → Redis → LINE: a verdict one replica verified serves the others.
+    Redis,
+}
+
+impl SharedCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedCache::None => "none",
+            SharedCache::Redis => "redis",
+        }
+    }
+}
+
+choice!(SharedCache);
+
+section! {
+    /// `[cache]`
+    pub struct CacheSection("cache") {
+        /// A valid verdict is reused this long, never past the token's own expiry.
+        ttl_seconds: Seconds<1, 86400> = DEFAULT_CACHE_TTL_SECONDS,
+        /// A definitive rejection is remembered this long; LINE errors never are.
+        negative_ttl_seconds: Seconds<1, 86400> = DEFAULT_CACHE_NEGATIVE_TTL_SECONDS,
+        /// Cache capacity; when full, an arbitrary entry makes room.
+        max_entries: Count<1, 10000000> = DEFAULT_CACHE_MAX_ENTRIES,
+        /// `none`, or `redis`: a second tier shared by the replicas.
+        shared: SharedCache,
+        /// The shared tier's Redis, `redis://` or `rediss://` (default: `nonce.redis_url`).
+        redis_url: Option<String>,
+        /// Namespace of the shared verdicts in Redis.
+        redis_key_prefix: String = DEFAULT_CACHE_REDIS_KEY_PREFIX,
+        /// Timeout of each Redis call; past it, the verdict comes from LINE.
+        redis_timeout_ms: Millis<1, 10000> = DEFAULT_CACHE_REDIS_TIMEOUT_MS,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: usize,
+    /// The shared second tier, when `cache.shared = "redis"`.
+    pub shared: Option<RedisConfig>,
+}
+
+impl CacheSection {
+    pub(super) fn validate(&self, file: &FileConfig, p: &mut Problems) -> CacheConfig {
+        let shared = match self.shared {
+            SharedCache::None => {
+                for key in ["cache.redis_url", "cache.redis_key_prefix", "cache.redis_timeout_ms"] {
+                    if file.wrote(key) {
+                        p.warn(key, "has no effect: cache.shared is \"none\"");
+                    }
+                }
+                None
+            }
+            SharedCache::Redis => match self.redis_url.as_ref().or(file.nonce.redis_url.as_ref()) {
+                None => {
+                    p.error("cache.redis_url", "is required with cache.shared = \"redis\" (or set nonce.redis_url)");
+                    None
+                }
+                Some(url) => redis_config("cache", url, &self.redis_key_prefix, self.redis_timeout_ms.duration(), p),
+            },
+        };
+        CacheConfig {
+            ttl: self.ttl_seconds.duration(),
+            negative_ttl: self.negative_ttl_seconds.duration(),
+            max_entries: self.max_entries.get(),
+            shared,
+        }
+    }
+}

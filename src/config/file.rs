@@ -1,0 +1,246 @@
+//! The file as written: TOML text plus the environment overlay, read key by key
+//! against the declared sections into a [`FileConfig`] with every default filled
+//! in, and the set of key paths that were actually written (warnings about keys
+//! that have no effect name only what the operator set).
+
+use std::collections::BTreeSet;
+
+use super::cache::CacheSection;
+use super::identity::IdentitySection;
+use super::keys::{KeySpec, Kind, Section};
+use super::line::LineSection;
+use super::nonce::NonceSection;
+use super::reserved::{AssertionSection, ForwardAuthSection};
+use super::routes::RouteSection;
+use super::server::ServerSection;
+use super::upstream::UpstreamSection;
+use super::{ENV_PREFIX, Problems, one_line};
+
+/// Where TOML syntax errors are reported (replaced by the file name in `load`).
+pub(super) const TOML_SYNTAX_KEY: &str = "<toml>";
+/// `[[routes]]`: an array of tables, from the file only.
+const ROUTES: &str = "routes";
+
+/// Every section, defaults filled in where the file and environment said nothing.
+#[derive(Clone, Debug, Default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub upstream: UpstreamSection,
+    pub line: LineSection,
+    pub cache: CacheSection,
+    pub identity: IdentitySection,
+    pub nonce: NonceSection,
+    pub forward_auth: ForwardAuthSection,
+    pub assertion: AssertionSection,
+    pub routes: Vec<RouteSection>,
+    /// Key paths set by the file or the environment (`nonce.ttl_seconds`,
+    /// `routes[1].require_nonce`); a section written empty appears by its name.
+    pub written: BTreeSet<String>,
+}
+
+impl FileConfig {
+    /// The sections with plain keys, in the order the reference lists them.
+    fn sections(&mut self) -> [&mut dyn Section; 8] {
+        [
+            &mut self.server,
+            &mut self.upstream,
+            &mut self.line,
+            &mut self.cache,
+            &mut self.identity,
+            &mut self.nonce,
+            &mut self.forward_auth,
+            &mut self.assertion,
+        ]
+    }
+
+    /// Every declared key with its section path, `routes` included (reference docs).
+    pub fn all_keys() -> Vec<(&'static str, &'static KeySpec)> {
+        let mut probe = FileConfig::default();
+        let mut out: Vec<_> = probe.sections().iter().flat_map(|s| s.keys().iter().map(|k| (s.path(), k))).collect();
+        out.extend(RouteSection::KEYS.iter().map(|k| (ROUTES, k)));
+        out
+    }
+
+    /// True when the operator set `key` (a full path) or anything below it.
+    pub fn wrote(&self, key: &str) -> bool {
+        self.written.iter().any(|w| w == key || w.strip_prefix(key).is_some_and(|rest| rest.starts_with(['.', '['])))
+    }
+
+    /// Parses `text`, overlays `env`, and reads every section. `None` when the
+    /// text is not TOML at all; every other problem is recorded and reading goes on.
+    pub(super) fn read<I>(text: &str, env: I, p: &mut Problems) -> Option<Self>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut tree = match text.parse::<toml::Table>() {
+            Ok(table) => table,
+            Err(e) => {
+                p.error(TOML_SYNTAX_KEY, one_line(&e.to_string()));
+                return None;
+            }
+        };
+        apply_env(&mut tree, env, p);
+        let mut file = FileConfig::default();
+        let mut written = BTreeSet::new();
+        for (name, value) in tree {
+            if name == ROUTES {
+                file.routes = read_routes(value, &mut written, p);
+                continue;
+            }
+            let mut sections = file.sections();
+            let Some(section) = sections.iter_mut().find(|s| s.path() == name) else {
+                let known: Vec<&str> = sections.iter().map(|s| s.path()).chain([ROUTES]).collect();
+                p.error(name, format!("unknown section; known sections: {}", known.join(", ")));
+                continue;
+            };
+            let toml::Value::Table(table) = value else {
+                p.error(name, "must be a table");
+                continue;
+            };
+            written.insert(name.clone());
+            read_table(&mut **section, &name, table, &mut written, p);
+        }
+        file.written = written;
+        Some(file)
+    }
+}
+
+/// Reads one table into `section`, reporting unknown keys and bad values by path.
+fn read_table(
+    section: &mut dyn Section,
+    path: &str,
+    table: toml::Table,
+    written: &mut BTreeSet<String>,
+    p: &mut Problems,
+) {
+    for (key, value) in table {
+        let shown = format!("{path}.{key}");
+        let Some(spec) = section.keys().iter().find(|k| k.name == key) else {
+            p.error(shown, unknown_key_message(&key, section.keys()));
+            continue;
+        };
+        if !spec.kind.accepts(&value) {
+            p.error(shown, format!("must be {}", spec.kind.expected()));
+            continue;
+        }
+        match section.set(&key, value) {
+            Some(Ok(())) => {
+                written.insert(shown);
+            }
+            Some(Err(why)) => p.error(shown, why),
+            None => unreachable!("the key table and the setter come from one declaration"),
+        }
+    }
+}
+
+fn read_routes(value: toml::Value, written: &mut BTreeSet<String>, p: &mut Problems) -> Vec<RouteSection> {
+    let toml::Value::Array(items) = value else {
+        p.error(ROUTES, "must be an array of tables: [[routes]]");
+        return Vec::new();
+    };
+    let mut routes = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("{ROUTES}[{i}]");
+        let mut route = RouteSection::default();
+        match item {
+            toml::Value::Table(table) => read_table(&mut route, &path, table, written, p),
+            _ => p.error(path, "must be a table"),
+        }
+        routes.push(route);
+    }
+    routes
+}
+
+/// "unknown key", with the declared key it most likely meant.
+fn unknown_key_message(key: &str, keys: &[KeySpec]) -> String {
+    let closest = keys.iter().map(|k| (edit_distance(key, k.name), k.name)).min();
+    match closest {
+        Some((d, name)) if d <= 2 => format!("unknown key; did you mean `{name}`?"),
+        _ => "unknown key (docs/configuration.md lists every key)".into(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
+/// Applies `LINE_AUTH_PROXY__SECTION__KEY=value` overrides, typed by the
+/// declarations (a map entry is `…__SECTION__KEY__ENTRY`).
+fn apply_env<I>(tree: &mut toml::Table, env: I, p: &mut Problems)
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let keys = FileConfig::all_keys();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let found = match parts.as_slice() {
+            [section, key] | [section, key, _] if section != ROUTES => {
+                keys.iter().find(|(s, k)| s == section && k.name == key).map(|(s, k)| (*s, *k))
+            }
+            _ => None,
+        };
+        let entry = parts.get(2);
+        let Some((section, spec)) = found.filter(|(_, k)| (k.kind == Kind::Map) == entry.is_some()) else {
+            p.error(
+                name.clone(),
+                "unknown configuration key in the environment (use LINE_AUTH_PROXY__SECTION__KEY; [[routes]] come from the file only)",
+            );
+            continue;
+        };
+        let path = format!("{section}.{}", spec.name);
+        let value = match spec.kind {
+            Kind::Str | Kind::Map => toml::Value::String(raw),
+            Kind::Int => match raw.trim().parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => {
+                    p.error(path, format!("{name} must be a whole number"));
+                    continue;
+                }
+            },
+            Kind::Bool => match raw.trim() {
+                "true" => toml::Value::Boolean(true),
+                "false" => toml::Value::Boolean(false),
+                _ => {
+                    p.error(path, format!("{name} must be true or false"));
+                    continue;
+                }
+            },
+            Kind::List => toml::Value::Array(
+                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.to_owned().into()).collect(),
+            ),
+        };
+        let table = tree.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = table.as_table_mut() else {
+            p.error(section, "must be a table");
+            continue;
+        };
+        match entry {
+            Some(entry) => {
+                let map = table.entry(spec.name.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match map.as_table_mut() {
+                    Some(map) => {
+                        map.insert(entry.clone(), value);
+                    }
+                    None => p.error(path, "must be a table"),
+                }
+            }
+            None => {
+                table.insert(spec.name.to_owned(), value);
+            }
+        }
+    }
+}

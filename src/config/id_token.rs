@@ -1,0 +1,151 @@
+//! The settings only `id_token` routes use — the ID-token keys of `[line]` and
+//! all of `[nonce]` — validated together: with such a route they must form a
+//! working verifier; without one they have no effect, which is a warning (a base
+//! configuration shared by many deployments may carry them).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::line::IdTokenVerification;
+use super::nonce::NonceStoreKind;
+use super::secret::{Secret, read_secret_file};
+use super::{FileConfig, Problems, redis_config};
+use crate::redis_conn::RedisConfig;
+
+/// The `[line]` keys that only ID-token verification reads.
+const LINE_ID_TOKEN_KEYS: [&str; 5] = [
+    "line.id_token_verification",
+    "line.jwks_url",
+    "line.clock_skew_seconds",
+    "line.channel_secret_file",
+    "line.channel_secret_files",
+];
+
+/// How ID tokens are verified, and where nonces come from.
+#[derive(Clone, Debug)]
+pub struct IdTokenConfig {
+    pub verification: IdTokenVerification,
+    pub jwks_url: String,
+    pub clock_skew: Duration,
+    /// Channel id → HS256 secret.
+    pub channel_secrets: BTreeMap<String, Secret>,
+    pub nonce: NonceConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct NonceConfig {
+    pub path: String,
+    pub ttl: Duration,
+    /// `None`: in memory.
+    pub redis: Option<RedisConfig>,
+}
+
+pub(super) fn validate(file: &FileConfig, id_token_routes: bool, p: &mut Problems) -> Option<IdTokenConfig> {
+    if !id_token_routes {
+        let unused = LINE_ID_TOKEN_KEYS.iter().copied().filter(|k| file.wrote(k));
+        let nonce_keys: Vec<&str> = file
+            .written
+            .iter()
+            .map(String::as_str)
+            .filter(|k| k.starts_with("nonce.") && !(*k == "nonce.redis_url" && nonce_url_feeds_cache(file)))
+            .collect();
+        let nonce_section = (nonce_keys.is_empty() && file.wrote("nonce")).then_some("nonce");
+        for key in unused.chain(nonce_keys).chain(nonce_section) {
+            p.warn(key, "has no effect: no route has auth = \"id_token\"");
+        }
+        return None;
+    }
+    let line = &file.line;
+    let local = line.id_token_verification == IdTokenVerification::Local;
+    if local && !line.jwks_url.https_unless_loopback() {
+        p.error("line.jwks_url", "must be https (http is allowed for loopback test servers only)");
+    }
+    if !local {
+        for key in ["line.jwks_url", "line.channel_secret_file", "line.channel_secret_files"] {
+            if file.wrote(key) {
+                p.warn(key, "has no effect: line.id_token_verification is \"remote\" (LINE checks the signature)");
+            }
+        }
+    }
+    let channel_secrets = if local { channel_secrets(file, p) } else { BTreeMap::new() };
+    Some(IdTokenConfig {
+        verification: line.id_token_verification,
+        jwks_url: line.jwks_url.as_str().to_owned(),
+        clock_skew: line.clock_skew_seconds.duration(),
+        channel_secrets,
+        nonce: nonce(file, p),
+    })
+}
+
+/// Reads the HS256 secrets: one file for the one channel, or one per channel.
+fn channel_secrets(file: &FileConfig, p: &mut Problems) -> BTreeMap<String, Secret> {
+    let line = &file.line;
+    let mut secrets = BTreeMap::new();
+    if line.channel_secret_file.is_some() && !line.channel_secret_files.is_empty() {
+        p.error("line.channel_secret_file", "set either channel_secret_file or [line.channel_secret_files], not both");
+        return secrets;
+    }
+    if let Some(path) = &line.channel_secret_file {
+        if line.channel_ids.len() != 1 {
+            p.error(
+                "line.channel_secret_file",
+                "names one secret but line.channel_ids has several channels: use [line.channel_secret_files] to say which channel it belongs to",
+            );
+        } else {
+            match read_secret_file(path) {
+                Ok(secret) => {
+                    secrets.insert(line.channel_ids[0].clone(), secret);
+                }
+                Err(why) => p.error("line.channel_secret_file", why),
+            }
+        }
+    }
+    for (channel, path) in &line.channel_secret_files {
+        let key = format!("line.channel_secret_files.{channel}");
+        if !line.channel_ids.contains(channel) {
+            p.error(key.clone(), "is not one of line.channel_ids");
+        }
+        match read_secret_file(path) {
+            Ok(secret) => {
+                secrets.insert(channel.clone(), secret);
+            }
+            Err(why) => p.error(key, why),
+        }
+    }
+    secrets
+}
+
+fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
+    let nonce = &file.nonce;
+    if !nonce.path.starts_with('/')
+        || crate::routes::normalize_path(&nonce.path).ok().as_deref() != Some(nonce.path.as_str())
+    {
+        p.error("nonce.path", "must be a normalised path starting with /, e.g. \"/auth/nonce\"");
+    }
+    let redis = match (nonce.store, &nonce.redis_url) {
+        (NonceStoreKind::Memory, _) => {
+            for key in ["nonce.redis_url", "nonce.redis_key_prefix", "nonce.redis_timeout_ms"] {
+                if file.wrote(key) && !(key == "nonce.redis_url" && nonce_url_feeds_cache(file)) {
+                    p.warn(
+                        key,
+                        "has no effect: nonce.store is \"memory\" (set nonce.store = \"redis\" to share nonces)",
+                    );
+                }
+            }
+            None
+        }
+        (NonceStoreKind::Redis, None) => {
+            p.error("nonce.redis_url", "is required with nonce.store = \"redis\", e.g. \"redis://10.0.0.5:6379/0\"");
+            None
+        }
+        (NonceStoreKind::Redis, Some(url)) => {
+            redis_config("nonce", url, &nonce.redis_key_prefix, nonce.redis_timeout_ms.duration(), p)
+        }
+    };
+    NonceConfig { path: nonce.path.clone(), ttl: nonce.ttl_seconds.duration(), redis }
+}
+
+/// `nonce.redis_url` is also the shared cache's Redis when `cache.redis_url` is unset.
+fn nonce_url_feeds_cache(file: &FileConfig) -> bool {
+    file.cache.shared == super::cache::SharedCache::Redis && file.cache.redis_url.is_none()
+}

@@ -1,0 +1,227 @@
+//! Configuration: the TOML file, the `LINE_AUTH_PROXY__…` environment overlay,
+//! and the validation that turns both into an immutable [`Config`].
+//!
+//! Every key is declared once, in its section's file ([`keys::section!`]): name,
+//! type (which carries the unit and range), default constant and doc. Loading
+//! reads the merged tree key by key against those declarations, so that every
+//! unknown key and every wrongly typed value is reported, not just the first;
+//! then each section validates itself and the rules that span sections run.
+//!
+//! Problems carry dotted key paths (`server.listen`, `routes[0].auth`). Errors
+//! stop the proxy (exit 2); warnings (a setting that has no effect) do not.
+
+mod cache;
+mod file;
+mod id_token;
+mod identity;
+pub(crate) mod keys;
+mod line;
+mod nonce;
+mod reserved;
+mod routes;
+mod secret;
+mod server;
+mod upstream;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::Path;
+
+pub(crate) use cache::CacheConfig;
+pub(crate) use file::FileConfig;
+pub(crate) use id_token::IdTokenConfig;
+pub(crate) use identity::IdentityConfig;
+pub(crate) use line::{IdTokenVerification, LineConfig};
+pub(crate) use secret::Secret;
+pub(crate) use server::{ServerConfig, TlsFiles};
+pub(crate) use upstream::UpstreamConfig;
+
+use crate::routes::RouteTable;
+
+/// Environment variable that may name the configuration file instead of `--config`.
+pub const CONFIG_FILE_ENV: &str = "LINE_AUTH_PROXY_CONFIG";
+/// Prefix of the environment overlay: `LINE_AUTH_PROXY__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "LINE_AUTH_PROXY__";
+
+/// The validated, immutable configuration the proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) server: ServerConfig,
+    pub(crate) upstream: UpstreamConfig,
+    pub(crate) line: LineConfig,
+    pub(crate) cache: CacheConfig,
+    pub(crate) identity: IdentityConfig,
+    /// Present when some route has `auth = "id_token"`.
+    pub(crate) id_token: Option<IdTokenConfig>,
+    pub(crate) routes: RouteTable,
+}
+
+/// A configuration that loaded, and what in it has no effect.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// One finding: the dotted key path and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything found while loading: errors (the configuration is refused) and
+/// warnings (settings that have no effect). `check` and start-up print all of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Problems {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Problems {
+    pub(crate) fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        // A key already refused (say, for its type) is not reported again for
+        // the default that stood in for it.
+        if !self.errors.iter().any(|p| p.key == key) {
+            self.errors.push(Problem { key, message: message.into() });
+        }
+    }
+
+    pub(crate) fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// The key paths of the errors, in order (tests and tools).
+    pub fn error_keys(&self) -> Vec<&str> {
+        self.errors.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    /// The key paths of the warnings, in order.
+    pub fn warning_keys(&self) -> Vec<&str> {
+        self.warnings.iter().map(|p| p.key.as_str()).collect()
+    }
+}
+
+/// One error per line.
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Reads the file (when given), applies the environment overlay from `env`, and
+/// validates. `env` is passed in so tests do not touch the process environment.
+pub fn load<I>(path: Option<&Path>, env: I) -> Result<Loaded, Problems>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let text = match path {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                let mut problems = Problems::default();
+                problems.error(path.display().to_string(), format!("cannot read: {e}"));
+                return Err(problems);
+            }
+        },
+        None => String::new(),
+    };
+    load_str(&text, env).map_err(|mut problems| {
+        if let Some(path) = path {
+            for p in &mut problems.errors {
+                if p.key == file::TOML_SYNTAX_KEY {
+                    p.key = path.display().to_string();
+                }
+            }
+        }
+        problems
+    })
+}
+
+/// [`load`] for configuration text already in memory.
+pub fn load_str<I>(text: &str, env: I) -> Result<Loaded, Problems>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut problems = Problems::default();
+    let Some(file) = FileConfig::read(text, env, &mut problems) else {
+        return Err(problems);
+    };
+    let config = validate(&file, &mut problems);
+    if problems.has_errors() { Err(problems) } else { Ok(Loaded { config, warnings: problems.warnings }) }
+}
+
+/// Each section validates itself; the rules that span sections run here.
+/// The result is meaningful only when `problems` holds no errors.
+fn validate(file: &FileConfig, p: &mut Problems) -> Config {
+    let server = file.server.validate(p);
+    let upstream = file.upstream.validate(p);
+    let line = file.line.validate(p);
+    let cache = file.cache.validate(file, p);
+    let identity = file.identity.validate(&file.assertion, p);
+    file.forward_auth.validate(file, p);
+    file.assertion.validate(file, p);
+    let routes = routes::validate(file, p);
+    let id_token = id_token::validate(file, routes.has(crate::routes::RouteAuth::IdToken), p);
+    Config { server, upstream, line, cache, identity, id_token, routes }
+}
+
+/// Collapses a library's multi-line message into one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The valid values of a `serde` enum of unit variants, as its own derive names
+/// them (`none, access_token, optional`): read from the error serde gives for a
+/// value that is none of them, so the list can never drift from the enum.
+pub(crate) fn variants<T: for<'de> serde::Deserialize<'de>>() -> String {
+    let message = match T::deserialize(toml::Value::String("\u{0}".into())) {
+        Ok(_) => return String::new(),
+        Err(e) => e.to_string(),
+    };
+    // serde says "expected `a`", "expected `a` or `b`" or "expected one of `a`, `b`, `c`".
+    let listed = message.rsplit_once("expected ").map_or(message.as_str(), |(_, rest)| rest);
+    let listed = listed.trim().trim_start_matches("one of ").replace(" or ", ", ");
+    listed.replace('`', "")
+}
+
+/// A Redis use (`nonce` or `cache`): the URL and key prefix are checked by the
+/// Redis module. Problems never echo the URL: it may hold a password.
+fn redis_config(
+    section: &str,
+    url: &str,
+    key_prefix: &str,
+    timeout: std::time::Duration,
+    p: &mut Problems,
+) -> Option<crate::redis_conn::RedisConfig> {
+    let url_ok = crate::redis_conn::check_url(url).map_err(|why| p.error(format!("{section}.redis_url"), why));
+    let prefix_ok = crate::redis_conn::check_key_prefix(key_prefix)
+        .map_err(|why| p.error(format!("{section}.redis_key_prefix"), why));
+    (url_ok.is_ok() && prefix_ok.is_ok()).then(|| crate::redis_conn::RedisConfig {
+        url: url.to_owned(),
+        key_prefix: key_prefix.to_owned(),
+        timeout,
+    })
+}

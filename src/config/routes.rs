@@ -1,0 +1,97 @@
+//! `[[routes]]`: the route table. What a route may say (a normalised prefix, a
+//! method) is the `routes` module's rule; this reads the entries, reports each
+//! problem by its index, and warns about settings that cannot take effect.
+
+use super::keys::{choice, section};
+use super::{FileConfig, Problems, variants};
+use crate::routes::{Route, RouteAuth, RouteTable, check_path_prefix, parse_method};
+
+choice!(RouteAuth);
+
+section! {
+    /// `[[routes]]`
+    pub struct RouteSection("routes") {
+        /// Matched against the normalised path with `starts_with`. Required.
+        path_prefix: Option<String>,
+        /// What the route requires. Required.
+        auth: Option<RouteAuth>,
+        /// Only these methods match (case-insensitive); default every method.
+        methods: Option<Vec<String>>,
+        /// `id_token` routes: the token's nonce must be one the proxy issued,
+        /// consumed on first use (default `true`; `false` for LIFF).
+        require_nonce: Option<bool>,
+        /// `OPTIONS` with `Origin` and `Access-Control-Request-Method` passes
+        /// without a credential.
+        allow_cors_preflight: bool,
+    }
+}
+
+pub(super) fn validate(file: &FileConfig, p: &mut Problems) -> RouteTable {
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let prefix = r.path_prefix.clone().unwrap_or_else(|| {
+            p.error(key("path_prefix"), "is required, e.g. \"/public/\"");
+            "/".into()
+        });
+        if let Err(why) = check_path_prefix(&prefix) {
+            p.error(key("path_prefix"), why);
+        }
+        let auth = r.auth.unwrap_or_else(|| {
+            p.error(key("auth"), format!("is required: {}", variants::<RouteAuth>()));
+            RouteAuth::AccessToken
+        });
+        let require_nonce = match (auth, r.require_nonce) {
+            (RouteAuth::IdToken, setting) => setting.unwrap_or(true),
+            (_, Some(_)) => {
+                p.warn(key("require_nonce"), "has no effect: it applies to auth = \"id_token\" routes only");
+                false
+            }
+            (_, None) => false,
+        };
+        if auth == RouteAuth::None && r.allow_cors_preflight {
+            p.warn(key("allow_cors_preflight"), "has no effect: auth = \"none\" lets every request through");
+        }
+        let methods = r.methods.as_ref().map(|list| {
+            if list.is_empty() {
+                p.error(key("methods"), "must name at least one method, or be left out to match every method");
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(j, m)| {
+                    parse_method(m)
+                        .map_err(|why| p.error(format!("routes[{i}].methods[{j}]"), format!("{m:?} {why}")))
+                        .ok()
+                })
+                .collect()
+        });
+        routes.push(Route {
+            path_prefix: prefix,
+            auth,
+            methods,
+            allow_cors_preflight: r.allow_cors_preflight,
+            require_nonce,
+        });
+    }
+    warn_unreachable(&routes, p);
+    RouteTable::new(routes)
+}
+
+/// A route that an earlier, method-less route with a shorter-or-equal prefix
+/// always wins over can never match.
+fn warn_unreachable(routes: &[Route], p: &mut Problems) {
+    for (j, later) in routes.iter().enumerate() {
+        if let Some(i) = routes[..j]
+            .iter()
+            .position(|r| r.methods.is_none() && later.path_prefix.starts_with(r.path_prefix.as_str()))
+        {
+            p.warn(
+                format!("routes[{j}]"),
+                format!(
+                    "has no effect: routes[{i}] (path_prefix {:?}) matches every request it would",
+                    routes[i].path_prefix
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `[server]`: the listeners, the request-head bounds, the connection bound,
+//! and the shutdown drain.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Problems;
+use super::keys::{Bytes, Count, Millis, Seconds, section};
+
+/// `server.listen`: every interface, port 8080.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
+/// `server.admin_listen`: loopback, port 9901.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
+/// `server.shutdown_grace_seconds` (20 seconds).
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+/// `server.max_header_bytes` (16384 bytes).
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// `server.max_connections` (10000 connections).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// `server.header_read_timeout_ms` (10000 milliseconds).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+section! {
+    /// `[server]`
+    pub struct ServerSection("server") {
+        /// The proxy listener, `IP:port` (`127.0.0.1:0`: any free port, reported at start).
+        listen: SocketAddr = DEFAULT_LISTEN,
+        /// `/healthz`, `/readyz` and `/metrics`, `IP:port`; never the proxy's port.
+        admin_listen: SocketAddr = DEFAULT_ADMIN_LISTEN,
+        /// After SIGTERM or SIGINT, in-flight requests get this long to finish.
+        shutdown_grace_seconds: Seconds<0, 3600> = DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        /// Request line plus headers above this are answered 431.
+        max_header_bytes: Bytes<1024, 1048576> = DEFAULT_MAX_HEADER_BYTES,
+        /// Concurrent client connections (WebSocket tunnels included); more wait
+        /// in the kernel's accept queue.
+        max_connections: Count<1, 1000000> = DEFAULT_MAX_CONNECTIONS,
+        /// Time a client gets to send a complete request head (and, with TLS, to
+        /// finish the handshake); then the connection is closed.
+        header_read_timeout_ms: Millis<1, 600000> = DEFAULT_HEADER_READ_TIMEOUT_MS,
+        /// PEM certificate chain: with `tls_key_file`, `listen` serves TLS (rustls).
+        tls_cert_file: Option<PathBuf>,
+        /// PEM private key of `tls_cert_file`.
+        tls_key_file: Option<PathBuf>,
+    }
+}
+
+/// The listeners and their bounds, validated.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ServerSection {
+    pub(super) fn validate(&self, p: &mut Problems) -> ServerConfig {
+        let (a, b) = (self.listen, self.admin_listen);
+        if a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        {
+            p.error(
+                "server.admin_listen",
+                "must differ from server.listen: /metrics and /readyz are never served on the proxy port",
+            );
+        }
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                for (path, key_name) in [(cert, "server.tls_cert_file"), (key, "server.tls_key_file")] {
+                    if !path.is_file() {
+                        p.error(key_name, format!("{} is not a readable file", path.display()));
+                    }
+                }
+                Some(TlsFiles { cert_file: cert.clone(), key_file: key.clone() })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                p.error("server.tls_key_file", "is required when server.tls_cert_file is set");
+                None
+            }
+            (None, Some(_)) => {
+                p.error("server.tls_cert_file", "is required when server.tls_key_file is set");
+                None
+            }
+        };
+        ServerConfig {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            shutdown_grace: self.shutdown_grace_seconds.duration(),
+            max_header_bytes: self.max_header_bytes.get(),
+            max_connections: self.max_connections.get(),
+            header_read_timeout: self.header_read_timeout_ms.duration(),
+            tls,
+        }
+    }
+}

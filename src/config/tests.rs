@@ -1,0 +1,367 @@
+use std::time::Duration;
+
+use super::*;
+
+fn load(toml: &str, env: &[(&str, &str)]) -> Result<Loaded, Problems> {
+    load_str(toml, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn config(toml: &str) -> Config {
+    load(toml, &[]).unwrap_or_else(|p| panic!("{p}")).config
+}
+
+fn error_keys(toml: &str, env: &[(&str, &str)]) -> Vec<String> {
+    load(toml, env).unwrap_err().error_keys().into_iter().map(str::to_owned).collect()
+}
+
+fn warning_keys(toml: &str) -> Vec<String> {
+    load(toml, &[]).unwrap_or_else(|p| panic!("{p}")).warnings.into_iter().map(|w| w.key).collect()
+}
+
+const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
+const LOGIN: &str = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
+
+#[test]
+fn minimal_file_gets_every_default() {
+    let c = config(MINIMAL);
+    assert_eq!(c.server.listen, server::DEFAULT_LISTEN);
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.server.max_header_bytes, 16384);
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(20));
+    assert_eq!(c.cache.ttl, Duration::from_secs(60));
+    assert_eq!(c.line.api_base_url, "https://api.line.me");
+    assert_eq!(c.line.max_concurrent_calls, 256);
+    assert_eq!(c.identity.names.user_id.as_str(), "x-line-user-id");
+    assert!(c.id_token.is_none());
+}
+
+#[test]
+fn every_default_reads_back_through_its_own_declaration() {
+    for (section, key) in FileConfig::all_keys() {
+        let shown = (key.default)();
+        if shown == "none" || shown.ends_with("entries") {
+            continue;
+        }
+        let text = if section == "routes" {
+            format!("[[routes]]\n{} = {shown}\n", key.name)
+        } else {
+            format!("[{section}]\n{} = {shown}\n", key.name)
+        };
+        let mut p = Problems::default();
+        let file = FileConfig::read(&text, std::iter::empty(), &mut p).unwrap();
+        let path =
+            if section == "routes" { format!("routes[0].{}", key.name) } else { format!("{section}.{}", key.name) };
+        assert!(!p.error_keys().contains(&path.as_str()), "the default of {path} ({shown}) does not read back: {p}");
+        assert!(file.wrote(&path), "{path}");
+    }
+}
+
+#[test]
+fn example_config_is_valid_and_names_every_key() {
+    let text = include_str!("../../config/example.toml");
+    let loaded = load(text, &[]).unwrap_or_else(|p| panic!("config/example.toml must load:\n{p}"));
+    assert!(loaded.warnings.is_empty(), "config/example.toml has warnings: {:?}", loaded.warnings);
+    assert!(!loaded.config.routes.routes().is_empty());
+    for (section, key) in FileConfig::all_keys() {
+        assert!(text.contains(key.name), "config/example.toml does not document {section}.{}", key.name);
+    }
+}
+
+#[test]
+fn the_reference_documents_every_key_with_its_default() {
+    let reference = include_str!("../../docs/configuration.md");
+    for (section, key) in FileConfig::all_keys() {
+        let path =
+            if section == "routes" { format!("routes[].{}", key.name) } else { format!("{section}.{}", key.name) };
+        let row = reference
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{path}` ")))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{path}`"));
+        let shown = (key.default)();
+        if shown != "none" && !shown.ends_with("entries") {
+            assert!(
+                row.contains(&format!("`{shown}`")),
+                "the row of `{path}` does not give its default `{shown}`: {row}"
+            );
+        }
+        let allowed = (key.allowed)();
+        assert!(row.contains(&allowed), "the row of `{path}` does not say it takes {allowed}: {row}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let file = r#"
+[server]
+listen = "nonsense"
+listn = "x"
+max_header_bytes = 10
+[upstream]
+url = "ftp://x"
+[line]
+channel_ids = []
+[cache]
+ttl_seconds = 0
+[identity]
+header_prefix = "X Line"
+[[routes]]
+path_prefix = "public"
+auth = "maybe"
+[[routes]]
+path_prefix = "/a//b"
+auth = "none"
+methods = ["G ET"]
+"#;
+    let k = error_keys(file, &[]);
+    for expected in [
+        "server.listn",
+        "server.listen",
+        "server.max_header_bytes",
+        "upstream.url",
+        "line.channel_ids",
+        "cache.ttl_seconds",
+        "identity.header_prefix",
+        "routes[0].path_prefix",
+        "routes[0].auth",
+        "routes[1].path_prefix",
+        "routes[1].methods[0]",
+    ] {
+        assert!(k.iter().any(|x| x == expected), "{expected} missing from {k:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_types_are_all_reported() {
+    let k = error_keys("[server]\nfoo = 1\nlisten = 5\n[bogus]\nx = 1\n[[routes]]\npath = \"/\"\n", &[]);
+    for expected in ["server.foo", "server.listen", "bogus", "routes[0].path"] {
+        assert!(k.iter().any(|x| x == expected), "{expected} missing from {k:?}");
+    }
+}
+
+#[test]
+fn messages_say_what_to_write() {
+    let p = load(&format!("{MINIMAL}[server]\nlistn = \"x\"\nshutdown_grace_seconds = 99999\n"), &[]).unwrap_err();
+    let text = p.to_string();
+    assert!(text.contains("server.listn: unknown key; did you mean `listen`?"), "{text}");
+    assert!(text.contains("server.shutdown_grace_seconds: must be between 0 and 3600 seconds"), "{text}");
+    // Choices name their values from the enum itself, all of them.
+    let p = load(&format!("{MINIMAL}[[routes]]\npath_prefix = \"/\"\nauth = \"maybe\"\n"), &[]).unwrap_err();
+    assert!(p.to_string().contains("`none`, `access_token`, `optional`, `id_token`"), "{p}");
+    let p = load(&format!("{MINIMAL}[[routes]]\npath_prefix = \"/\"\n"), &[]).unwrap_err();
+    assert!(p.to_string().contains("is required: none, access_token, optional, id_token"), "{p}");
+    let p = load(&format!("{MINIMAL}[nonce]\nstore = \"disk\"\n{LOGIN}"), &[]).unwrap_err();
+    assert!(p.to_string().contains("expected `memory` or `redis`"), "{p}");
+}
+
+#[test]
+fn env_overrides_scalars_lists_and_map_entries() {
+    let c = load(
+        MINIMAL,
+        &[
+            ("LINE_AUTH_PROXY__LINE__CHANNEL_IDS", "111, 222"),
+            ("LINE_AUTH_PROXY__SERVER__LISTEN", "127.0.0.1:9999"),
+            ("LINE_AUTH_PROXY__CACHE__TTL_SECONDS", "5"),
+            ("LINE_AUTH_PROXY__IDENTITY__FORWARD_AUTHORIZATION", "true"),
+            ("LINE_AUTH_PROXY__LINE__MAX_CONCURRENT_CALLS", "8"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.line.channel_ids, vec!["111", "222"]);
+    assert_eq!(c.server.listen.port(), 9999);
+    assert_eq!(c.cache.ttl, Duration::from_secs(5));
+    assert!(c.identity.forward_authorization);
+    assert_eq!(c.line.max_concurrent_calls, 8);
+    let mut p = Problems::default();
+    let file = FileConfig::read(
+        MINIMAL,
+        [("LINE_AUTH_PROXY__LINE__CHANNEL_SECRET_FILES__1234567890".to_string(), "/run/s".to_string())],
+        &mut p,
+    )
+    .unwrap();
+    assert!(p.errors.is_empty(), "{p}");
+    assert_eq!(file.line.channel_secret_files["1234567890"], std::path::PathBuf::from("/run/s"));
+}
+
+#[test]
+fn env_typos_and_bad_values_are_errors() {
+    let k = error_keys(
+        MINIMAL,
+        &[
+            ("LINE_AUTH_PROXY__SERVER__LISTN", "x"),
+            ("LINE_AUTH_PROXY__CACHE__TTL_SECONDS", "soon"),
+            ("LINE_AUTH_PROXY__ROUTES__AUTH", "none"),
+            ("LINE_AUTH_PROXY__SERVER__LISTEN__X", "1"),
+        ],
+    );
+    for expected in [
+        "LINE_AUTH_PROXY__SERVER__LISTN",
+        "cache.ttl_seconds",
+        "LINE_AUTH_PROXY__ROUTES__AUTH",
+        "LINE_AUTH_PROXY__SERVER__LISTEN__X",
+    ] {
+        assert!(k.iter().any(|x| x == expected), "{expected} missing from {k:?}");
+    }
+}
+
+#[test]
+fn not_yet_supported_features_are_refused_not_ignored() {
+    let file = format!("{MINIMAL}[forward_auth]\nenabled = true\n[assertion]\nenabled = true\n");
+    assert_eq!(error_keys(&file, &[]), vec!["forward_auth.enabled", "assertion.enabled"]);
+    // Disabled sections are accepted as written; what they cannot do yet is a warning.
+    let ok = format!(
+        "{MINIMAL}[forward_auth]\nenabled = false\npath = \"/v\"\n[assertion]\nenabled = false\nheader = \"X-Id\"\n"
+    );
+    let loaded = load(&ok, &[]).unwrap();
+    assert_eq!(loaded.config.identity.assertion_header.as_str(), "x-id");
+    assert_eq!(loaded.warnings.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(), vec!["forward_auth.path"]);
+}
+
+#[test]
+fn id_token_routes_get_nonce_and_verification_defaults() {
+    let c = config(&format!("{MINIMAL}{LOGIN}"));
+    let id = c.id_token.expect("id_token config");
+    assert_eq!(id.verification, IdTokenVerification::Local);
+    assert_eq!(id.jwks_url, line::DEFAULT_JWKS_URL);
+    assert_eq!(id.clock_skew, Duration::from_secs(60));
+    assert_eq!(id.nonce.path, "/auth/nonce");
+    assert_eq!(id.nonce.ttl, Duration::from_secs(300));
+    assert!(c.routes.routes()[0].require_nonce, "require_nonce defaults to true");
+    let c = config(&format!("{MINIMAL}{LOGIN}require_nonce = false\n"));
+    assert!(!c.routes.routes()[0].require_nonce);
+}
+
+#[test]
+fn settings_without_effect_are_warnings_not_errors() {
+    let file = format!(
+        "{MINIMAL}id_token_verification = \"remote\"\njwks_url = \"https://x.example/certs\"\n[nonce]\nttl_seconds = 60\n\
+         [cache]\nredis_timeout_ms = 50\n[[routes]]\npath_prefix = \"/\"\nauth = \"none\"\nrequire_nonce = true\n\
+         allow_cors_preflight = true\n[[routes]]\npath_prefix = \"/api/\"\nauth = \"access_token\"\n"
+    );
+    let loaded = load(&file, &[]).expect("settings without effect do not stop the proxy");
+    let keys: Vec<&str> = loaded.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "cache.redis_timeout_ms",
+            "routes[0].require_nonce",
+            "routes[0].allow_cors_preflight",
+            "routes[1]",
+            "line.id_token_verification",
+            "line.jwks_url",
+            "nonce.ttl_seconds",
+        ]
+    );
+    for w in &loaded.warnings {
+        assert!(w.message.starts_with("has no effect: "), "{w}");
+    }
+    // An empty [nonce] table is named by its section.
+    assert_eq!(warning_keys(&format!("{MINIMAL}[nonce]\n")), vec!["nonce"]);
+    // Memory nonces ignore the Redis keys; remote verification ignores the JWKS.
+    let file = format!(
+        "{MINIMAL}id_token_verification = \"remote\"\njwks_url = \"https://x.example/c\"\n[nonce]\nredis_timeout_ms = 9\n{LOGIN}"
+    );
+    assert_eq!(warning_keys(&file), vec!["line.jwks_url", "nonce.redis_timeout_ms"]);
+}
+
+#[test]
+fn real_contradictions_stay_errors() {
+    let file = format!(
+        "{MINIMAL}jwks_url = \"http://evil.example/certs\"\nclock_skew_seconds = 3600\n\
+         [nonce]\npath = \"nonce\"\nttl_seconds = 0\n{LOGIN}"
+    );
+    let k = error_keys(&file, &[]);
+    for expected in ["line.jwks_url", "line.clock_skew_seconds", "nonce.path", "nonce.ttl_seconds"] {
+        assert!(k.iter().any(|x| x == expected), "{expected} missing from {k:?}");
+    }
+    assert_eq!(error_keys(&format!("{MINIMAL}[nonce]\nstore = \"redis\"\n{LOGIN}"), &[]), vec!["nonce.redis_url"]);
+}
+
+#[test]
+fn redis_settings_are_checked_and_passwords_never_echoed() {
+    let redis =
+        format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/3\"\n");
+    let r = config(&redis).id_token.unwrap().nonce.redis.unwrap();
+    assert_eq!(r.key_prefix, "line-auth-proxy:nonce:");
+    assert_eq!(r.timeout, Duration::from_millis(250));
+    assert_eq!(r.redacted(), "redis://10.0.0.5:6379/3");
+    assert!(!format!("{r:?}").contains("hunter2"));
+    let bad = redis.replace("redis://:hunter2@10.0.0.5:6379/3", "http://:hunter2@x/");
+    let p = load(&bad, &[]).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["nonce.redis_url"]);
+    assert!(!p.to_string().contains("hunter2"), "{p}");
+    // The shared cache falls back to the nonce URL, or names its own.
+    let shared = format!("{redis}[cache]\nshared = \"redis\"\n");
+    assert_eq!(config(&shared).cache.shared.unwrap().key_prefix, "line-auth-proxy:verdict:");
+    assert_eq!(error_keys(&format!("{MINIMAL}[cache]\nshared = \"redis\"\n"), &[]), vec!["cache.redis_url"]);
+    let own = format!(
+        "{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"rediss://cache.internal:6380\"\nredis_timeout_ms = 50\n"
+    );
+    assert_eq!(config(&own).cache.shared.unwrap().timeout, Duration::from_millis(50));
+    // nonce.redis_url feeding the shared cache is not "without effect".
+    let feeds = format!("{MINIMAL}[nonce]\nredis_url = \"redis://10.0.0.5\"\n[cache]\nshared = \"redis\"\n{LOGIN}");
+    assert!(warning_keys(&feeds).is_empty());
+}
+
+#[test]
+fn channel_secrets_are_read_from_files_and_never_printed() {
+    let dir = std::env::temp_dir().join(format!("lap-secret-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+    let file = format!("{MINIMAL}channel_secret_file = {secret:?}\n{LOGIN}");
+    let id = config(&file).id_token.unwrap();
+    assert_eq!(id.channel_secrets["1234567890"].0, b"s3cr3t-value");
+    assert!(!format!("{id:?}").contains("s3cr3t"));
+    // One file, several channels: ambiguous.
+    let two = file.replace("[\"1234567890\"]", "[\"1234567890\", \"222\"]");
+    assert_eq!(error_keys(&two, &[]), vec!["line.channel_secret_file"]);
+    // Per-channel files must name our channels; missing files are reported.
+    let map = format!(
+        "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\"999\" = \"/nonexistent\"\n"
+    );
+    assert_eq!(error_keys(&map, &[]), vec!["line.channel_secret_files.999"]);
+    // A directory is not a secret file.
+    let dir_as_secret = format!("{MINIMAL}channel_secret_file = {dir:?}\n{LOGIN}");
+    let p = load(&dir_as_secret, &[]).unwrap_err();
+    assert!(p.to_string().contains("not a regular file"), "{p}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn line_api_must_be_https_except_on_loopback() {
+    let with = |url: &str| load(&format!("{MINIMAL}api_base_url = \"{url}\"\n"), &[]);
+    assert!(with("https://api.line.me").is_ok());
+    assert!(with("http://127.0.0.1:1234").is_ok());
+    assert!(with("http://[::1]:1234").is_ok());
+    assert!(with("http://localhost:1234").is_ok());
+    assert_eq!(with("http://api.line.me").unwrap_err().error_keys(), vec!["line.api_base_url"]);
+    assert_eq!(with("https://api.line.me/v2").unwrap_err().error_keys(), vec!["line.api_base_url"]);
+}
+
+#[test]
+fn admin_port_cannot_be_the_proxy_port() {
+    let file = format!("{MINIMAL}[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n");
+    assert_eq!(error_keys(&file, &[]), vec!["server.admin_listen"]);
+}
+
+#[test]
+fn upstream_url_must_be_an_origin() {
+    for bad in ["http://x:1/base", "http://u:p@x:1", "x:1", "ftp://x", "http://x?q=1"] {
+        let file = MINIMAL.replace("http://127.0.0.1:3000", bad);
+        assert_eq!(error_keys(&file, &[]), vec!["upstream.url"], "{bad}");
+    }
+}
+
+#[test]
+fn toml_syntax_errors_name_the_file() {
+    let dir = std::env::temp_dir().join(format!("lap-syntax-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[server\n").unwrap();
+    let p = super::load(Some(&path), std::iter::empty()).unwrap_err();
+    assert_eq!(p.error_keys(), vec![path.display().to_string().as_str()]);
+    std::fs::remove_dir_all(&dir).ok();
+}

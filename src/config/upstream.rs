@@ -1,0 +1,49 @@
+//! `[upstream]`: the one backend every authorised request goes to.
+
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+
+use super::Problems;
+use super::keys::{Millis, section};
+use super::url::Origin;
+
+/// `upstream.connect_timeout_ms` (1000 milliseconds).
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// `upstream.timeout_ms` (30000 milliseconds).
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+
+section! {
+    /// `[upstream]`
+    pub struct UpstreamSection("upstream") {
+        /// The backend, an `http://` or `https://` origin (no path). Required.
+        url: Option<Origin>,
+        /// TCP (and TLS) connect timeout; an unreachable upstream is a 502.
+        connect_timeout_ms: Millis<1, 600000> = DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+        /// Time to the upstream's response head; past it, 504.
+        timeout_ms: Millis<1, 600000> = DEFAULT_UPSTREAM_TIMEOUT_MS,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl UpstreamSection {
+    pub(super) fn validate(&self, p: &mut Problems) -> UpstreamConfig {
+        let origin = self.url.clone().unwrap_or_else(|| {
+            p.error("upstream.url", "is required: the backend to forward to, e.g. \"http://127.0.0.1:3000\"");
+            Origin::from("http://127.0.0.1")
+        });
+        UpstreamConfig {
+            scheme: origin.scheme,
+            authority: origin.authority,
+            connect_timeout: self.connect_timeout_ms.duration(),
+            timeout: self.timeout_ms.duration(),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Hop-by-hop headers (RFC 9110 §7.6.1) in both directions, and the client
+//! headers that would let a backend act on a request other than the one the
+//! proxy authorised (routing, method and scheme overrides).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// RFC 9110 §7.6.1 hop-by-hop fields, the proxy-auth pair (§11.7), and h2c's
+/// `HTTP2-Settings` (RFC 7540 §3.2.1), which only means something with `Upgrade: h2c`.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "http2-settings"
+    )
+}
+
+/// Client-sent headers that backends and frameworks read as routing, method or
+/// scheme decisions (`X-Original-URL` re-routes in IIS and Symfony, method
+/// overrides turn a GET into a DELETE, `Forwarded` outranks `X-Forwarded-*` in
+/// Spring). The proxy authorised the request line it saw; these would let the
+/// backend act on another one, so they never reach it.
+fn is_routing_override(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-original-url"
+            | "x-original-uri"
+            | "x-original-method"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "x-forwarded-prefix"
+            | "x-forwarded-uri"
+            | "x-forwarded-method"
+            | "x-forwarded-port"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+    )
+}
+
+/// Before the upstream: removes hop-by-hop headers and those `Connection`
+/// names, routing and method overrides, and (unless `forward_authorization`)
+/// `Authorization`, in one pass over the names. `TE: trailers` survives; with
+/// `keep_upgrade` (an authenticated WebSocket) so do exactly `Connection:
+/// upgrade` and `Upgrade`. Runs before injection, so nothing here can remove an
+/// injected header.
+pub fn strip_for_upstream(headers: &mut HeaderMap, keep_upgrade: bool, forward_authorization: bool) {
+    strip(headers, keep_upgrade, |name| {
+        is_routing_override(name) || (!forward_authorization && name == "authorization")
+    });
+}
+
+/// On the way back: hop-by-hop headers and those the upstream's `Connection`
+/// names; with `keep_upgrade` (a 101), `Connection: upgrade` and `Upgrade` stay.
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip(headers, keep_upgrade, |_| false);
+}
+
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut te_trailers = false;
+    let mut upgrade = None;
+    for (name, value) in headers.iter() {
+        let n = name.as_str();
+        if n == "connection" {
+            // `Connection: upgrade` itself names Upgrade: it is put back below.
+            for token in value.to_str().unwrap_or("").split(',') {
+                // Host is never hop-by-hop; everything else a client names goes.
+                if let Ok(named) = HeaderName::from_bytes(token.trim().as_bytes())
+                    && named != header::HOST
+                {
+                    doomed.push(named);
+                }
+            }
+        } else if n == "te" {
+            te_trailers |= value.as_bytes().eq_ignore_ascii_case(b"trailers");
+        } else if n == "upgrade" && keep_upgrade {
+            upgrade = Some(value.clone());
+        }
+        if is_hop_by_hop(n) || also(n) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cannot_remove_host_and_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-foo, host"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_for_upstream(&mut h, false, true);
+        assert!(h.contains_key(header::HOST));
+        assert!(!h.contains_key("x-foo"));
+        assert!(!h.contains_key("keep-alive"));
+        assert!(!h.contains_key(header::UPGRADE));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn one_pass_drops_overrides_and_authorization_unless_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let mut kept = h.clone();
+        strip_for_upstream(&mut h, false, false);
+        assert_eq!(h.len(), 1);
+        strip_for_upstream(&mut kept, false, true);
+        assert_eq!(kept.len(), 2);
+        assert!(kept.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn response_side_drops_proxy_authenticate() {
+        let mut h = HeaderMap::new();
+        h.insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-upstream", HeaderValue::from_static("1"));
+        strip_response_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn authenticated_upgrade_keeps_exactly_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-foo"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        strip_for_upstream(&mut h, true, true);
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(!h.contains_key("x-foo"));
+    }
+}

@@ -1,0 +1,141 @@
+//! Phase 6, `authenticate`: the route's policy decides whether a credential is
+//! needed; the credential becomes a verdict through the cache (access tokens,
+//! nonce-less ID tokens) or a fresh check that consumes a nonce (login tokens).
+//! A rejection is a 401, LINE being unable to answer a 503.
+
+use std::future::Future;
+
+use http::Request;
+
+use super::RequestCtx;
+use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
+use crate::auth::id_token::{self, IdClaims, MAX_ID_TOKEN_BYTES};
+use crate::auth::line::LineError;
+use crate::auth::nonce::Consumed;
+use crate::auth::{Rejection, Verdict};
+use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, Stored, cache_key};
+use crate::clock::Stopwatch;
+use crate::error::{ClientError, ProxyError};
+use crate::routes::{Policy, RouteAuth};
+use crate::telemetry::Outcome;
+
+/// The verdict the route needs (`None`: forward without identity).
+pub async fn authenticate<B>(
+    ctx: &mut RequestCtx<'_>,
+    req: &Request<B>,
+    policy: Policy,
+) -> Result<Option<Cached>, ProxyError> {
+    if policy.preflight_pass {
+        ctx.outcome = Outcome::Preflight;
+        return Ok(None);
+    }
+    let credential = |max| bearer_token(req.headers(), max).map_err(|e| ProxyError::Client(ClientError::Credential(e)));
+    match policy.auth {
+        RouteAuth::None => Ok(None),
+        RouteAuth::AccessToken | RouteAuth::Optional => match credential(MAX_TOKEN_BYTES)? {
+            Some(token) => access_token(ctx, token).await.map(Some),
+            None if policy.auth == RouteAuth::Optional => {
+                ctx.outcome = Outcome::Anonymous;
+                Ok(None)
+            }
+            None => Err(ProxyError::Client(ClientError::MissingCredential)),
+        },
+        RouteAuth::IdToken => match credential(MAX_ID_TOKEN_BYTES)? {
+            Some(token) => id_token(ctx, token, policy.require_nonce).await.map(Some),
+            None => Err(ProxyError::Client(ClientError::MissingCredential)),
+        },
+    }
+}
+
+/// Verdict for an access token: cache first, then the LINE Platform.
+async fn access_token(ctx: &mut RequestCtx<'_>, token: &str) -> Result<Cached, ProxyError> {
+    let state = ctx.state;
+    let verify = async move { state.line.verify_access_token(token).await };
+    cached(ctx, cache_key(CredentialKind::AccessToken, token), verify, "line").await
+}
+
+/// Verdict for an ID token. With a nonce required: verified (never from the
+/// cache — every presentation must consume), then the nonce is consumed, and
+/// only a fresh one lets the request through. Without: cached like an access
+/// token, never past `exp`.
+async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) -> Result<Cached, ProxyError> {
+    let state = ctx.state;
+    let verifier =
+        state.id_tokens.as_ref().ok_or(ProxyError::Internal("an id_token route without an ID-token verifier"))?;
+    let valid = |claims: IdClaims| Verdict::Valid(claims.into_identity());
+    let rejected = |r| ProxyError::Client(ClientError::Rejected(r));
+    // Parsed once: the nonce is read here, the signature checked below.
+    let jws = id_token::parse(token).map_err(rejected)?;
+    let claimed_nonce = jws.unverified_nonce();
+    // A token that carries a nonce is single-use on every id_token route: else a
+    // native-login token, its nonce spent at /login, would replay on a
+    // require_nonce = false (LIFF) route until it expires.
+    if !require_nonce && claimed_nonce.is_none() {
+        let verify = async { Ok(verifier.verify(&jws).await?.map_or_else(Verdict::Rejected, valid)) };
+        return cached(ctx, cache_key(CredentialKind::IdToken, token), verify, verifier.source()).await;
+    }
+    let nonces = state.nonces.as_ref().ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
+    // Refuse a missing, foreign, used or expired nonce before any signature work
+    // or LINE call: floods of made-up tokens cost nothing upstream.
+    let peeked = match claimed_nonce {
+        None => return Err(rejected(Rejection::NonceMissing)),
+        Some(n) => nonces.store.peek(n).await.map_err(|_| ProxyError::NonceStore)?,
+    };
+    match peeked {
+        Consumed::Fresh => {}
+        Consumed::Unknown => return Err(rejected(Rejection::NonceUnknown)),
+        Consumed::Expired => return Err(rejected(Rejection::NonceExpired)),
+    }
+    let stopwatch = Stopwatch::start();
+    let checked = verifier.verify(&jws).await;
+    state.metrics.observe_auth(verifier.source(), stopwatch.seconds());
+    let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
+    let nonce = claims.nonce.as_deref().ok_or(rejected(Rejection::NonceMissing))?;
+    // Consumed only now: a token that failed verification never burns a nonce.
+    match nonces.store.consume(nonce).await.map_err(|_| ProxyError::NonceStore)? {
+        Consumed::Fresh => Ok(Cached::uncached(state.cache.store(&valid(claims)))),
+        Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
+        Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
+    }
+}
+
+/// Runs `verify` through the verdict cache (once per key however many requests
+/// wait), records the cache outcome and latency (`miss_source` labels misses).
+async fn cached<F>(
+    ctx: &mut RequestCtx<'_>,
+    key: CacheKey,
+    verify: F,
+    miss_source: &'static str,
+) -> Result<Cached, ProxyError>
+where
+    F: Future<Output = Result<Verdict, LineError>>,
+{
+    let metrics = &ctx.state.metrics;
+    let stopwatch = Stopwatch::start();
+    let (result, lookup) = ctx.state.cache.get_or_verify(key, verify).await;
+    ctx.cache = Some(lookup);
+    let source = match lookup {
+        Lookup::Hit => {
+            metrics.cache_hits.inc();
+            "cache"
+        }
+        Lookup::Miss => {
+            metrics.cache_misses.inc();
+            miss_source
+        }
+        Lookup::Coalesced => {
+            metrics.cache_coalesced.inc();
+            miss_source
+        }
+        Lookup::Shared => {
+            metrics.cache_misses.inc();
+            "shared"
+        }
+    };
+    metrics.observe_auth(source, stopwatch.seconds());
+    let cached = result.map_err(|e| ProxyError::Line((*e).clone()))?;
+    match &cached.stored {
+        Stored::Valid(_) => Ok(cached),
+        Stored::Rejected(r) => Err(ProxyError::Client(ClientError::Rejected(*r))),
+    }
+}

@@ -1,0 +1,113 @@
+//! What one request carries through the pipeline: the connection it came on
+//! ([`ConnInfo`], made once per connection by the listener) and the per-request
+//! [`RequestCtx`] that each phase reads and fills in, and that the access log and
+//! the request metrics are written from at the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::uri::PathAndQuery;
+use http::{Method, Request};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use super::State;
+use crate::cache::Lookup;
+use crate::clock::Stopwatch;
+use crate::routes::RouteAuth;
+use crate::telemetry::{Metrics, Outcome};
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// A client-sent `X-Request-Id` is kept when it is 1..=128 visible ASCII bytes.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// What the proxy saw of the client connection, handed to every request on it.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+    pub tls: bool,
+    /// Held by the connection and by any WebSocket tunnel it turns into.
+    pub slot: Arc<ConnectionSlot>,
+    /// Turns true when the shutdown grace period is over: close now.
+    pub closing: watch::Receiver<bool>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, slot: ConnectionSlot, closing: watch::Receiver<bool>) -> Self {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
+        Self { peer, peer_ip, tls, slot: Arc::new(slot), closing }
+    }
+}
+
+/// One unit of `server.max_connections`: the semaphore permit and the
+/// open-connections gauge, both released when the last holder drops it.
+pub struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionSlot {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        Self { _permit: permit, metrics }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.metrics.open_connections.dec();
+    }
+}
+
+/// The per-request state the phases share.
+pub struct RequestCtx<'a> {
+    pub state: &'a State,
+    pub conn: &'a ConnInfo,
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub stopwatch: Stopwatch,
+    /// The normalised path and original query, once `normalise` succeeded.
+    pub path: Option<PathAndQuery>,
+    /// The route's requirement; the default route's until `route` ran.
+    pub auth: RouteAuth,
+    /// How the verdict was found, when a credential was checked.
+    pub cache: Option<Lookup>,
+    pub outcome: Outcome,
+    /// The error's reason code, when the proxy answered itself.
+    pub reason: Option<&'static str>,
+}
+
+impl<'a> RequestCtx<'a> {
+    pub fn new<B>(state: &'a State, conn: &'a ConnInfo, req: &Request<B>) -> Self {
+        Self {
+            state,
+            conn,
+            request_id: request_id(req, &state.metrics),
+            method: req.method().clone(),
+            stopwatch: Stopwatch::start(),
+            path: None,
+            auth: RouteAuth::AccessToken,
+            cache: None,
+            outcome: Outcome::Forwarded,
+            reason: None,
+        }
+    }
+
+    pub fn request_id_header() -> &'static http::HeaderName {
+        &X_REQUEST_ID
+    }
+}
+
+/// The client's `X-Request-Id` when it is sane, else a fresh one.
+fn request_id<B>(req: &Request<B>, metrics: &Metrics) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID_BYTES
+        && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
+        return v.clone();
+    }
+    HeaderValue::try_from(format!("{:016x}", metrics.next_request_id())).expect("hex is a valid header value")
+}

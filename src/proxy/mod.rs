@@ -1,0 +1,123 @@
+//! The per-request pipeline, one named phase after another, each a function of
+//! the request context ([`RequestCtx`]):
+//!
+//! 1. `bound_head`       — request line + headers within `server.max_header_bytes` (431)
+//! 2. `normalise`        — the path routing and the upstream will both see (400)
+//! 3. `own_endpoints`    — what the proxy answers itself, before routing (the nonce endpoint)
+//! 4. `strip_identity`   — every client-sent identity header, on every route
+//! 5. `route`            — the policy for (method, normalised path)
+//! 6. `authenticate`     — credential → verdict via cache / LINE (401, 503)
+//! 7. `upstream_request` — hop-by-hop removal, `Authorization` removal, identity injection, forwarding headers
+//! 8. `forward`          — to the upstream (502, 504)
+//! 9. `respond`          — hop-by-hop removal on the way back, the WebSocket tunnel
+//!
+//! A phase that fails returns a [`ProxyError`]; [`fail_to_proxy`] is the one place
+//! where an error becomes its answer, its outcome, its refusal counter and its
+//! log fields, and [`logging`] writes the access line and the request counter for
+//! every request. A request that fails any phase is never forwarded.
+
+mod authenticate;
+mod context;
+mod forward;
+mod nonce_endpoint;
+mod request;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+pub use context::{ConnInfo, ConnectionSlot, RequestCtx};
+
+use crate::auth::id_token::IdTokenVerifier;
+use crate::auth::line::LineClient;
+use crate::auth::nonce::NonceStore;
+use crate::cache::{Lookup, VerdictCache};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::telemetry::Metrics;
+use crate::upstream::Upstream;
+
+/// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Everything a request needs, shared by all connections.
+pub struct State {
+    pub config: Config,
+    pub line: Arc<LineClient>,
+    /// Present when some route has `auth = "id_token"`.
+    pub id_tokens: Option<IdTokenVerifier>,
+    pub nonces: Option<Nonces>,
+    pub cache: Arc<VerdictCache>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The nonce endpoint and its store.
+pub struct Nonces {
+    pub path: String,
+    pub store: Arc<NonceStore>,
+}
+
+/// hyper's entry point: never fails; every error becomes the proxy's own answer.
+pub async fn handle(
+    state: Arc<State>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut ctx = RequestCtx::new(&state, &conn, &req);
+    let mut response = match pipeline(&mut ctx, req).await {
+        Ok(response) => response,
+        Err(err) => fail_to_proxy(&mut ctx, err),
+    };
+    response.headers_mut().insert(RequestCtx::request_id_header(), ctx.request_id.clone());
+    logging(&ctx, response.status());
+    Ok(response)
+}
+
+/// The phases, in order.
+async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    request::bound_head(ctx, &req)?;
+    let path = request::normalise(ctx, &req)?;
+    if let Some(answer) = nonce_endpoint::own_endpoints(ctx, &req, &path).await? {
+        return Ok(answer);
+    }
+    request::strip_identity(ctx, &mut req);
+    let policy = request::route(ctx, &req, &path);
+    let verdict = authenticate::authenticate(ctx, &req, policy).await?;
+    let upgrade = forward::upstream_request(ctx, &mut req, path, verdict)?;
+    let response = forward::forward(ctx, req).await?;
+    forward::respond(ctx, response, upgrade)
+}
+
+/// The one place an error becomes the proxy's answer: the status and body, the
+/// outcome label, the refusal counter by reason, and the log's reason field.
+fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBody> {
+    let class = err.class();
+    let reason = err.reason();
+    ctx.outcome = class.outcome;
+    ctx.reason = Some(reason);
+    if let Some(refusal) = class.refusal {
+        ctx.state.metrics.count_refusal(refusal, reason);
+    }
+    err.into_response().map(Either::Right)
+}
+
+/// Every request: one access line (target `access`) and one count by outcome.
+fn logging(ctx: &RequestCtx<'_>, status: StatusCode) {
+    ctx.state.metrics.count_request(ctx.outcome, ctx.auth.as_str());
+    tracing::info!(
+        target: "access",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        method = ctx.method.as_str(),
+        path = ctx.path.as_ref().map_or("-", |p| p.path()),
+        status = status.as_u16(),
+        auth = ctx.auth.as_str(),
+        outcome = ctx.reason.unwrap_or(ctx.outcome.as_str()),
+        cache = ctx.cache.map_or("-", Lookup::as_str),
+        latency_us = ctx.stopwatch.elapsed().as_micros() as u64,
+    );
+}

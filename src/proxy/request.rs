@@ -1,0 +1,107 @@
+//! The phases that read the request as it arrived: its size, its path, the
+//! identity headers it must not carry, and the route policy it falls under.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Uri};
+
+use super::RequestCtx;
+use crate::error::{ClientError, ProxyError};
+use crate::headers;
+use crate::routes::{self, PathError, Policy};
+
+/// Approximate bytes of `": "` and CRLF around each header line.
+const HEADER_LINE_OVERHEAD: usize = 4;
+
+/// Phase 1: request line plus headers within `server.max_header_bytes` (431).
+pub fn bound_head<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Result<(), ProxyError> {
+    if head_bytes(req) > ctx.state.config.server.max_header_bytes {
+        return Err(ProxyError::Client(ClientError::HeadersTooLarge));
+    }
+    Ok(())
+}
+
+/// Phase 2: the normalised path with the original query — what routing decides
+/// on and what the upstream will receive (400 for what cannot be normalised).
+pub fn normalise<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<PathAndQuery, ProxyError> {
+    let path = normalised_path_and_query(req.uri()).map_err(|e| ProxyError::Client(ClientError::BadPath(e)))?;
+    ctx.path = Some(path.clone());
+    Ok(path)
+}
+
+/// Phase 4: removes every client-sent identity header and the assertion header.
+pub fn strip_identity<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) {
+    let identity = &ctx.state.config.identity;
+    headers::strip_identity(req.headers_mut(), &identity.names, &identity.assertion_header);
+}
+
+/// Phase 5: the policy for this method and normalised path.
+pub fn route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>, path: &PathAndQuery) -> Policy {
+    // A preflight carries no body; one that does is not let through uncredentialed.
+    let preflight_method =
+        (req.method() == Method::OPTIONS && req.headers().contains_key(header::ORIGIN) && !has_body(req))
+            .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten()
+            .map(HeaderValue::as_bytes);
+    let policy = ctx.state.config.routes.policy(req.method(), path.path(), preflight_method);
+    ctx.auth = policy.auth;
+    policy
+}
+
+/// Request line plus header bytes, as they stood on the wire (approximately).
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + HEADER_LINE_OVERHEAD)
+}
+
+/// The normalised path with the original query, as the upstream will receive it.
+fn normalised_path_and_query(uri: &Uri) -> Result<PathAndQuery, PathError> {
+    if uri.authority().is_some() && uri.scheme().is_none() {
+        // authority-form (CONNECT host:port) is not a request for a path.
+        return Err(PathError::NotOriginForm);
+    }
+    let normal = routes::normalize_path(uri.path())?;
+    match (&normal, uri.path_and_query()) {
+        (Cow::Borrowed(_), Some(pq)) => Ok(pq.clone()),
+        _ => {
+            let s = match uri.query() {
+                Some(q) => format!("{normal}?{q}"),
+                None => normal.into_owned(),
+            };
+            PathAndQuery::try_from(s).map_err(|_| PathError::BadEscape)
+        }
+    }
+}
+
+/// True when the request announces a body (`Content-Length` > 0 or `Transfer-Encoding`).
+fn has_body<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_and_query_keeps_the_query_and_normalises_the_path() {
+        let uri: Uri = "/a//b/../c?x=%2F..&y".parse().unwrap();
+        assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/a/c?x=%2F..&y");
+        let uri: Uri = "/plain?q=1".parse().unwrap();
+        assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/plain?q=1");
+        let uri: Uri = "http://example.com/a/./b".parse().unwrap();
+        assert_eq!(normalised_path_and_query(&uri).unwrap().as_str(), "/a/b");
+        let uri: Uri = "example.com:443".parse().unwrap();
+        assert_eq!(normalised_path_and_query(&uri), Err(PathError::NotOriginForm));
+    }
+
+    #[test]
+    fn head_size_counts_every_header_line() {
+        let mut req = Request::get("/x").body(()).unwrap();
+        let bare = head_bytes(&req);
+        req.headers_mut().insert("x-a", HeaderValue::from_static("12345"));
+        assert_eq!(head_bytes(&req), bare + 3 + 5 + HEADER_LINE_OVERHEAD);
+    }
+}

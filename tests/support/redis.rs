@@ -1,0 +1,126 @@
+//! A real `redis-server` (Debian's package) per test, killed on drop. A missing
+//! binary is a failure, never a skipped test.
+//!
+//! `redis-server` cannot take an ephemeral TCP port (`--port 0` means "no TCP"),
+//! and choosing a "free" port for it races with every other test. So it listens
+//! on a unix socket in its own directory, and the proxy reaches it through a
+//! byte-for-byte TCP relay on a port this harness bound (port 0) and holds for
+//! the server's whole life: a restart comes back on the same port, and a killed
+//! server closes every relayed connection exactly as a dead Redis would.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use super::eventually;
+
+pub struct RedisServer {
+    /// The relay's port: what `redis://127.0.0.1:{port}` reaches.
+    pub port: u16,
+    password: Option<String>,
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    relay: JoinHandle<()>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        Self::start_with_password(None).await
+    }
+
+    pub async fn start_with_password(password: Option<&str>) -> Self {
+        let dir = std::env::temp_dir().join(format!("lap-redis-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = tokio::spawn(relay(listener, dir.join("redis.sock")));
+        let mut server = Self { port, password: password.map(str::to_owned), child: None, dir, relay };
+        server.spawn().await;
+        server
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    async fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", "0", "--unixsocket", self.socket().to_str().unwrap(), "--unixsocketperm", "700"])
+            .args(["--save", "", "--appendonly", "no", "--dir", self.dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}): install it (apt-get install -y redis-server); .ci/run does")
+        });
+        self.child = Some(child);
+        let socket = self.socket();
+        let up = eventually(Duration::from_secs(10), || {
+            let socket = socket.clone();
+            async move {
+                let Ok(mut s) = UnixStream::connect(&socket).await else { return false };
+                let mut buf = [0u8; 64];
+                s.write_all(b"PING\r\n").await.is_ok() && s.read(&mut buf).await.is_ok_and(|n| n > 0)
+            }
+        })
+        .await;
+        assert!(up, "redis-server did not start on {}", socket.display());
+    }
+
+    /// `redis://[:password@]127.0.0.1:port/db`.
+    pub fn url(&self, db: u8) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/{db}", self.port),
+            None => format!("redis://127.0.0.1:{}/{db}", self.port),
+        }
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, behind the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Keys matching `pattern` in database `db`.
+    pub async fn keys(&self, db: u8, pattern: &str) -> Vec<String> {
+        let client = redis::Client::open(self.url(db)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.relay.abort();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every TCP connection to `listener` becomes one to the unix socket; one that
+/// finds no server there is closed at once, as a refused connection would be.
+async fn relay(listener: TcpListener, socket: PathBuf) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else { continue };
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Ok(mut unix) = UnixStream::connect(&socket).await {
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+            }
+        });
+    }
+}
