@@ -25,8 +25,23 @@ async fn nonce_endpoint_issues_long_random_single_use_nonces() {
     assert_ne!(e.nonce().await, e.nonce().await);
     // Served by the proxy itself, never forwarded; only GET.
     let r = client().post(e.proxy.url("/auth/nonce")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+    assert_eq!(json_error(r, 405).await, "invalid_request");
     assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_nonce_endpoints_405_counts_as_a_bad_request() {
+    let e = login_env("", "").await;
+    for method in [reqwest::Method::POST, reqwest::Method::HEAD, reqwest::Method::DELETE] {
+        let r = client().request(method.clone(), e.proxy.url("/auth/nonce")).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{method}");
+    }
+    let m = e.proxy.metrics().await;
+    let series = |outcome: &str| format!("line_auth_proxy_requests_total{{outcome=\"{outcome}\",auth=\"none\"}}");
+    assert_eq!(metric(&m, &series("bad_request")), 3.0, "{m}");
+    assert_eq!(metric(&m, &series("internal_error")), 0.0, "{m}");
+    assert!(!m.contains("outcome=\"internal_error\",auth=\"none\"} 1"), "{m}");
 }
 
 #[tokio::test]

@@ -141,3 +141,41 @@ async fn cached_verdicts_keep_serving_during_an_outage() {
     assert_eq!(r.status(), 503);
     assert_eq!(e.upstream.hits(), 2);
 }
+
+#[tokio::test]
+async fn verifications_beyond_the_concurrency_cap_fail_closed() {
+    // One verification at a time; LINE calls may take 10 s (real time), while a
+    // verification waits for its slot at most line.timeout_ms of the proxy's clock.
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    line.add_token("second-token", MockToken::new(CHANNEL, USER, "Cony"));
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text(&line.base_url(), &upstream.url(), "")
+        .replace("timeout_ms = 500\n", "timeout_ms = 10000\nmax_concurrent_calls = 1\n");
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    let held = line.hold();
+    let c = client();
+    let first = tokio::spawn(c.get(proxy.url("/api/a")).bearer_auth(TOKEN).send());
+    assert!(eventually(Duration::from_secs(5), || async { line.verify_calls() == 1 }).await, "LINE never asked");
+    let second = tokio::spawn(c.get(proxy.url("/api/b")).bearer_auth("second-token").send());
+    // The second waits for the one slot; move the proxy's clock past its wait.
+    let gave_up = eventually(Duration::from_secs(5), || {
+        clock.advance(Duration::from_secs(11));
+        let done = second.is_finished();
+        async move { done }
+    })
+    .await;
+    assert!(gave_up, "the second verification never stopped waiting");
+    let r = second.await.unwrap().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(json_error(r, 503).await, "temporarily_unavailable");
+    assert_eq!(line.verify_calls(), 1, "the overflow reached LINE");
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(proxy.metric("line_auth_proxy_auth_unavailable_total{reason=\"line_overloaded\"}").await, 1.0);
+    // The verification in flight was never cut short.
+    held.release();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(upstream.hits(), 1);
+}

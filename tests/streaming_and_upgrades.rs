@@ -105,3 +105,101 @@ async fn authenticated_websocket_upgrade_is_tunnelled() {
     s.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
 }
+
+/// A request body the test feeds chunk by chunk.
+fn channel_body() -> (tokio::sync::mpsc::Sender<Chunk>, StreamBody<impl futures_core::Stream<Item = Chunk>>) {
+    struct Rx(tokio::sync::mpsc::Receiver<Chunk>);
+    impl futures_core::Stream for Rx {
+        type Item = Chunk;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, StreamBody::new(Rx(rx)))
+}
+
+#[tokio::test]
+async fn a_request_body_reaches_the_upstream_before_it_ends() {
+    let e = env("").await;
+    let io = TokioIo::new(TcpStream::connect(e.proxy.addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let (chunks, body) = channel_body();
+    let request = http::Request::post("/stream-in")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(sender.send_request(request));
+    chunks.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+    // A proxy that buffered the body would deliver nothing until the end.
+    let arrived = tokio::time::timeout(std::time::Duration::from_secs(5), e.upstream.first_chunk_arrived()).await;
+    assert!(arrived.is_ok(), "the first chunk did not reach the upstream while the body was still open");
+    chunks.send(Ok(Frame::data(Bytes::from_static(b" and the rest")))).await.unwrap();
+    drop(chunks);
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "18");
+}
+
+#[tokio::test]
+async fn a_response_body_reaches_the_client_before_it_ends() {
+    let e = env("").await;
+    let mut r = client().get(e.proxy.url("/stream-out")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The upstream holds the rest until told: the first chunk must come alone.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), r.chunk()).await;
+    assert_eq!(first.expect("no first chunk while the body was still open").unwrap().unwrap(), "first chunk;");
+    e.upstream.release_response();
+    assert_eq!(r.chunk().await.unwrap().unwrap(), "the rest");
+    assert!(r.chunk().await.unwrap().is_none());
+}
+
+/// An upstream that answers every request `101 Switching Protocols` and then
+/// keeps reading whatever comes (a status reflector, a buggy framework).
+async fn switching_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn an_upstream_101_nobody_asked_for_is_a_502() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let (upstream, heads) = switching_upstream().await;
+    let proxy = spawn_proxy(config(&config_text(&line.base_url(), &format!("http://{upstream}"), ""))).await;
+    let r = client().get(proxy.url("/plain")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(json_error(r, 502).await, "bad_gateway");
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let unrequested = "line_auth_proxy_requests_total{outcome=\"upstream_error\",auth=\"access_token\"}";
+    assert_eq!(proxy.metric(unrequested).await, 1.0);
+}

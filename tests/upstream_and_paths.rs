@@ -62,11 +62,10 @@ async fn encoded_separators_and_backslashes_are_400() {
     {
         let answer =
             raw(e.proxy.addr, format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
-        let status = raw_status(&answer);
-        assert_eq!(status, 400, "{bad}: {answer}");
-        if answer.contains("application/json") {
-            assert!(answer.contains("\"invalid_request\""), "{answer}");
-        }
+        assert_eq!(raw_status(&answer), 400, "{bad}: {answer}");
+        // The proxy's own answer (JSON), not the request parser's.
+        assert!(answer.contains("application/json"), "{bad}: {answer}");
+        assert!(answer.contains("\"invalid_request\""), "{bad}: {answer}");
     }
     assert_eq!(e.upstream.hits(), 0);
 }
@@ -145,10 +144,9 @@ async fn far_oversized_head_is_refused_by_the_parser_and_never_forwarded() {
         format!("GET /public/x HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
-    // hyper's buffer limit: a bare 431 (or the connection closed on us).
-    if !answer.is_empty() {
-        assert_eq!(raw_status(&answer), 431);
-    }
+    // Beyond hyper's read buffer the parser itself refuses: a bare 431, then close.
+    assert_eq!(raw_status(&answer), 431, "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
     assert_eq!(e.upstream.hits(), 0);
 }
 
@@ -225,13 +223,9 @@ async fn non_ascii_paths_survive_normalisation() {
     let answer =
         raw(e.proxy.addr, "GET /public/caf\u{e9}/./x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes())
             .await;
-    if raw_status(&answer) == 200 {
-        assert_eq!(e.upstream.last().path_and_query, "/public/caf\u{e9}/x");
-    } else {
-        // The request-line parser may refuse raw UTF-8 outright; then nothing is forwarded.
-        assert_eq!(raw_status(&answer), 400);
-        assert_eq!(e.upstream.hits(), 0);
-    }
+    // hyper takes raw UTF-8 in the request target; normalisation keeps it as it came.
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(e.upstream.last().path_and_query, "/public/caf\u{e9}/x");
 }
 
 #[tokio::test]

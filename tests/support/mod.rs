@@ -242,6 +242,11 @@ impl TestProxy {
         self.task.take().expect("already shut down")
     }
 
+    /// The serving task, without signalling shutdown (to watch it end on its own).
+    pub fn serving_task(&mut self) -> JoinHandle<Result<(), line_auth_proxy::RunError>> {
+        self.task.take().expect("already shut down")
+    }
+
     pub async fn stop(mut self) {
         self.begin_shutdown().await.unwrap().unwrap();
     }
