@@ -55,12 +55,12 @@ fixtures() {
 }
 
 # proxy <name> <extra toml> -> sets PROXY_PORT ADMIN_PORT PROXY_PID
+# Both listeners bind port 0; the ready line names the ports they got.
 proxy() {
-    PROXY_PORT=$(free_port); ADMIN_PORT=$(free_port)
     cat > "$TMP/$1.toml" <<EOF
 [server]
-listen = "127.0.0.1:$PROXY_PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 [upstream]
 url = "http://127.0.0.1:$UP_PORT"
 [line]
@@ -71,6 +71,9 @@ EOF
     RUST_LOG=${PROXY_LOG:-info} $SERVER "$BIN" --config "$TMP/$1.toml" 2> "$TMP/$1.log" &
     PROXY_PID=$!
     PIDS+=($PROXY_PID)
+    for _ in $(seq 1 500); do grep -q "line-auth-proxy ready" "$TMP/$1.log" 2>/dev/null && break; sleep 0.02; done
+    PROXY_PORT=$(grep "line-auth-proxy ready" "$TMP/$1.log" | sed -E 's/.*listen=[^ ]*:([0-9]+).*/\1/')
+    ADMIN_PORT=$(grep "line-auth-proxy ready" "$TMP/$1.log" | sed -E 's/.*admin=[^ ]*:([0-9]+).*/\1/')
     wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
 }
 

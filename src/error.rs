@@ -258,6 +258,50 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_code_is_in_the_reference() {
+        let reference = include_str!("../docs/reference.md");
+        let mut errors: Vec<ProxyError> = vec![
+            ProxyError::Client(ClientError::MissingCredential),
+            ProxyError::Client(ClientError::BadPath(PathError::Backslash)),
+            ProxyError::Client(ClientError::HeadersTooLarge),
+            ProxyError::Client(ClientError::NonceMethod),
+            ProxyError::NonceStore,
+            ProxyError::Upstream(UpstreamError::Unreachable),
+            ProxyError::Upstream(UpstreamError::Timeout),
+            ProxyError::Upstream(UpstreamError::UnrequestedUpgrade),
+            ProxyError::Internal("x"),
+        ];
+        errors.extend(
+            [
+                CredentialError::Multiple,
+                CredentialError::NotBearer,
+                CredentialError::Malformed,
+                CredentialError::TooLong,
+            ]
+            .map(|c| ProxyError::Client(ClientError::Credential(c))),
+        );
+        errors.extend(Rejection::ALL.map(|r| ProxyError::Client(ClientError::Rejected(r))));
+        errors.extend(
+            [
+                LineError::Timeout(Endpoint::Verify),
+                LineError::Connect(Endpoint::Verify),
+                LineError::RateLimited { endpoint: Endpoint::Verify, retry_after: None },
+                LineError::Status { endpoint: Endpoint::Verify, status: 500 },
+                LineError::Status { endpoint: Endpoint::Verify, status: 404 },
+                LineError::BadResponse(Endpoint::Verify),
+                LineError::Overloaded,
+                LineError::BackingOff { retry_after: 1 },
+                LineError::JwksUnavailable,
+            ]
+            .map(ProxyError::Line),
+        );
+        for e in errors {
+            let row = format!("| `{}` | {} |", e.reason(), e.status().as_u16());
+            assert!(reference.contains(&row), "docs/reference.md has no row {row}");
+        }
+    }
+
+    #[test]
     fn internal_maps_to_500() {
         assert_eq!(status(ProxyError::Internal("x")), 500);
     }

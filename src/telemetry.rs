@@ -412,3 +412,31 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_family_is_in_the_reference() {
+        let reference = include_str!("../docs/reference.md");
+        let exposition = Metrics::new().encode();
+        let families: Vec<&str> =
+            exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(families.len() >= 20, "{families:?}");
+        for family in families {
+            assert!(
+                reference.contains(&format!("| `{family}` |")),
+                "docs/reference.md does not list the metric {family}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_outcome_is_in_the_reference() {
+        let reference = include_str!("../docs/reference.md");
+        for outcome in Outcome::ALL {
+            assert!(reference.contains(&format!("`{}`", outcome.as_str())), "{outcome:?} is not documented");
+        }
+    }
+}
