@@ -48,7 +48,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Re
     loop {
         let (stream, _) = tokio::select! {
             accepted = crate::server::accept(&listener, "admin") => accepted,
-            _ = crate::server::stopped(&mut stop) => return,
+            _ = crate::sync::until_set(&mut stop) => return,
         };
         let admin = admin.clone();
         tokio::spawn(async move {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod dev;
 mod error;
 mod headers;
+mod identity;
 mod panics;
 mod proxy;
 mod redis_conn;

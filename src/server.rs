@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ServerConfig, TlsFiles};
 use crate::proxy::{self, ConnInfo, ConnectionSlot, State};
+use crate::sync::until_set;
 
 /// hyper's own read buffer: big enough that heads over `max_header_bytes` still
 /// parse and get the proxy's JSON 431; beyond it hyper answers a bare 431.
@@ -138,11 +139,11 @@ pub async fn serve_proxy(
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            _ = stopped(&mut stop) => break,
+            _ = until_set(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener, "proxy") => accepted,
-            _ = stopped(&mut stop) => break,
+            _ = until_set(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
         let conn =
@@ -230,11 +231,6 @@ async fn serve_connection<I>(
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         }
-        () = stopped(&mut closing) => tracing::debug!(peer = %peer, "connection closed at the end of the grace period"),
+        () = until_set(&mut closing) => tracing::debug!(peer = %peer, "connection closed at the end of the grace period"),
     }
-}
-
-/// Resolves once `stop` holds true (the borrow guard never lives across an await).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }

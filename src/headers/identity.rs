@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::auth::Identity;
+use crate::identity::Identity;
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is escaped.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -231,7 +231,7 @@ mod tests {
             picture_url: None,
             email: Some("a b@example.com".into()),
             channel_id: "1234567890".into(),
-            method: crate::auth::AuthMethod::IdToken,
+            method: crate::identity::AuthMethod::IdToken,
             expires_at: 1_800_000_000,
         };
         let mut h = HeaderMap::new();

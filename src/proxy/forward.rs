@@ -106,6 +106,6 @@ async fn tunnel(
     };
     tokio::select! {
         () = copy => {}
-        () = crate::server::stopped(&mut closing) => tracing::debug!("tunnel closed at the end of the grace period"),
+        () = crate::sync::until_set(&mut closing) => tracing::debug!("tunnel closed at the end of the grace period"),
     }
 }
