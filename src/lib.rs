@@ -104,8 +104,8 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
     };
-    let proxy_listener = bind(config.server.listen).await?;
-    let admin_listener = bind(config.server.admin_listen).await?;
+    let proxy_listener = bind(config.server.keys.listen).await?;
+    let admin_listener = bind(config.server.keys.admin_listen).await?;
     let metrics = Arc::new(telemetry::Metrics::new());
     let line = Arc::new(
         line::LineClient::new(&config.line, clock.clone(), metrics.clone())

@@ -78,15 +78,16 @@ struct Builders {
 impl Builders {
     fn new(config: &ServerConfig) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        let buffer = hyper_buffer_bytes(config.max_header_bytes);
+        let max_header_bytes = config.keys.max_header_bytes.get();
+        let buffer = hyper_buffer_bytes(max_header_bytes);
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            .header_read_timeout(config.keys.header_read_timeout_ms.duration())
             .max_buf_size(buffer)
             // Enough header lines that any head within max_header_bytes parses and
             // gets the proxy's own (JSON) 431 rather than hyper's bare one.
-            .max_headers(config.max_header_bytes / 8);
+            .max_headers(max_header_bytes / 8);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -135,7 +136,8 @@ pub async fn serve_proxy(
     let graceful = GracefulShutdown::new();
     // Past the grace period, whatever is still open (connections, tunnels) is closed.
     let (force_close, closing) = watch::channel(false);
-    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let max_connections = config.keys.max_connections.get();
+    let limit = Arc::new(Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => permit.expect("never closed"),
@@ -153,7 +155,7 @@ pub async fn serve_proxy(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let deadline = state.config.server.header_read_timeout;
+            let deadline = state.config.server.keys.header_read_timeout_ms.duration();
             match tls {
                 None => {
                     // hyper-util sniffs the first bytes for the h2c preface with no
@@ -181,19 +183,19 @@ pub async fn serve_proxy(
         });
     }
     drop(listener);
-    let grace = config.shutdown_grace;
+    let grace = config.keys.shutdown_grace_seconds.duration();
     tracing::info!(grace_seconds = grace.as_secs(), "stopped accepting; draining in-flight requests");
     let drained = tokio::time::timeout(grace, async {
         graceful.shutdown().await;
         // Tunnels outlive their connection futures; they hold slots until closed.
-        let _ = limit.acquire_many(config.max_connections as u32).await;
+        let _ = limit.acquire_many(max_connections as u32).await;
     })
     .await;
     if drained.is_err() {
         tracing::warn!("shutdown grace period over; closing the remaining connections");
         let _ = force_close.send(true);
         // Each closes when next polled; wait for their slots, briefly.
-        let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, limit.acquire_many(config.max_connections as u32)).await;
+        let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, limit.acquire_many(max_connections as u32)).await;
     }
 }
 

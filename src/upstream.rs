@@ -33,7 +33,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Self {
         let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_connect_timeout(Some(config.keys.connect_timeout_ms.duration()));
         http.set_nodelay(true);
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -45,7 +45,12 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(https);
-        Self { client, scheme: config.scheme.clone(), authority: config.authority.clone(), timeout: config.timeout }
+        Self {
+            client,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            timeout: config.keys.timeout_ms.duration(),
+        }
     }
 
     /// Points the request at the upstream with the authorised path, as HTTP/1.1,

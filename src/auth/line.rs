@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::{AuthMethod, Identity, Rejection, Verdict, is_line_user_id};
 use crate::clock::{Clock, Stopwatch};
-use crate::config::LineConfig;
+use crate::config::LineSection;
 use crate::telemetry::{EndpointLabels, LineCallLabels, Metrics};
 
 /// LINE's JSON answers are tiny; a longer body is treated as unreadable (64 KiB).
@@ -143,10 +143,12 @@ pub struct LineClient {
 }
 
 impl LineClient {
-    pub fn new(config: &LineConfig, clock: Clock, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &LineSection, clock: Clock, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        let timeout = config.timeout_ms.duration();
+        let api = config.api_base_url.as_string();
         let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             // A redirect would send the token to a host we did not choose.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -154,11 +156,11 @@ impl LineClient {
             .build()?;
         Ok(Self {
             http,
-            verify_url: format!("{}/oauth2/v2.1/verify", config.api_base_url),
-            profile_url: format!("{}/v2/profile", config.api_base_url),
+            verify_url: format!("{api}/oauth2/v2.1/verify"),
+            profile_url: format!("{api}/v2/profile"),
             channel_ids: config.channel_ids.clone(),
-            timeout: config.timeout,
-            permits: Semaphore::new(config.max_concurrent_calls),
+            timeout,
+            permits: Semaphore::new(config.max_concurrent_calls.get()),
             backoff_until_ms: AtomicU64::new(0),
             clock,
             metrics,

@@ -156,10 +156,10 @@ impl VerdictCache {
         Self {
             shards,
             len: AtomicUsize::new(0),
-            max_entries: config.max_entries.max(1),
+            max_entries: config.keys.max_entries.get().max(1),
             inflight: Mutex::new(HashMap::default()),
-            ttl: config.ttl,
-            negative_ttl: config.negative_ttl,
+            ttl: config.keys.ttl_seconds.duration(),
+            negative_ttl: config.keys.negative_ttl_seconds.duration(),
             names,
             shared,
             clock,

@@ -1,9 +1,13 @@
 use super::*;
 use crate::auth::{AuthMethod, Identity};
 
-fn cache(max_entries: usize, clock: &Clock) -> VerdictCache {
-    let config =
-        CacheConfig { ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(1), max_entries, shared: None };
+fn cache(max_entries: u64, clock: &Clock) -> VerdictCache {
+    let keys = crate::config::CacheSection {
+        max_entries: max_entries.into(),
+        negative_ttl_seconds: 1.into(),
+        ..Default::default()
+    };
+    let config = CacheConfig { keys, shared: None };
     VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None, clock.clone())
 }
 

@@ -1,8 +1,6 @@
 //! `[cache]`: how long verdicts are reused, how many are kept, and the optional
 //! Redis tier shared by replicas.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
 use super::keys::{Count, Millis, Seconds, choice, section};
@@ -62,11 +60,10 @@ section! {
     }
 }
 
+/// `[cache]`, validated: the keys as declared, and the shared tier's Redis.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
-    pub ttl: Duration,
-    pub negative_ttl: Duration,
-    pub max_entries: usize,
+    pub keys: CacheSection,
     /// The shared second tier, when `cache.shared = "redis"`.
     pub shared: Option<RedisConfig>,
 }
@@ -90,11 +87,6 @@ impl CacheSection {
                 Some(url) => redis_config("cache", url, &self.redis_key_prefix, self.redis_timeout_ms.duration(), p),
             },
         };
-        CacheConfig {
-            ttl: self.ttl_seconds.duration(),
-            negative_ttl: self.negative_ttl_seconds.duration(),
-            max_entries: self.max_entries.get(),
-            shared,
-        }
+        CacheConfig { keys: self.clone(), shared }
     }
 }

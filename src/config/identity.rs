@@ -23,10 +23,11 @@ section! {
     }
 }
 
+/// `[identity]`, validated: the keys as declared, and the header names they make.
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
+    pub keys: IdentitySection,
     pub names: IdentityHeaderNames,
-    pub forward_authorization: bool,
     /// Stripped from every client request, enabled or not.
     pub assertion_header: HeaderName,
 }
@@ -41,6 +42,6 @@ impl IdentitySection {
             p.error("assertion.header", why);
             HeaderName::from_static("x-line-identity-jwt")
         });
-        IdentityConfig { names, forward_authorization: self.forward_authorization, assertion_header }
+        IdentityConfig { keys: self.clone(), names, assertion_header }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -74,17 +73,9 @@ section! {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct LineConfig {
-    pub channel_ids: Vec<String>,
-    /// Without a trailing `/`.
-    pub api_base_url: String,
-    pub timeout: Duration,
-    pub max_concurrent_calls: usize,
-}
-
 impl LineSection {
-    pub(super) fn validate(&self, p: &mut Problems) -> LineConfig {
+    /// Checks the keys; the section itself is what the LINE client reads.
+    pub(super) fn validate(&self, p: &mut Problems) -> LineSection {
         if self.channel_ids.is_empty() {
             p.error("line.channel_ids", "needs at least one LINE Login channel id, e.g. [\"1234567890\"]");
         }
@@ -102,11 +93,6 @@ impl LineSection {
                 "must be https: the access token travels in the verify request (http is allowed for loopback test servers only)",
             );
         }
-        LineConfig {
-            channel_ids: self.channel_ids.clone(),
-            api_base_url: self.api_base_url.as_string(),
-            timeout: self.timeout_ms.duration(),
-            max_concurrent_calls: self.max_concurrent_calls.get(),
-        }
+        self.clone()
     }
 }

@@ -31,10 +31,11 @@ use std::fmt;
 use std::path::Path;
 
 pub(crate) use cache::CacheConfig;
+pub(crate) use cache::CacheSection;
 pub(crate) use file::FileConfig;
 pub(crate) use id_token::IdTokenConfig;
 pub(crate) use identity::IdentityConfig;
-pub(crate) use line::{IdTokenVerification, LineConfig};
+pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use secret::Secret;
 pub(crate) use server::{ServerConfig, TlsFiles};
 pub(crate) use upstream::UpstreamConfig;
@@ -51,7 +52,7 @@ pub const ENV_PREFIX: &str = "LINE_AUTH_PROXY__";
 pub struct Config {
     pub(crate) server: ServerConfig,
     pub(crate) upstream: UpstreamConfig,
-    pub(crate) line: LineConfig,
+    pub(crate) line: LineSection,
     pub(crate) cache: CacheConfig,
     pub(crate) identity: IdentityConfig,
     /// Present when some route has `auth = "id_token"`.

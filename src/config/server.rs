@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use super::Problems;
 use super::keys::{Bytes, Count, Millis, Seconds, section};
@@ -45,15 +44,10 @@ section! {
     }
 }
 
-/// The listeners and their bounds, validated.
+/// `[server]`, validated: the keys as declared, and the TLS file pair.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub shutdown_grace: Duration,
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
+    pub keys: ServerSection,
     pub tls: Option<TlsFiles>,
 }
 
@@ -94,14 +88,6 @@ impl ServerSection {
                 None
             }
         };
-        ServerConfig {
-            listen: self.listen,
-            admin_listen: self.admin_listen,
-            shutdown_grace: self.shutdown_grace_seconds.duration(),
-            max_header_bytes: self.max_header_bytes.get(),
-            max_connections: self.max_connections.get(),
-            header_read_timeout: self.header_read_timeout_ms.duration(),
-            tls,
-        }
+        ServerConfig { keys: self.clone(), tls }
     }
 }

@@ -24,14 +24,14 @@ const LOGIN: &str = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n
 #[test]
 fn minimal_file_gets_every_default() {
     let c = config(MINIMAL);
-    assert_eq!(c.server.listen, server::DEFAULT_LISTEN);
-    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9901");
-    assert_eq!(c.server.max_header_bytes, 16384);
-    assert_eq!(c.server.shutdown_grace, Duration::from_secs(20));
-    assert_eq!(c.cache.ttl, Duration::from_secs(60));
-    assert_eq!(c.line.api_base_url, "https://api.line.me");
-    assert_eq!(c.line.max_concurrent_calls, 256);
+    assert_eq!(c.server.keys.listen, server::DEFAULT_LISTEN);
+    assert_eq!(c.server.keys.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.keys.admin_listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.server.keys.max_header_bytes.get(), 16384);
+    assert_eq!(c.server.keys.shutdown_grace_seconds.duration(), Duration::from_secs(20));
+    assert_eq!(c.cache.keys.ttl_seconds.duration(), Duration::from_secs(60));
+    assert_eq!(c.line.api_base_url.as_string(), "https://api.line.me");
+    assert_eq!(c.line.max_concurrent_calls.get(), 256);
     assert_eq!(c.identity.names.user_id.as_str(), "x-line-user-id");
     assert!(c.id_token.is_none());
 }
@@ -170,10 +170,10 @@ fn env_overrides_scalars_lists_and_map_entries() {
     .unwrap()
     .config;
     assert_eq!(c.line.channel_ids, vec!["111", "222"]);
-    assert_eq!(c.server.listen.port(), 9999);
-    assert_eq!(c.cache.ttl, Duration::from_secs(5));
-    assert!(c.identity.forward_authorization);
-    assert_eq!(c.line.max_concurrent_calls, 8);
+    assert_eq!(c.server.keys.listen.port(), 9999);
+    assert_eq!(c.cache.keys.ttl_seconds.duration(), Duration::from_secs(5));
+    assert!(c.identity.keys.forward_authorization);
+    assert_eq!(c.line.max_concurrent_calls.get(), 8);
     let mut p = Problems::default();
     let file = FileConfig::read(
         MINIMAL,

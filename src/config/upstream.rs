@@ -1,7 +1,5 @@
 //! `[upstream]`: the one backend every authorised request goes to.
 
-use std::time::Duration;
-
 use http::uri::{Authority, Scheme};
 
 use super::Problems;
@@ -25,12 +23,12 @@ section! {
     }
 }
 
+/// `[upstream]`, validated: the keys as declared, and the required origin.
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
+    pub keys: UpstreamSection,
     pub scheme: Scheme,
     pub authority: Authority,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
 }
 
 impl UpstreamSection {
@@ -39,11 +37,6 @@ impl UpstreamSection {
             p.error("upstream.url", "is required: the backend to forward to, e.g. \"http://127.0.0.1:3000\"");
             Origin::from("http://127.0.0.1")
         });
-        UpstreamConfig {
-            scheme: origin.scheme,
-            authority: origin.authority,
-            connect_timeout: self.connect_timeout_ms.duration(),
-            timeout: self.timeout_ms.duration(),
-        }
+        UpstreamConfig { keys: self.clone(), scheme: origin.scheme, authority: origin.authority }
     }
 }

@@ -30,7 +30,7 @@ pub fn upstream_request(
     let upgrade = is_websocket_upgrade(req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     let out = req.headers_mut();
-    headers::strip_for_upstream(out, upgrade, config.identity.forward_authorization);
+    headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization);
     if let Some(cached) = &verdict {
         let Stored::Valid(encoded) = &cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));

@@ -17,7 +17,7 @@ const HEADER_LINE_OVERHEAD: usize = 4;
 
 /// Phase 1: request line plus headers within `server.max_header_bytes` (431).
 pub fn bound_head<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Result<(), ProxyError> {
-    if head_bytes(req) > ctx.state.config.server.max_header_bytes {
+    if head_bytes(req) > ctx.state.config.server.keys.max_header_bytes.get() {
         return Err(ProxyError::Client(ClientError::HeadersTooLarge));
     }
     Ok(())
