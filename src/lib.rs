@@ -88,6 +88,7 @@ pub struct Bound {
     admin: Arc<admin::Admin>,
     /// Background work (JWKS refresh, sweeps, Redis probes), supervised like the listeners.
     background: Vec<(&'static str, Task)>,
+    clock: Clock,
 }
 
 /// Builds the shared state on the real clock and binds both listeners.
@@ -167,7 +168,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         nonce_redis: nonces.as_ref().and_then(|n| n.store.redis().cloned()),
     });
     let state = Arc::new(proxy::State { config, line, id_tokens, nonces, cache, upstream, metrics });
-    Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background })
+    Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }
 
 impl Bound {
@@ -179,8 +180,9 @@ impl Bound {
         self.admin_listener.local_addr().expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves: then `/readyz` turns 503, the proxy stops
-    /// accepting, and in-flight requests get `server.shutdown_grace_seconds`.
+    /// Serves until `shutdown` resolves: then `/readyz` turns 503, the proxy serves
+    /// on for `server.shutdown_delay_seconds`, stops accepting, and in-flight
+    /// requests get `server.shutdown_grace_seconds`.
     /// If a listener or background task panics or ends first (or, with
     /// [`install_panic_hook`], any task panics), `/readyz` turns 503 and this
     /// returns [`RunError::TaskFailed`] at once.
@@ -225,6 +227,11 @@ impl Bound {
             return Err(RunError::TaskFailed { task, why });
         }
         tracing::info!("shutdown requested");
+        let delay = self.state.config.server.keys.shutdown_delay_seconds.duration();
+        if !delay.is_zero() {
+            tracing::info!(delay_seconds = delay.as_secs(), "not ready; serving on before the drain");
+            self.clock.sleep(delay).await;
+        }
         let _ = stop_tx.send(true);
         let _ = proxy_task.await;
         let _ = admin_stop_tx.send(true);

@@ -52,3 +52,23 @@ async fn grace_period_bounds_the_drain() {
     let cut = tokio::time::timeout(Duration::from_secs(5), stuck.chunk()).await;
     assert!(matches!(cut, Ok(Err(_))), "the connection stayed open after the drain: {cut:?}");
 }
+
+#[tokio::test]
+async fn the_shutdown_delay_keeps_serving_while_readiness_is_503() {
+    let e = env("").await;
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nshutdown_delay_seconds = 5");
+    let mut proxy = spawn_proxy_with(config(&text), &e.clock).await;
+    let drain = proxy.begin_shutdown();
+    assert!(eventually_status(&proxy.admin_url("/readyz"), 503, 5).await, "/readyz stayed 200 after the signal");
+    // Not ready, yet serving new connections for the delay (the proxy's clock stands still).
+    let r = client().get(proxy.url("/a")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!drain.is_finished());
+    e.clock.advance(Duration::from_secs(5));
+    let closed =
+        eventually(Duration::from_secs(5), || async { tokio::net::TcpStream::connect(proxy.addr).await.is_err() })
+            .await;
+    assert!(closed, "the listener stayed open after the delay");
+    drain.await.unwrap().unwrap();
+}

@@ -13,6 +13,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSP
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 /// `server.shutdown_grace_seconds` (20 seconds).
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+/// `server.shutdown_delay_seconds` (0 seconds: drain at once).
+pub const DEFAULT_SHUTDOWN_DELAY_SECONDS: u64 = 0;
 /// `server.max_header_bytes` (16384 bytes).
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 /// `server.max_connections` (10000 connections).
@@ -29,6 +31,10 @@ section! {
         admin_listen: SocketAddr = DEFAULT_ADMIN_LISTEN,
         /// After SIGTERM or SIGINT, in-flight requests get this long to finish.
         shutdown_grace_seconds: Seconds<0, 3600> = DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        /// After SIGTERM or SIGINT, `/readyz` is 503 at once but the proxy keeps
+        /// serving this long before it drains, so that load balancers and
+        /// Kubernetes endpoints stop sending to it first.
+        shutdown_delay_seconds: Seconds<0, 3600> = DEFAULT_SHUTDOWN_DELAY_SECONDS,
         /// Request line plus headers above this are answered 431.
         max_header_bytes: Bytes<1024, 1048576> = DEFAULT_MAX_HEADER_BYTES,
         /// Concurrent client connections (WebSocket tunnels included); more wait
