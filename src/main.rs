@@ -85,14 +85,21 @@ fn dev(_: LogFormat, _: std::net::SocketAddr, _: std::net::SocketAddr) -> ExitCo
     ExitCode::from(2)
 }
 
-/// Loads the file named by `--config` or the environment; prints every
-/// warning and every problem.
+/// Loads the file named by `--config` (or `LINE_AUTH_PROXY_CONFIG`) and the
+/// environment overlay, or the environment alone; prints every warning and
+/// every problem.
 fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
-    let Some(path) = path else {
-        eprintln!("error: no configuration: pass --config FILE or set {CONFIG_FILE_ENV}");
-        return Err(ExitCode::from(2));
+    let env = config::process_environment().map_err(|problems| {
+        for p in &problems.errors {
+            eprintln!("error: {p}");
+        }
+        ExitCode::from(2)
+    })?;
+    let source = match &path {
+        Some(path) => path.display().to_string(),
+        None => "the environment (no --config FILE and no LINE_AUTH_PROXY_CONFIG)".to_owned(),
     };
-    match config::load(Some(&path), std::env::vars()) {
+    match config::load(path.as_deref(), env) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
@@ -106,7 +113,7 @@ fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
             for p in &problems.errors {
                 eprintln!("error: {p}");
             }
-            eprintln!("{} problem(s) in {}", problems.errors.len(), path.display());
+            eprintln!("{} problem(s) in {source}", problems.errors.len());
             Err(ExitCode::from(2))
         }
     }

@@ -41,10 +41,17 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 /// Drops `user:password@` from a URL.
+/// Whatever stands before the last `@` may be `user:password` (also in a
+/// mistyped URL: `redis:/:secret@host`), so it is dropped, keeping a scheme when
+/// one is recognisable.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}{}", &url[..scheme_end + 3], &url[at + 1..]),
-        _ => url.to_owned(),
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let host = &url[at + 1..];
+    match url.find("://") {
+        Some(scheme_end) if scheme_end < at => format!("{}{host}", &url[..scheme_end + 3]),
+        _ => format!("<redacted>@{host}"),
     }
 }
 

@@ -113,6 +113,14 @@ pub fn check_path_prefix(prefix: &str) -> Result<(), &'static str> {
     if !prefix.starts_with('/') {
         return Err("must start with /");
     }
+    // What a request path can hold as it arrives: visible ASCII without the
+    // query or fragment delimiters. Anything else would never match a request
+    // (`/café` arrives as `/caf%C3%A9`, which the prefix must say).
+    if !prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#') {
+        return Err(
+            "must be visible ASCII without ? or #: percent-encode anything else, as requests arrive (\"/caf%C3%A9/\")",
+        );
+    }
     if normalize_path(prefix).ok().as_deref() != Some(prefix) {
         return Err(
             "must be a normalised path (no //, no . or .. segments, no percent-escapes): requests are matched after normalisation",
@@ -289,6 +297,16 @@ mod tests {
         assert_eq!(normalize_path("/public/..;/admin"), Err(PathError::PathParameter));
         assert_eq!(normalize_path("/admin;jsessionid=1/x"), Err(PathError::PathParameter));
         assert_eq!(normalize_path("/public/%2e%2e%3b/admin"), Err(PathError::PathParameter));
+    }
+
+    #[test]
+    fn prefixes_must_be_what_requests_can_match() {
+        for fine in ["/", "/public/", "/api", "/caf%C3%A9/", "/a%20b"] {
+            assert_eq!(check_path_prefix(fine), Ok(()), "{fine}");
+        }
+        for never in ["public", "/a//b", "/a/./b", "/%61", "/caf\u{e9}/", "/a b", "/q?x=1", "/a#b", "/tab\t"] {
+            assert!(check_path_prefix(never).is_err(), "{never:?} accepted");
+        }
     }
 
     fn table() -> RouteTable {

@@ -76,6 +76,43 @@ fn settings_without_effect_are_warnings_and_check_exits_0() {
 }
 
 #[test]
+fn the_environment_alone_can_configure_the_proxy() {
+    let env = [
+        ("LINE_AUTH_PROXY__UPSTREAM__URL", "http://127.0.0.1:3000"),
+        ("LINE_AUTH_PROXY__LINE__CHANNEL_IDS", "1234567890"),
+    ];
+    let (code, out, err) = run(&["check"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    // Without any of it, every missing required key is named.
+    let (code, _, err) = run(&["check"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("error: upstream.url: is required") && err.contains("error: line.channel_ids:"), "{err}");
+}
+
+#[test]
+fn a_variable_that_is_not_utf8_is_skipped_or_named_never_a_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = write_config(GOOD);
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let status = |name: &str| {
+        let out = Command::new(BIN)
+            .args(["check", "--config", f.0.to_str().unwrap()])
+            .env_remove("LINE_AUTH_PROXY_CONFIG")
+            .env(name, not_utf8)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Someone else's variable: none of our business.
+    assert_eq!(status("SOME_OTHER_TOOL").0, Some(0));
+    // Ours: named, exit 2.
+    let (code, err) = status("LINE_AUTH_PROXY__SERVER__LISTEN");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("error: LINE_AUTH_PROXY__SERVER__LISTEN: is not valid UTF-8"), "{err}");
+}
+
+#[test]
 fn check_prints_every_problem_with_its_key_path_and_exits_2() {
     let f = write_config(
         "[server]\nlisten = \"nope\"\ncolour = \"blue\"\n[upstream]\nurl = \"ftp://x\"\n[line]\nchannel_ids = []\n\

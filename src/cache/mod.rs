@@ -231,7 +231,10 @@ impl VerdictCache {
             self.evict_one(home);
         }
         let entry = Entry { cached: cached.clone(), until: self.clock.now() + cached.ttl };
-        if self.lock(home).insert(key, entry).is_none() {
+        let mut shard = self.lock(home);
+        // Counted under the shard lock: a removal of this entry by another
+        // thread (which takes the same lock) can only come after the count.
+        if shard.insert(key, entry).is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
     }

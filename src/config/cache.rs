@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 use super::keys::{Count, Millis, Seconds, choice, section};
-use super::{FileConfig, Problems, redis_config};
+use super::url::RedisUrl;
+use super::{FileConfig, Problems, RedisUse, redis_config};
 use crate::redis_conn::RedisConfig;
 
 /// `cache.ttl_seconds` (60 seconds).
@@ -52,7 +53,7 @@ section! {
         /// `none`, or `redis`: a second tier shared by the replicas.
         shared: SharedCache,
         /// The shared tier's Redis, `redis://` or `rediss://` (default: `nonce.redis_url`).
-        redis_url: Option<String>,
+        redis_url: Option<RedisUrl>,
         /// Namespace of the shared verdicts in Redis.
         redis_key_prefix: String = DEFAULT_CACHE_REDIS_KEY_PREFIX,
         /// Timeout of each Redis call; past it, the verdict comes from LINE.
@@ -79,13 +80,32 @@ impl CacheSection {
                 }
                 None
             }
-            SharedCache::Redis => match self.redis_url.as_ref().or(file.nonce.redis_url.as_ref()) {
-                None => {
-                    p.error("cache.redis_url", "is required with cache.shared = \"redis\" (or set nonce.redis_url)");
-                    None
+            SharedCache::Redis => {
+                let url = match (&self.redis_url, &file.nonce.redis_url) {
+                    (Some(own), _) => Some(("cache.redis_url", own)),
+                    (None, Some(borrowed)) => Some(("nonce.redis_url", borrowed)),
+                    (None, None) => None,
+                };
+                match url {
+                    None => {
+                        p.error(
+                            "cache.redis_url",
+                            "is required with cache.shared = \"redis\" (or set nonce.redis_url)",
+                        );
+                        None
+                    }
+                    Some((url_key, url)) => redis_config(
+                        RedisUse {
+                            url_key,
+                            url,
+                            prefix_key: "cache.redis_key_prefix",
+                            key_prefix: &self.redis_key_prefix,
+                            timeout: self.redis_timeout_ms.duration(),
+                        },
+                        p,
+                    ),
                 }
-                Some(url) => redis_config("cache", url, &self.redis_key_prefix, self.redis_timeout_ms.duration(), p),
-            },
+            }
         };
         CacheConfig { keys: self.clone(), shared }
     }

@@ -14,7 +14,7 @@ use super::reserved::{AssertionSection, ForwardAuthSection};
 use super::routes::RouteSection;
 use super::server::ServerSection;
 use super::upstream::UpstreamSection;
-use super::{ENV_PREFIX, Problems, one_line};
+use super::{ENV_PREFIX, Problems};
 
 /// Where TOML syntax errors are reported (replaced by the file name in `load`).
 pub(super) const TOML_SYNTAX_KEY: &str = "<toml>";
@@ -75,7 +75,7 @@ impl FileConfig {
         let mut tree = match text.parse::<toml::Table>() {
             Ok(table) => table,
             Err(e) => {
-                p.error(TOML_SYNTAX_KEY, one_line(&e.to_string()));
+                p.refuse(TOML_SYNTAX_KEY, syntax_error(text, &e));
                 return None;
             }
         };
@@ -90,11 +90,11 @@ impl FileConfig {
             let mut sections = file.sections();
             let Some(section) = sections.iter_mut().find(|s| s.path() == name) else {
                 let known: Vec<&str> = sections.iter().map(|s| s.path()).chain([ROUTES]).collect();
-                p.error(name, format!("unknown section; known sections: {}", known.join(", ")));
+                p.refuse(name, format!("unknown section; known sections: {}", known.join(", ")));
                 continue;
             };
             let toml::Value::Table(table) = value else {
-                p.error(name, "must be a table");
+                p.refuse(name, "must be a table");
                 continue;
             };
             written.insert(name.clone());
@@ -116,18 +116,34 @@ fn read_table(
     for (key, value) in table {
         let shown = format!("{path}.{key}");
         let Some(spec) = section.keys().iter().find(|k| k.name == key) else {
-            p.error(shown, unknown_key_message(&key, section.keys()));
+            p.refuse(shown, unknown_key_message(&key, section.keys()));
             continue;
         };
+        if spec.kind == Kind::Map
+            && let Some(entries) = value.as_table()
+        {
+            // Each entry is a key of its own: `line.channel_secret_files.<id>`.
+            let mut fine = true;
+            for (entry, v) in entries {
+                if v.as_str().is_none_or(str::is_empty) {
+                    p.refuse(format!("{shown}.{entry}"), "must be a path (a non-empty string)");
+                    fine = false;
+                }
+            }
+            if !fine {
+                continue;
+            }
+            written.extend(entries.keys().map(|entry| format!("{shown}.{entry}")));
+        }
         if !spec.kind.accepts(&value) {
-            p.error(shown, format!("must be {}", spec.kind.expected()));
+            p.refuse(shown, format!("must be {}", spec.kind.expected()));
             continue;
         }
         match section.set(&key, value) {
             Some(Ok(())) => {
                 written.insert(shown);
             }
-            Some(Err(why)) => p.error(shown, why),
+            Some(Err(why)) => p.refuse(shown, why),
             None => unreachable!("the key table and the setter come from one declaration"),
         }
     }
@@ -135,7 +151,7 @@ fn read_table(
 
 fn read_routes(value: toml::Value, written: &mut BTreeSet<String>, p: &mut Problems) -> Vec<RouteSection> {
     let toml::Value::Array(items) = value else {
-        p.error(ROUTES, "must be an array of tables: [[routes]]");
+        p.refuse(ROUTES, "must be an array of tables: [[routes]]");
         return Vec::new();
     };
     let mut routes = Vec::with_capacity(items.len());
@@ -144,11 +160,27 @@ fn read_routes(value: toml::Value, written: &mut BTreeSet<String>, p: &mut Probl
         let mut route = RouteSection::default();
         match item {
             toml::Value::Table(table) => read_table(&mut route, &path, table, written, p),
-            _ => p.error(path, "must be a table"),
+            // Kept (so that later indices match the file), but never validated.
+            _ => p.refuse(path, "must be a table"),
         }
         routes.push(route);
     }
     routes
+}
+
+/// Where the syntax error is and what it is, without quoting the line: the
+/// line may hold a secret (a Redis URL with its password, say).
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().lines().next().unwrap_or("invalid TOML");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {what}")
+        }
+        None => format!("TOML syntax error: {what}"),
+    }
 }
 
 /// "unknown key", with the declared key it most likely meant.
@@ -182,6 +214,9 @@ where
     I: IntoIterator<Item = (String, String)>,
 {
     let keys = FileConfig::all_keys();
+    // Names are case-insensitive: two spellings of one key would otherwise
+    // be decided by the order of the environment.
+    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -195,19 +230,27 @@ where
         };
         let entry = parts.get(2);
         let Some((section, spec)) = found.filter(|(_, k)| (k.kind == Kind::Map) == entry.is_some()) else {
-            p.error(
+            p.refuse(
                 name.clone(),
                 "unknown configuration key in the environment (use LINE_AUTH_PROXY__SECTION__KEY; [[routes]] come from the file only)",
             );
             continue;
         };
         let path = format!("{section}.{}", spec.name);
+        let slot = match entry {
+            Some(entry) => format!("{path}.{entry}"),
+            None => path.clone(),
+        };
+        if let Some(first) = seen.insert(slot.clone(), name.clone()) {
+            p.refuse(slot, format!("is set twice in the environment: {first} and {name}"));
+            continue;
+        }
         let value = match spec.kind {
             Kind::Str | Kind::Map => toml::Value::String(raw),
             Kind::Int => match raw.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
                 Err(_) => {
-                    p.error(path, format!("{name} must be a whole number"));
+                    p.refuse(path, format!("{name} must be a whole number"));
                     continue;
                 }
             },
@@ -215,7 +258,7 @@ where
                 "true" => toml::Value::Boolean(true),
                 "false" => toml::Value::Boolean(false),
                 _ => {
-                    p.error(path, format!("{name} must be true or false"));
+                    p.refuse(path, format!("{name} must be true or false"));
                     continue;
                 }
             },
@@ -225,7 +268,7 @@ where
         };
         let table = tree.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(table) = table.as_table_mut() else {
-            p.error(section, "must be a table");
+            p.refuse(section, "must be a table");
             continue;
         };
         match entry {
@@ -235,7 +278,7 @@ where
                     Some(map) => {
                         map.insert(entry.clone(), value);
                     }
-                    None => p.error(path, "must be a table"),
+                    None => p.refuse(path, "must be a table"),
                 }
             }
             None => {

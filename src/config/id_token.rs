@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::line::IdTokenVerification;
 use super::nonce::NonceStoreKind;
 use super::secret::{Secret, read_secret_file};
-use super::{FileConfig, Problems, redis_config};
+use super::{FileConfig, Problems, RedisUse, redis_config};
 use crate::redis_conn::RedisConfig;
 
 /// The `[line]` keys that only ID-token verification reads.
@@ -49,7 +49,9 @@ pub(super) fn validate(file: &FileConfig, id_token_routes: bool, p: &mut Problem
             .map(String::as_str)
             .filter(|k| k.starts_with("nonce.") && !(*k == "nonce.redis_url" && nonce_url_feeds_cache(file)))
             .collect();
-        let nonce_section = (nonce_keys.is_empty() && file.wrote("nonce")).then_some("nonce");
+        // An empty [nonce] table is named by its section.
+        let written_empty = file.written.contains("nonce") && !file.written.iter().any(|k| k.starts_with("nonce."));
+        let nonce_section = written_empty.then_some("nonce");
         for key in unused.chain(nonce_keys).chain(nonce_section) {
             p.warn(key, "has no effect: no route has auth = \"id_token\"");
         }
@@ -117,10 +119,8 @@ fn channel_secrets(file: &FileConfig, p: &mut Problems) -> BTreeMap<String, Secr
 
 fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
     let nonce = &file.nonce;
-    if !nonce.path.starts_with('/')
-        || crate::routes::normalize_path(&nonce.path).ok().as_deref() != Some(nonce.path.as_str())
-    {
-        p.error("nonce.path", "must be a normalised path starting with /, e.g. \"/auth/nonce\"");
+    if let Err(why) = crate::routes::check_path_prefix(&nonce.path) {
+        p.error("nonce.path", format!("{why} (a path such as \"/auth/nonce\")"));
     }
     let redis = match (nonce.store, &nonce.redis_url) {
         (NonceStoreKind::Memory, _) => {
@@ -138,9 +138,16 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
             p.error("nonce.redis_url", "is required with nonce.store = \"redis\", e.g. \"redis://10.0.0.5:6379/0\"");
             None
         }
-        (NonceStoreKind::Redis, Some(url)) => {
-            redis_config("nonce", url, &nonce.redis_key_prefix, nonce.redis_timeout_ms.duration(), p)
-        }
+        (NonceStoreKind::Redis, Some(url)) => redis_config(
+            RedisUse {
+                url_key: "nonce.redis_url",
+                url,
+                prefix_key: "nonce.redis_key_prefix",
+                key_prefix: &nonce.redis_key_prefix,
+                timeout: nonce.redis_timeout_ms.duration(),
+            },
+            p,
+        ),
     };
     NonceConfig { path: nonce.path.clone(), ttl: nonce.ttl_seconds.duration(), redis }
 }

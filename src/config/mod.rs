@@ -86,16 +86,32 @@ impl fmt::Display for Problem {
 pub struct Problems {
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// Keys whose value could not be read at all: validation of the default
+    /// that stood in for them is not reported on top.
+    refused: std::collections::BTreeSet<String>,
 }
 
 impl Problems {
+    /// A value that could not be read (unknown key, wrong type or range).
+    pub(crate) fn refuse(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        self.refused.insert(key.clone());
+        self.errors.push(Problem { key, message: message.into() });
+    }
+
+    /// A value that was read but does not work.
     pub(crate) fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
         let key = key.into();
-        // A key already refused (say, for its type) is not reported again for
-        // the default that stood in for it.
-        if !self.errors.iter().any(|p| p.key == key) {
+        if !self.is_refused(&key) {
             self.errors.push(Problem { key, message: message.into() });
         }
+    }
+
+    /// True when `key`, or the table it belongs to, could not be read.
+    pub(crate) fn is_refused(&self, key: &str) -> bool {
+        self.refused
+            .iter()
+            .any(|r| key == r || key.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with(['.', '['])))
     }
 
     pub(crate) fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -132,8 +148,28 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-/// Reads the file (when given), applies the environment overlay from `env`, and
-/// validates. `env` is passed in so tests do not touch the process environment.
+/// The process environment for [`load`]: our variables must be UTF-8 (an error
+/// names any that is not); other variables that are not are skipped, never a crash.
+pub fn process_environment() -> Result<Vec<(String, String)>, Problems> {
+    let mut problems = Problems::default();
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            (name, _) => {
+                let shown = name.unwrap_or_else(|n| n.to_string_lossy().into_owned());
+                if shown.starts_with("LINE_AUTH_PROXY") {
+                    problems.refuse(shown, "is not valid UTF-8");
+                }
+            }
+        }
+    }
+    if problems.has_errors() { Err(problems) } else { Ok(env) }
+}
+
+/// Reads the file (when given; without one, the environment must supply every
+/// required key), applies the environment overlay from `env`, and validates.
+/// `env` is passed in so tests do not touch the process environment.
 pub fn load<I>(path: Option<&Path>, env: I) -> Result<Loaded, Problems>
 where
     I: IntoIterator<Item = (String, String)>,
@@ -143,7 +179,7 @@ where
             Ok(text) => text,
             Err(e) => {
                 let mut problems = Problems::default();
-                problems.error(path.display().to_string(), format!("cannot read: {e}"));
+                problems.refuse(path.display().to_string(), format!("cannot read: {e}"));
                 return Err(problems);
             }
         },
@@ -208,21 +244,23 @@ pub(crate) fn variants<T: for<'de> serde::Deserialize<'de>>() -> String {
     listed.replace('`', "")
 }
 
-/// A Redis use (`nonce` or `cache`): the URL and key prefix are checked by the
-/// Redis module. Problems never echo the URL: it may hold a password.
-fn redis_config(
-    section: &str,
-    url: &str,
-    key_prefix: &str,
-    timeout: std::time::Duration,
-    p: &mut Problems,
-) -> Option<crate::redis_conn::RedisConfig> {
-    let url_ok = crate::redis_conn::check_url(url).map_err(|why| p.error(format!("{section}.redis_url"), why));
-    let prefix_ok = crate::redis_conn::check_key_prefix(key_prefix)
-        .map_err(|why| p.error(format!("{section}.redis_key_prefix"), why));
+/// One use of Redis (nonces or the shared cache), as the Redis module checks
+/// its URL and key prefix. `url_key` is the key the URL was written under (the
+/// shared cache may borrow `nonce.redis_url`). Problems never echo a password.
+pub(crate) struct RedisUse<'a> {
+    pub url_key: &'static str,
+    pub url: &'a url::RedisUrl,
+    pub prefix_key: &'static str,
+    pub key_prefix: &'a str,
+    pub timeout: std::time::Duration,
+}
+
+fn redis_config(r: RedisUse<'_>, p: &mut Problems) -> Option<crate::redis_conn::RedisConfig> {
+    let url_ok = crate::redis_conn::check_url(r.url.as_str()).map_err(|why| p.error(r.url_key, why));
+    let prefix_ok = crate::redis_conn::check_key_prefix(r.key_prefix).map_err(|why| p.error(r.prefix_key, why));
     (url_ok.is_ok() && prefix_ok.is_ok()).then(|| crate::redis_conn::RedisConfig {
-        url: url.to_owned(),
-        key_prefix: key_prefix.to_owned(),
-        timeout,
+        url: r.url.as_str().to_owned(),
+        key_prefix: r.key_prefix.to_owned(),
+        timeout: r.timeout,
     })
 }

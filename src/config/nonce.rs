@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::keys::{Millis, Seconds, choice, section};
+use super::url::RedisUrl;
 
 /// `nonce.path`: served on the proxy listener.
 pub const DEFAULT_NONCE_PATH: &str = "/auth/nonce";
@@ -48,7 +49,7 @@ section! {
         store: NonceStoreKind,
         /// With `store = "redis"`: `redis://` or `rediss://`, password and database
         /// in the URL; never logged with its password.
-        redis_url: Option<String>,
+        redis_url: Option<RedisUrl>,
         /// Namespace of nonces in Redis.
         redis_key_prefix: String = DEFAULT_NONCE_REDIS_KEY_PREFIX,
         /// Timeout of each Redis call; past it the nonce route answers 503.

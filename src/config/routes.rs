@@ -29,6 +29,10 @@ section! {
 pub(super) fn validate(file: &FileConfig, p: &mut Problems) -> RouteTable {
     let mut routes = Vec::with_capacity(file.routes.len());
     for (i, r) in file.routes.iter().enumerate() {
+        if p.is_refused(&format!("routes[{i}]")) && !file.wrote(&format!("routes[{i}]")) {
+            // Not a table at all: nothing in it to validate.
+            continue;
+        }
         let key = |k: &str| format!("routes[{i}].{k}");
         let prefix = r.path_prefix.clone().unwrap_or_else(|| {
             p.error(key("path_prefix"), "is required, e.g. \"/public/\"");
@@ -49,7 +53,10 @@ pub(super) fn validate(file: &FileConfig, p: &mut Problems) -> RouteTable {
             }
             (_, None) => false,
         };
-        if auth == RouteAuth::None && r.allow_cors_preflight {
+        // A route without `methods` (or one with OPTIONS) matches the preflight anyway.
+        let matches_options_anyway =
+            r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case("OPTIONS")));
+        if auth == RouteAuth::None && r.allow_cors_preflight && matches_options_anyway {
             p.warn(key("allow_cors_preflight"), "has no effect: auth = \"none\" lets every request through");
         }
         let methods = r.methods.as_ref().map(|list| {

@@ -65,11 +65,10 @@ pub struct TlsFiles {
 
 impl ServerSection {
     pub(super) fn validate(&self, p: &mut Problems) -> ServerConfig {
+        // `[::ffff:127.0.0.1]` is 127.0.0.1: compare canonical addresses.
         let (a, b) = (self.listen, self.admin_listen);
-        if a.port() != 0
-            && a.port() == b.port()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-        {
+        let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+        if a.port() != 0 && a.port() == b.port() && (ia == ib || ia.is_unspecified() || ib.is_unspecified()) {
             p.error(
                 "server.admin_listen",
                 "must differ from server.listen: /metrics and /readyz are never served on the proxy port",

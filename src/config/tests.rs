@@ -322,7 +322,8 @@ fn channel_secrets_are_read_from_files_and_never_printed() {
     let map = format!(
         "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\"999\" = \"/nonexistent\"\n"
     );
-    assert_eq!(error_keys(&map, &[]), vec!["line.channel_secret_files.999"]);
+    // Not one of our channels, and not readable: both said.
+    assert_eq!(error_keys(&map, &[]), vec!["line.channel_secret_files.999", "line.channel_secret_files.999"]);
     // A directory is not a secret file.
     let dir_as_secret = format!("{MINIMAL}channel_secret_file = {dir:?}\n{LOGIN}");
     let p = load(&dir_as_secret, &[]).unwrap_err();
@@ -364,4 +365,151 @@ fn toml_syntax_errors_name_the_file() {
     let p = super::load(Some(&path), std::iter::empty()).unwrap_err();
     assert_eq!(p.error_keys(), vec![path.display().to_string().as_str()]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+// What an adversarial review of the loader found (each was accepted silently,
+// misreported, or echoed a secret).
+
+#[test]
+fn ports_and_hosts_are_checked_not_silently_defaulted() {
+    for (key, line) in [
+        ("upstream.url", "[upstream]\nurl = \"http://127.0.0.1:99999\"\n"),
+        ("upstream.url", "[upstream]\nurl = \"http://127.0.0.1:abc\"\n"),
+        ("upstream.url", "[upstream]\nurl = \"http://:80\"\n"),
+    ] {
+        let text = format!("{line}[line]\nchannel_ids = [\"1234567890\"]\n");
+        assert_eq!(error_keys(&text, &[]), vec![key], "{line}");
+    }
+    let bad_line = format!("{MINIMAL}api_base_url = \"http://127.0.0.1:65536\"\n");
+    assert_eq!(error_keys(&bad_line, &[]), vec!["line.api_base_url"]);
+    let bad_jwks = format!("{MINIMAL}jwks_url = \"https://api.line.me:0/certs\"\n{LOGIN}");
+    assert_eq!(error_keys(&bad_jwks, &[]), vec!["line.jwks_url"]);
+}
+
+#[test]
+fn identity_names_cannot_swallow_standard_headers() {
+    assert_eq!(
+        error_keys(&format!("{MINIMAL}[identity]\nheader_prefix = \"Au\"\n"), &[]),
+        vec!["identity.header_prefix"]
+    );
+    assert_eq!(
+        error_keys(&format!("{MINIMAL}[identity]\nheader_prefix = \"Co\"\n"), &[]),
+        vec!["identity.header_prefix"]
+    );
+    for header in ["Authorization", "Host", "Transfer-Encoding", "content_type"] {
+        let text = format!("{MINIMAL}[assertion]\nheader = \"{header}\"\n");
+        assert_eq!(error_keys(&text, &[]), vec!["assertion.header"], "{header}");
+    }
+}
+
+#[test]
+fn a_preflight_flag_that_takes_effect_is_not_warned_about() {
+    // With methods, an OPTIONS preflight matches this route only because of the flag.
+    let with_methods = format!(
+        "{MINIMAL}[[routes]]\npath_prefix = \"/pub\"\nauth = \"none\"\nmethods = [\"GET\"]\nallow_cors_preflight = true\n"
+    );
+    assert!(warning_keys(&with_methods).is_empty());
+    let without =
+        format!("{MINIMAL}[[routes]]\npath_prefix = \"/pub\"\nauth = \"none\"\nallow_cors_preflight = true\n");
+    assert_eq!(warning_keys(&without), vec!["routes[0].allow_cors_preflight"]);
+}
+
+#[test]
+fn a_nonce_url_the_shared_cache_uses_is_neither_warned_nor_misnamed() {
+    let feeds = format!("{MINIMAL}[cache]\nshared = \"redis\"\n[nonce]\nredis_url = \"redis://10.0.0.5:6379/0\"\n");
+    assert!(warning_keys(&feeds).is_empty(), "following the warning would break the shared cache");
+    let bad = feeds.replace("redis://10.0.0.5:6379/0", "http://bad");
+    assert_eq!(error_keys(&bad, &[]), vec!["nonce.redis_url"], "the error names the key the operator wrote");
+}
+
+#[test]
+fn no_message_echoes_a_password_or_a_secret_line() {
+    for url in ["redis:/:hunter2@10.0.0.5", "redis//:hunter2@10.0.0.5", ":hunter2@h", "redis:::hunter2@h"] {
+        let text = format!("{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"{url}\"\n");
+        let p = load(&text, &[]).unwrap_err();
+        assert_eq!(p.error_keys(), vec!["cache.redis_url"]);
+        assert!(!p.to_string().contains("hunter2"), "{url}: {p}");
+    }
+    for url in ["http//admin:hunter2@backend", "http://admin:hunter2/x@backend:8080", "http://admin:pa?hunter2@b"] {
+        let p = load(&MINIMAL.replace("http://127.0.0.1:3000", url), &[]).unwrap_err();
+        assert!(!p.to_string().contains("hunter2"), "{url}: {p}");
+    }
+    // A syntax error says where, never what the line holds.
+    let unterminated = format!("{MINIMAL}[cache]\nredis_url = 'redis://:hunter2@10.0.0.5:6379/0\n");
+    let p = load(&unterminated, &[]).unwrap_err();
+    assert!(p.to_string().contains("TOML syntax error at line 6"), "{p}");
+    assert!(!p.to_string().contains("hunter2"), "{p}");
+    let twice = format!("{MINIMAL}[nonce]\nredis_url = \"redis://:hunter2@a\"\nredis_url = \"redis://:hunter2@b\"\n");
+    assert!(!load(&twice, &[]).unwrap_err().to_string().contains("hunter2"));
+}
+
+#[test]
+fn debug_output_of_a_loaded_configuration_holds_no_password() {
+    let text = format!(
+        "{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5\"\n\
+         [nonce]\nstore = \"redis\"\nredis_url = \"rediss://:hunter3@10.0.0.6\"\n{LOGIN}"
+    );
+    let loaded = load(&text, &[]).unwrap();
+    let shown = format!("{loaded:?}");
+    assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+    assert!(shown.contains("10.0.0.5") && shown.contains("10.0.0.6"));
+}
+
+#[test]
+fn prefixes_and_the_nonce_path_must_be_able_to_match() {
+    for prefix in ["/caf\u{e9}/", "/a b", "/q?x=1"] {
+        let text = format!("{MINIMAL}[[routes]]\npath_prefix = \"{prefix}\"\nauth = \"none\"\n");
+        assert_eq!(error_keys(&text, &[]), vec!["routes[0].path_prefix"], "{prefix}");
+    }
+    let escaped = format!("{MINIMAL}[[routes]]\npath_prefix = \"/caf%C3%A9/\"\nauth = \"none\"\n");
+    assert!(load(&escaped, &[]).is_ok());
+    let nonce = format!("{MINIMAL}[nonce]\npath = \"/auth/nonce?x\"\n{LOGIN}");
+    assert_eq!(error_keys(&nonce, &[]), vec!["nonce.path"]);
+}
+
+#[test]
+fn table_entries_are_reported_each_under_its_own_key() {
+    let text = format!("{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = \"\"\n\"222\" = 5\n");
+    assert_eq!(error_keys(&text, &[]), vec!["line.channel_secret_files.1234567890", "line.channel_secret_files.222"]);
+    let env = [("LINE_AUTH_PROXY__LINE__CHANNEL_SECRET_FILES__1234567890", "")];
+    assert_eq!(error_keys(&format!("{MINIMAL}{LOGIN}"), &env), vec!["line.channel_secret_files.1234567890"]);
+    // Two problems with one entry are both reported.
+    let foreign = format!("{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"456\" = \"/nonexistent\"\n");
+    let p = load(&foreign, &[]).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["line.channel_secret_files.456", "line.channel_secret_files.456"]);
+    assert!(p.to_string().contains("is not one of line.channel_ids") && p.to_string().contains("cannot read"), "{p}");
+}
+
+#[test]
+fn an_ipv4_mapped_listener_clashes_with_the_same_ipv4_address() {
+    let text =
+        format!("{MINIMAL}[server]\nlisten = \"[::ffff:127.0.0.1]:18080\"\nadmin_listen = \"127.0.0.1:18080\"\n");
+    assert_eq!(error_keys(&text, &[]), vec!["server.admin_listen"]);
+}
+
+#[test]
+fn two_spellings_of_one_environment_key_are_an_error() {
+    let env = [("LINE_AUTH_PROXY__SERVER__LISTEN", "127.0.0.1:1"), ("LINE_AUTH_PROXY__server__listen", "127.0.0.1:2")];
+    let p = load(MINIMAL, &env).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["server.listen"]);
+    assert!(p.to_string().contains("set twice in the environment"), "{p}");
+}
+
+#[test]
+fn route_entries_that_are_not_tables_invent_nothing() {
+    let p = load(&format!("routes = [5, 'x']\n{MINIMAL}"), &[]).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["routes[0]", "routes[1]"]);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn the_environment_alone_can_be_the_configuration() {
+    let env = [
+        ("LINE_AUTH_PROXY__UPSTREAM__URL", "http://127.0.0.1:3000"),
+        ("LINE_AUTH_PROXY__LINE__CHANNEL_IDS", "1234567890"),
+    ];
+    let loaded = super::load(None, env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+    assert_eq!(loaded.config.upstream.authority.as_str(), "127.0.0.1:3000");
+    let p = super::load(None, std::iter::empty()).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["upstream.url", "line.channel_ids"]);
 }

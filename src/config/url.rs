@@ -60,10 +60,55 @@ fn parse_origin(s: &str) -> Result<Origin, String> {
     if authority.as_str().contains('@') {
         return Err("must not carry credentials (user:password@)".into());
     }
+    check_host_and_port(&authority, s)?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("{s:?} must be an origin only (scheme, host, port): no path or query"));
+        return Err(format!("{:?} must be an origin only (scheme, host, port): no path or query", redact(s)));
     }
     Ok(Origin { scheme, authority })
+}
+
+/// A host, and a port that is a number from 1 to 65535 when one is written
+/// (`http` parses `:99999` or `:abc` as "no port", which would silently mean 80).
+fn check_host_and_port(authority: &Authority, s: &str) -> Result<(), String> {
+    if authority.host().is_empty() {
+        return Err(format!("{:?} has no host", redact(s)));
+    }
+    let written = authority.as_str();
+    let port = match written.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').and_then(|(_, after)| after.strip_prefix(':')),
+        None => written.rsplit_once(':').map(|(_, port)| port),
+    };
+    match port.map(|p| p.parse::<u16>()) {
+        None | Some(Ok(1..)) => Ok(()),
+        Some(_) => Err(format!("{:?} has a port that is not a number from 1 to 65535", redact(s))),
+    }
+}
+
+/// A Redis URL as written: it may hold a password, so it prints redacted
+/// (`Debug` included); the Redis module checks its form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({:?})", redact(&self.0))
+    }
+}
+
+impl Value for RedisUrl {
+    const KIND: Kind = Kind::Str;
+    fn read(value: toml::Value) -> Result<Self, String> {
+        String::read(value).map(RedisUrl)
+    }
+    fn show(&self) -> String {
+        format!("{:?}", redact(&self.0))
+    }
 }
 
 /// An absolute `http(s)://` URL with a path, without credentials.
@@ -108,6 +153,7 @@ fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
     if !matches!(scheme.as_str(), "http" | "https") || authority.as_str().contains('@') {
         return Err(format!("{:?} must be an http:// or https:// URL without credentials", redact(s)));
     }
+    check_host_and_port(authority, s)?;
     Ok(HttpUrl { url: s.to_owned(), scheme, host_is_loopback: is_loopback_host(authority.host()) })
 }
 
@@ -131,10 +177,26 @@ mod tests {
     #[test]
     fn origins_are_scheme_host_and_port_only() {
         assert_eq!(origin("http://127.0.0.1:3000/").unwrap().as_string(), "http://127.0.0.1:3000");
-        for bad in ["http://x:1/base", "http://u:p@x:1", "x:1", "ftp://x", "http://x?q=1"] {
+        for bad in [
+            "http://x:1/base",
+            "http://u:p@x:1",
+            "x:1",
+            "ftp://x",
+            "http://x?q=1",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:abc",
+            "http://127.0.0.1:0",
+            "http://:80",
+            "http://[::1]:70000",
+        ] {
             assert!(origin(bad).is_err(), "{bad}");
         }
-        assert!(!origin("http://u:hunter2@x:1").unwrap_err().contains("hunter2"));
+        for good in ["http://127.0.0.1", "http://127.0.0.1:65535", "http://[::1]:8080", "https://api.line.me"] {
+            assert!(origin(good).is_ok(), "{good}");
+        }
+        for leaky in ["http://u:hunter2@x:1", "http://admin:hunter2/x@backend:8080", "http//admin:hunter2@backend"] {
+            assert!(!origin(leaky).unwrap_err().contains("hunter2"), "{leaky}");
+        }
     }
 
     #[test]

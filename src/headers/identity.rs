@@ -37,12 +37,23 @@ impl IdentityHeaderNames {
                 "{prefix:?} is not a valid header-name prefix (letters, digits and -, no spaces or colons)"
             ));
         }
+        let strip_prefix: Vec<u8> = prefix.bytes().map(fold_byte).collect();
+        // Stripping runs before authentication: a prefix that covered
+        // `Authorization` would refuse every credential, one that covered
+        // `Content-Type` or `Cookie` would silently change every request.
+        if let Some(swallowed) =
+            super::STANDARD_REQUEST_HEADERS.iter().find(|h| h.as_bytes().starts_with(&strip_prefix))
+        {
+            return Err(format!(
+                "{prefix:?} would strip the standard header {swallowed:?} from every request: choose a prefix no standard header starts with, e.g. \"X-Line-\""
+            ));
+        }
         let make = |suffix: &str| {
             HeaderName::try_from(format!("{prefix}{suffix}"))
                 .map_err(|_| format!("{prefix:?} does not form valid header names"))
         };
         Ok(Self {
-            strip_prefix: prefix.bytes().map(fold_byte).collect(),
+            strip_prefix,
             user_id: make("User-Id")?,
             display_name: make("Display-Name")?,
             picture_url: make("Picture-Url")?,
@@ -255,6 +266,17 @@ mod tests {
         assert!(IdentityHeaderNames::new("X-Line:").is_err());
         assert!(IdentityHeaderNames::new("").is_err());
         assert!(IdentityHeaderNames::new("X-Auth-").is_ok());
+    }
+
+    #[test]
+    fn prefix_must_not_swallow_standard_headers() {
+        for greedy in ["Au", "authorization", "Co", "Content-", "X-", "x_forwarded", "Sec-", "Ho", "TE", "Tra"] {
+            let why = IdentityHeaderNames::new(greedy).err().unwrap_or_else(|| panic!("{greedy} accepted"));
+            assert!(why.contains("would strip the standard header"), "{why}");
+        }
+        for fine in ["X-Line-", "X-Auth-", "X-User-", "Line-"] {
+            assert!(IdentityHeaderNames::new(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -16,7 +16,72 @@ pub use identity::{EncodedIdentity, IdentityHeaderNames, percent_encoded, strip_
 
 use http::HeaderName;
 
+/// Request headers clients and proxies send for their standard meaning: the
+/// identity prefix must not cover any of them, and the assertion header must
+/// not be one (both are stripped from every request before authentication).
+pub(crate) const STANDARD_REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "forwarded",
+    "from",
+    "grpc-timeout",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "max-forwards",
+    "origin",
+    "pragma",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "sec-fetch-dest",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-websocket-extensions",
+    "sec-websocket-key",
+    "sec-websocket-protocol",
+    "sec-websocket-version",
+    "te",
+    "traceparent",
+    "tracestate",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+];
+
 /// A configured header name (`assertion.header`), or why it is not one.
 pub fn parse_header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::try_from(name).map_err(|_| format!("{name:?} is not a valid header name"))
+    let header = HeaderName::try_from(name).map_err(|_| format!("{name:?} is not a valid header name"))?;
+    let folded = header.as_str().replace(['_', '.'], "-");
+    if STANDARD_REQUEST_HEADERS.contains(&folded.as_str()) {
+        return Err(format!(
+            "{name:?} is a standard request header; it is stripped from every request, so choose a name of your own, e.g. \"X-Line-Identity-Jwt\""
+        ));
+    }
+    Ok(header)
 }
