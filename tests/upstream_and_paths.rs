@@ -21,7 +21,10 @@ async fn unreachable_upstream_is_502() {
 #[tokio::test]
 async fn slow_upstream_is_504() {
     let e = env("").await;
-    // upstream.timeout_ms is 2000 in the harness.
+    // The upstream timeout is real time against a real socket: keep it short.
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "").replace("timeout_ms = 2000", "timeout_ms = 200");
+    let proxy = spawn_proxy_with(config(&text), &e.clock).await;
+    let e = Env { proxy, ..e };
     let r =
         client().get(e.proxy.url("/slow")).bearer_auth(TOKEN).header("x-test-delay-ms", "4000").send().await.unwrap();
     assert_eq!(json_error(r, 504).await, "gateway_timeout");
