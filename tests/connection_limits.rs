@@ -129,8 +129,9 @@ async fn the_admin_accept_loop_backs_off_when_out_of_file_descriptors() {
     })
     .await;
     assert!(exhausted, "the admin listener never ran out of descriptors:\n{}", log.join("\n"));
-    // Watch it fail to accept for a while: with a 50 ms back-off that is a few
-    // log lines, not the thousands a spinning loop writes.
+    // Watch it fail to accept for a while (a rate, so real time must pass):
+    // with a 50 ms back-off that is a few log lines, not the thousands a
+    // spinning loop writes.
     tokio::time::sleep(NO_ANSWER_WINDOW).await;
     while let Ok(line) = lines.try_recv() {
         log.push(line);
