@@ -36,6 +36,8 @@ pub enum ClientError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamError {
     Unreachable,
+    /// It answered, but not in the protocol the proxy speaks to it.
+    Protocol,
     Timeout,
     /// The upstream switched protocols for a request that did not ask to.
     UnrequestedUpgrade,
@@ -47,7 +49,7 @@ pub enum ProxyError {
     Client(ClientError),
     #[error("LINE Platform: {0}")]
     Line(LineError),
-    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch" })]
+    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Protocol => "protocol error", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch" })]
     Upstream(UpstreamError),
     /// The nonce store is full (or, with Redis, unreachable): fail closed.
     #[error("nonce store unavailable")]
@@ -95,9 +97,9 @@ impl ProxyError {
             ProxyError::Line(_) | ProxyError::NonceStore => {
                 class(StatusCode::SERVICE_UNAVAILABLE, Outcome::Unavailable, Some(Refusal::Unavailable))
             }
-            ProxyError::Upstream(UpstreamError::Unreachable | UpstreamError::UnrequestedUpgrade) => {
-                class(StatusCode::BAD_GATEWAY, Outcome::UpstreamError, None)
-            }
+            ProxyError::Upstream(
+                UpstreamError::Unreachable | UpstreamError::Protocol | UpstreamError::UnrequestedUpgrade,
+            ) => class(StatusCode::BAD_GATEWAY, Outcome::UpstreamError, None),
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 class(StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamError, None)
             }
@@ -115,6 +117,7 @@ impl ProxyError {
             ProxyError::Client(c) => client_reason(c),
             ProxyError::Line(e) => e.reason(),
             ProxyError::Upstream(UpstreamError::Unreachable) => "upstream_unreachable",
+            ProxyError::Upstream(UpstreamError::Protocol) => "upstream_protocol_error",
             ProxyError::Upstream(UpstreamError::Timeout) => "upstream_timeout",
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => "upstream_unrequested_upgrade",
             ProxyError::NonceStore => "nonce_store_unavailable",
@@ -143,6 +146,9 @@ impl ProxyError {
                 ("temporarily_unavailable", "the LINE Platform could not verify the credential right now; retry later")
             }
             ProxyError::Upstream(UpstreamError::Unreachable) => ("bad_gateway", "the upstream service is unreachable"),
+            ProxyError::Upstream(UpstreamError::Protocol) => {
+                ("bad_gateway", "the upstream service did not answer in the protocol the proxy speaks to it")
+            }
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => {
                 ("bad_gateway", "the upstream service switched protocols without being asked to")
             }
@@ -236,6 +242,7 @@ mod tests {
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
             ProxyError::Upstream(UpstreamError::Unreachable),
+            ProxyError::Upstream(UpstreamError::Protocol),
             ProxyError::Upstream(UpstreamError::Timeout),
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade),
             ProxyError::Internal("x"),
@@ -267,6 +274,7 @@ mod tests {
             ProxyError::Client(ClientError::NonceMethod),
             ProxyError::NonceStore,
             ProxyError::Upstream(UpstreamError::Unreachable),
+            ProxyError::Upstream(UpstreamError::Protocol),
             ProxyError::Upstream(UpstreamError::Timeout),
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade),
             ProxyError::Internal("x"),

@@ -167,7 +167,11 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         jwks,
         nonce_redis: nonces.as_ref().and_then(|n| n.store.redis().cloned()),
     });
-    let state = Arc::new(proxy::State { config, line, id_tokens, nonces, cache, upstream, metrics });
+    let strip_rule = Arc::new(upstream::StripRule {
+        names: config.identity.names.clone(),
+        assertion: config.identity.assertion_header.clone(),
+    });
+    let state = Arc::new(proxy::State { config, strip_rule, line, id_tokens, nonces, cache, upstream, metrics });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }
 

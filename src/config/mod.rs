@@ -38,7 +38,7 @@ pub(crate) use identity::IdentityConfig;
 pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use secret::Secret;
 pub(crate) use server::{ServerConfig, TlsFiles};
-pub(crate) use upstream::UpstreamConfig;
+pub(crate) use upstream::{UpstreamConfig, UpstreamProtocol};
 
 use crate::routes::RouteTable;
 
@@ -214,7 +214,7 @@ where
 /// The result is meaningful only when `problems` holds no errors.
 fn validate(file: &FileConfig, p: &mut Problems) -> Config {
     let server = file.server.validate(p);
-    let upstream = file.upstream.validate(p);
+    let upstream = file.upstream.validate(file, p);
     let line = file.line.validate(p);
     let cache = file.cache.validate(file, p);
     let identity = file.identity.validate(&file.assertion, p);

@@ -1,10 +1,33 @@
 //! `[upstream]`: the one backend every authorised request goes to.
 
 use http::uri::{Authority, Scheme};
+use serde::Deserialize;
 
-use super::Problems;
-use super::keys::{Millis, section};
+use super::keys::{Millis, choice, section};
 use super::url::Origin;
+use super::{FileConfig, Problems};
+
+/// `upstream.protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge on a plain `http://` connection (gRPC backends).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+choice!(UpstreamProtocol);
 
 /// `upstream.connect_timeout_ms` (1000 milliseconds).
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 1_000;
@@ -16,6 +39,10 @@ section! {
     pub struct UpstreamSection("upstream") {
         /// The backend, an `http://` or `https://` origin (no path). Required.
         url: Option<Origin>,
+        /// What to speak to an `http://` upstream: `http1`, or `h2c` (HTTP/2 with
+        /// prior knowledge, for gRPC). An `https://` upstream negotiates h2 or
+        /// HTTP/1.1 by ALPN.
+        protocol: UpstreamProtocol,
         /// TCP (and TLS) connect timeout; an unreachable upstream is a 502.
         connect_timeout_ms: Millis<1, 600000> = DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
         /// Time to the upstream's response head; past it, 504.
@@ -32,11 +59,14 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamSection {
-    pub(super) fn validate(&self, p: &mut Problems) -> UpstreamConfig {
+    pub(super) fn validate(&self, file: &FileConfig, p: &mut Problems) -> UpstreamConfig {
         let origin = self.url.clone().unwrap_or_else(|| {
             p.error("upstream.url", "is required: the backend to forward to, e.g. \"http://127.0.0.1:3000\"");
             Origin::from("http://127.0.0.1")
         });
+        if origin.scheme == Scheme::HTTPS && file.wrote("upstream.protocol") {
+            p.warn("upstream.protocol", "has no effect: an https:// upstream negotiates h2 or HTTP/1.1 by ALPN");
+        }
         UpstreamConfig { keys: self.clone(), scheme: origin.scheme, authority: origin.authority }
     }
 }

@@ -6,6 +6,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// RFC 9110 §7.6.1 hop-by-hop fields, the proxy-auth pair (§11.7), and h2c's
 /// `HTTP2-Settings` (RFC 7540 §3.2.1), which only means something with `Upgrade: h2c`.
+/// `Trailer` is end to end (§6.6.2): it says which trailers follow, and an
+/// HTTP/1.1 hop sends only the trailers it names.
 fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
@@ -13,7 +15,6 @@ fn is_hop_by_hop(name: &str) -> bool {
             | "keep-alive"
             | "proxy-connection"
             | "te"
-            | "trailer"
             | "transfer-encoding"
             | "upgrade"
             | "proxy-authorization"

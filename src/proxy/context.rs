@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use http::{Method, Request};
+use http::{Method, Request, Version};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::State;
@@ -67,6 +67,8 @@ pub struct RequestCtx<'a> {
     pub conn: &'a ConnInfo,
     pub request_id: HeaderValue,
     pub method: Method,
+    /// The client's HTTP version: the answer goes back in it, whatever the upstream spoke.
+    pub version: Version,
     pub stopwatch: Stopwatch,
     /// The normalised path and original query, once `normalise` succeeded.
     pub path: Option<PathAndQuery>,
@@ -86,6 +88,7 @@ impl<'a> RequestCtx<'a> {
             conn,
             request_id: request_id(req, &state.metrics),
             method: req.method().clone(),
+            version: req.version(),
             stopwatch: Stopwatch::start(),
             path: None,
             auth: RouteAuth::AccessToken,

@@ -15,6 +15,7 @@ use super::{ConnectionSlot, ProxyBody, RequestCtx};
 use crate::cache::{Cached, Stored};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
+use crate::upstream::UpstreamBody;
 
 /// Phase 7: hop-by-hop and `Authorization` removal, identity injection (after
 /// removal, so that nothing the client named can remove it), `X-Request-Id`,
@@ -22,13 +23,13 @@ use crate::headers;
 /// upgrade when the request is a WebSocket handshake.
 pub fn upstream_request(
     ctx: &RequestCtx<'_>,
-    req: &mut Request<Incoming>,
+    mut req: Request<Incoming>,
     path: PathAndQuery,
     verdict: Option<Cached>,
-) -> Result<Option<OnUpgrade>, ProxyError> {
+) -> Result<(Request<UpstreamBody>, Option<OnUpgrade>), ProxyError> {
     let config = &ctx.state.config;
-    let upgrade = is_websocket_upgrade(req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
+    let upgrade = is_websocket_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = req.headers_mut();
     headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization);
     if let Some(cached) = &verdict {
@@ -38,18 +39,23 @@ pub fn upstream_request(
         config.identity.names.inject(encoded, out);
     }
     out.insert(RequestCtx::request_id_header(), ctx.request_id.clone());
-    ctx.state.upstream.prepare(req, path);
+    let mut req = req.map(|body| UpstreamBody::new(body, ctx.state.strip_rule.clone()));
+    let upstream = &ctx.state.upstream;
+    upstream.prepare(&mut req, path);
     headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, ctx.conn.tls);
-    Ok(client_upgrade)
+    upstream.finish(&mut req);
+    Ok((req, client_upgrade))
 }
 
 /// Phase 8: to the upstream; 502 when it cannot be reached, 504 when its head is late.
-pub async fn forward(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+pub async fn forward(ctx: &RequestCtx<'_>, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
     ctx.state.upstream.send(req, &ctx.state.metrics).await.map_err(ProxyError::Upstream)
 }
 
-/// Phase 9: hop-by-hop removal on the way back; a 101 to the WebSocket
-/// handshake becomes a tunnel, a 101 nobody asked for a 502.
+/// Phase 9: hop-by-hop removal on the way back; the client's HTTP version (an
+/// HTTP/1.0 upstream must not turn a keep-alive HTTP/1.1 connection into one
+/// closed after every answer); a 101 to the WebSocket handshake becomes a
+/// tunnel, a 101 nobody asked for a 502.
 pub fn respond(
     ctx: &RequestCtx<'_>,
     mut response: Response<Incoming>,
@@ -66,6 +72,7 @@ pub fn respond(
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ctx.conn.slot.clone(), ctx.conn.closing.clone()));
     }
     headers::strip_response_hop_by_hop(response.headers_mut(), switching);
+    *response.version_mut() = ctx.version;
     Ok(response.map(Either::Left))
 }
 

@@ -47,6 +47,8 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// Everything a request needs, shared by all connections.
 pub struct State {
     pub config: Config,
+    /// Identity stripping for request trailers (built once from the config).
+    pub strip_rule: Arc<crate::upstream::StripRule>,
     pub line: Arc<LineClient>,
     /// Present when some route has `auth = "id_token"`.
     pub id_tokens: Option<IdTokenVerifier>,
@@ -88,7 +90,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     request::strip_identity(ctx, &mut req);
     let policy = request::route(ctx, &req, &path);
     let verdict = authenticate::authenticate(ctx, &req, policy).await?;
-    let upgrade = forward::upstream_request(ctx, &mut req, path, verdict)?;
+    let (req, upgrade) = forward::upstream_request(ctx, req, path, verdict)?;
     let response = forward::forward(ctx, req).await?;
     forward::respond(ctx, response, upgrade)
 }

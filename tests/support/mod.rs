@@ -62,6 +62,10 @@ pub struct Recorded {
     pub method: String,
     pub path_and_query: String,
     pub headers: HeaderMap,
+    /// The HTTP version the upstream was spoken to in.
+    pub version: http::Version,
+    /// `/trailers-in…` only: the request's trailers, once its body ended.
+    pub trailers: Option<HeaderMap>,
 }
 
 #[derive(Default)]
@@ -137,6 +141,8 @@ async fn upstream_handle(
         method: req.method().to_string(),
         path_and_query: path.clone(),
         headers: req.headers().clone(),
+        version: req.version(),
+        trailers: None,
     });
     if req.headers().contains_key(http::header::UPGRADE) {
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -184,6 +190,24 @@ async fn upstream_handle(
         }
         return Ok(Response::new(Full::new(Bytes::from(total.to_string())).map_err(|never| match never {}).boxed()));
     }
+    if path.starts_with("/trailers-in") {
+        let collected = req.into_body().collect().await;
+        let trailers = collected.ok().and_then(|c| c.trailers().cloned()).unwrap_or_default();
+        state.requests.lock().unwrap().last_mut().expect("recorded above").trailers = Some(trailers);
+        return Ok(Response::new(full(b"trailers recorded")));
+    }
+    if path.starts_with("/trailers-out") {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc123".parse().unwrap());
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = vec![
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"body then trailers"))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let mut r = Response::new(http_body_util::StreamBody::new(frames_stream(frames)).boxed());
+        r.headers_mut().insert("trailer", "x-checksum, grpc-status".parse().unwrap());
+        return Ok(r);
+    }
     if path.starts_with("/stream-out") {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, hyper::Error>>(2);
         let release = state.clone();
@@ -200,6 +224,27 @@ async fn upstream_handle(
     r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
     r.headers_mut().insert("x-upstream", "1".parse().unwrap());
     Ok(r)
+}
+
+/// A body's frames, given in advance (data, then trailers, say).
+pub type FrameResult = Result<hyper::body::Frame<Bytes>, hyper::Error>;
+
+/// A `Stream` over a list of frames, so the harness needs no extra crate.
+pub fn frames_stream<E>(
+    frames: Vec<Result<hyper::body::Frame<Bytes>, E>>,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, E>> {
+    struct Iter<E>(std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, E>>);
+    impl<E> Unpin for Iter<E> {}
+    impl<E> futures_core::Stream for Iter<E> {
+        type Item = Result<hyper::body::Frame<Bytes>, E>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(frames.into_iter())
 }
 
 /// A `Stream` over an mpsc receiver, so the harness needs no extra crate.
