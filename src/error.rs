@@ -159,6 +159,21 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client gets for this error (the codes of
+    /// `grpc/doc/statuscodes.md`, chosen by meaning).
+    pub fn grpc_status(&self) -> u16 {
+        match self.class().status.as_u16() {
+            401 => 16,       // UNAUTHENTICATED
+            403 => 7,        // PERMISSION_DENIED
+            405 => 12,       // UNIMPLEMENTED
+            400 => 3,        // INVALID_ARGUMENT
+            429 | 431 => 8,  // RESOURCE_EXHAUSTED
+            502 | 503 => 14, // UNAVAILABLE: a client may retry
+            504 => 4,        // DEADLINE_EXCEEDED
+            _ => 13,         // INTERNAL
+        }
+    }
+
     /// The answer the proxy sends itself: JSON body, plus `WWW-Authenticate` on
     /// 401 (RFC 6750 §3) and `Retry-After` on 503.
     pub fn into_response(self) -> Response<Full<Bytes>> {
@@ -166,9 +181,31 @@ impl ProxyError {
         let body = serde_json::json!({ "error": error, "error_description": description });
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.extra_headers(response.headers_mut());
+        response
+    }
+
+    /// The answer for a gRPC call (`content-type: application/grpc*`): what a
+    /// gRPC client understands is HTTP 200 with `grpc-status` and
+    /// `grpc-message` in a headers-only ("Trailers-Only") response; an HTTP 401
+    /// or 503 it reports as an opaque transport error.
+    pub fn into_grpc_response(self) -> Response<Full<Bytes>> {
+        let (_, description) = self.body_fields();
+        let mut response = Response::new(Full::new(Bytes::new()));
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        match &self {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+        // grpc-message is percent-encoded (PROTOCOL-HTTP2.md); the descriptions
+        // are fixed ASCII, so only `%` needs it.
+        let message = description.replace('%', "%25");
+        headers.insert("grpc-message", HeaderValue::try_from(message).expect("fixed ASCII descriptions"));
+        self.extra_headers(headers);
+        response
+    }
+
+    fn extra_headers(&self, headers: &mut http::HeaderMap) {
+        match self {
             ProxyError::Client(ClientError::MissingCredential) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -186,7 +223,6 @@ impl ProxyError {
             }
             _ => {}
         }
-        response
     }
 }
 
@@ -307,6 +343,22 @@ mod tests {
             let row = format!("| `{}` | {} |", e.reason(), e.status().as_u16());
             assert!(reference.contains(&row), "docs/reference.md has no row {row}");
         }
+    }
+
+    #[test]
+    fn grpc_calls_get_a_grpc_status_in_a_200() {
+        let r = ProxyError::Client(ClientError::MissingCredential).into_grpc_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "16");
+        assert!(r.headers()["grpc-message"].to_str().unwrap().contains("LINE token"));
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
+        let r = ProxyError::Line(LineError::Timeout(Endpoint::Verify)).into_grpc_response();
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(ProxyError::Upstream(UpstreamError::Timeout).grpc_status(), 4);
+        assert_eq!(ProxyError::Upstream(UpstreamError::Protocol).grpc_status(), 14);
+        assert_eq!(ProxyError::Client(ClientError::BadPath(PathError::Backslash)).grpc_status(), 3);
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct RequestCtx<'a> {
     pub outcome: Outcome,
     /// The error's reason code, when the proxy answered itself.
     pub reason: Option<&'static str>,
+    /// A gRPC call (`content-type: application/grpc…`): answered in gRPC's terms.
+    pub grpc: bool,
+    /// The `grpc-status` of the proxy's own answer to a gRPC call.
+    pub grpc_status: Option<u16>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -95,6 +99,11 @@ impl<'a> RequestCtx<'a> {
             cache: None,
             outcome: Outcome::Forwarded,
             reason: None,
+            grpc: req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            grpc_status: None,
         }
     }
 

@@ -105,6 +105,10 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
     if let Some(refusal) = class.refusal {
         ctx.state.metrics.count_refusal(refusal, reason);
     }
+    if ctx.grpc {
+        ctx.grpc_status = Some(err.grpc_status());
+        return err.into_grpc_response().map(Either::Right);
+    }
     err.into_response().map(Either::Right)
 }
 
@@ -120,6 +124,7 @@ fn logging(ctx: &RequestCtx<'_>, status: StatusCode) {
         auth = ctx.auth.as_str(),
         outcome = ctx.reason.unwrap_or(ctx.outcome.as_str()),
         cache = ctx.cache.map_or("-", Lookup::as_str),
+        grpc_status = ctx.grpc_status,
         latency_us = ctx.stopwatch.elapsed().as_micros() as u64,
     );
 }
