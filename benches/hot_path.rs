@@ -43,7 +43,7 @@ fn strip_and_inject(c: &mut Criterion) {
             client_headers,
             |mut h| {
                 strip_identity(&mut h, &names, &assertion);
-                strip_for_upstream(&mut h, false, false);
+                strip_for_upstream(&mut h, false, false, false);
                 names.inject(&encoded, &mut h);
                 h
             },

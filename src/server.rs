@@ -148,8 +148,9 @@ pub async fn serve_proxy(
             _ = until_set(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            ConnInfo::new(peer, tls.is_some(), ConnectionSlot::new(permit, state.metrics.clone()), closing.clone());
+        let trusted = state.config.server.trusted_proxies.contains(peer.ip());
+        let slot = ConnectionSlot::new(permit, state.metrics.clone());
+        let conn = ConnInfo::new(peer, tls.is_some(), trusted, slot, closing.clone());
         let state = state.clone();
         let builders = builders.clone();
         let watcher = graceful.watcher();

@@ -259,3 +259,56 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
     let r = client().get(proxy.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// A proxy whose `server.trusted_proxies` is `list`, listening on `listen`.
+async fn proxy_trusting(e: &Env, listen: &str, list: &str) -> TestProxy {
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), ROUTES)
+        .replace("listen = \"127.0.0.1:0\"\nadmin", &format!("listen = \"{listen}\"\nadmin"))
+        .replace("shutdown_grace_seconds = 5", &format!("shutdown_grace_seconds = 5\ntrusted_proxies = {list}"));
+    spawn_proxy_with(config(&text), &e.clock).await
+}
+
+const FROM_INGRESS: &[u8] = b"GET /public/x HTTP/1.1\r\nHost: 10.0.0.7:8080\r\nX-Forwarded-For: 203.0.113.9\r\n\
+    X-Forwarded-Proto: https\r\nX-Forwarded-Host: app.example\r\nX-Forwarded-Port: 443\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn a_trusted_ingress_keeps_its_forwarded_proto_host_and_port() {
+    let e = env(ROUTES).await;
+    let proxy = proxy_trusting(&e, "127.0.0.1:0", r#"["10.0.0.0/8", "127.0.0.0/8"]"#).await;
+    assert_eq!(raw_status(&raw(proxy.addr, FROM_INGRESS).await), 200);
+    let seen = e.upstream.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.example");
+    assert_eq!(seen.headers["x-forwarded-port"], "443");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // Still no identity from it: trust covers forwarding headers only.
+    let answer =
+        raw(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-Line-User-Id: Uingress\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(raw_status(&answer), 401);
+}
+
+#[tokio::test]
+async fn anyone_else_gets_the_forwarded_headers_replaced() {
+    let e = env(ROUTES).await;
+    let proxy = proxy_trusting(&e, "127.0.0.1:0", r#"["10.0.0.0/8", "fd00::/8"]"#).await;
+    assert_eq!(raw_status(&raw(proxy.addr, FROM_INGRESS).await), 200);
+    let seen = e.upstream.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "10.0.0.7:8080");
+    assert!(seen.headers.get("x-forwarded-port").is_none());
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+}
+
+#[tokio::test]
+async fn ipv6_peers_are_matched_too() {
+    let e = env(ROUTES).await;
+    let trusted = proxy_trusting(&e, "[::1]:0", r#"["::1/128"]"#).await;
+    assert_eq!(raw_status(&raw(trusted.addr, FROM_INGRESS).await), 200);
+    let seen = e.upstream.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, ::1");
+    let untrusted = proxy_trusting(&e, "[::1]:0", r#"["fd00::/8"]"#).await;
+    assert_eq!(raw_status(&raw(untrusted.addr, FROM_INGRESS).await), 200);
+    assert_eq!(e.upstream.last().headers["x-forwarded-proto"], "http");
+}

@@ -21,7 +21,7 @@ section! {
         enabled: bool,
         /// Where the forward-auth endpoint will answer.
         path: String = DEFAULT_FORWARD_AUTH_PATH,
-        /// Peers whose `X-Forwarded-*` forward-auth will trust (CIDRs).
+        /// Superseded by `server.trusted_proxies`, the one list of trusted peers.
         trusted_proxies: Vec<String>,
     }
 }
@@ -48,10 +48,14 @@ impl ForwardAuthSection {
         if self.enabled {
             p.error("forward_auth.enabled", "forward-auth mode is not supported in this version; set it to false");
         }
-        for key in ["forward_auth.path", "forward_auth.trusted_proxies"] {
-            if file.wrote(key) {
-                p.warn(key, "has no effect: forward-auth is not built in this version");
-            }
+        if file.wrote("forward_auth.path") {
+            p.warn("forward_auth.path", "has no effect: forward-auth is not built in this version");
+        }
+        if file.wrote("forward_auth.trusted_proxies") {
+            p.warn(
+                "forward_auth.trusted_proxies",
+                "has no effect: the one list of trusted peers is server.trusted_proxies",
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::Problems;
 use super::keys::{Bytes, Count, Millis, Seconds, section};
+use crate::headers::forwarding::TrustedProxies;
 
 /// `server.listen`: every interface, port 8080.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
@@ -47,14 +48,19 @@ section! {
         tls_cert_file: Option<PathBuf>,
         /// PEM private key of `tls_cert_file`.
         tls_key_file: Option<PathBuf>,
+        /// Peers (an ingress that terminated TLS) whose `X-Forwarded-Proto`,
+        /// `-Host` and `-Port` pass on unchanged: CIDRs or addresses, IPv4 and IPv6.
+        trusted_proxies: Vec<String>,
     }
 }
 
-/// `[server]`, validated: the keys as declared, and the TLS file pair.
+/// `[server]`, validated: the keys as declared, the TLS file pair, and the
+/// trusted proxies' networks.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub keys: ServerSection,
     pub tls: Option<TlsFiles>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +99,18 @@ impl ServerSection {
                 None
             }
         };
-        ServerConfig { keys: self.clone(), tls }
+        let trusted_proxies = TrustedProxies::parse(&self.trusted_proxies).unwrap_or_else(|errors| {
+            for (i, why) in errors {
+                p.error(format!("server.trusted_proxies[{i}]"), why);
+            }
+            TrustedProxies::default()
+        });
+        if trusted_proxies.trusts_everyone() {
+            p.warn(
+                "server.trusted_proxies",
+                "trusts every peer (a /0 network): any client can then set X-Forwarded-Proto, -Host and -Port",
+            );
+        }
+        ServerConfig { keys: self.clone(), tls, trusted_proxies }
     }
 }

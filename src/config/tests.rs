@@ -513,3 +513,17 @@ fn the_environment_alone_can_be_the_configuration() {
     let p = super::load(None, std::iter::empty()).unwrap_err();
     assert_eq!(p.error_keys(), vec!["upstream.url", "line.channel_ids"]);
 }
+
+#[test]
+fn trusted_proxies_are_checked_entry_by_entry() {
+    let c = config(&format!("{MINIMAL}[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]\n"));
+    assert!(c.server.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+    assert!(c.server.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+    let bad = format!("{MINIMAL}[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\", \"nginx\"]\n");
+    assert_eq!(error_keys(&bad, &[]), vec!["server.trusted_proxies[1]", "server.trusted_proxies[2]"]);
+    let everyone = format!("{MINIMAL}[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\n");
+    assert_eq!(warning_keys(&everyone), vec!["server.trusted_proxies"]);
+    let env = [("LINE_AUTH_PROXY__SERVER__TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8")];
+    let c = load(MINIMAL, &env).unwrap().config;
+    assert!(c.server.trusted_proxies.contains("fd00::1".parse().unwrap()));
+}

@@ -1,19 +1,71 @@
-//! `X-Forwarded-*`: what the proxy saw of the client, for the upstream. The
-//! client's own claims play no part in any decision; the peer address is
-//! appended to `X-Forwarded-For`, and `-Proto` and `-Host` are set from the
-//! connection and the (already authorised) `Host`.
+//! `X-Forwarded-*`: what the proxy saw of the client, for the upstream, and
+//! whose word on it the proxy takes.
+//!
+//! From any peer, the peer address is appended to `X-Forwarded-For`. From a
+//! peer in `server.trusted_proxies` (an ingress that terminated TLS), its
+//! `X-Forwarded-Proto`, `-Host` and `-Port` pass on unchanged: they describe
+//! the client's connection to the ingress, which the backend needs to build its
+//! own URLs (Flask `ProxyFix`, Express `trust proxy`, Spring). From anyone else
+//! `-Proto` and `-Host` are set from the connection and the authorised `Host`,
+//! and `-Port` is removed (with the other override headers, in `hop.rs`).
+
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Sets the forwarding headers for a request from `peer_ip` (over TLS or not).
-/// Runs after `Host` has its final value.
-pub fn apply(headers: &mut HeaderMap, peer_ip: &HeaderValue, tls: bool) {
+/// The peers whose forwarding headers are taken at their word.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses; the errors name
+    /// each entry that is neither, by its index.
+    pub fn parse(entries: &[String]) -> Result<Self, Vec<(usize, String)>> {
+        let mut nets = Vec::with_capacity(entries.len());
+        let mut errors = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let trimmed = entry.trim();
+            match trimmed.parse::<IpNet>().or_else(|_| trimmed.parse::<IpAddr>().map(IpNet::from)) {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => errors.push((
+                    i,
+                    format!("{entry:?} is not a CIDR or an IP address, e.g. \"10.0.0.0/8\" or \"fd00::/8\""),
+                )),
+            }
+        }
+        if errors.is_empty() { Ok(Self(nets)) } else { Err(errors) }
+    }
+
+    /// True when `peer` is in one of the networks. An IPv4 peer on a dual-stack
+    /// listener arrives as `::ffff:a.b.c.d` and is matched as `a.b.c.d`.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.0.iter().any(|net| net.contains(&peer))
+    }
+
+    /// Whether an entry covers every address of its family (`0.0.0.0/0`, `::/0`).
+    pub fn trusts_everyone(&self) -> bool {
+        self.0.iter().any(|net| net.prefix_len() == 0)
+    }
+}
+
+/// Sets the forwarding headers for a request from `peer_ip` (over TLS or not;
+/// from a trusted proxy or not). Runs after `Host` has its final value.
+pub fn apply(headers: &mut HeaderMap, peer_ip: &HeaderValue, tls: bool, trusted: bool) {
     append_forwarded_for(headers, peer_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
+    if trusted && headers.contains_key(&X_FORWARDED_PROTO) {
+        // The ingress's word on the client's scheme stands.
+    } else {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
+    }
+    if trusted && headers.contains_key(&X_FORWARDED_HOST) {
+        return;
+    }
     match headers.get(header::HOST).cloned() {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -68,8 +120,41 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("app.example"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
-        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), false);
+        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), false, false);
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "app.example");
+    }
+
+    #[test]
+    fn a_trusted_ingress_keeps_its_word_and_fills_in_what_it_left_out() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("10.0.0.7:8080"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("app.example"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), false, true);
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.example");
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.example"));
+        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), true, true);
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.example");
+    }
+
+    #[test]
+    fn trusted_networks_match_v4_v6_and_mapped_peers() {
+        let t = TrustedProxies::parse(&["10.0.0.0/8".into(), "fd00::/8".into(), "192.0.2.7".into()]).unwrap();
+        for inside in ["10.1.2.3", "fd12::1", "192.0.2.7", "::ffff:10.9.9.9"] {
+            assert!(t.contains(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in ["11.0.0.1", "fe80::1", "192.0.2.8", "::ffff:11.0.0.1", "127.0.0.1"] {
+            assert!(!t.contains(outside.parse().unwrap()), "{outside}");
+        }
+        assert!(!t.trusts_everyone());
+        assert!(TrustedProxies::parse(&["0.0.0.0/0".into()]).unwrap().trusts_everyone());
+        let bad = TrustedProxies::parse(&["10.0.0.0/8".into(), "10.0.0.0/33".into(), "ingress".into()]).unwrap_err();
+        assert_eq!(bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
     }
 }

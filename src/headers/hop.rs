@@ -54,9 +54,11 @@ fn is_routing_override(name: &str) -> bool {
 /// `keep_upgrade` (an authenticated WebSocket) so do exactly `Connection:
 /// upgrade` and `Upgrade`. Runs before injection, so nothing here can remove an
 /// injected header.
-pub fn strip_for_upstream(headers: &mut HeaderMap, keep_upgrade: bool, forward_authorization: bool) {
+pub fn strip_for_upstream(headers: &mut HeaderMap, keep_upgrade: bool, forward_authorization: bool, trusted: bool) {
     strip(headers, keep_upgrade, |name| {
-        is_routing_override(name) || (!forward_authorization && name == "authorization")
+        // A trusted ingress's X-Forwarded-Port describes the client's connection to it.
+        (is_routing_override(name) && !(trusted && name == "x-forwarded-port"))
+            || (!forward_authorization && name == "authorization")
     });
 }
 
@@ -116,7 +118,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_for_upstream(&mut h, false, true);
+        strip_for_upstream(&mut h, false, true, false);
         assert!(h.contains_key(header::HOST));
         assert!(!h.contains_key("x-foo"));
         assert!(!h.contains_key("keep-alive"));
@@ -133,9 +135,9 @@ mod tests {
         h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
         h.insert("accept", HeaderValue::from_static("*/*"));
         let mut kept = h.clone();
-        strip_for_upstream(&mut h, false, false);
+        strip_for_upstream(&mut h, false, false, false);
         assert_eq!(h.len(), 1);
-        strip_for_upstream(&mut kept, false, true);
+        strip_for_upstream(&mut kept, false, true, false);
         assert_eq!(kept.len(), 2);
         assert!(kept.contains_key(header::AUTHORIZATION));
     }
@@ -156,7 +158,7 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-foo"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-foo", HeaderValue::from_static("1"));
-        strip_for_upstream(&mut h, true, true);
+        strip_for_upstream(&mut h, true, true, false);
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert!(!h.contains_key("x-foo"));

@@ -28,6 +28,8 @@ pub struct ConnInfo {
     /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
     pub tls: bool,
+    /// The peer is in `server.trusted_proxies`: its `X-Forwarded-*` stand.
+    pub trusted: bool,
     /// Held by the connection and by any WebSocket tunnel it turns into.
     pub slot: Arc<ConnectionSlot>,
     /// Turns true when the shutdown grace period is over: close now.
@@ -35,9 +37,17 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool, slot: ConnectionSlot, closing: watch::Receiver<bool>) -> Self {
-        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
-        Self { peer, peer_ip, tls, slot: Arc::new(slot), closing }
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        trusted: bool,
+        slot: ConnectionSlot,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
+        // The canonical form: an IPv4 client of a dual-stack listener is a.b.c.d, not ::ffff:a.b.c.d.
+        let ip = peer.ip().to_canonical();
+        let peer_ip = HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
+        Self { peer, peer_ip, tls, trusted, slot: Arc::new(slot), closing }
     }
 }
 

@@ -31,7 +31,7 @@ pub fn upstream_request(
     let upgrade = is_websocket_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = req.headers_mut();
-    headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization);
+    headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization, ctx.conn.trusted);
     if let Some(cached) = &verdict {
         let Stored::Valid(encoded) = &cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
@@ -42,7 +42,7 @@ pub fn upstream_request(
     let mut req = req.map(|body| UpstreamBody::new(body, ctx.state.strip_rule.clone()));
     let upstream = &ctx.state.upstream;
     upstream.prepare(&mut req, path);
-    headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, ctx.conn.tls);
+    headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, ctx.conn.tls, ctx.conn.trusted);
     upstream.finish(&mut req);
     Ok((req, client_upgrade))
 }
