@@ -82,6 +82,7 @@ fn paths_and_routes(c: &mut Criterion) {
         methods: None,
         allow_cors_preflight: false,
         require_nonce: false,
+        cors_allow_origins: Vec::new(),
     };
     let table = RouteTable::new(vec![
         route("/public/", RouteAuth::None),

@@ -30,6 +30,8 @@ pub enum ClientError {
     HeadersTooLarge,
     /// The nonce endpoint takes GET (and HEAD) only.
     NonceMethod,
+    /// `Authorization` and a WebSocket bearer entry at once: which one counts?
+    TwoCredentials,
 }
 
 /// A failure on the way to, or waiting for, the upstream.
@@ -66,6 +68,7 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::BadPath(_) => "bad_path",
         ClientError::HeadersTooLarge => "headers_too_large",
         ClientError::NonceMethod => "nonce_method",
+        ClientError::TwoCredentials => "two_credentials",
     }
 }
 
@@ -84,7 +87,9 @@ impl ProxyError {
     pub fn class(&self) -> Class {
         let class = |status, outcome, refusal| Class { status, outcome, refusal };
         match self {
-            ProxyError::Client(ClientError::BadPath(_)) => class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None),
+            ProxyError::Client(ClientError::BadPath(_) | ClientError::TwoCredentials) => {
+                class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None)
+            }
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
             }
@@ -133,6 +138,10 @@ impl ProxyError {
                 ("unauthorized", "this route needs a LINE token: Authorization: Bearer <token>")
             }
             ProxyError::Client(ClientError::NonceMethod) => ("invalid_request", "nonces are issued with GET"),
+            ProxyError::Client(ClientError::TwoCredentials) => (
+                "invalid_request",
+                "send one credential: the Authorization header or the WebSocket bearer entry, not both",
+            ),
             ProxyError::NonceStore => {
                 ("temporarily_unavailable", "no nonce can be issued or checked right now; retry later")
             }
@@ -275,6 +284,7 @@ mod tests {
             ProxyError::Client(ClientError::BadPath(PathError::Backslash)),
             ProxyError::Client(ClientError::HeadersTooLarge),
             ProxyError::Client(ClientError::NonceMethod),
+            ProxyError::Client(ClientError::TwoCredentials),
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
             ProxyError::Upstream(UpstreamError::Unreachable),
@@ -308,6 +318,7 @@ mod tests {
             ProxyError::Client(ClientError::BadPath(PathError::Backslash)),
             ProxyError::Client(ClientError::HeadersTooLarge),
             ProxyError::Client(ClientError::NonceMethod),
+            ProxyError::Client(ClientError::TwoCredentials),
             ProxyError::NonceStore,
             ProxyError::Upstream(UpstreamError::Unreachable),
             ProxyError::Upstream(UpstreamError::Protocol),

@@ -46,6 +46,17 @@ pub struct Route {
     pub allow_cors_preflight: bool,
     /// `id_token` routes: the token's nonce must be one this proxy issued, consumed once.
     pub require_nonce: bool,
+    /// Origins (`https://app.example`, lower-case) whose browsers may read the
+    /// proxy's own answers on this route.
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Route {
+    /// True when `origin` (a request's `Origin`) is one this route lets read
+    /// the proxy's answers.
+    pub fn allows_origin(&self, origin: &[u8]) -> bool {
+        self.cors_allow_origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
+    }
 }
 
 /// The policy that applies to one request.
@@ -55,10 +66,13 @@ pub struct Policy {
     /// The request is a CORS preflight that its route lets through uncredentialed.
     pub preflight_pass: bool,
     pub require_nonce: bool,
+    /// The matched route (an index into the table); `None`: the default route.
+    pub route: Option<usize>,
 }
 
 /// Unmatched paths need an access token.
-pub const DEFAULT_POLICY: Policy = Policy { auth: RouteAuth::AccessToken, preflight_pass: false, require_nonce: false };
+pub const DEFAULT_POLICY: Policy =
+    Policy { auth: RouteAuth::AccessToken, preflight_pass: false, require_nonce: false, route: None };
 
 /// Ordered routes; the first match wins.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +89,11 @@ impl RouteTable {
         &self.routes
     }
 
+    /// The route a policy came from.
+    pub fn route(&self, policy: &Policy) -> Option<&Route> {
+        policy.route.and_then(|i| self.routes.get(i))
+    }
+
     /// True when some route requires `auth`.
     pub fn has(&self, auth: RouteAuth) -> bool {
         self.routes.iter().any(|r| r.auth == auth)
@@ -84,7 +103,7 @@ impl RouteTable {
     /// `Access-Control-Request-Method` of an `OPTIONS` request that also carries
     /// `Origin`; a preflight route matches when it allows the method being asked about.
     pub fn policy(&self, method: &Method, path: &str, preflight_method: Option<&[u8]>) -> Policy {
-        for route in &self.routes {
+        for (index, route) in self.routes.iter().enumerate() {
             if !path.starts_with(route.path_prefix.as_str()) {
                 continue;
             }
@@ -100,7 +119,12 @@ impl RouteTable {
                 }
             };
             if method_ok {
-                return Policy { auth: route.auth, preflight_pass: preflight, require_nonce: route.require_nonce };
+                return Policy {
+                    auth: route.auth,
+                    preflight_pass: preflight,
+                    require_nonce: route.require_nonce,
+                    route: Some(index),
+                };
             }
         }
         DEFAULT_POLICY
@@ -317,6 +341,7 @@ mod tests {
                 methods: Some(vec![Method::GET]),
                 allow_cors_preflight: false,
                 require_nonce: false,
+                cors_allow_origins: Vec::new(),
             },
             Route {
                 path_prefix: "/api/".into(),
@@ -324,6 +349,7 @@ mod tests {
                 methods: Some(vec![Method::POST]),
                 allow_cors_preflight: true,
                 require_nonce: false,
+                cors_allow_origins: Vec::new(),
             },
             Route {
                 path_prefix: "/".into(),
@@ -331,6 +357,7 @@ mod tests {
                 methods: None,
                 allow_cors_preflight: false,
                 require_nonce: false,
+                cors_allow_origins: Vec::new(),
             },
         ])
     }
@@ -349,7 +376,10 @@ mod tests {
     fn preflight_matches_the_method_asked_about() {
         let t = table();
         let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"post"));
-        assert_eq!(p, Policy { auth: RouteAuth::AccessToken, preflight_pass: true, require_nonce: false });
+        assert_eq!(
+            p,
+            Policy { auth: RouteAuth::AccessToken, preflight_pass: true, require_nonce: false, route: Some(1) }
+        );
         let p = t.policy(&Method::OPTIONS, "/api/x", Some(b"DELETE"));
         assert!(!p.preflight_pass);
         let p = t.policy(&Method::OPTIONS, "/api/x", None);

@@ -23,6 +23,9 @@ section! {
         /// `OPTIONS` with `Origin` and `Access-Control-Request-Method` passes
         /// without a credential.
         allow_cors_preflight: bool,
+        /// Origins whose browsers may read the proxy's own answers (401, 503, …)
+        /// on this route: `Access-Control-Allow-Origin` and friends on them.
+        cors_allow_origins: Vec<String>,
     }
 }
 
@@ -72,16 +75,38 @@ pub(super) fn validate(file: &FileConfig, p: &mut Problems) -> RouteTable {
                 })
                 .collect()
         });
+        let mut cors_allow_origins = Vec::with_capacity(r.cors_allow_origins.len());
+        for (j, origin) in r.cors_allow_origins.iter().enumerate() {
+            match check_origin(origin) {
+                Ok(origin) => cors_allow_origins.push(origin),
+                Err(why) => p.error(format!("routes[{i}].cors_allow_origins[{j}]"), why),
+            }
+        }
         routes.push(Route {
             path_prefix: prefix,
             auth,
             methods,
             allow_cors_preflight: r.allow_cors_preflight,
             require_nonce,
+            cors_allow_origins,
         });
     }
     warn_unreachable(&routes, p);
     RouteTable::new(routes)
+}
+
+/// A browser's `Origin`: `scheme://host[:port]`, nothing more, lower-cased as
+/// browsers send it. `*` is refused: list the origins that may read the answers.
+fn check_origin(origin: &str) -> Result<String, String> {
+    let refuse =
+        || format!("{origin:?} is not an origin such as \"https://app.example\" (scheme, host, port; no path)");
+    let uri: http::Uri = origin.parse().map_err(|_| refuse())?;
+    let authority_only = uri.authority().is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+    let no_path = uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || !authority_only || !no_path || origin.ends_with('/') {
+        return Err(refuse());
+    }
+    Ok(origin.to_ascii_lowercase())
 }
 
 /// A route that an earlier, method-less route with a shorter-or-equal prefix

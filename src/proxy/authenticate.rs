@@ -8,7 +8,7 @@ use std::future::Future;
 use http::Request;
 
 use super::RequestCtx;
-use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
+use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token, websocket_bearer};
 use crate::auth::id_token::{self, IdClaims, MAX_ID_TOKEN_BYTES};
 use crate::auth::line::LineError;
 use crate::auth::nonce::Consumed;
@@ -29,10 +29,11 @@ pub async fn authenticate<B>(
         ctx.outcome = Outcome::Preflight;
         return Ok(None);
     }
-    let credential = |max| bearer_token(req.headers(), max).map_err(|e| ProxyError::Client(ClientError::Credential(e)));
+    let refused = |e| ProxyError::Client(ClientError::Credential(e));
+    let credential = |max| bearer_token(req.headers(), max).map_err(refused);
     match policy.auth {
         RouteAuth::None => Ok(None),
-        RouteAuth::AccessToken | RouteAuth::Optional => match credential(MAX_TOKEN_BYTES)? {
+        RouteAuth::AccessToken | RouteAuth::Optional => match access_token_credential(req)? {
             Some(token) => access_token(ctx, token).await.map(Some),
             None if policy.auth == RouteAuth::Optional => {
                 ctx.outcome = Outcome::Anonymous;
@@ -44,6 +45,22 @@ pub async fn authenticate<B>(
             Some(token) => id_token(ctx, token, policy.require_nonce).await.map(Some),
             None => Err(ProxyError::Client(ClientError::MissingCredential)),
         },
+    }
+}
+
+/// The access token of the request: `Authorization: Bearer`, or — on a
+/// WebSocket handshake, where browsers cannot set `Authorization` — a
+/// `Sec-WebSocket-Protocol` entry `bearer.line-auth-proxy.<token>`. Both at
+/// once is a 400: the proxy does not guess which one counts.
+fn access_token_credential<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
+    let refused = |e| ProxyError::Client(ClientError::Credential(e));
+    let header = bearer_token(req.headers(), MAX_TOKEN_BYTES).map_err(refused)?;
+    if !super::request::is_websocket_upgrade(req) {
+        return Ok(header);
+    }
+    match (header, websocket_bearer(req.headers(), MAX_TOKEN_BYTES).map_err(refused)?) {
+        (Some(_), Some(_)) => Err(ProxyError::Client(ClientError::TwoCredentials)),
+        (one, None) | (None, one) => Ok(one),
     }
 }
 

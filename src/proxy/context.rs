@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use super::State;
 use crate::cache::Lookup;
 use crate::clock::Stopwatch;
-use crate::routes::RouteAuth;
+use crate::routes::{Route, RouteAuth};
 use crate::telemetry::{Metrics, Outcome};
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -84,6 +84,10 @@ pub struct RequestCtx<'a> {
     pub path: Option<PathAndQuery>,
     /// The route's requirement; the default route's until `route` ran.
     pub auth: RouteAuth,
+    /// The matched route, once `route` ran (`None`: the default route).
+    pub route: Option<&'a Route>,
+    /// The request's `Origin`, for the CORS headers of the proxy's own answers.
+    pub origin: Option<HeaderValue>,
     /// How the verdict was found, when a credential was checked.
     pub cache: Option<Lookup>,
     pub outcome: Outcome,
@@ -106,6 +110,8 @@ impl<'a> RequestCtx<'a> {
             stopwatch: Stopwatch::start(),
             path: None,
             auth: RouteAuth::AccessToken,
+            route: None,
+            origin: req.headers().get(http::header::ORIGIN).cloned(),
             cache: None,
             outcome: Outcome::Forwarded,
             reason: None,

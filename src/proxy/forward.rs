@@ -2,9 +2,8 @@
 //! (`upstream_request`), sending it (`forward`), and passing its answer back
 //! (`respond`), tunnelling an authenticated WebSocket upgrade.
 
-use http::header;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -28,10 +27,11 @@ pub fn upstream_request(
     verdict: Option<Cached>,
 ) -> Result<(Request<UpstreamBody>, Option<OnUpgrade>), ProxyError> {
     let config = &ctx.state.config;
-    let upgrade = is_websocket_upgrade(&req);
+    let upgrade = super::request::is_websocket_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = req.headers_mut();
     headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization, ctx.conn.trusted);
+    crate::auth::credential::strip_websocket_bearer(out);
     if let Some(cached) = &verdict {
         let Stored::Valid(encoded) = &cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
@@ -74,21 +74,6 @@ pub fn respond(
     headers::strip_response_hop_by_hop(response.headers_mut(), switching);
     *response.version_mut() = ctx.version;
     Ok(response.map(Either::Left))
-}
-
-/// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
-/// Only WebSocket (RFC 6455: `GET` + `Upgrade: websocket`) is tunnelled; any
-/// other `Upgrade` (h2c above all, which would hand the client a raw HTTP/2
-/// connection to the upstream) is dropped as the hop-by-hop header it is.
-fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == http::Version::HTTP_11
-        && req.method() == Method::GET
-        && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
 /// Copies bytes both ways between the upgraded client and upstream

@@ -26,6 +26,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -105,11 +106,26 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
     if let Some(refusal) = class.refusal {
         ctx.state.metrics.count_refusal(refusal, reason);
     }
-    if ctx.grpc {
+    let mut response = if ctx.grpc {
         ctx.grpc_status = Some(err.grpc_status());
-        return err.into_grpc_response().map(Either::Right);
+        err.into_grpc_response()
+    } else {
+        err.into_response()
+    };
+    // A browser app may read the answer (tell "log in again" from "retry
+    // later") when its origin is one the route names.
+    if let (Some(route), Some(origin)) = (ctx.route, &ctx.origin)
+        && route.allows_origin(origin.as_bytes())
+    {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("WWW-Authenticate, Retry-After, X-Request-Id"),
+        );
     }
-    err.into_response().map(Either::Right)
+    response.map(Either::Right)
 }
 
 /// Every request: one access line (target `access`) and one count by outcome.

@@ -45,9 +45,26 @@ pub fn route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>, path: &PathAndQuery)
             .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
             .flatten()
             .map(HeaderValue::as_bytes);
-    let policy = ctx.state.config.routes.policy(req.method(), path.path(), preflight_method);
+    let routes = &ctx.state.config.routes;
+    let policy = routes.policy(req.method(), path.path(), preflight_method);
     ctx.auth = policy.auth;
+    ctx.route = routes.route(&policy);
     policy
+}
+
+/// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+/// Only WebSocket (RFC 6455: `GET` + `Upgrade: websocket`) is tunnelled; any
+/// other `Upgrade` (h2c above all, which would hand the client a raw HTTP/2
+/// connection to the upstream) is dropped as the hop-by-hop header it is.
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.method() == Method::GET
+        && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
 /// Request line plus header bytes, as they stood on the wire (approximately).
