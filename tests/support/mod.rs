@@ -56,6 +56,28 @@ where
     }
 }
 
+/// A byte-for-byte relay from a TCP port (bound on `127.0.0.1:0` and held for
+/// as long as the task runs) to a unix socket, for servers that cannot take
+/// port 0 (`redis-server`, nginx): every connection to the port becomes one to
+/// the socket; one that finds no server there is closed at once, as a refused
+/// connection would be.
+pub async fn unix_relay(socket: std::path::PathBuf) -> (u16, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
 /// A request as the upstream received it.
 #[derive(Clone, Debug)]
 pub struct Recorded {

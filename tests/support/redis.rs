@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 use super::eventually;
@@ -34,9 +34,7 @@ impl RedisServer {
     pub async fn start_with_password(password: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!("lap-redis-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let relay = tokio::spawn(relay(listener, dir.join("redis.sock")));
+        let (port, relay) = super::unix_relay(dir.join("redis.sock")).await;
         let mut server = Self { port, password: password.map(str::to_owned), child: None, dir, relay };
         server.spawn().await;
         server
@@ -57,7 +55,7 @@ impl RedisServer {
             cmd.args(["--requirepass", p]);
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start redis-server ({e}): install it (apt-get install -y redis-server); .ci/run does")
+            panic!("cannot start redis-server ({e}): run tests/setup.sh (it installs redis-server); .ci/run does")
         });
         self.child = Some(child);
         let socket = self.socket();
@@ -108,19 +106,5 @@ impl Drop for RedisServer {
         self.relay.abort();
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Every TCP connection to `listener` becomes one to the unix socket; one that
-/// finds no server there is closed at once, as a refused connection would be.
-async fn relay(listener: TcpListener, socket: PathBuf) {
-    loop {
-        let Ok((mut tcp, _)) = listener.accept().await else { continue };
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            if let Ok(mut unix) = UnixStream::connect(&socket).await {
-                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
-            }
-        });
     }
 }
