@@ -9,7 +9,10 @@
 //! - nginx terminating TLS in front of the proxy, with Flask's `ProxyFix`
 //!   behind it: no redirect loop once nginx is a trusted proxy;
 //! - a Python `websockets` echo of 1000 messages, the token sent as a
-//!   subprotocol entry as a browser must.
+//!   subprotocol entry as a browser must;
+//! - headless Chromium on a page of another origin: `fetch` reads the proxy's
+//!   own 401 and 503 on a route naming that origin, and a `new WebSocket` opens
+//!   with the token as a subprotocol entry.
 //!
 //! What they need is installed by `tests/setup.sh` (`.ci/run` runs it)
 //! into `target/interop` (or `$LAP_INTEROP_DIR`). Missing software fails these
@@ -431,4 +434,149 @@ async fn a_websockets_echo_of_a_thousand_messages_goes_through_the_tunnel() {
     assert_eq!(seen["echoed"], 1000, "{seen}");
     assert_eq!(seen["subprotocol"], "chat", "{seen}");
     assert_eq!(seen["first"], format!("user:{USER}"), "{seen}");
+}
+
+/// The page the browser test serves from its own origin, the proxy's address and
+/// the token filled in.
+fn browser_page(api: &str) -> String {
+    std::fs::read_to_string(apps().join("browser_page.html"))
+        .unwrap()
+        .replace("__API__", api)
+        .replace("__TOKEN__", TOKEN)
+}
+
+/// A child process killed (and its profile directory removed) on drop.
+struct Browser {
+    child: std::process::Child,
+    profile: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    /// Headless Chromium (Debian's `chromium`) opening `url`, in a fresh profile.
+    fn open(url: &str) -> Browser {
+        let profile = std::env::temp_dir().join(format!("lap-chromium-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = std::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+            .args(["--no-default-browser-check", "--disable-extensions", "--disable-background-networking"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(profile.with_extension("log")).unwrap())
+            .spawn()
+            .expect("chromium (run tests/setup.sh)");
+        Browser { child, profile }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.profile.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// Headless Chromium on a page of another origin calling the API through the
+/// proxy: what `fetch` lets the page read of the proxy's own answers, and a
+/// `new WebSocket` with the token as a subprotocol entry.
+#[tokio::test]
+async fn headless_chromium_reads_the_proxys_answers_and_opens_a_websocket() {
+    let (clock, line) = line().await;
+    let line = Arc::new(line);
+    line.add_token(&format!("{TOKEN}-second"), MockToken::new(CHANNEL, USER, "Brown"));
+    let mut command = venv_command("uvicorn");
+    command.args(["asgi_app:app", "--host", "127.0.0.1", "--port", "0", "--no-access-log"]);
+    let backend = Program::start(command, url_port).await;
+
+    // The page's own origin: serves the page, turns LINE off when the page asks
+    // (so that one page load sees both), and takes the page's results.
+    let page_html = Arc::new(Mutex::new(String::new()));
+    let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let page = {
+        let (page_html, line) = (page_html.clone(), line.clone());
+        LoopbackServer::start(move |req: http::Request<hyper::body::Incoming>| {
+            let (page_html, line, results_tx) = (page_html.clone(), line.clone(), results_tx.clone());
+            async move {
+                let body = match req.uri().path() {
+                    "/" => page_html.lock().unwrap().clone(),
+                    "/line-down" => {
+                        line.set_faults(Faults {
+                            verify: Some(Fault::Status(503)),
+                            profile: Some(Fault::Status(503)),
+                            ..Faults::default()
+                        });
+                        String::new()
+                    }
+                    "/result" => {
+                        let bytes = collect(req.into_body()).await;
+                        let _ = results_tx.send(String::from_utf8_lossy(&bytes).into_owned());
+                        String::new()
+                    }
+                    _ => String::new(),
+                };
+                let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                response.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+        .await
+        .unwrap()
+    };
+    let origin = page.url();
+    let routes = format!(
+        r#"
+[[routes]]
+path_prefix = "/api/"
+auth = "access_token"
+allow_cors_preflight = true
+cors_allow_origins = ["{origin}"]
+
+[[routes]]
+path_prefix = "/plain/"
+auth = "access_token"
+
+[[routes]]
+path_prefix = "/ws/"
+auth = "access_token"
+"#
+    );
+    let proxy = proxy_for(&clock, &line, &backend.url(), &routes, "").await;
+    *page_html.lock().unwrap() = browser_page(&format!("http://{}", proxy.addr));
+
+    let browser = Browser::open(&format!("{origin}/"));
+    let seen =
+        tokio::time::timeout(Duration::from_secs(60), results.recv()).await.ok().flatten().unwrap_or_else(|| {
+            panic!("the page never reported; chromium said:\n{}\nuvicorn said:\n{}", browser.log(), backend.output())
+        });
+    drop(browser);
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+
+    // No token: a 401 the page can read, challenge included.
+    assert_eq!(seen["no_token"]["status"], 401, "{seen}");
+    assert_eq!(seen["no_token"]["www_authenticate"], "Bearer", "{seen}");
+    assert!(seen["no_token"]["request_id"].is_string(), "{seen}");
+    // A valid token: the preflight went to the upstream, the call through.
+    assert_eq!(seen["valid"]["status"], 200, "{seen}");
+    let whoami: serde_json::Value = serde_json::from_str(seen["valid"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(whoami["user_id"], USER, "{seen}");
+    // An invalid token: "log in again".
+    assert_eq!(seen["invalid"]["status"], 401, "{seen}");
+    assert!(seen["invalid"]["www_authenticate"].as_str().unwrap().contains("invalid_token"), "{seen}");
+    // A route that names no origins: the page sees only what it always saw.
+    assert!(seen["route_without_cors"]["error"].as_str().unwrap().starts_with("TypeError"), "{seen}");
+    // LINE down: a 503 the page can read, with when to retry.
+    assert_eq!(seen["line_down"]["status"], 503, "{seen}");
+    assert_eq!(seen["line_down"]["retry_after"], "1", "{seen}");
+    // The WebSocket: authenticated by its subprotocol entry, which the upstream
+    // never saw; the page's real subprotocol selected.
+    assert_eq!(seen["websocket"]["protocol"], "chat", "{seen}");
+    let messages = &seen["websocket"]["messages"];
+    assert_eq!(messages[0], format!("user:{USER}"), "{seen}");
+    assert_eq!(messages[1], "offered:chat", "{seen}");
+    assert_eq!(messages[2], "ping", "{seen}");
 }
