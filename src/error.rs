@@ -199,11 +199,12 @@ impl ProxyError {
     /// gRPC client understands is HTTP 200 with `grpc-status` and
     /// `grpc-message` in a headers-only ("Trailers-Only") response; an HTTP 401
     /// or 503 it reports as an opaque transport error.
-    pub fn into_grpc_response(self) -> Response<Full<Bytes>> {
+    /// `content_type` is `application/grpc`, or a gRPC-Web call's own type.
+    pub fn into_grpc_response(self, content_type: HeaderValue) -> Response<Full<Bytes>> {
         let (_, description) = self.body_fields();
         let mut response = Response::new(Full::new(Bytes::new()));
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(CONTENT_TYPE, content_type);
         headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
         // grpc-message is percent-encoded (PROTOCOL-HTTP2.md); the descriptions
         // are fixed ASCII, so only `%` needs it.
@@ -358,13 +359,15 @@ mod tests {
 
     #[test]
     fn grpc_calls_get_a_grpc_status_in_a_200() {
-        let r = ProxyError::Client(ClientError::MissingCredential).into_grpc_response();
+        let r = ProxyError::Client(ClientError::MissingCredential)
+            .into_grpc_response(HeaderValue::from_static("application/grpc"));
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
         assert_eq!(r.headers()["grpc-status"], "16");
         assert!(r.headers()["grpc-message"].to_str().unwrap().contains("LINE token"));
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
-        let r = ProxyError::Line(LineError::Timeout(Endpoint::Verify)).into_grpc_response();
+        let r = ProxyError::Line(LineError::Timeout(Endpoint::Verify))
+            .into_grpc_response(HeaderValue::from_static("application/grpc"));
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()[RETRY_AFTER], "1");
         assert_eq!(ProxyError::Upstream(UpstreamError::Timeout).grpc_status(), 4);

@@ -165,3 +165,49 @@ async fn the_entry_is_removed_even_where_no_credential_is_needed() {
     assert_eq!(&first, b"HTTP/1.1 101");
     assert_eq!(e.upstream.last().headers["sec-websocket-protocol"], "chat");
 }
+
+#[tokio::test]
+async fn on_an_optional_route_the_entry_is_no_credential_but_still_removed() {
+    let e = env("[[routes]]\npath_prefix = \"/ws\"\nauth = \"optional\"\n").await;
+    let mut s = TcpStream::connect(e.proxy.addr).await.unwrap();
+    s.write_all(chromium_websocket(&format!("bearer.line-auth-proxy.{TOKEN}, "), "").as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 101");
+    let seen = e.upstream.last();
+    assert_eq!(seen.headers["sec-websocket-protocol"], "chat");
+    assert!(seen.headers.get("x-line-user-id").is_none(), "the entry counted as a credential on an optional route");
+    assert_eq!(e.line.verify_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_431_on_a_route_naming_the_origin_is_readable_too() {
+    let e = env(ROUTES).await;
+    let big = "a".repeat(20_000);
+    let request = chromium_fetch("/api/me", "https://app.example", None)
+        .replace("\r\n\r\n", &format!("\r\nX-Big: {big}\r\n\r\n"));
+    let answer = raw(e.proxy.addr, request.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 431, "{}", &answer[..answer.len().min(400)]);
+    assert_eq!(header(&answer, "access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(header(&answer, "vary"), Some("Origin"));
+    assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_grpc_web_call_is_answered_in_grpc_web_and_its_status_exposed() {
+    let e = env(ROUTES).await;
+    let request = chromium_fetch("/api/pkg.Svc/Call", "https://app.example", None).replace(
+        "Accept: */*\r\n",
+        "Accept: application/grpc-web-text\r\nContent-Type: application/grpc-web-text+proto\r\nX-Grpc-Web: 1\r\n",
+    );
+    let answer = raw(e.proxy.addr, request.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(header(&answer, "content-type"), Some("application/grpc-web-text+proto"));
+    assert_eq!(header(&answer, "grpc-status"), Some("16"));
+    assert_eq!(header(&answer, "access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(
+        header(&answer, "access-control-expose-headers"),
+        Some("WWW-Authenticate, Retry-After, X-Request-Id, grpc-status, grpc-message")
+    );
+    assert_eq!(e.upstream.hits(), 0);
+}

@@ -31,7 +31,7 @@ impl TrustedProxies {
         for (i, entry) in entries.iter().enumerate() {
             let trimmed = entry.trim();
             match trimmed.parse::<IpNet>().or_else(|_| trimmed.parse::<IpAddr>().map(IpNet::from)) {
-                Ok(net) => nets.push(net.trunc()),
+                Ok(net) => nets.push(as_ipv4_when_mapped(net.trunc())),
                 Err(_) => errors.push((
                     i,
                     format!("{entry:?} is not a CIDR or an IP address, e.g. \"10.0.0.0/8\" or \"fd00::/8\""),
@@ -51,6 +51,19 @@ impl TrustedProxies {
     /// Whether an entry covers every address of its family (`0.0.0.0/0`, `::/0`).
     pub fn trusts_everyone(&self) -> bool {
         self.0.iter().any(|net| net.prefix_len() == 0)
+    }
+}
+
+/// `::ffff:10.0.0.0/104` is `10.0.0.0/8`: peers are matched in canonical form
+/// (an IPv4 peer on a dual-stack listener is matched as IPv4), so an entry
+/// written IPv4-mapped must be too, or it would never match.
+fn as_ipv4_when_mapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -156,5 +169,20 @@ mod tests {
         assert!(TrustedProxies::parse(&["0.0.0.0/0".into()]).unwrap().trusts_everyone());
         let bad = TrustedProxies::parse(&["10.0.0.0/8".into(), "10.0.0.0/33".into(), "ingress".into()]).unwrap_err();
         assert_eq!(bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn entries_written_ipv4_mapped_match_ipv4_peers() {
+        let t = TrustedProxies::parse(&["::ffff:127.0.0.1".into(), "::ffff:10.0.0.0/104".into()]).unwrap();
+        for inside in ["127.0.0.1", "::ffff:127.0.0.1", "10.200.0.1", "::ffff:10.0.0.9"] {
+            assert!(t.contains(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in ["127.0.0.2", "11.0.0.1", "::1"] {
+            assert!(!t.contains(outside.parse().unwrap()), "{outside}");
+        }
+        // Not mapped space: stays IPv6, and matches no IPv4 peer.
+        let v6 = TrustedProxies::parse(&["::/0".into()]).unwrap();
+        assert!(v6.contains("2001:db8::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
     }
 }

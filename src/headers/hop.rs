@@ -68,6 +68,55 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     strip(headers, keep_upgrade, |_| false);
 }
 
+/// Fields that mean something only in the header section (RFC 9110 §6.5.1:
+/// framing, routing, authentication, and what the proxy itself sets). In a
+/// request's trailers they are a second, unchecked copy: an `Authorization` the
+/// proxy never verified, an `X-Forwarded-For` it never wrote.
+fn is_header_only(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "content-type"
+            | "content-encoding"
+            | "authorization"
+            | "cookie"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-request-id"
+    )
+}
+
+/// A request's trailers before the upstream: no hop-by-hop field (HTTP/2
+/// refuses to send one, and the upstream's stream would hang to the timeout),
+/// no routing or method override, and nothing that belongs in the header
+/// section. Identity names are the caller's to strip, as in headers.
+pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+    strip_trailers(trailers, |name| is_routing_override(name) || is_header_only(name));
+}
+
+/// An answer's trailers before the client: no hop-by-hop or framing field
+/// (HTTP/2 resets a stream whose trailers carry one).
+pub fn strip_response_trailers(trailers: &mut HeaderMap) {
+    strip_trailers(trailers, |name| name == "content-length");
+}
+
+fn strip_trailers(trailers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    let doomed: Vec<HeaderName> =
+        trailers.keys().filter(|name| is_hop_by_hop(name.as_str()) || also(name.as_str())).cloned().collect();
+    for name in &doomed {
+        trailers.remove(name);
+    }
+}
+
+/// Whether a `TE` value lists `trailers` (`TE: trailers, deflate;q=0.5`).
+fn lists_trailers(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers")))
+}
+
 fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&str) -> bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     let mut te_trailers = false;
@@ -85,7 +134,8 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&str) -> boo
                 }
             }
         } else if n == "te" {
-            te_trailers |= value.as_bytes().eq_ignore_ascii_case(b"trailers");
+            // Only `trailers` passes: the other codings are this hop's.
+            te_trailers |= lists_trailers(value);
         } else if n == "upgrade" && keep_upgrade {
             upgrade = Some(value.clone());
         }
@@ -140,6 +190,59 @@ mod tests {
         strip_for_upstream(&mut kept, false, true, false);
         assert_eq!(kept.len(), 2);
         assert!(kept.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn te_keeps_trailers_from_a_list_and_nothing_else() {
+        for (te, kept) in [
+            ("trailers", true),
+            ("Trailers", true),
+            ("trailers, deflate", true),
+            ("deflate;q=0.5, trailers", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_static(te));
+            strip_for_upstream(&mut h, false, true, false);
+            assert_eq!(h.get(header::TE).map(|v| v.to_str().unwrap()), kept.then_some("trailers"), "{te}");
+        }
+    }
+
+    #[test]
+    fn request_trailers_lose_hop_by_hop_overrides_and_header_only_fields() {
+        let mut t = HeaderMap::new();
+        for name in [
+            "keep-alive",
+            "connection",
+            "te",
+            "transfer-encoding",
+            "authorization",
+            "cookie",
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "x-original-url",
+            "x-http-method-override",
+            "x-request-id",
+        ] {
+            t.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        t.insert("x-checksum", HeaderValue::from_static("abc"));
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        let mut answer = t.clone();
+        strip_request_trailers(&mut t);
+        let mut kept: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["grpc-status", "x-checksum"]);
+        // An answer's trailers keep end-to-end fields, Authorization-like names included.
+        strip_response_trailers(&mut answer);
+        assert!(
+            !answer.contains_key("keep-alive")
+                && !answer.contains_key("connection")
+                && !answer.contains_key("content-length")
+        );
+        assert!(answer.contains_key("x-checksum") && answer.contains_key("grpc-status"));
     }
 
     #[test]

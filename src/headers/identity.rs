@@ -185,13 +185,22 @@ fn push_visible_or_encoded(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Removes every client-sent identity header and the assertion header.
+/// True when the two names are one once `_` and `.` are read as `-` (names are
+/// lower-case already): `X_Line_Identity_Jwt` is the assertion header to a CGI
+/// backend, so it is stripped as one.
+fn same_folded(name: &HeaderName, assertion: &HeaderName) -> bool {
+    let (a, b) = (name.as_str().as_bytes(), assertion.as_str().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold_byte(x) == fold_byte(y))
+}
+
+/// Removes every client-sent identity header and the assertion header, in
+/// every spelling a backend may fold into the same name.
 pub fn strip_identity(headers: &mut HeaderMap, names: &IdentityHeaderNames, assertion: &HeaderName) {
     // Collect first: HeaderMap cannot remove while iterating. The common case is
     // no match at all, which allocates nothing.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if names.is_identity_header(name) || name == assertion {
+        if names.is_identity_header(name) || same_folded(name, assertion) {
             doomed.push(name.clone());
         }
     }
@@ -206,6 +215,18 @@ mod tests {
 
     fn names() -> IdentityHeaderNames {
         IdentityHeaderNames::new("X-Line-").unwrap()
+    }
+
+    #[test]
+    fn the_assertion_header_is_stripped_in_every_folded_spelling() {
+        let assertion = HeaderName::from_static("x-identity-assertion");
+        let mut h = HeaderMap::new();
+        for spoof in ["x-identity-assertion", "X_Identity_Assertion", "x.identity.assertion", "x-identity_assertion"] {
+            h.append(HeaderName::from_bytes(spoof.as_bytes()).unwrap(), "forged".parse().unwrap());
+        }
+        h.insert("x-identity-assertions", "kept".parse().unwrap());
+        strip_identity(&mut h, &names(), &assertion);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-identity-assertions"]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub async fn authenticate<B>(
     let credential = |max| bearer_token(req.headers(), max).map_err(refused);
     match policy.auth {
         RouteAuth::None => Ok(None),
-        RouteAuth::AccessToken | RouteAuth::Optional => match access_token_credential(req)? {
+        RouteAuth::AccessToken | RouteAuth::Optional => match access_token_credential(req, policy.auth)? {
             Some(token) => access_token(ctx, token).await.map(Some),
             None if policy.auth == RouteAuth::Optional => {
                 ctx.outcome = Outcome::Anonymous;
@@ -49,13 +49,15 @@ pub async fn authenticate<B>(
 }
 
 /// The access token of the request: `Authorization: Bearer`, or — on a
-/// WebSocket handshake, where browsers cannot set `Authorization` — a
-/// `Sec-WebSocket-Protocol` entry `bearer.line-auth-proxy.<token>`. Both at
-/// once is a 400: the proxy does not guess which one counts.
-fn access_token_credential<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
+/// WebSocket handshake to an `access_token` route, where browsers cannot set
+/// `Authorization` — a `Sec-WebSocket-Protocol` entry
+/// `bearer.line-auth-proxy.<token>`. Both at once is a 400: the proxy does not
+/// guess which one counts. On an `optional` route the entry is no credential
+/// (it is removed before the upstream all the same).
+fn access_token_credential<B>(req: &Request<B>, auth: RouteAuth) -> Result<Option<&str>, ProxyError> {
     let refused = |e| ProxyError::Client(ClientError::Credential(e));
     let header = bearer_token(req.headers(), MAX_TOKEN_BYTES).map_err(refused)?;
-    if !super::request::is_websocket_upgrade(req) {
+    if auth != RouteAuth::AccessToken || !super::request::is_websocket_upgrade(req) {
         return Ok(header);
     }
     match (header, websocket_bearer(req.headers(), MAX_TOKEN_BYTES).map_err(refused)?) {

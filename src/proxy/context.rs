@@ -93,8 +93,9 @@ pub struct RequestCtx<'a> {
     pub outcome: Outcome,
     /// The error's reason code, when the proxy answered itself.
     pub reason: Option<&'static str>,
-    /// A gRPC call (`content-type: application/grpc…`): answered in gRPC's terms.
-    pub grpc: bool,
+    /// A gRPC call (`content-type: application/grpc…`), answered in gRPC's
+    /// terms: the content type of such an answer.
+    pub grpc: Option<HeaderValue>,
     /// The `grpc-status` of the proxy's own answer to a gRPC call.
     pub grpc_status: Option<u16>,
 }
@@ -115,10 +116,11 @@ impl<'a> RequestCtx<'a> {
             cache: None,
             outcome: Outcome::Forwarded,
             reason: None,
-            grpc: req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            grpc: req.headers().get(http::header::CONTENT_TYPE).and_then(|v| match grpc_kind(v)? {
+                Grpc::Http2 => Some(HeaderValue::from_static("application/grpc")),
+                // gRPC-Web clients read an answer of their own type only.
+                Grpc::Web => Some(v.clone()),
+            }),
             grpc_status: None,
         }
     }
@@ -126,6 +128,28 @@ impl<'a> RequestCtx<'a> {
     pub fn request_id_header() -> &'static http::HeaderName {
         &X_REQUEST_ID
     }
+}
+
+/// The two ways a gRPC call comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grpc {
+    /// `application/grpc`, `application/grpc+proto`, …: trailers as HTTP trailers.
+    Http2,
+    /// `application/grpc-web`, `application/grpc-web-text+proto`, …: trailers in the body.
+    Web,
+}
+
+/// The kind of gRPC a `content-type` names, if any (media types are
+/// case-insensitive; `application/grpcx` is not gRPC).
+pub fn grpc_kind(content_type: &HeaderValue) -> Option<Grpc> {
+    let value = content_type.to_str().ok()?.trim_start().to_ascii_lowercase();
+    let rest = value.strip_prefix("application/grpc")?;
+    let ends = |rest: &str| rest.is_empty() || rest.starts_with(['+', ';', ' ']);
+    if ends(rest) {
+        return Some(Grpc::Http2);
+    }
+    let web = rest.strip_prefix("-web")?;
+    (ends(web) || web.strip_prefix("-text").is_some_and(ends)).then_some(Grpc::Web)
 }
 
 /// The client's `X-Request-Id` when it is sane, else a fresh one.
@@ -138,4 +162,27 @@ fn request_id<B>(req: &Request<B>, metrics: &Metrics) -> HeaderValue {
         return v.clone();
     }
     HeaderValue::try_from(format!("{:016x}", metrics.next_request_id())).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_content_types_are_told_apart() {
+        for (value, kind) in [
+            ("application/grpc", Some(Grpc::Http2)),
+            ("application/grpc+proto", Some(Grpc::Http2)),
+            ("Application/GRPC; charset=utf-8", Some(Grpc::Http2)),
+            ("application/grpc-web", Some(Grpc::Web)),
+            ("application/grpc-web+proto", Some(Grpc::Web)),
+            ("application/grpc-web-text", Some(Grpc::Web)),
+            ("application/grpc-web-text+proto", Some(Grpc::Web)),
+            ("application/grpcx", None),
+            ("application/grpc-webx", None),
+            ("application/json", None),
+        ] {
+            assert_eq!(grpc_kind(&HeaderValue::from_static(value)), kind, "{value}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! (`respond`), tunnelling an authenticated WebSocket upgrade.
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -14,7 +14,7 @@ use super::{ConnectionSlot, ProxyBody, RequestCtx};
 use crate::cache::{Cached, Stored};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{FilteredBody, UpstreamBody};
 
 /// Phase 7: hop-by-hop and `Authorization` removal, identity injection (after
 /// removal, so that nothing the client named can remove it), `X-Request-Id`,
@@ -39,7 +39,7 @@ pub fn upstream_request(
         config.identity.names.inject(encoded, out);
     }
     out.insert(RequestCtx::request_id_header(), ctx.request_id.clone());
-    let mut req = req.map(|body| UpstreamBody::new(body, ctx.state.strip_rule.clone()));
+    let mut req = req.map(|body| UpstreamBody::to_upstream(body, ctx.state.strip_rule.clone()));
     let upstream = &ctx.state.upstream;
     upstream.prepare(&mut req, path);
     headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, ctx.conn.tls, ctx.conn.trusted);
@@ -72,8 +72,24 @@ pub fn respond(
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ctx.conn.slot.clone(), ctx.conn.closing.clone()));
     }
     headers::strip_response_hop_by_hop(response.headers_mut(), switching);
+    if ctx.version <= Version::HTTP_11 {
+        declare_grpc_trailers(response.headers_mut());
+    }
     *response.version_mut() = ctx.version;
-    Ok(response.map(Either::Left))
+    Ok(response.map(|body| Either::Left(FilteredBody::to_client(body))))
+}
+
+/// The trailers a gRPC answer ends with (grpc/doc/PROTOCOL-HTTP2.md).
+const GRPC_TRAILERS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
+
+/// An HTTP/1.1 hop sends only the trailers a `Trailer` header names, and an
+/// HTTP/2 upstream names none: a gRPC answer's are known, so they are declared
+/// for an HTTP/1.x client. (gRPC-Web carries its trailers in the body.)
+fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
+    let grpc = headers.get(http::header::CONTENT_TYPE).is_some_and(|v| super::grpc_kind(v) == Some(super::Grpc::Http2));
+    if grpc && !headers.contains_key(http::header::TRAILER) {
+        headers.insert(http::header::TRAILER, http::HeaderValue::from_static(GRPC_TRAILERS));
+    }
 }
 
 /// Copies bytes both ways between the upgraded client and upstream

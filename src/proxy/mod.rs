@@ -31,7 +31,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-pub use context::{ConnInfo, ConnectionSlot, RequestCtx};
+pub use context::{ConnInfo, ConnectionSlot, Grpc, RequestCtx, grpc_kind};
 
 use crate::auth::id_token::IdTokenVerifier;
 use crate::auth::line::LineClient;
@@ -43,7 +43,7 @@ use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 
 /// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<crate::upstream::FilteredBody, Full<Bytes>>;
 
 /// Everything a request needs, shared by all connections.
 pub struct State {
@@ -96,6 +96,10 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     forward::respond(ctx, response, upgrade)
 }
 
+/// What a page may read of the proxy's own answers (`cors_allow_origins`).
+const EXPOSED: &str = "WWW-Authenticate, Retry-After, X-Request-Id";
+const EXPOSED_TO_GRPC_WEB: &str = "WWW-Authenticate, Retry-After, X-Request-Id, grpc-status, grpc-message";
+
 /// The one place an error becomes the proxy's answer: the status and body, the
 /// outcome label, the refusal counter by reason, and the log's reason field.
 fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBody> {
@@ -106,9 +110,9 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
     if let Some(refusal) = class.refusal {
         ctx.state.metrics.count_refusal(refusal, reason);
     }
-    let mut response = if ctx.grpc {
+    let mut response = if let Some(content_type) = &ctx.grpc {
         ctx.grpc_status = Some(err.grpc_status());
-        err.into_grpc_response()
+        err.into_grpc_response(content_type.clone())
     } else {
         err.into_response()
     };
@@ -120,10 +124,9 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("WWW-Authenticate, Retry-After, X-Request-Id"),
-        );
+        // A gRPC-Web page reads the status from the headers.
+        let exposed = if ctx.grpc.is_some() { EXPOSED_TO_GRPC_WEB } else { EXPOSED };
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(exposed));
     }
     response.map(Either::Right)
 }

@@ -16,8 +16,14 @@ use crate::routes::{self, PathError, Policy};
 const HEADER_LINE_OVERHEAD: usize = 4;
 
 /// Phase 1: request line plus headers within `server.max_header_bytes` (431).
-pub fn bound_head<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Result<(), ProxyError> {
+pub fn bound_head<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<(), ProxyError> {
     if head_bytes(req) > ctx.state.config.server.keys.max_header_bytes.get() {
+        // The 431 is the proxy's own answer on the route the path falls under:
+        // its CORS headers too (the request is never routed further).
+        if let Ok(path) = normalised_path_and_query(req.uri()) {
+            let routes = &ctx.state.config.routes;
+            ctx.route = routes.route(&routes.policy(req.method(), path.path(), None));
+        }
         return Err(ProxyError::Client(ClientError::HeadersTooLarge));
     }
     Ok(())

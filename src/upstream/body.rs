@@ -1,14 +1,16 @@
-//! The request body as the upstream receives it: the client's body, streamed
-//! frame by frame, with its trailers held to the same rule as its headers —
-//! every identity-prefixed name and the assertion header removed, so that a
-//! trailer can smuggle no identity past the strip.
+//! Bodies as they cross the proxy, streamed frame by frame, with their
+//! trailers held to the rules of headers: a request's lose every
+//! identity-prefixed name, the assertion header, hop-by-hop fields, routing
+//! overrides and what belongs in the header section only, so that a trailer
+//! can smuggle nothing past the strip; an answer's lose hop-by-hop fields,
+//! which an HTTP/2 client's stream would be reset for.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -20,29 +22,55 @@ pub struct StripRule {
     pub assertion: HeaderName,
 }
 
-/// The client's body with stripped trailers.
-pub struct UpstreamBody {
-    inner: Incoming,
-    rule: Arc<StripRule>,
+/// Which trailers rule a body's trailers are held to.
+enum Direction {
+    ToUpstream(Arc<StripRule>),
+    ToClient,
 }
 
-impl UpstreamBody {
-    pub fn new(inner: Incoming, rule: Arc<StripRule>) -> Self {
-        Self { inner, rule }
+/// A body passed through with its trailers filtered.
+pub struct FilteredBody {
+    inner: Incoming,
+    direction: Direction,
+}
+
+/// The client's request body, as the upstream receives it.
+pub type UpstreamBody = FilteredBody;
+
+impl FilteredBody {
+    /// A request body on its way to the upstream.
+    pub fn to_upstream(inner: Incoming, rule: Arc<StripRule>) -> Self {
+        Self { inner, direction: Direction::ToUpstream(rule) }
+    }
+
+    /// The upstream's answer body on its way to the client.
+    pub fn to_client(inner: Incoming) -> Self {
+        Self { inner, direction: Direction::ToClient }
+    }
+
+    fn filter(&self, trailers: &mut HeaderMap) {
+        match &self.direction {
+            Direction::ToUpstream(rule) => {
+                headers::strip_identity(trailers, &rule.names, &rule.assertion);
+                headers::strip_request_trailers(trailers);
+            }
+            Direction::ToClient => headers::strip_response_trailers(trailers),
+        }
     }
 }
 
-impl Body for UpstreamBody {
+impl Body for FilteredBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        Pin::new(&mut this.inner).poll_frame(cx).map(|frame| {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        polled.map(|frame| {
             frame.map(|frame| {
                 frame.map(|frame| match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        headers::strip_identity(&mut trailers, &this.rule.names, &this.rule.assertion);
+                        this.filter(&mut trailers);
                         Frame::trailers(trailers)
                     }
                     Err(frame) => frame,

@@ -22,7 +22,7 @@ use crate::clock::Stopwatch;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::UpstreamError;
 use crate::telemetry::Metrics;
-pub use body::{StripRule, UpstreamBody};
+pub use body::{FilteredBody, StripRule, UpstreamBody};
 
 mod body;
 
