@@ -156,7 +156,7 @@ proxy cold ""
 COLD=$("$LB" cold "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" "$COLD_LOGINS" 8)
 COALESCE=$("$LB" coalesce "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" 500)
 fixtures 0
-PROXY_LOG=warn proxy fill $'[cache]\nttl_seconds = 3600\nmax_entries = 200000'
+PROXY_LOG="warn,line_auth_proxy=info" proxy fill $'[cache]\nttl_seconds = 3600\nmax_entries = 200000'
 FILL_OUT=$("$LB" fill "http://127.0.0.1:$PROXY_PORT" "$FILL" 32)
 sleep 1
 FILL_RSS=$(rss_kb "$PROXY_PID")
