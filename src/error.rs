@@ -43,6 +43,10 @@ pub enum UpstreamError {
     Timeout,
     /// The upstream switched protocols for a request that did not ask to.
     UnrequestedUpgrade,
+    /// The upstream's 101 to a WebSocket handshake is not the handshake's
+    /// answer (no `Upgrade: websocket`, no `Connection: upgrade`, or the wrong
+    /// `Sec-WebSocket-Accept`): it has not switched, so nothing is tunnelled.
+    InvalidUpgrade,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +55,7 @@ pub enum ProxyError {
     Client(ClientError),
     #[error("LINE Platform: {0}")]
     Line(LineError),
-    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Protocol => "protocol error", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch" })]
+    #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Protocol => "protocol error", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch", UpstreamError::InvalidUpgrade => "invalid WebSocket handshake answer" })]
     Upstream(UpstreamError),
     /// The nonce store is full (or, with Redis, unreachable): fail closed.
     #[error("nonce store unavailable")]
@@ -103,7 +107,10 @@ impl ProxyError {
                 class(StatusCode::SERVICE_UNAVAILABLE, Outcome::Unavailable, Some(Refusal::Unavailable))
             }
             ProxyError::Upstream(
-                UpstreamError::Unreachable | UpstreamError::Protocol | UpstreamError::UnrequestedUpgrade,
+                UpstreamError::Unreachable
+                | UpstreamError::Protocol
+                | UpstreamError::UnrequestedUpgrade
+                | UpstreamError::InvalidUpgrade,
             ) => class(StatusCode::BAD_GATEWAY, Outcome::UpstreamError, None),
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 class(StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamError, None)
@@ -125,6 +132,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Protocol) => "upstream_protocol_error",
             ProxyError::Upstream(UpstreamError::Timeout) => "upstream_timeout",
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => "upstream_unrequested_upgrade",
+            ProxyError::Upstream(UpstreamError::InvalidUpgrade) => "upstream_invalid_upgrade",
             ProxyError::NonceStore => "nonce_store_unavailable",
             ProxyError::Internal(_) => "internal_error",
         }
@@ -160,6 +168,9 @@ impl ProxyError {
             }
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => {
                 ("bad_gateway", "the upstream service switched protocols without being asked to")
+            }
+            ProxyError::Upstream(UpstreamError::InvalidUpgrade) => {
+                ("bad_gateway", "the upstream service did not complete the WebSocket handshake")
             }
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 ("gateway_timeout", "the upstream service did not answer in time")
@@ -292,6 +303,7 @@ mod tests {
             ProxyError::Upstream(UpstreamError::Protocol),
             ProxyError::Upstream(UpstreamError::Timeout),
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade),
+            ProxyError::Upstream(UpstreamError::InvalidUpgrade),
             ProxyError::Internal("x"),
         ];
         for e in every {
@@ -325,6 +337,7 @@ mod tests {
             ProxyError::Upstream(UpstreamError::Protocol),
             ProxyError::Upstream(UpstreamError::Timeout),
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade),
+            ProxyError::Upstream(UpstreamError::InvalidUpgrade),
             ProxyError::Internal("x"),
         ];
         errors.extend(

@@ -159,47 +159,115 @@ async fn a_response_body_reaches_the_client_before_it_ends() {
     assert!(r.chunk().await.unwrap().is_none());
 }
 
-/// An upstream that answers every request `101 Switching Protocols` and then
-/// keeps reading whatever comes (a status reflector, a buggy framework).
-async fn switching_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// What an upstream that answers every request head `101` has seen: the heads
+/// it parsed (with their first lines) and the connections that were closed on it.
+#[derive(Default)]
+struct Reflected {
+    heads: std::sync::Mutex<Vec<String>>,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
+/// An upstream that answers every request head `101 Switching Protocols`
+/// (with `answer`'s extra headers) and then keeps parsing HTTP (a status
+/// reflector, a buggy framework): whatever the proxy lets through after the
+/// 101 it reads as new requests.
+async fn switching_upstream(answer: &'static str) -> (std::net::SocketAddr, std::sync::Arc<Reflected>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = heads.clone();
+    let seen = std::sync::Arc::new(Reflected::default());
+    let recorded = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let recorded = recorded.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
-                let mut seen = Vec::new();
+                let mut bytes = Vec::new();
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let _ = s
-                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
-                            .await;
+                    bytes.extend_from_slice(&buf[..n]);
+                    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = bytes.drain(..end + 4).collect();
+                        recorded.heads.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                        let reply = format!("HTTP/1.1 101 Switching Protocols\r\n{answer}\r\n");
+                        let _ = s.write_all(reply.as_bytes()).await;
                     }
                 }
+                recorded.closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (addr, heads)
+    (addr, seen)
+}
+
+async fn switching_proxy(answer: &'static str) -> (MockLine, TestProxy, std::sync::Arc<Reflected>) {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let (upstream, seen) = switching_upstream(answer).await;
+    let proxy = spawn_proxy(config(&config_text(&line.base_url(), &format!("http://{upstream}"), ""))).await;
+    (line, proxy, seen)
+}
+
+#[tokio::test]
+async fn a_101_that_is_not_the_handshakes_answer_opens_no_tunnel() {
+    // Each a 101 to a valid, authenticated handshake, each lacking part of the
+    // answer (RFC 6455 §4.2.2): the accept value, the Upgrade, the Connection.
+    for answer in [
+        "Connection: upgrade\r\nUpgrade: websocket\r\n",
+        "Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n",
+        "Connection: upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n",
+        "Upgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n",
+        "",
+    ] {
+        let (_line, proxy, seen) = switching_proxy(answer).await;
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(format!("{UPGRADE}Authorization: Bearer {TOKEN}\r\n\r\n").as_bytes()).await.unwrap();
+        let answer_head = read_answer(&mut s).await;
+        assert_eq!(raw_status(&answer_head), 502, "{answer:?}: {answer_head}");
+        assert!(answer_head.contains("did not complete the WebSocket handshake"), "{answer_head}");
+        // The smuggling attempt: a plain request with no token and a chosen
+        // identity, on the connection the tunnel would have been.
+        s.write_all(b"GET /admin HTTP/1.1\r\nHost: x\r\nX-Line-User-Id: Uevil\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let smuggled = read_answer(&mut s).await;
+        assert_eq!(raw_status(&smuggled), 401, "the proxy did not read the next request as HTTP: {smuggled}");
+        let heads = seen.heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "{answer:?}: the upstream read more than the handshake: {heads:?}");
+        assert!(heads[0].starts_with("GET /ws "), "{heads:?}");
+        // The connection that said 101 is closed, never pooled for another request.
+        assert!(
+            eventually(std::time::Duration::from_secs(5), || async {
+                seen.closed.load(std::sync::atomic::Ordering::SeqCst) == 1
+            })
+            .await,
+            "{answer:?}: the upstream connection stayed open"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_handshake_without_a_key_is_no_upgrade() {
+    // No Sec-WebSocket-Key: not a WebSocket handshake, so Upgrade is dropped as
+    // hop-by-hop and a 101 is one nobody asked for.
+    let (_line, proxy, seen) = switching_proxy("Connection: upgrade\r\nUpgrade: websocket\r\n").await;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw(proxy.addr, request.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 502, "{answer}");
+    let heads = seen.heads.lock().unwrap().clone();
+    assert!(!heads[0].to_ascii_lowercase().contains("upgrade: websocket"), "{heads:?}");
 }
 
 #[tokio::test]
 async fn an_upstream_101_nobody_asked_for_is_a_502() {
-    let line = MockLine::start().await.unwrap();
-    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
-    let (upstream, heads) = switching_upstream().await;
-    let proxy = spawn_proxy(config(&config_text(&line.base_url(), &format!("http://{upstream}"), ""))).await;
+    let (_line, proxy, seen) = switching_proxy("Connection: upgrade\r\nUpgrade: websocket\r\n").await;
     let r = client().get(proxy.url("/plain")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(json_error(r, 502).await, "bad_gateway");
-    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(seen.heads.lock().unwrap().len(), 1);
     let unrequested = "line_auth_proxy_requests_total{outcome=\"upstream_error\",auth=\"access_token\"}";
     assert_eq!(proxy.metric(unrequested).await, 1.0);
 }

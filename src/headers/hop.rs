@@ -110,6 +110,14 @@ fn strip_trailers(trailers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
     }
 }
 
+/// Whether a `Connection` header lists `token` (`Connection: keep-alive, Upgrade`).
+pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+}
+
 /// Whether a `TE` value lists `trailers` (`TE: trailers, deflate;q=0.5`).
 fn lists_trailers(value: &HeaderValue) -> bool {
     value

@@ -11,7 +11,9 @@ pub mod forwarding;
 pub mod hop;
 pub mod identity;
 
-pub use hop::{strip_for_upstream, strip_request_trailers, strip_response_hop_by_hop, strip_response_trailers};
+pub use hop::{
+    connection_lists, strip_for_upstream, strip_request_trailers, strip_response_hop_by_hop, strip_response_trailers,
+};
 pub use identity::{EncodedIdentity, IdentityHeaderNames, percent_encoded, strip_identity};
 
 use http::HeaderName;

@@ -2,6 +2,7 @@
 //! (`upstream_request`), sending it (`forward`), and passing its answer back
 //! (`respond`), tunnelling an authenticated WebSocket upgrade.
 
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
@@ -16,19 +17,41 @@ use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
 use crate::upstream::{FilteredBody, UpstreamBody};
 
+/// The client's side of a WebSocket handshake: its connection once upgraded,
+/// and the `Sec-WebSocket-Accept` that proves the upstream really switched.
+pub struct ClientUpgrade {
+    on: OnUpgrade,
+    accept: HeaderValue,
+}
+
+/// RFC 6455 §1.3: the accept value is base64(SHA-1(key + this GUID)).
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn websocket_accept(key: &HeaderValue) -> HeaderValue {
+    use base64::Engine as _;
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes());
+    sha1.update(WEBSOCKET_GUID);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(sha1.finish());
+    HeaderValue::try_from(encoded).expect("base64 is a valid header value")
+}
+
 /// Phase 7: hop-by-hop and `Authorization` removal, identity injection (after
 /// removal, so that nothing the client named can remove it), `X-Request-Id`,
-/// the authorised path, and `X-Forwarded-*`. Returns the client's side of an
+/// the authorised path, and `X-Forwarded-*`. Returns the client's side of the
 /// upgrade when the request is a WebSocket handshake.
 pub fn upstream_request(
     ctx: &RequestCtx<'_>,
     mut req: Request<Incoming>,
     path: PathAndQuery,
     verdict: Option<Cached>,
-) -> Result<(Request<UpstreamBody>, Option<OnUpgrade>), ProxyError> {
+) -> Result<(Request<UpstreamBody>, Option<ClientUpgrade>), ProxyError> {
     let config = &ctx.state.config;
     let upgrade = super::request::is_websocket_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if upgrade => Some(ClientUpgrade { accept: websocket_accept(key), on: hyper::upgrade::on(&mut req) }),
+        _ => None,
+    };
     let out = req.headers_mut();
     headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization, ctx.conn.trusted);
     crate::auth::credential::strip_websocket_bearer(out);
@@ -54,19 +77,31 @@ pub async fn forward(ctx: &RequestCtx<'_>, req: Request<UpstreamBody>) -> Result
 
 /// Phase 9: hop-by-hop removal on the way back; the client's HTTP version (an
 /// HTTP/1.0 upstream must not turn a keep-alive HTTP/1.1 connection into one
-/// closed after every answer); a 101 to the WebSocket handshake becomes a
-/// tunnel, a 101 nobody asked for a 502.
+/// closed after every answer); a 101 that answers the WebSocket handshake
+/// becomes a tunnel. Any other 101 is a 502, and the upstream connection it
+/// came on is closed: an upstream that said 101 without switching would
+/// otherwise read every later byte of the client as plain HTTP, unchecked.
 pub fn respond(
     ctx: &RequestCtx<'_>,
     mut response: Response<Incoming>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(ProxyError::Upstream(UpstreamError::UnrequestedUpgrade));
+        let refused = match &client_upgrade {
+            None => Some(UpstreamError::UnrequestedUpgrade),
+            Some(client) if !completes_handshake(response.headers(), &client.accept) => {
+                Some(UpstreamError::InvalidUpgrade)
+            }
+            Some(_) => None,
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        if let Some(refused) = refused {
+            // Dropped: the upstream connection is closed, never pooled.
+            drop(upstream_upgrade);
+            return Err(ProxyError::Upstream(refused));
+        }
+        let client_upgrade = client_upgrade.expect("checked above").on;
         // The tunnel holds the connection's slot: it counts against
         // server.max_connections and is waited for at shutdown.
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ctx.conn.slot.clone(), ctx.conn.closing.clone()));
@@ -77,6 +112,16 @@ pub fn respond(
     }
     *response.version_mut() = ctx.version;
     Ok(response.map(|body| Either::Left(FilteredBody::to_client(body))))
+}
+
+/// Whether a 101's headers are the answer to the handshake (RFC 6455 §4.2.2):
+/// `Upgrade: websocket`, `Connection: upgrade`, and the accept value of the
+/// client's key.
+fn completes_handshake(headers: &http::HeaderMap, accept: &HeaderValue) -> bool {
+    let upgrade = headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let connection = crate::headers::connection_lists(headers, "upgrade");
+    let accepted = headers.get_all(header::SEC_WEBSOCKET_ACCEPT).iter().eq(std::iter::once(accept));
+    upgrade && connection && accepted
 }
 
 /// The trailers a gRPC answer ends with (grpc/doc/PROTOCOL-HTTP2.md).
@@ -115,5 +160,41 @@ async fn tunnel(
     tokio::select! {
         () = copy => {}
         () = crate::sync::until_set(&mut closing) => tracing::debug!("tunnel closed at the end of the grace period"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_value_is_rfc_6455s() {
+        // RFC 6455 §1.3's worked example.
+        let accept = websocket_accept(&HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn only_the_handshakes_answer_completes_it() {
+        let accept = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let answer = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            completes_handshake(&h, &accept)
+        };
+        let good = [
+            ("upgrade", "WebSocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert!(answer(&good));
+        assert!(!answer(&good[..2]), "no accept");
+        assert!(!answer(&good[1..]), "no upgrade");
+        assert!(!answer(&[good[0], good[2]]), "no connection");
+        assert!(!answer(&[good[0], good[1], ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]), "wrong accept");
+        assert!(!answer(&[good[0], good[1], good[2], ("sec-websocket-accept", "second")]), "two accepts");
+        assert!(!answer(&[("upgrade", "h2c"), good[1], good[2]]), "another protocol");
     }
 }

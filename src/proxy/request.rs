@@ -58,19 +58,18 @@ pub fn route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>, path: &PathAndQuery)
     policy
 }
 
-/// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
-/// Only WebSocket (RFC 6455: `GET` + `Upgrade: websocket`) is tunnelled; any
-/// other `Upgrade` (h2c above all, which would hand the client a raw HTTP/2
-/// connection to the upstream) is dropped as the hop-by-hop header it is.
+/// A WebSocket handshake (RFC 6455 §4.1): HTTP/1.1 `GET` with `Upgrade:
+/// websocket`, `Connection: upgrade` and one `Sec-WebSocket-Key`. Only these
+/// are tunnelled; any other `Upgrade` (h2c above all, which would hand the
+/// client a raw HTTP/2 connection to the upstream) is dropped as the
+/// hop-by-hop header it is.
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
     req.version() == http::Version::HTTP_11
         && req.method() == Method::GET
-        && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count() == 1
+        && headers::connection_lists(headers, "upgrade")
 }
 
 /// Request line plus header bytes, as they stood on the wire (approximately).

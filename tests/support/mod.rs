@@ -149,6 +149,15 @@ impl RecordingUpstream {
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
+/// A WebSocket server's `Sec-WebSocket-Accept` for `key` (RFC 6455 §1.3).
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finish())
+}
+
 fn full(bytes: &'static [u8]) -> UpBody {
     Full::new(Bytes::from_static(bytes)).map_err(|never| match never {}).boxed()
 }
@@ -183,6 +192,9 @@ async fn upstream_handle(
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         r.headers_mut().insert("connection", "upgrade".parse().unwrap());
         r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        if let Some(key) = req.headers().get("sec-websocket-key") {
+            r.headers_mut().insert("sec-websocket-accept", websocket_accept(key.as_bytes()).parse().unwrap());
+        }
         return Ok(r);
     }
     if path.starts_with("/slow") {
