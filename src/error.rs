@@ -13,6 +13,7 @@ use http_body_util::Full;
 use crate::auth::Rejection;
 use crate::auth::credential::CredentialError;
 use crate::auth::line::LineError;
+use crate::limits::Limit;
 use crate::routes::PathError;
 use crate::telemetry::{Outcome, Refusal};
 
@@ -60,6 +61,9 @@ pub enum ProxyError {
     /// The nonce store is full (or, with Redis, unreachable): fail closed.
     #[error("nonce store unavailable")]
     NonceStore,
+    /// A per-client budget of `[limits]` is spent: 429 with `Retry-After`.
+    #[error("limit {} reached", .limit.as_str())]
+    Limited { limit: Limit, retry_after: std::time::Duration },
     #[error("internal: {0}")]
     Internal(&'static str),
 }
@@ -115,6 +119,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 class(StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamError, None)
             }
+            ProxyError::Limited { .. } => {
+                class(StatusCode::TOO_MANY_REQUESTS, Outcome::Limited, Some(Refusal::Limited))
+            }
             ProxyError::Internal(_) => class(StatusCode::INTERNAL_SERVER_ERROR, Outcome::InternalError, None),
         }
     }
@@ -134,6 +141,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => "upstream_unrequested_upgrade",
             ProxyError::Upstream(UpstreamError::InvalidUpgrade) => "upstream_invalid_upgrade",
             ProxyError::NonceStore => "nonce_store_unavailable",
+            ProxyError::Limited { limit, .. } => limit.as_str(),
             ProxyError::Internal(_) => "internal_error",
         }
     }
@@ -174,6 +182,15 @@ impl ProxyError {
             }
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 ("gateway_timeout", "the upstream service did not answer in time")
+            }
+            ProxyError::Limited { limit: Limit::Nonces, .. } => {
+                ("too_many_requests", "this client asked for too many nonces; retry later")
+            }
+            ProxyError::Limited { limit: Limit::FreshTokens, .. } => {
+                ("too_many_requests", "this client presented too many new credentials; retry later")
+            }
+            ProxyError::Limited { limit: Limit::Connections, .. } => {
+                ("too_many_requests", "this client has too many connections open")
             }
             ProxyError::Internal(_) => ("internal_error", "the proxy failed to handle the request"),
         }
@@ -239,12 +256,22 @@ impl ProxyError {
             ProxyError::NonceStore => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::Limited { retry_after, .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds_at_least_one(*retry_after)));
+            }
             ProxyError::Client(ClientError::NonceMethod) => {
                 headers.insert(http::header::ALLOW, HeaderValue::from_static("GET"));
             }
             _ => {}
         }
     }
+}
+
+/// `Retry-After` is whole seconds: rounded up, and never 0 (that would invite
+/// an immediate retry that fails again).
+fn whole_seconds_at_least_one(d: std::time::Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod dev;
 mod error;
 mod headers;
 mod identity;
+mod limits;
 mod panics;
 mod proxy;
 mod redis_conn;
@@ -171,7 +172,10 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         names: config.identity.names.clone(),
         assertion: config.identity.assertion_header.clone(),
     });
-    let state = Arc::new(proxy::State { config, strip_rule, line, id_tokens, nonces, cache, upstream, metrics });
+    let limits = Arc::new(limits::Limits::new(&config.limits, clock.clone()));
+    background.push(("limits sweeper", Box::pin(limits.clone().run_sweeper(metrics.clone()))));
+    let state =
+        Arc::new(proxy::State { config, strip_rule, line, id_tokens, nonces, cache, upstream, metrics, limits });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }
 

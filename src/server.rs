@@ -17,8 +17,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ServerConfig, TlsFiles};
+use crate::limits::{ClientKey, Limit};
 use crate::proxy::{self, ConnInfo, ConnectionSlot, State};
 use crate::sync::until_set;
+use crate::telemetry::Refusal;
 
 /// hyper's own read buffer: big enough that heads over `max_header_bytes` still
 /// parse and get the proxy's JSON 431; beyond it hyper answers a bare 431.
@@ -149,7 +151,17 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let trusted = state.config.server.trusted_proxies.contains(peer.ip());
-        let slot = ConnectionSlot::new(permit, state.metrics.clone());
+        let counted = match (&state.limits.connections, trusted) {
+            (Some(counts), false) => match counts.open(ClientKey::of(peer.ip())) {
+                Some(counted) => Some(counted),
+                None => {
+                    refuse_connection(&stream, tls.is_some(), &state);
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let slot = ConnectionSlot::new(permit, counted, state.metrics.clone());
         let conn = ConnInfo::new(peer, tls.is_some(), trusted, slot, closing.clone());
         let state = state.clone();
         let builders = builders.clone();
@@ -200,6 +212,23 @@ pub async fn serve_proxy(
     }
 }
 
+/// What a peer over `limits.connections` gets on plain TCP before the close:
+/// written without waiting (a fresh socket's send buffer takes it whole), and
+/// the same for HTTP/1.x and h2c clients (those see a protocol error).
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n\
+    Content-Type: application/json\r\nContent-Length: 93\r\nConnection: close\r\n\r\n\
+    {\"error\":\"too_many_requests\",\"error_description\":\"this client has too many connections open\"}";
+
+/// A connection over the peer's `limits.connections`: counted, answered 429
+/// on plain TCP (no request is read), and closed by the caller's drop.
+fn refuse_connection(stream: &tokio::net::TcpStream, tls: bool, state: &State) {
+    state.metrics.count_refusal(Refusal::Limited, Limit::Connections.as_str());
+    if !tls {
+        let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+    }
+    tracing::debug!(peer = %stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(), "connection refused: limits.connections");
+}
+
 /// Waits until the first bytes tell HTTP/1.1 from the h2c preface (or the peer
 /// closed), so that hyper-util's own detection never waits.
 async fn preface_known(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
@@ -235,5 +264,20 @@ async fn serve_connection<I>(
             }
         }
         () = until_set(&mut closing) => tracing::debug!(peer = %peer, "connection closed at the end of the grace period"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canned_429_declares_its_body_length() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
+        assert_eq!(length, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "too_many_requests");
     }
 }

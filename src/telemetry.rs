@@ -87,10 +87,12 @@ pub enum Outcome {
     UpstreamError,
     /// 500.
     InternalError,
+    /// 429: a per-client budget of `[limits]` is spent.
+    Limited,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::Anonymous,
         Outcome::Preflight,
@@ -100,6 +102,7 @@ impl Outcome {
         Outcome::BadRequest,
         Outcome::UpstreamError,
         Outcome::InternalError,
+        Outcome::Limited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +116,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::UpstreamError => "upstream_error",
             Outcome::InternalError => "internal_error",
+            Outcome::Limited => "limited",
         }
     }
 }
@@ -124,6 +128,9 @@ pub enum Refusal {
     Rejected,
     /// `line_auth_proxy_auth_unavailable_total`: the proxy's 503s.
     Unavailable,
+    /// `line_auth_proxy_limited_total`: the proxy's 429s (and connections
+    /// refused at accept), by the `[limits]` key that refused.
+    Limited,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,6 +142,11 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,6 +231,10 @@ pub struct Metrics {
     pub cache_shared_misses: Counter,
     /// Shared-tier lookups or writes that failed (the request went on to LINE).
     pub cache_shared_errors: Counter,
+    /// 429s and connections refused, by `reason` (the `[limits]` key).
+    pub limited: Family<ReasonLabels, Counter>,
+    /// Clients each limit tracks (owing budget, or with connections open).
+    pub limit_clients: Family<LimitLabels, Gauge>,
     request_ids: AtomicU64,
     /// Pre-resolved handles for the per-request series: the hot path increments
     /// an atomic instead of hashing a label set under a lock.
@@ -313,6 +329,18 @@ impl Metrics {
             "Shared-tier calls that failed (degraded to memory + LINE)",
             cache_shared_errors.clone(),
         );
+        let limited = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "limited",
+            "429 answers and refused connections by the [limits] key that refused",
+            limited.clone(),
+        );
+        let limit_clients = Family::<LimitLabels, Gauge>::default();
+        registry.register("limit_clients", "Client addresses each [limits] key tracks", limit_clients.clone());
+        for limit in crate::limits::Limit::ALL {
+            let _ = limited.get_or_create(&ReasonLabels { reason: limit.as_str() });
+            let _ = limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() });
+        }
         let hot = Hot {
             requests: Outcome::ALL
                 .iter()
@@ -338,6 +366,8 @@ impl Metrics {
             cache_shared_hits,
             cache_shared_misses,
             cache_shared_errors,
+            limited,
+            limit_clients,
             requests,
             rejections,
             unavailable,
@@ -375,8 +405,13 @@ impl Metrics {
         let family = match refusal {
             Refusal::Rejected => &self.rejections,
             Refusal::Unavailable => &self.unavailable,
+            Refusal::Limited => &self.limited,
         };
         family.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn set_limit_clients(&self, limit: crate::limits::Limit, clients: usize) {
+        self.limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() }).set(clients as i64);
     }
 
     /// Records the time to a verdict from `source`.

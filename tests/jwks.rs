@@ -33,7 +33,9 @@ async fn key_rotation_is_picked_up_with_one_refetch() {
 
 #[tokio::test]
 async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_window() {
-    let e = login_env("", "").await;
+    // One client floods here; its fresh-token budget (tests/limits.rs) is off
+    // so that every token reaches the JWKS lookup.
+    let e = login_env("", "[limits]\nfresh_tokens_per_minute = 0\n").await;
     let nonce = e.nonce().await;
     let c = client();
     let mut tasks = Vec::new();

@@ -278,11 +278,31 @@ impl VerdictCache {
     where
         F: Future<Output = Result<Verdict, LineError>>,
     {
+        match self.get_or_verify_admitted(key, || Ok::<(), std::convert::Infallible>(()), verify).await {
+            Ok(found) => found,
+        }
+    }
+
+    /// [`Self::get_or_verify`], with `admit` asked first whenever a new
+    /// verification would start (not for a hit, nor for joining one already in
+    /// flight): its `Err` is returned and nothing is verified. Per-client
+    /// budgets hook in here, so that only the client that causes a verification
+    /// pays for it.
+    pub async fn get_or_verify_admitted<F, A, E>(
+        &self,
+        key: CacheKey,
+        admit: A,
+        verify: F,
+    ) -> Result<(FlightResult, Lookup), E>
+    where
+        F: Future<Output = Result<Verdict, LineError>>,
+        A: FnOnce() -> Result<(), E>,
+    {
         let (result, lookup) = match self.lookup(&key) {
             Some(hit) => (Ok(hit), Lookup::Hit),
-            None => self.fly(key, verify).await,
+            None => self.fly(key, admit, verify).await?,
         };
-        match result {
+        Ok(match result {
             // The TTL already ends at the token's expiry; this guards clock
             // granularity and entries from elsewhere: a stored verdict is never
             // served past its token's expiry. (A fresh verification stands as its
@@ -295,15 +315,25 @@ impl VerdictCache {
                 (Ok(expired), lookup)
             }
             other => (other, lookup),
-        }
+        })
     }
 
-    /// Joins (or starts) the one verification in flight for `key`.
-    async fn fly<F>(&self, key: CacheKey, verify: F) -> (FlightResult, Lookup)
+    /// Joins (or, when `admit` allows, starts) the one verification in flight for `key`.
+    async fn fly<F, A, E>(&self, key: CacheKey, admit: A, verify: F) -> Result<(FlightResult, Lookup), E>
     where
         F: Future<Output = Result<Verdict, LineError>>,
+        A: FnOnce() -> Result<(), E>,
     {
-        let flight = crate::sync::lock(&self.inflight).entry(key).or_default().clone();
+        let flight = {
+            let mut inflight = crate::sync::lock(&self.inflight);
+            match inflight.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    admit()?;
+                    inflight.entry(key).or_default().clone()
+                }
+            }
+        };
         // Leaves the map when the flight is over or its last waiter gave up,
         // whether this request completes or is cancelled mid-flight. The guard
         // holds this waiter's only reference to the flight.
@@ -338,7 +368,7 @@ impl VerdictCache {
             .await
             .clone();
         drop(guard);
-        (result, ran.unwrap_or(Lookup::Coalesced))
+        Ok((result, ran.unwrap_or(Lookup::Coalesced)))
     }
 
     fn ttl_for(&self, verdict: &Verdict) -> Duration {

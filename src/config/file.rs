@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use super::cache::CacheSection;
 use super::identity::IdentitySection;
 use super::keys::{KeySpec, Kind, Section};
+use super::limits::LimitsSection;
 use super::line::LineSection;
 use super::nonce::NonceSection;
 use super::reserved::{AssertionSection, ForwardAuthSection};
@@ -30,6 +31,7 @@ pub struct FileConfig {
     pub cache: CacheSection,
     pub identity: IdentitySection,
     pub nonce: NonceSection,
+    pub limits: LimitsSection,
     pub forward_auth: ForwardAuthSection,
     pub assertion: AssertionSection,
     pub routes: Vec<RouteSection>,
@@ -40,7 +42,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// The sections with plain keys, in the order the reference lists them.
-    fn sections(&mut self) -> [&mut dyn Section; 8] {
+    fn sections(&mut self) -> [&mut dyn Section; 9] {
         [
             &mut self.server,
             &mut self.upstream,
@@ -48,6 +50,7 @@ impl FileConfig {
             &mut self.cache,
             &mut self.identity,
             &mut self.nonce,
+            &mut self.limits,
             &mut self.forward_auth,
             &mut self.assertion,
         ]

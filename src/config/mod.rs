@@ -15,6 +15,7 @@ mod file;
 mod id_token;
 mod identity;
 pub(crate) mod keys;
+mod limits;
 mod line;
 mod nonce;
 mod reserved;
@@ -35,6 +36,7 @@ pub(crate) use cache::CacheSection;
 pub(crate) use file::FileConfig;
 pub(crate) use id_token::IdTokenConfig;
 pub(crate) use identity::IdentityConfig;
+pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use secret::Secret;
 pub(crate) use server::{ServerConfig, TlsFiles};
@@ -58,6 +60,7 @@ pub struct Config {
     /// Present when some route has `auth = "id_token"`.
     pub(crate) id_token: Option<IdTokenConfig>,
     pub(crate) routes: RouteTable,
+    pub(crate) limits: LimitsSection,
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -222,7 +225,8 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
     file.assertion.validate(file, p);
     let routes = routes::validate(file, p);
     let id_token = id_token::validate(file, routes.has(crate::routes::RouteAuth::IdToken), p);
-    Config { server, upstream, line, cache, identity, id_token, routes }
+    let limits = file.limits.clone();
+    Config { server, upstream, line, cache, identity, id_token, routes, limits }
 }
 
 /// Collapses a library's multi-line message into one line.

@@ -67,6 +67,46 @@ fn as_ipv4_when_mapped(net: IpNet) -> IpNet {
     }
 }
 
+/// The client a request is from, for per-client limits and `X-Real-IP`: the
+/// peer, unless the peer is a trusted proxy; then the nearest `X-Forwarded-For`
+/// entry that is not itself a trusted proxy, read from the right (the entries a
+/// trusted proxy appended; anything left of the first untrusted one is the
+/// client's own claim). When every entry is trusted, the leftmost; when an
+/// entry is not an address, the hop to its right, which is trusted to have
+/// written it.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let lists: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for value in lists.into_iter().rev() {
+        let Ok(list) = value.to_str() else { return client };
+        for entry in list.rsplit(',') {
+            let Some(hop) = parse_hop(entry) else { return client };
+            client = hop;
+            if !trusted.contains(hop) {
+                return hop;
+            }
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, IPv6 perhaps bracketed, perhaps
+/// with a port (`[2001:db8::1]:443`, `192.0.2.1:443`).
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical());
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_canonical())
+}
+
 /// Sets the forwarding headers for a request from `peer_ip` (over TLS or not;
 /// from a trusted proxy or not). Runs after `Host` has its final value.
 pub fn apply(headers: &mut HeaderMap, peer_ip: &HeaderValue, tls: bool, trusted: bool) {
@@ -113,6 +153,30 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop_behind_a_trusted_proxy() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap();
+        let client = |peer: &str, xff: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append(&X_FORWARDED_FOR, HeaderValue::from_static(v));
+            }
+            client_address(&h, peer.parse().unwrap(), &trusted).to_string()
+        };
+        // From an untrusted peer, X-Forwarded-For is never read.
+        assert_eq!(client("192.0.2.9", &["198.51.100.1"]), "192.0.2.9");
+        // Behind the ingress: the address it appended, not the client's own claims.
+        assert_eq!(client("10.0.0.5", &["6.6.6.6, 198.51.100.1"]), "198.51.100.1");
+        assert_eq!(client("10.0.0.5", &["6.6.6.6", "198.51.100.1, 10.0.0.7"]), "198.51.100.1");
+        assert_eq!(client("::ffff:10.0.0.5", &["[2001:db8::1]:443"]), "2001:db8::1");
+        assert_eq!(client("10.0.0.5", &["198.51.100.1:8443"]), "198.51.100.1");
+        // No header, or only trusted hops: the last one known.
+        assert_eq!(client("10.0.0.5", &[]), "10.0.0.5");
+        assert_eq!(client("10.0.0.5", &["10.0.0.1, 10.0.0.2"]), "10.0.0.1");
+        // Garbage a trusted hop passed on: the hop that passed it.
+        assert_eq!(client("10.0.0.5", &["unknown, 10.0.0.2"]), "10.0.0.2");
+    }
 
     #[test]
     fn forwarded_for_appends_the_peer() {

@@ -16,6 +16,7 @@ use crate::auth::{Rejection, Verdict};
 use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, Stored, cache_key};
 use crate::clock::Stopwatch;
 use crate::error::{ClientError, ProxyError};
+use crate::limits::{ClientKey, Limit};
 use crate::routes::{Policy, RouteAuth};
 use crate::telemetry::Outcome;
 
@@ -105,6 +106,8 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
         Consumed::Unknown => return Err(rejected(Rejection::NonceUnknown)),
         Consumed::Expired => return Err(rejected(Rejection::NonceExpired)),
     }
+    // Never cached: every presentation is a fresh credential.
+    fresh_credential(state, ctx.client)?;
     let stopwatch = Stopwatch::start();
     let checked = verifier.verify(&jws).await;
     state.metrics.observe_auth(verifier.source(), stopwatch.seconds());
@@ -115,6 +118,17 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
         Consumed::Fresh => Ok(Cached::uncached(state.cache.store(&valid(claims)))),
         Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
         Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
+    }
+}
+
+/// Draws on the client's `limits.fresh_tokens_per_minute`: a credential the
+/// proxy has not verified yet (a LINE call, or a local ID-token check).
+fn fresh_credential(state: &super::State, client: std::net::IpAddr) -> Result<(), ProxyError> {
+    match &state.limits.fresh_tokens {
+        None => Ok(()),
+        Some(budget) => budget
+            .take(ClientKey::of(client))
+            .map_err(|spent| ProxyError::Limited { limit: Limit::FreshTokens, retry_after: spent.retry_after }),
     }
 }
 
@@ -131,7 +145,9 @@ where
 {
     let metrics = &ctx.state.metrics;
     let stopwatch = Stopwatch::start();
-    let (result, lookup) = ctx.state.cache.get_or_verify(key, verify).await;
+    let (state, client) = (ctx.state, ctx.client);
+    let admit = || fresh_credential(state, client);
+    let (result, lookup) = ctx.state.cache.get_or_verify_admitted(key, admit, verify).await?;
     ctx.cache = Some(lookup);
     let source = match lookup {
         Lookup::Hit => {

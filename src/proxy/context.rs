@@ -3,7 +3,7 @@
 //! [`RequestCtx`] that each phase reads and fills in, and that the access log and
 //! the request metrics are written from at the end.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -51,17 +51,24 @@ impl ConnInfo {
     }
 }
 
-/// One unit of `server.max_connections`: the semaphore permit and the
-/// open-connections gauge, both released when the last holder drops it.
+/// One unit of `server.max_connections`: the semaphore permit, the peer's
+/// count in `limits.connections` and the open-connections gauge, all released
+/// when the last holder drops it.
 pub struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
+    /// The peer's share of `limits.connections`, when it is counted.
+    _counted: Option<crate::limits::OpenConnection>,
     metrics: Arc<Metrics>,
 }
 
 impl ConnectionSlot {
-    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        permit: OwnedSemaphorePermit,
+        counted: Option<crate::limits::OpenConnection>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.open_connections.inc();
-        Self { _permit: permit, metrics }
+        Self { _permit: permit, _counted: counted, metrics }
     }
 }
 
@@ -79,6 +86,9 @@ pub struct RequestCtx<'a> {
     pub method: Method,
     /// The client's HTTP version: the answer goes back in it, whatever the upstream spoke.
     pub version: Version,
+    /// Who the request is from, for `[limits]` and `X-Real-IP`: the peer, or
+    /// behind a trusted proxy the nearest untrusted `X-Forwarded-For` hop.
+    pub client: IpAddr,
     pub stopwatch: Stopwatch,
     /// The normalised path and original query, once `normalise` succeeded.
     pub path: Option<PathAndQuery>,
@@ -108,6 +118,15 @@ impl<'a> RequestCtx<'a> {
             request_id: request_id(req, &state.metrics),
             method: req.method().clone(),
             version: req.version(),
+            client: if conn.trusted {
+                crate::headers::forwarding::client_address(
+                    req.headers(),
+                    conn.peer.ip(),
+                    &state.config.server.trusted_proxies,
+                )
+            } else {
+                conn.peer.ip().to_canonical()
+            },
             stopwatch: Stopwatch::start(),
             path: None,
             auth: RouteAuth::AccessToken,

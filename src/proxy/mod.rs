@@ -57,6 +57,8 @@ pub struct State {
     pub cache: Arc<VerdictCache>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Per-client budgets and connection counts (`[limits]`).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// The nonce endpoint and its store.

@@ -11,6 +11,7 @@ use http_body_util::{Either, Full};
 use super::{ProxyBody, RequestCtx};
 use crate::auth::nonce::NonceStore;
 use crate::error::{ClientError, ProxyError};
+use crate::limits::{ClientKey, Limit};
 use crate::routes::RouteAuth;
 use crate::telemetry::Outcome;
 
@@ -25,16 +26,26 @@ pub async fn own_endpoints<B>(
         return Ok(None);
     }
     ctx.auth = RouteAuth::None;
-    let answer = issue_nonce(req.method(), &nonces.store).await?;
+    let answer = issue_nonce(ctx, req.method(), &nonces.store).await?;
     ctx.outcome = Outcome::NonceIssued;
     Ok(Some(answer))
 }
 
-/// `GET {nonce.path}`: a fresh nonce as `{"nonce": …, "expires_in": …}`.
-async fn issue_nonce(method: &Method, store: &NonceStore) -> Result<Response<ProxyBody>, ProxyError> {
+/// `GET {nonce.path}`: a fresh nonce as `{"nonce": …, "expires_in": …}`,
+/// within the client's `limits.nonces_per_minute`.
+async fn issue_nonce(
+    ctx: &RequestCtx<'_>,
+    method: &Method,
+    store: &NonceStore,
+) -> Result<Response<ProxyBody>, ProxyError> {
     // GET only: a HEAD would store a nonce nobody ever sees.
     if method != Method::GET {
         return Err(ProxyError::Client(ClientError::NonceMethod));
+    }
+    if let Some(budget) = &ctx.state.limits.nonces {
+        budget
+            .take(ClientKey::of(ctx.client))
+            .map_err(|spent| ProxyError::Limited { limit: Limit::Nonces, retry_after: spent.retry_after })?;
     }
     let nonce = store.issue().await.map_err(|_| ProxyError::NonceStore)?;
     let body = serde_json::json!({ "nonce": nonce, "expires_in": store.ttl().as_secs() });
