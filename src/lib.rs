@@ -10,6 +10,7 @@
 //! the entry points, tracing set-up, the [`clock`], and (feature `dev`) the
 //! [`dev`] mock LINE Platform. Everything else is internal to the crate.
 
+mod activity;
 mod admin;
 mod auth;
 mod cache;
@@ -174,8 +175,18 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
     });
     let limits = Arc::new(limits::Limits::new(&config.limits, clock.clone()));
     background.push(("limits sweeper", Box::pin(limits.clone().run_sweeper(metrics.clone()))));
-    let state =
-        Arc::new(proxy::State { config, strip_rule, line, id_tokens, nonces, cache, upstream, metrics, limits });
+    let state = Arc::new(proxy::State {
+        config,
+        strip_rule,
+        line,
+        id_tokens,
+        nonces,
+        cache,
+        upstream,
+        metrics,
+        limits,
+        clock: clock.clone(),
+    });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }
 

@@ -10,12 +10,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::activity::{Activity, Expiry, Watched};
 use crate::config::{ServerConfig, TlsFiles};
 use crate::limits::{ClientKey, Limit};
 use crate::proxy::{self, ConnInfo, ConnectionSlot, State};
@@ -69,10 +69,11 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Builders for the three ways a connection can start: sniffed (plain TCP:
-/// HTTP/1.1 or h2c prior knowledge), or decided by TLS ALPN.
+/// The two builders a connection is served with: HTTP/1.1 (plain TCP without
+/// the h2c preface, or TLS without ALPN `h2`) and HTTP/2 (the h2c preface, or
+/// ALPN `h2`). Which one is decided before serving, so that each connection's
+/// timers know what its idle bytes mean.
 struct Builders {
-    auto: auto::Builder<TokioExecutor>,
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
 }
@@ -82,10 +83,12 @@ impl Builders {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         let max_header_bytes = config.keys.max_header_bytes.get();
         let buffer = hyper_buffer_bytes(max_header_bytes);
+        // No header read timeout of hyper's own: it would also close every idle
+        // keep-alive connection after it. The connection watchdog (activity.rs)
+        // times heads from their first byte, and idleness on its own.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.keys.header_read_timeout_ms.duration())
             .max_buf_size(buffer)
             // Enough header lines that any head within max_header_bytes parses and
             // gets the proxy's own (JSON) 431 rather than hyper's bare one.
@@ -97,7 +100,11 @@ impl Builders {
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-        Self { http1: builder.clone().http1_only(), http2: builder.clone().http2_only(), auto: builder }
+        Self { http1: builder.clone().http1_only(), http2: builder.http2_only() }
+    }
+
+    fn for_h2(&self, h2: bool) -> &auto::Builder<TokioExecutor> {
+        if h2 { &self.http2 } else { &self.http1 }
     }
 }
 
@@ -135,7 +142,9 @@ pub async fn serve_proxy(
 ) {
     let config = &state.config.server;
     let builders = Arc::new(Builders::new(config));
-    let graceful = GracefulShutdown::new();
+    // Set when the drain begins: every connection finishes what is in flight
+    // (HTTP/2: GOAWAY) and closes.
+    let (drain, draining) = watch::channel(false);
     // Past the grace period, whatever is still open (connections, tunnels) is closed.
     let (force_close, closing) = watch::channel(false);
     let max_connections = config.keys.max_connections.get();
@@ -162,19 +171,27 @@ pub async fn serve_proxy(
             _ => None,
         };
         let slot = ConnectionSlot::new(permit, counted, state.metrics.clone());
-        let conn = ConnInfo::new(peer, tls.is_some(), trusted, slot, closing.clone());
         let state = state.clone();
         let builders = builders.clone();
-        let watcher = graceful.watcher();
+        let (draining, closing) = (draining.clone(), closing.clone());
         let tls = tls.clone();
         tokio::spawn(async move {
+            let clock = state.clock.clone();
             let deadline = state.config.server.keys.header_read_timeout_ms.duration();
+            let is_tls = tls.is_some();
+            let new_conn = |h2: bool| {
+                let activity = Activity::new(clock.clone(), !h2);
+                ConnInfo::new(peer, is_tls, trusted, slot, activity, closing)
+            };
             match tls {
                 None => {
                     // hyper-util sniffs the first bytes for the h2c preface with no
                     // timeout of its own: a silent socket would hold its slot forever.
-                    match tokio::time::timeout(deadline, preface_known(&stream)).await {
-                        Ok(Ok(())) => serve_connection(&builders.auto, stream, conn, state, watcher).await,
+                    match clock.timeout(deadline, preface_known(&stream)).await {
+                        Ok(Ok(h2)) => {
+                            let conn = new_conn(h2);
+                            serve_connection(builders.for_h2(h2), stream, conn, state, draining).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "connection failed before a request")
                         }
@@ -183,11 +200,11 @@ pub async fn serve_proxy(
                         }
                     }
                 }
-                Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Some(acceptor) => match clock.timeout(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                        serve_connection(builder, tls_stream, conn, state, watcher).await
+                        let conn = new_conn(h2);
+                        serve_connection(builders.for_h2(h2), tls_stream, conn, state, draining).await
                     }
                     Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -198,12 +215,9 @@ pub async fn serve_proxy(
     drop(listener);
     let grace = config.keys.shutdown_grace_seconds.duration();
     tracing::info!(grace_seconds = grace.as_secs(), "stopped accepting; draining in-flight requests");
-    let drained = tokio::time::timeout(grace, async {
-        graceful.shutdown().await;
-        // Tunnels outlive their connection futures; they hold slots until closed.
-        let _ = limit.acquire_many(max_connections as u32).await;
-    })
-    .await;
+    let _ = drain.send(true);
+    // Every connection and tunnel holds a slot until it is closed.
+    let drained = tokio::time::timeout(grace, limit.acquire_many(max_connections as u32)).await;
     if drained.is_err() {
         tracing::warn!("shutdown grace period over; closing the remaining connections");
         let _ = force_close.send(true);
@@ -230,13 +244,13 @@ fn refuse_connection(stream: &tokio::net::TcpStream, tls: bool, state: &State) {
 }
 
 /// Waits until the first bytes tell HTTP/1.1 from the h2c preface (or the peer
-/// closed), so that hyper-util's own detection never waits.
-async fn preface_known(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+/// closed): true for the preface.
+async fn preface_known(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; 24];
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 || n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-            return Ok(());
+            return Ok(n >= H2_PREFACE.len() && buf[..] == *H2_PREFACE);
         }
         // A partial preface: wait for more bytes to arrive.
         stream.readable().await?;
@@ -244,26 +258,59 @@ async fn preface_known(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// Serves one connection until it ends, the drain asks it to finish (after
+/// what is in flight), its watchdog finds it idle or its request head late, or
+/// the grace period is over.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     conn: ConnInfo,
     state: Arc<State>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut draining: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let activity = conn.activity.clone();
     let mut closing = conn.closing.clone();
-    let service = service_fn(move |req: hyper::Request<Incoming>| proxy::handle(state.clone(), conn.clone(), req));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::select! {
-        ended = watcher.watch(connection) => {
-            if let Err(e) = ended {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    let keys = &state.config.server.keys;
+    let (idle, head) = (keys.idle_timeout_ms.duration(), keys.header_read_timeout_ms.duration());
+    let io = TokioIo::new(Watched::new(io, activity.clone()));
+    let service_state = state.clone();
+    let service =
+        service_fn(move |req: hyper::Request<Incoming>| proxy::handle(service_state.clone(), conn.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut asked_to_finish = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = until_set(&mut draining), if !asked_to_finish => {
+                asked_to_finish = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            why = activity.expired(idle, head), if !asked_to_finish => match why {
+                // Nothing in flight: HTTP/2 gets its GOAWAY, HTTP/1.1 the close.
+                Expiry::Idle => {
+                    tracing::debug!(peer = %peer, "idle connection closed");
+                    asked_to_finish = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                Expiry::HeadTimeout => {
+                    tracing::debug!(peer = %peer, "request head not complete within the header read timeout");
+                    return;
+                }
+            },
+            () = until_set(&mut closing) => {
+                tracing::debug!(peer = %peer, "connection closed at the end of the grace period");
+                return;
             }
         }
-        () = until_set(&mut closing) => tracing::debug!(peer = %peer, "connection closed at the end of the grace period"),
     }
 }
 

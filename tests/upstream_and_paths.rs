@@ -231,30 +231,48 @@ async fn non_ascii_paths_survive_normalisation() {
     assert_eq!(e.upstream.last().path_and_query, "/public/caf\u{e9}/x");
 }
 
+/// True once the proxy has closed `s` (a read sees EOF or an error within 50 ms).
+async fn closed_by_proxy(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(std::time::Duration::from_millis(50), s.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_read_timeout() {
+    let clock = Clock::manual();
     let line = MockLine::start().await.unwrap();
     let upstream = RecordingUpstream::start().await;
     let text = config_text(&line.base_url(), &upstream.url(), "").replace(
         "shutdown_grace_seconds = 5",
-        "shutdown_grace_seconds = 5\nheader_read_timeout_ms = 300\nmax_connections = 2",
+        "shutdown_grace_seconds = 5\nheader_read_timeout_ms = 300\nmax_connections = 3",
     );
-    let proxy = spawn_proxy(config(&text)).await;
-    // Two silent sockets and one that sent only part of the h2c preface hold every slot…
-    let mut silent1 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let mut silent2 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 64];
-    // …until the proxy closes them.
-    let n1 = tokio::time::timeout(std::time::Duration::from_secs(5), silent1.read(&mut buf)).await;
-    let n2 = tokio::time::timeout(std::time::Duration::from_secs(5), silent2.read(&mut buf)).await;
-    assert!(matches!(n1, Ok(Ok(0)) | Ok(Err(_))), "silent socket 1 was not closed: {n1:?}");
-    assert!(matches!(n2, Ok(Ok(0)) | Ok(Err(_))), "silent socket 2 was not closed: {n2:?}");
-    let mut partial = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    // A silent socket, one that sent only part of the h2c preface, and one that
+    // sent part of an HTTP/1.1 head hold every slot…
     use tokio::io::AsyncWriteExt;
-    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    let n3 = tokio::time::timeout(std::time::Duration::from_secs(5), partial.read(&mut buf)).await;
-    assert!(matches!(n3, Ok(Ok(0)) | Ok(Err(_))), "partial-preface socket was not closed: {n3:?}");
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut partial_preface = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    partial_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut partial_head = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    partial_head.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    // …and none is closed before its deadline…
+    clock.advance(std::time::Duration::from_millis(200));
+    assert!(!closed_by_proxy(&mut partial_head).await, "closed before the header read timeout");
+    // …but each is once the clock passes it.
+    for (name, s) in
+        [("silent", &mut silent), ("partial preface", &mut partial_preface), ("partial head", &mut partial_head)]
+    {
+        let mut closed = false;
+        for _ in 0..50 {
+            clock.advance(std::time::Duration::from_millis(200));
+            if closed_by_proxy(s).await {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "the {name} socket was not closed");
+    }
     // The slots are free again.
     let r = client().get(proxy.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 401);

@@ -20,6 +20,8 @@ pub const DEFAULT_SHUTDOWN_DELAY_SECONDS: u64 = 0;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 /// `server.max_connections` (10000 connections).
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// `server.idle_timeout_ms` (75000 milliseconds, as nginx's `keepalive_timeout`).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
 /// `server.header_read_timeout_ms` (10000 milliseconds).
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
@@ -38,11 +40,17 @@ section! {
         shutdown_delay_seconds: Seconds<0, 3600> = DEFAULT_SHUTDOWN_DELAY_SECONDS,
         /// Request line plus headers above this are answered 431.
         max_header_bytes: Bytes<1024, 1048576> = DEFAULT_MAX_HEADER_BYTES,
+        /// A connection with nothing in flight this long is closed: an HTTP/1.1
+        /// keep-alive connection between requests, an HTTP/2 connection with no
+        /// open stream (whatever PINGs it answers; it gets a GOAWAY), a WebSocket
+        /// tunnel with no byte either way.
+        idle_timeout_ms: Millis<1, 3600000> = DEFAULT_IDLE_TIMEOUT_MS,
         /// Concurrent client connections (WebSocket tunnels included); more wait
         /// in the kernel's accept queue.
         max_connections: Count<1, 1000000> = DEFAULT_MAX_CONNECTIONS,
-        /// Time a client gets to send a complete request head (and, with TLS, to
-        /// finish the handshake); then the connection is closed.
+        /// Time a client gets to send a complete request head, from its first
+        /// byte (the first head: from the accept, TLS handshake included); then
+        /// the connection is closed.
         header_read_timeout_ms: Millis<1, 600000> = DEFAULT_HEADER_READ_TIMEOUT_MS,
         /// PEM certificate chain: with `tls_key_file`, `listen` serves TLS (rustls).
         tls_cert_file: Option<PathBuf>,

@@ -12,6 +12,7 @@ use http::{Method, Request, Version};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::State;
+use crate::activity::Activity;
 use crate::cache::Lookup;
 use crate::clock::Stopwatch;
 use crate::routes::{Route, RouteAuth};
@@ -32,6 +33,8 @@ pub struct ConnInfo {
     pub trusted: bool,
     /// Held by the connection and by any WebSocket tunnel it turns into.
     pub slot: Arc<ConnectionSlot>,
+    /// What is in flight on the connection, for its idle and head timers.
+    pub activity: Arc<Activity>,
     /// Turns true when the shutdown grace period is over: close now.
     pub closing: watch::Receiver<bool>,
 }
@@ -42,12 +45,13 @@ impl ConnInfo {
         tls: bool,
         trusted: bool,
         slot: ConnectionSlot,
+        activity: Arc<Activity>,
         closing: watch::Receiver<bool>,
     ) -> Self {
         // The canonical form: an IPv4 client of a dual-stack listener is a.b.c.d, not ::ffff:a.b.c.d.
         let ip = peer.ip().to_canonical();
         let peer_ip = HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
-        Self { peer, peer_ip, tls, trusted, slot: Arc::new(slot), closing }
+        Self { peer, peer_ip, tls, trusted, slot: Arc::new(slot), activity, closing }
     }
 }
 

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 use super::{ConnectionSlot, ProxyBody, RequestCtx};
+use crate::activity::{Stamped, TunnelActivity};
 use crate::cache::{Cached, Stored};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
@@ -104,7 +105,13 @@ pub fn respond(
         let client_upgrade = client_upgrade.expect("checked above").on;
         // The tunnel holds the connection's slot: it counts against
         // server.max_connections and is waited for at shutdown.
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ctx.conn.slot.clone(), ctx.conn.closing.clone()));
+        let ends = TunnelEnds {
+            slot: ctx.conn.slot.clone(),
+            closing: ctx.conn.closing.clone(),
+            clock: ctx.state.clock.clone(),
+            idle: ctx.state.config.server.keys.idle_timeout_ms.duration(),
+        };
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, ends));
     }
     headers::strip_response_hop_by_hop(response.headers_mut(), switching);
     if ctx.version <= Version::HTTP_11 {
@@ -137,19 +144,26 @@ fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// What ends a tunnel besides either side closing: the grace period, and
+/// `server.idle_timeout_ms` with no byte either way. The slot is held to the end.
+struct TunnelEnds {
+    slot: Arc<ConnectionSlot>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    clock: crate::Clock,
+    idle: std::time::Duration,
+}
+
 /// Copies bytes both ways between the upgraded client and upstream
-/// connections, until either side closes or the shutdown grace period ends.
-async fn tunnel(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    _slot: Arc<ConnectionSlot>,
-    mut closing: tokio::sync::watch::Receiver<bool>,
-) {
+/// connections, until either side closes, no byte has crossed for the idle
+/// timeout, or the shutdown grace period ends.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, ends: TunnelEnds) {
+    let TunnelEnds { slot: _slot, mut closing, clock, idle } = ends;
+    let activity = TunnelActivity::new(clock);
     let copy = async {
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
+                let mut client = Stamped::new(TokioIo::new(client), activity.clone());
+                let mut upstream = Stamped::new(TokioIo::new(upstream), activity.clone());
                 if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     tracing::debug!(error = %e, "upgraded connection closed with an error");
                 }
@@ -159,6 +173,7 @@ async fn tunnel(
     };
     tokio::select! {
         () = copy => {}
+        () = activity.idle_for(idle) => tracing::debug!("idle tunnel closed"),
         () = crate::sync::until_set(&mut closing) => tracing::debug!("tunnel closed at the end of the grace period"),
     }
 }

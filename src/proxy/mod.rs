@@ -59,6 +59,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Per-client budgets and connection counts (`[limits]`).
     pub limits: Arc<crate::limits::Limits>,
+    /// The clock of expiring state, connection timers included.
+    pub clock: crate::Clock,
 }
 
 /// The nonce endpoint and its store.
@@ -68,11 +70,9 @@ pub struct Nonces {
 }
 
 /// hyper's entry point: never fails; every error becomes the proxy's own answer.
-pub async fn handle(
-    state: Arc<State>,
-    conn: ConnInfo,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(state: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Answer>, Infallible> {
+    // In flight from here until the answer's body is sent or dropped.
+    let busy = conn.activity.begin();
     let mut ctx = RequestCtx::new(&state, &conn, &req);
     let mut response = match pipeline(&mut ctx, req).await {
         Ok(response) => response,
@@ -80,7 +80,34 @@ pub async fn handle(
     };
     response.headers_mut().insert(RequestCtx::request_id_header(), ctx.request_id.clone());
     logging(&ctx, response.status());
-    Ok(response)
+    Ok(response.map(|body| Answer { body, _busy: busy }))
+}
+
+/// What hyper sends: the answer's body, holding its request in flight (for
+/// `server.idle_timeout_ms`) until the body is done or dropped.
+pub struct Answer {
+    body: ProxyBody,
+    _busy: crate::activity::Busy,
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = <ProxyBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The phases, in order.
