@@ -80,6 +80,7 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Fu
         "/metrics" => {
             // A number kept as entries come and go: a scrape never walks the cache.
             admin.metrics.cache_entries.set(admin.cache.entry_count() as i64);
+            admin.metrics.verifications_in_flight.set(admin.cache.inflight_count() as i64);
             let mut r = Response::new(Full::new(Bytes::from(admin.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -214,6 +214,8 @@ pub struct Metrics {
     pub cache_misses: Counter,
     pub cache_coalesced: Counter,
     pub cache_entries: Gauge,
+    /// Verifications in flight (each shared by every request waiting for it).
+    pub verifications_in_flight: Gauge,
     /// Upstream response-head latency.
     pub upstream_duration: Histogram,
     /// Upstream responses by status `class` (2xx, 4xx, …).
@@ -293,6 +295,12 @@ impl Metrics {
             "cache_coalesced",
             "Requests that waited on another request's LINE call for the same token",
             cache_coalesced.clone(),
+        );
+        let verifications_in_flight = Gauge::default();
+        registry.register(
+            "verifications_in_flight",
+            "Verifications in flight, each shared by the requests waiting for it",
+            verifications_in_flight.clone(),
         );
         let cache_entries = Gauge::default();
         registry.register("cache_entries", "Verdicts currently cached", cache_entries.clone());
@@ -378,6 +386,7 @@ impl Metrics {
             cache_misses,
             cache_coalesced,
             cache_entries,
+            verifications_in_flight,
             upstream_duration,
             upstream_responses,
             open_connections,

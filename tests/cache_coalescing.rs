@@ -119,3 +119,54 @@ async fn cache_is_bounded_by_max_entries() {
     let entries = metric(&m, "line_auth_proxy_cache_entries");
     assert!(entries <= 10.0 && entries > 0.0, "{entries} entries cached with max_entries = 10");
 }
+
+/// Verifications in flight, as `/metrics` reports them.
+async fn in_flight(e: &Env) -> f64 {
+    e.proxy.metric("line_auth_proxy_verifications_in_flight").await
+}
+
+#[tokio::test]
+async fn requests_cancelled_mid_verification_leave_nothing_in_flight() {
+    let e = env("").await;
+    for i in 0..50 {
+        e.line.add_token(&format!("fresh-{i}"), MockToken::new(CHANNEL, USER, "Brown"));
+    }
+    let held = e.line.hold();
+    // 50 HTTP/2 streams, each a token the proxy has never seen: 50 verifications
+    // waiting on LINE.
+    let tcp = tokio::net::TcpStream::connect(e.proxy.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for i in 0..50 {
+        let mut send = send.clone().ready().await.unwrap();
+        let request = http::Request::get(e.proxy.url("/x"))
+            .header("authorization", format!("Bearer fresh-{i}"))
+            .body(())
+            .unwrap();
+        streams.push(send.send_request(request, false).unwrap());
+    }
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async { in_flight(&e).await == 50.0 }).await,
+        "the verifications did not start: {}",
+        in_flight(&e).await
+    );
+    // Half the clients reset their stream, the rest go away with the connection,
+    // while LINE still has not answered.
+    for (_, mut body) in streams.drain(..25) {
+        body.send_reset(h2::Reason::CANCEL);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop((streams, send));
+    driver.abort();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async { in_flight(&e).await == 0.0 }).await,
+        "cancelled requests left verifications in flight: {}",
+        in_flight(&e).await
+    );
+    assert_eq!(e.upstream.hits(), 0);
+    // LINE answers late; nothing waits, nothing is left, and a new request works.
+    drop(held);
+    assert_eq!(e.status("/x", TOKEN).await, 200);
+    assert!(eventually(std::time::Duration::from_secs(5), || async { in_flight(&e).await == 0.0 }).await);
+}
