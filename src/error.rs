@@ -33,6 +33,12 @@ pub enum ClientError {
     NonceMethod,
     /// `Authorization` and a WebSocket bearer entry at once: which one counts?
     TwoCredentials,
+    /// No `Host` on an HTTP/1.1 request, more than one, or one that is not a
+    /// host (RFC 9112 §3.2: 400).
+    BadHost,
+    /// The client's request body broke off or was malformed (bad chunk framing)
+    /// while it was being forwarded.
+    BadBody,
 }
 
 /// A failure on the way to, or waiting for, the upstream.
@@ -77,6 +83,8 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::HeadersTooLarge => "headers_too_large",
         ClientError::NonceMethod => "nonce_method",
         ClientError::TwoCredentials => "two_credentials",
+        ClientError::BadHost => "bad_host",
+        ClientError::BadBody => "bad_request_body",
     }
 }
 
@@ -95,9 +103,9 @@ impl ProxyError {
     pub fn class(&self) -> Class {
         let class = |status, outcome, refusal| Class { status, outcome, refusal };
         match self {
-            ProxyError::Client(ClientError::BadPath(_) | ClientError::TwoCredentials) => {
-                class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None)
-            }
+            ProxyError::Client(
+                ClientError::BadPath(_) | ClientError::TwoCredentials | ClientError::BadHost | ClientError::BadBody,
+            ) => class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None),
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
             }
@@ -154,6 +162,12 @@ impl ProxyError {
                 ("unauthorized", "this route needs a LINE token: Authorization: Bearer <token>")
             }
             ProxyError::Client(ClientError::NonceMethod) => ("invalid_request", "nonces are issued with GET"),
+            ProxyError::Client(ClientError::BadHost) => {
+                ("invalid_request", "an HTTP/1.1 request needs exactly one Host header naming a host")
+            }
+            ProxyError::Client(ClientError::BadBody) => {
+                ("invalid_request", "the request body broke off or was not validly framed")
+            }
             ProxyError::Client(ClientError::TwoCredentials) => (
                 "invalid_request",
                 "send one credential: the Authorization header or the WebSocket bearer entry, not both",
@@ -324,6 +338,8 @@ mod tests {
             ProxyError::Client(ClientError::HeadersTooLarge),
             ProxyError::Client(ClientError::NonceMethod),
             ProxyError::Client(ClientError::TwoCredentials),
+            ProxyError::Client(ClientError::BadHost),
+            ProxyError::Client(ClientError::BadBody),
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
             ProxyError::Upstream(UpstreamError::Unreachable),
@@ -359,6 +375,8 @@ mod tests {
             ProxyError::Client(ClientError::HeadersTooLarge),
             ProxyError::Client(ClientError::NonceMethod),
             ProxyError::Client(ClientError::TwoCredentials),
+            ProxyError::Client(ClientError::BadHost),
+            ProxyError::Client(ClientError::BadBody),
             ProxyError::NonceStore,
             ProxyError::Upstream(UpstreamError::Unreachable),
             ProxyError::Upstream(UpstreamError::Protocol),

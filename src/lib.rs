@@ -281,6 +281,18 @@ pub async fn run<F: Future<Output = ()>>(config: Config, shutdown: F) -> Result<
     bind(config).await?.serve(shutdown).await
 }
 
+/// Resolves on the first SIGTERM or SIGINT, which starts the drain; a second
+/// one during the drain (or the delay before it) ends the process at once,
+/// exit 0, after a log line: the operator's "no, now".
+pub async fn shutdown_signals() {
+    shutdown_signal().await;
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting now, without finishing the drain");
+        std::process::exit(0);
+    });
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

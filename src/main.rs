@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             };
             init_tracing(cli.log_format);
             line_auth_proxy::install_panic_hook();
-            runtime(line_auth_proxy::run(config, line_auth_proxy::shutdown_signal()))
+            runtime(line_auth_proxy::run(config, line_auth_proxy::shutdown_signals()))
         }
     }
 }

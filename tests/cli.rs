@@ -166,6 +166,58 @@ fn stderr_lines(child: &mut std::process::Child) -> tokio::sync::mpsc::Unbounded
     rx
 }
 
+/// Reads JSON log lines until one has `message`; that line (all kept in `seen`).
+async fn wait_for_message(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: &mut Vec<String>,
+    message: &str,
+) -> serde_json::Value {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {message:?} line within 20 s: {seen:#?}"))
+            .unwrap_or_else(|| panic!("the process ended before {message:?}: {seen:#?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(line);
+        if v["message"] == message {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_signal_during_the_drain_exits_at_once_with_0() {
+    let e = env("").await;
+    // A minute of serving on after the first signal: only the second ends it early.
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 60\nshutdown_delay_seconds = 60");
+    let f = write_config(&text);
+    let mut child = Command::new(BIN)
+        .args(["--config", f.0.to_str().unwrap(), "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    wait_for_message(&mut lines, &mut seen, "not ready; serving on before the drain").await;
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let waited = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let code = tokio::time::timeout(Duration::from_secs(10), waited)
+        .await
+        .expect("the second signal did not end the process")
+        .unwrap();
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    assert_eq!(code.code(), Some(0), "{seen:#?}");
+    assert!(seen.iter().any(|l| l.contains("second shutdown signal")), "{seen:#?}");
+}
+
 #[tokio::test]
 async fn sigterm_stops_a_real_process_with_exit_0_and_the_log_names_the_bound_ports() {
     let e = env("").await;
@@ -180,17 +232,7 @@ async fn sigterm_stops_a_real_process_with_exit_0_and_the_log_names_the_bound_po
         .unwrap();
     let mut lines = stderr_lines(&mut child);
     let mut seen = Vec::new();
-    let ready = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
-            .await
-            .expect("no start-up line within 20 s")
-            .unwrap_or_else(|| panic!("the process ended before it was ready: {seen:#?}"));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        seen.push(line);
-        if v["message"] == "line-auth-proxy ready" {
-            break v;
-        }
-    };
+    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
     let proxy: std::net::SocketAddr = ready["listen"].as_str().unwrap().parse().unwrap();
     let admin: std::net::SocketAddr = ready["admin"].as_str().unwrap().parse().unwrap();
     assert_ne!(proxy.port(), 0, "the start-up line names the configured port, not the bound one");

@@ -26,6 +26,10 @@ use crate::telemetry::{EndpointLabels, LineCallLabels, Metrics};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// LINE does not document `Retry-After`; when it sends one we pass it on, capped (60 seconds).
 const MAX_RETRY_AFTER_SECONDS: u64 = 60;
+/// The longest life LINE gives an access token: "valid for 30 days"
+/// (2592000 seconds). A larger `expires_in` is clamped to it, so that
+/// `X-Line-Expires-At` and the cache never outlive what LINE documents.
+pub const MAX_ACCESS_TOKEN_LIFETIME_SECONDS: u64 = 30 * 24 * 60 * 60;
 
 /// After a 429 without `Retry-After`, new verifications wait this long (5 seconds).
 pub const DEFAULT_RATE_LIMIT_BACKOFF_SECONDS: u64 = 5;
@@ -207,7 +211,10 @@ impl LineClient {
             email: None,
             channel_id: verified.client_id,
             method: AuthMethod::AccessToken,
-            expires_at: self.clock.unix_seconds().saturating_add(verified.expires_in as u64),
+            expires_at: self
+                .clock
+                .unix_seconds()
+                .saturating_add((verified.expires_in as u64).min(MAX_ACCESS_TOKEN_LIFETIME_SECONDS)),
         }))
     }
 

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The peers whose forwarding headers are taken at their word.
 #[derive(Clone, Debug, Default)]
@@ -108,9 +109,12 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
 }
 
 /// Sets the forwarding headers for a request from `peer_ip` (over TLS or not;
-/// from a trusted proxy or not). Runs after `Host` has its final value.
-pub fn apply(headers: &mut HeaderMap, peer_ip: &HeaderValue, tls: bool, trusted: bool) {
+/// from a trusted proxy or not) on behalf of `client` (the peer, or behind a
+/// trusted proxy its first hop: [`client_address`]), which `X-Real-IP` names.
+/// Runs after `Host` has its final value, and after client claims are stripped.
+pub fn apply(headers: &mut HeaderMap, peer_ip: &HeaderValue, client: &HeaderValue, tls: bool, trusted: bool) {
     append_forwarded_for(headers, peer_ip);
+    headers.insert(X_REAL_IP.clone(), client.clone());
     if trusted && headers.contains_key(&X_FORWARDED_PROTO) {
         // The ingress's word on the client's scheme stands.
     } else {
@@ -197,7 +201,7 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("app.example"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
-        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), false, false);
+        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), &HeaderValue::from_static("10.0.0.1"), false, false);
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "app.example");
     }
@@ -209,13 +213,13 @@ mod tests {
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("app.example"));
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), false, true);
+        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), &HeaderValue::from_static("10.0.0.1"), false, true);
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "app.example");
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 10.0.0.1");
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("app.example"));
-        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), true, true);
+        apply(&mut h, &HeaderValue::from_static("10.0.0.1"), &HeaderValue::from_static("10.0.0.1"), true, true);
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "app.example");
     }

@@ -48,6 +48,26 @@ fn is_routing_override(name: &str) -> bool {
     )
 }
 
+/// Client-sent claims of the client's address or scheme that backends use for
+/// IP allow-lists and "is this https?" (nginx's `X-Real-IP`, Akamai's
+/// `True-Client-IP`, Cloudflare's `CF-Connecting-IP`, …). The proxy says who
+/// the client is in `X-Forwarded-For` and `X-Real-IP`; a client's own word
+/// never reaches the backend, from any peer.
+fn is_client_claim(name: &str) -> bool {
+    matches!(
+        name,
+        "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-cluster-client-ip"
+            | "front-end-https"
+            | "x-url-scheme"
+            | "x-forwarded-protocol"
+    )
+}
+
 /// Before the upstream: removes hop-by-hop headers and those `Connection`
 /// names, routing and method overrides, and (unless `forward_authorization`)
 /// `Authorization`, in one pass over the names. `TE: trailers` survives; with
@@ -58,6 +78,7 @@ pub fn strip_for_upstream(headers: &mut HeaderMap, keep_upgrade: bool, forward_a
     strip(headers, keep_upgrade, |name| {
         // A trusted ingress's X-Forwarded-Port describes the client's connection to it.
         (is_routing_override(name) && !(trusted && name == "x-forwarded-port"))
+            || is_client_claim(name)
             || (!forward_authorization && name == "authorization")
     });
 }
@@ -93,7 +114,7 @@ fn is_header_only(name: &str) -> bool {
 /// no routing or method override, and nothing that belongs in the header
 /// section. Identity names are the caller's to strip, as in headers.
 pub fn strip_request_trailers(trailers: &mut HeaderMap) {
-    strip_trailers(trailers, |name| is_routing_override(name) || is_header_only(name));
+    strip_trailers(trailers, |name| is_routing_override(name) || is_client_claim(name) || is_header_only(name));
 }
 
 /// An answer's trailers before the client: no hop-by-hop or framing field

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use super::{ConnectionSlot, ProxyBody, RequestCtx};
 use crate::activity::{Stamped, TunnelActivity};
 use crate::cache::{Cached, Stored};
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::headers;
-use crate::upstream::{FilteredBody, UpstreamBody};
+use crate::upstream::{FilteredBody, SendFailure, UpstreamBody};
 
 /// The client's side of a WebSocket handshake: its connection once upgraded,
 /// and the `Sec-WebSocket-Accept` that proves the upstream really switched.
@@ -66,14 +66,22 @@ pub fn upstream_request(
     let mut req = req.map(|body| UpstreamBody::to_upstream(body, ctx.state.strip_rule.clone()));
     let upstream = &ctx.state.upstream;
     upstream.prepare(&mut req, path);
-    headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, ctx.conn.tls, ctx.conn.trusted);
+    let client = if ctx.conn.trusted {
+        HeaderValue::try_from(ctx.client.to_string()).expect("an IP address is a valid header value")
+    } else {
+        ctx.conn.peer_ip.clone()
+    };
+    headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, &client, ctx.conn.tls, ctx.conn.trusted);
     upstream.finish(&mut req);
     Ok((req, client_upgrade))
 }
 
 /// Phase 8: to the upstream; 502 when it cannot be reached, 504 when its head is late.
 pub async fn forward(ctx: &RequestCtx<'_>, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-    ctx.state.upstream.send(req, &ctx.state.metrics).await.map_err(ProxyError::Upstream)
+    ctx.state.upstream.send(req, &ctx.state.metrics).await.map_err(|failure| match failure {
+        SendFailure::Upstream(e) => ProxyError::Upstream(e),
+        SendFailure::ClientBody => ProxyError::Client(ClientError::BadBody),
+    })
 }
 
 /// Phase 9: hop-by-hop removal on the way back; the client's HTTP version (an

@@ -26,7 +26,23 @@ pub fn bound_head<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<(), P
         }
         return Err(ProxyError::Client(ClientError::HeadersTooLarge));
     }
+    if !host_is_sound(req) {
+        return Err(ProxyError::Client(ClientError::BadHost));
+    }
     Ok(())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; no request has
+/// two, or one that is not `host[:port]`. (HTTP/2 carries `:authority`, and
+/// HTTP/1.0 may omit it.) Two hosts would let the proxy and the upstream
+/// disagree about which site was asked for.
+fn host_is_sound<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => req.version() != http::Version::HTTP_11,
+        (Some(host), None) => http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|a| !a.as_str().contains('@')),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 /// Phase 2: the normalised path with the original query — what routing decides
@@ -44,7 +60,7 @@ pub fn strip_identity<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) {
 }
 
 /// Phase 5: the policy for this method and normalised path.
-pub fn route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>, path: &PathAndQuery) -> Policy {
+pub fn route<B: http_body::Body>(ctx: &mut RequestCtx<'_>, req: &Request<B>, path: &PathAndQuery) -> Policy {
     // A preflight carries no body; one that does is not let through uncredentialed.
     let preflight_method =
         (req.method() == Method::OPTIONS && req.headers().contains_key(header::ORIGIN) && !has_body(req))
@@ -97,10 +113,13 @@ fn normalised_path_and_query(uri: &Uri) -> Result<PathAndQuery, PathError> {
     }
 }
 
-/// True when the request announces a body (`Content-Length` > 0 or `Transfer-Encoding`).
-fn has_body<B>(req: &Request<B>) -> bool {
+/// True when the request has a body: announced (`Content-Length` > 0 or
+/// `Transfer-Encoding`), or, as HTTP/2 may send one with neither, a stream
+/// that did not end with its headers.
+fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::TRANSFER_ENCODING)
         || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        || !req.body().is_end_stream()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,7 +25,9 @@ pub struct StripRule {
 
 /// Which trailers rule a body's trailers are held to.
 enum Direction {
-    ToUpstream(Arc<StripRule>),
+    /// Set when the client's body fails (bad chunk framing, a connection cut):
+    /// the request to the upstream then fails by the client's fault.
+    ToUpstream(Arc<StripRule>, Arc<AtomicBool>),
     ToClient,
 }
 
@@ -40,7 +43,15 @@ pub type UpstreamBody = FilteredBody;
 impl FilteredBody {
     /// A request body on its way to the upstream.
     pub fn to_upstream(inner: Incoming, rule: Arc<StripRule>) -> Self {
-        Self { inner, direction: Direction::ToUpstream(rule) }
+        Self { inner, direction: Direction::ToUpstream(rule, Arc::default()) }
+    }
+
+    /// For a request body: turns true if reading the client's body failed.
+    pub fn client_failure(&self) -> Option<Arc<AtomicBool>> {
+        match &self.direction {
+            Direction::ToUpstream(_, failed) => Some(failed.clone()),
+            Direction::ToClient => None,
+        }
     }
 
     /// The upstream's answer body on its way to the client.
@@ -50,7 +61,7 @@ impl FilteredBody {
 
     fn filter(&self, trailers: &mut HeaderMap) {
         match &self.direction {
-            Direction::ToUpstream(rule) => {
+            Direction::ToUpstream(rule, _) => {
                 headers::strip_identity(trailers, &rule.names, &rule.assertion);
                 headers::strip_request_trailers(trailers);
             }
@@ -66,6 +77,9 @@ impl Body for FilteredBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Err(_))), Direction::ToUpstream(_, failed)) = (&polled, &this.direction) {
+            failed.store(true, Ordering::Release);
+        }
         polled.map(|frame| {
             frame.map(|frame| {
                 frame.map(|frame| match frame.into_trailers() {

@@ -7,6 +7,7 @@
 //! Pipeline position: last. The request arriving here is already stripped of
 //! client identity and hop-by-hop headers and carries the injected identity.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -103,6 +104,21 @@ impl Upstream {
         if was_http2 && self.wire != Wire::H2c {
             join_cookies(headers);
         }
+        // hyper sends a GET, HEAD or CONNECT body of unknown length as no body
+        // at all ("they almost never have one"); the client's chunked GET body
+        // would vanish. Declared chunked, it goes on whatever the method.
+        // (Other methods hyper chunks itself; an ALPN upstream that settles on
+        // h2 has the field dropped by hyper, with a warning, for these rare ones.)
+        let body = req.body();
+        use http_body::Body as _;
+        if self.wire != Wire::H2c
+            && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && !body.is_end_stream()
+            && body.size_hint().exact().is_none()
+            && !req.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
     }
 
     /// After `prepare` and the forwarding headers: what an h2c upstream must not get.
@@ -115,18 +131,19 @@ impl Upstream {
     /// Sends the request; 502 when the upstream cannot be reached or does not
     /// speak our protocol, 504 when its response head does not arrive within
     /// `upstream.timeout_ms`.
-    pub async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-        metrics: &Metrics,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<UpstreamBody>, metrics: &Metrics) -> Result<Response<Incoming>, SendFailure> {
+        let client_failed = req.body().client_failure();
         let stopwatch = Stopwatch::start();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         metrics.upstream_duration.observe(stopwatch.seconds());
         match result {
             Err(_) => {
                 tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "upstream did not answer in time");
-                Err(UpstreamError::Timeout)
+                Err(SendFailure::Upstream(UpstreamError::Timeout))
+            }
+            Ok(Err(_)) if client_failed.is_some_and(|failed| failed.load(Ordering::Acquire)) => {
+                tracing::debug!("the client's request body failed while it was forwarded");
+                Err(SendFailure::ClientBody)
             }
             Ok(Err(e)) => {
                 let failure = classify(&e);
@@ -140,7 +157,7 @@ impl Upstream {
                     ),
                     _ => tracing::warn!(error = %e, source = ?source, "upstream request failed"),
                 }
-                Err(failure)
+                Err(SendFailure::Upstream(failure))
             }
             Ok(Ok(response)) => {
                 metrics.count_upstream_response(response.status().as_u16());
@@ -156,6 +173,15 @@ impl Upstream {
             Wire::Alpn => "https (ALPN)",
         }
     }
+}
+
+/// Why a request was not answered by the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendFailure {
+    Upstream(UpstreamError),
+    /// The client's own body failed while it was being sent: the client's
+    /// error (400), never counted against the upstream.
+    ClientBody,
 }
 
 /// A connection that could not be made (or was reset) is `Unreachable`; an
