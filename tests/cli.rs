@@ -362,3 +362,28 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn check_and_start_never_print_a_password_from_a_typo_or_a_syntax_error() {
+    let typo = format!("{GOOD}[cache]\nshared = \"redis\"\nredis_url = \"redis:/:S3cretPw@10.0.0.5:6379\"\n");
+    let unterminated = format!("{GOOD}[nonce]\nredis_url = \"redis://:S3cretPw@10.0.0.5:6379\n");
+    for text in [typo, unterminated] {
+        let f = write_config(&text);
+        let path = f.0.to_str().unwrap();
+        for args in [vec!["check", "--config", path], vec!["--config", path]] {
+            let (code, out, err) = run(&args, &[]);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(
+                !out.contains("S3cretPw") && !err.contains("S3cretPw"),
+                "{args:?} printed the password:\n{out}\n{err}"
+            );
+            assert!(err.contains("redis_url") || err.contains("TOML syntax error"), "{args:?}: {err}");
+        }
+    }
+    // From the environment too.
+    let f = write_config(GOOD);
+    let env = [("LINE_AUTH_PROXY__UPSTREAM__URL", "http//admin:S3cretPw@backend:3000")];
+    let (code, out, err) = run(&["check", "--config", f.0.to_str().unwrap()], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(!out.contains("S3cretPw") && !err.contains("S3cretPw"), "{out}\n{err}");
+}
