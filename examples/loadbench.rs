@@ -6,6 +6,9 @@
 //! loadbench cold <proxy> <admin> <n> <conc>   n distinct fresh tokens: latency per login, LINE calls per login
 //! loadbench coalesce <proxy> <admin> <n>      n concurrent requests with one fresh token: LINE calls
 //! loadbench fill <proxy> <n> <conc>           caches n distinct identities
+//! loadbench nonces <proxy> <n> <conc> [path]  n nonces (GET path, default /auth/nonce) over one h2c
+//!                                             connection, conc streams at a time (SPRAY=k: from k
+//!                                             addresses, in X-Forwarded-For)
 //! ```
 //!
 //! Everything listens on and talks to 127.0.0.1 only: the real LINE Platform
@@ -38,13 +41,14 @@ async fn main() {
         "cold" => cold(arg(1), arg(2), num(3), num(4)).await,
         "coalesce" => coalesce(arg(1), arg(2), num(3)).await,
         "fill" => fill(arg(1), num(2), num(3)).await,
+        "nonces" => nonces(arg(1), num(2), num(3), args.get(4).map_or("/auth/nonce", |p| p.as_str())).await,
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadbench fixtures <line_delay_ms> | cold <proxy> <admin> <n> <concurrency> | coalesce <proxy> <admin> <n> | fill <proxy> <n> <concurrency>"
+        "usage: loadbench fixtures <line_delay_ms> | cold <proxy> <admin> <n> <concurrency> | coalesce <proxy> <admin> <n> | fill <proxy> <n> <concurrency> | nonces <proxy> <n> <concurrency>"
     );
     std::process::exit(2)
 }
@@ -178,4 +182,56 @@ async fn fill(proxy: &str, n: usize, concurrency: usize) {
         h.await.unwrap();
     }
     println!("{{\"filled\": {n}, \"seconds\": {:.1}}}", started.elapsed().as_secs_f64());
+}
+
+/// Asks for `n` nonces over one h2c connection, `concurrency` streams at a
+/// time (a nonce flood from one client); prints how many answers of each status.
+async fn nonces(proxy: &str, n: usize, concurrency: usize, path: &str) {
+    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    // SPRAY=<k>: request i from the i % k-th of k addresses, in the
+    // X-Forwarded-For that a trusted proxy (127.0.0.1 in server.trusted_proxies)
+    // forwarding for many clients would send.
+    let spray: Option<usize> = std::env::var("SPRAY").ok().and_then(|k| k.parse().ok()).filter(|&k| k > 0);
+    let started = Stopwatch::start();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (c, url, next) = (c.clone(), format!("{proxy}{path}"), next.clone());
+        handles.push(tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let mut request = c.get(&url);
+                if let Some(k) = spray {
+                    let [_, a, b, c] = ((i % k) as u32).to_be_bytes();
+                    request = request.header("x-forwarded-for", format!("10.{a}.{b}.{c}"));
+                }
+                let status = match request.send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        status
+                    }
+                    Err(_) => 0,
+                };
+                *statuses.entry(status).or_default() += 1;
+            }
+            statuses
+        }));
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for h in handles {
+        for (status, count) in h.await.unwrap() {
+            *statuses.entry(status).or_default() += count;
+        }
+    }
+    let counts: Vec<String> = statuses.iter().map(|(s, c)| format!("\"{s}\": {c}")).collect();
+    println!(
+        "{{\"requested\": {n}, \"seconds\": {:.1}, \"statuses\": {{{}}}}}",
+        started.elapsed().as_secs_f64(),
+        counts.join(", ")
+    );
 }

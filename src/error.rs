@@ -206,6 +206,9 @@ impl ProxyError {
             ProxyError::Limited { limit: Limit::Connections, .. } => {
                 ("too_many_requests", "this client has too many connections open")
             }
+            ProxyError::Limited { limit: Limit::LiveNonces, .. } => {
+                ("too_many_requests", "this client holds too many unused nonces; retry later")
+            }
             ProxyError::Internal(_) => ("internal_error", "the proxy failed to handle the request"),
         }
     }

@@ -13,7 +13,7 @@
 //! full of clients still owing, newcomers share one overflow bucket, so a flood
 //! of addresses degrades those newcomers only, never the clients already known.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,22 +42,26 @@ pub struct Limits {
     clock: Clock,
 }
 
-/// Which limit refused: the `[limits]` key, also the refusal's reason code.
+/// Which limit refused: the `[limits]` key (or `live_nonces`), also the refusal's reason code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
     Nonces,
     FreshTokens,
     Connections,
+    /// Not a key: the memory nonce store's per-client share (see `auth::nonce`);
+    /// no `limit_clients` gauge (the shares are not counted per address).
+    LiveNonces,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 3] = [Limit::Nonces, Limit::FreshTokens, Limit::Connections];
+    pub const ALL: [Limit; 4] = [Limit::Nonces, Limit::FreshTokens, Limit::Connections, Limit::LiveNonces];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::Nonces => "nonces_per_minute",
             Limit::FreshTokens => "fresh_tokens_per_minute",
             Limit::Connections => "connections",
+            Limit::LiveNonces => "live_nonces",
         }
     }
 }
@@ -90,18 +94,19 @@ impl Limits {
     }
 }
 
-/// Who a budget belongs to: an IPv4 address, or an IPv6 /64.
+/// Who a budget belongs to: an IPv4 address, or an IPv6 /64, in eight bytes
+/// (every table keyed by client is as small as it can be). An IPv4 address is
+/// its 32 bits; an IPv6 /64 its prefix, whose upper half is never zero for a
+/// routable address (`::/32` holds only the loopback and the IPv4-compatible
+/// and -mapped forms, and mapped ones are read as IPv4 first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
+pub struct ClientKey(u64);
 
 impl ClientKey {
     pub fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6) & !(u128::MAX >> 64);
-                Self(IpAddr::V6(Ipv6Addr::from(bits)))
-            }
+            IpAddr::V4(v4) => Self(u64::from(u32::from(v4))),
+            IpAddr::V6(v6) => Self((u128::from(v6) >> 64) as u64),
         }
     }
 }
@@ -310,6 +315,10 @@ mod tests {
         assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        // No IPv4 address shares a key with a routable IPv6 /64.
+        assert_ne!(key("192.0.2.1"), key("2001:db8::"));
+        assert_ne!(key("192.0.2.1"), key("c000:201::"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
     }
 
     #[test]

@@ -347,7 +347,9 @@ impl Metrics {
         registry.register("limit_clients", "Client addresses each [limits] key tracks", limit_clients.clone());
         for limit in crate::limits::Limit::ALL {
             let _ = limited.get_or_create(&ReasonLabels { reason: limit.as_str() });
-            let _ = limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() });
+            if limit != crate::limits::Limit::LiveNonces {
+                let _ = limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() });
+            }
         }
         let hot = Hot {
             requests: Outcome::ALL

@@ -66,6 +66,58 @@ async fn a_nonce_flood_from_one_address_leaves_others_able_to_log_in() {
     assert_eq!(nonce_status(&flooder, &e, None).await.status(), 429);
 }
 
+/// With no per-minute budget, one address still cannot fill the nonce store:
+/// it holds at most a hundredth of it (1000 unused nonces), is refused with
+/// 429 `live_nonces` beyond that, and everyone else keeps getting nonces.
+#[tokio::test]
+async fn without_a_budget_one_address_holds_only_its_share_of_the_nonce_store() {
+    let e = login_env("", "[limits]\nnonces_per_minute = 0\n").await;
+    // A flood over one HTTP/2 connection, 50 streams at a time.
+    let flooder = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let url = e.proxy.url("/auth/nonce");
+    let mut issued = 0;
+    let mut refused = 0;
+    for _ in 0..21 {
+        let round: Vec<_> = (0..50).map(|_| tokio::spawn(flooder.get(&url).send())).collect();
+        for r in round {
+            match r.await.unwrap().unwrap().status().as_u16() {
+                200 => issued += 1,
+                429 => refused += 1,
+                other => panic!("nonce answered {other}"),
+            }
+        }
+    }
+    assert_eq!((issued, refused), (1000, 50));
+    let r = flooder.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "300", "its nonces free up as they are used or expire");
+    assert_eq!(json_error(r, 429).await, "too_many_requests");
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_limited_total{reason=\"live_nonces\"}"), 51.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"client_share\"}"), 51.0, "{m}");
+
+    // Another address: a nonce, and a login with it.
+    let other = client_from(OTHER);
+    let r = nonce_status(&other, &e, None).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let token = e.line.sign_es256(&e.claims(v["nonce"].as_str()));
+    let login = other.post(e.proxy.url("/login")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+
+    // Once its nonces expired and were swept, the flooder gets nonces again.
+    e.clock.advance(Duration::from_secs(300 + 60 + 30));
+    let c = flooder.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let request = c.get(&url).send();
+            async move { request.await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await
+    );
+}
+
 #[tokio::test]
 async fn behind_a_trusted_ingress_the_client_is_the_hop_it_appended() {
     let clock = Clock::manual();

@@ -5,14 +5,16 @@
 //! token's signature and claims verified, so a forged token cannot burn a
 //! nonce.
 //!
-//! Two stores: [`MemoryNonces`] for one replica — bounded, answering 503 when
-//! full rather than evicting live nonces, swept lazily and by a background task —
+//! Two stores: [`MemoryNonces`] for one replica — bounded, with one client's
+//! share of it capped (429 beyond); when full, the nonces of its heaviest
+//! holders give way, never an ordinary user's (503 when only those are left);
+//! swept lazily and by a background task —
 //! and Redis for several, where `SET NX EX` issues and `GETDEL` consumes, so two
 //! replicas racing on one nonce cannot both win. Redis failing is a 503: nonces
 //! fail closed, never "accept without checking".
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
@@ -22,21 +24,19 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use rand::RngCore;
 
+use crate::limits::ClientKey;
 use crate::redis_conn::RedisConn;
 use crate::telemetry::{Metrics, NonceLabels};
 
 /// Live nonces held at most (100000): at the default 300 s TTL that is a
-/// sustained 333 logins a second, and about 10 MB.
+/// sustained 333 logins a second, and about 6 MB.
 pub const MAX_NONCES: usize = 100_000;
 /// Random bytes per nonce (32 bytes = 256 bits, 43 base64url characters).
 const NONCE_BYTES: usize = 32;
 /// When full, an inline sweep runs at most this often (1 second).
 const INLINE_SWEEP_INTERVAL_MS: u64 = 1_000;
-
-/// The store is full of live nonces: 503, never eviction of a live one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the nonce store is full")]
-pub struct NonceStoreFull;
+/// `last_inline_sweep_ms` before the first.
+const NEVER: u64 = u64::MAX;
 
 /// The longest nonce the stores will look up (ours are 43 characters): anything
 /// longer, or not base64url, is unknown without a lookup.
@@ -53,6 +53,9 @@ pub enum NonceError {
     Full,
     #[error("the nonce store is unreachable")]
     Unavailable,
+    /// Not the store's failure: this client holds its share (429).
+    #[error("this client holds its share of the nonce store")]
+    ClientShare,
 }
 
 /// Where nonces live.
@@ -69,9 +72,14 @@ impl NonceStore {
         }
     }
 
-    pub async fn issue(&self) -> Result<String, NonceError> {
+    /// A fresh nonce for `holder`. The Redis store (shared, bounded by Redis's
+    /// own memory) counts no shares: there the per-client budget is the bound.
+    pub async fn issue(&self, holder: ClientKey) -> Result<String, NonceError> {
         match self {
-            NonceStore::Memory(m) => m.issue().map_err(|_| NonceError::Full),
+            NonceStore::Memory(m) => m.issue(holder).map_err(|refused| match refused {
+                IssueRefused::Full => NonceError::Full,
+                IssueRefused::ClientShare => NonceError::ClientShare,
+            }),
             NonceStore::Redis(r) => r.issue().await,
         }
     }
@@ -127,6 +135,7 @@ fn plausible(nonce: &str) -> bool {
         && nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A nonce for the Redis store (the memory store keeps the bytes instead).
 fn fresh_nonce() -> String {
     let mut bytes = [0u8; NONCE_BYTES];
     // ThreadRng is a CSPRNG (ChaCha) seeded from the OS.
@@ -212,24 +221,117 @@ pub enum Consumed {
     Expired,
 }
 
+/// One nonce's random bytes: the memory store's key (no allocation per nonce).
+type NonceBytes = [u8; NONCE_BYTES];
+
+/// What the memory store keeps per nonce: 48 bytes in the table with its key,
+/// nothing on the heap (a `String` key cost about 380 bytes per nonce, and the
+/// freed strings of a swept flood stayed in the allocator's heap).
+#[derive(Clone, Copy)]
+struct Live {
+    /// When it expires, in milliseconds since the store's epoch.
+    expires_ms: u64,
+    /// Its holder's two counters in [`Shares`].
+    slots: [u16; 2],
+}
+
+/// Nonces held per client, counted in a fixed table rather than a map of
+/// clients (which grows with every address of a flood and, freed, stays in the
+/// allocator's heap): each client adds to two of [`SHARE_SLOTS`] counters
+/// picked by a keyed hash that differs per process, and holds its share when
+/// both are at the share. A counter is the sum over the clients hashed to it,
+/// so two clients that share one slot count together there; another client is
+/// refused only when both of its slots are full, which a few flooding
+/// addresses cannot arrange (the hash key is secret) and many cannot either
+/// before the store itself is full.
+struct Shares {
+    counts: Box<[AtomicU32]>,
+    hasher: std::hash::RandomState,
+    share: u32,
+}
+
+/// Counters in [`Shares`] (65536, 256 KiB).
+const SHARE_SLOTS: usize = 1 << 16;
+
+impl Shares {
+    fn new(share: u32) -> Self {
+        Self {
+            counts: (0..SHARE_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            hasher: std::hash::RandomState::new(),
+            share,
+        }
+    }
+
+    fn slots(&self, holder: ClientKey) -> [u16; 2] {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(holder);
+        // Two 16-bit slots from one 64-bit hash; equal slots are one counter.
+        [h as u16, (h >> 16) as u16]
+    }
+
+    /// Counts one more nonce for `holder`, unless it holds its share.
+    fn take(&self, holder: ClientKey) -> Option<[u16; 2]> {
+        let slots = self.slots(holder);
+        let [a, b] = slots.map(|s| &self.counts[s as usize]);
+        if a.load(Ordering::Relaxed) >= self.share && b.load(Ordering::Relaxed) >= self.share {
+            return None;
+        }
+        a.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(1, Ordering::Relaxed);
+        Some(slots)
+    }
+
+    fn give_back(&self, slots: [u16; 2]) {
+        for s in slots {
+            // Never below zero, whatever the order of concurrent updates.
+            let _ = self.counts[s as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|c| c.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// Why the memory store issued nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IssueRefused {
+    /// The store is full of live nonces, none of them a heavy holder's (503).
+    #[error("the nonce store is full")]
+    Full,
+    /// This client already holds its share of the store (429).
+    #[error("this client holds its share of the nonce store")]
+    ClientShare,
+}
+
 pub struct MemoryNonces {
-    live: DashMap<String, Instant>,
+    live: DashMap<NonceBytes, Live>,
+    /// Unconsumed, unswept nonces per client; at most a
+    /// [`CLIENT_SHARE_DIVISOR`]th of `capacity` each.
+    shares: Shares,
     ttl: Duration,
     capacity: usize,
     last_inline_sweep_ms: AtomicU64,
-    started: Instant,
+    epoch: Instant,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
+
+/// One client (an address, an IPv6 /64) may hold at most a hundredth of the
+/// store's capacity (1000 of 100000): filling the store takes a hundred
+/// addresses at once, and a flood from one leaves room for everyone else.
+pub const CLIENT_SHARE_DIVISOR: usize = 100;
 
 impl MemoryNonces {
     pub fn new(ttl: Duration, capacity: usize, clock: Clock, metrics: Arc<Metrics>) -> Self {
         Self {
             live: DashMap::new(),
+            shares: Shares::new((capacity / CLIENT_SHARE_DIVISOR).clamp(1, u32::MAX as usize) as u32),
             ttl,
             capacity,
-            last_inline_sweep_ms: AtomicU64::new(0),
-            started: clock.now(),
+            last_inline_sweep_ms: AtomicU64::new(NEVER),
+            epoch: clock.now(),
             clock,
             metrics,
         }
@@ -239,39 +341,49 @@ impl MemoryNonces {
         self.ttl
     }
 
-    /// Issues a fresh nonce.
-    pub fn issue(&self) -> Result<String, NonceStoreFull> {
+    fn now_ms(&self) -> u64 {
+        self.clock.now().saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Issues a fresh nonce to `holder`, unless the store is full or the
+    /// holder already holds its share.
+    pub fn issue(&self, holder: ClientKey) -> Result<String, IssueRefused> {
         if self.live.len() >= self.capacity {
             self.sweep_if_due();
             if self.live.len() >= self.capacity {
                 self.count("store_full");
-                return Err(NonceStoreFull);
+                return Err(IssueRefused::Full);
             }
         }
-        let nonce = fresh_nonce();
-        self.live.insert(nonce.clone(), self.clock.now() + self.ttl);
+        let Some(slots) = self.shares.take(holder) else {
+            self.count("client_share");
+            return Err(IssueRefused::ClientShare);
+        };
+        let mut bytes = [0u8; NONCE_BYTES];
+        // ThreadRng is a CSPRNG (ChaCha) seeded from the OS.
+        rand::rng().fill_bytes(&mut bytes);
+        let expires_ms = self.now_ms() + self.ttl.as_millis() as u64;
+        self.live.insert(bytes, Live { expires_ms, slots });
         self.count("issued");
-        Ok(nonce)
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
     }
 
     /// What consuming `nonce` would find, without consuming it: a peek to
     /// refuse a foreign nonce before verification work. [`Self::consume`] decides.
     pub fn peek(&self, nonce: &str) -> Consumed {
-        match self.live.get(nonce) {
-            Some(expires) if *expires > self.clock.now() => Consumed::Fresh,
-            Some(_) => Consumed::Expired,
-            None => Consumed::Unknown,
-        }
+        let Some(key) = decode(nonce) else { return Consumed::Unknown };
+        let expires_ms = self.live.get(&key).map(|live| live.expires_ms);
+        self.classify(expires_ms)
     }
 
     /// Consumes `nonce`: the removal is the atomic step, so of two concurrent
     /// consumers exactly one sees [`Consumed::Fresh`].
     pub fn consume(&self, nonce: &str) -> Consumed {
-        let outcome = match self.live.remove(nonce) {
-            Some((_, expires)) if expires > self.clock.now() => Consumed::Fresh,
-            Some(_) => Consumed::Expired,
-            None => Consumed::Unknown,
-        };
+        let removed = decode(nonce).and_then(|key| self.live.remove(&key)).map(|(_, live)| live);
+        if let Some(live) = removed {
+            self.shares.give_back(live.slots);
+        }
+        let outcome = self.classify(removed.map(|live| live.expires_ms));
         self.count(match outcome {
             Consumed::Fresh => "consumed",
             Consumed::Expired => "expired",
@@ -280,32 +392,89 @@ impl MemoryNonces {
         outcome
     }
 
-    /// Removes nonces expired for longer than `grace`; returns how many.
+    fn classify(&self, expires_ms: Option<u64>) -> Consumed {
+        match expires_ms {
+            Some(expires) if expires > self.now_ms() => Consumed::Fresh,
+            Some(_) => Consumed::Expired,
+            None => Consumed::Unknown,
+        }
+    }
+
+    /// Removes nonces expired for longer than `grace`; returns how many. The
+    /// table shrinks once mostly empty, so that memory a flood took is given
+    /// back once its nonces expire.
     pub fn sweep(&self, grace: Duration) -> usize {
-        let now = self.clock.now();
+        let now_ms = self.now_ms();
+        let grace_ms = grace.as_millis() as u64;
         let before = self.live.len();
-        self.live.retain(|_, expires| *expires + grace > now);
+        self.live.retain(|_, live| {
+            let keep = live.expires_ms + grace_ms > now_ms;
+            if !keep {
+                self.shares.give_back(live.slots);
+            }
+            keep
+        });
         let removed = before.saturating_sub(self.live.len());
         if removed > 0 {
             self.metrics.nonces.get_or_create(&NonceLabels { event: "expired" }).inc_by(removed as u64);
+        }
+        // A table keeps its capacity after removals; one a quarter full (and
+        // not small) is shrunk, which hands its old allocation back.
+        if self.live.capacity() > 1024 && self.live.capacity() / 4 > self.live.len() {
+            self.live.shrink_to_fit();
         }
         removed
     }
 
     fn sweep_if_due(&self) {
-        let now_ms = self.clock.now().duration_since(self.started).as_millis() as u64;
+        let now_ms = self.now_ms();
         let last = self.last_inline_sweep_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= INLINE_SWEEP_INTERVAL_MS
+        if (last == NEVER || now_ms.saturating_sub(last) >= INLINE_SWEEP_INTERVAL_MS)
             && self.last_inline_sweep_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             // Full: the grace that tells expired from unknown is a luxury now.
             self.sweep(Duration::ZERO);
+            if self.live.len() >= self.capacity {
+                self.evict_heaviest();
+            }
         }
+    }
+
+    /// Full of live nonces: those of the heaviest holders give way, so that a
+    /// store filled from a few addresses does not lock out everyone else. A
+    /// holder's weight is the smaller of its two share counters; the nonces of
+    /// every holder weighing at least half the heaviest, and at least 2, are
+    /// dropped. A holder of one nonce — any ordinary user — is never evicted,
+    /// so a store filled by as many addresses as it holds nonces stays full
+    /// (503) until they expire. Returns how many were dropped.
+    fn evict_heaviest(&self) -> usize {
+        // Weights as they stand now: evicting lowers them as it goes.
+        let counts: Vec<u32> = self.shares.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let weight = |slots: [u16; 2]| counts[slots[0] as usize].min(counts[slots[1] as usize]);
+        let heaviest = self.live.iter().map(|entry| weight(entry.slots)).max().unwrap_or(0);
+        if heaviest < 2 {
+            return 0;
+        }
+        let bar = (heaviest / 2).max(2);
+        let before = self.live.len();
+        self.live.retain(|_, live| {
+            let keep = weight(live.slots) < bar;
+            if !keep {
+                self.shares.give_back(live.slots);
+            }
+            keep
+        });
+        let evicted = before.saturating_sub(self.live.len());
+        if evicted > 0 {
+            self.metrics.nonces.get_or_create(&NonceLabels { event: "evicted" }).inc_by(evicted as u64);
+            tracing::warn!(evicted, heaviest, "nonce store full: the nonces of its heaviest holders were dropped");
+        }
+        evicted
     }
 
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.live.is_empty() && self.shares.is_empty()
     }
 
     fn count(&self, event: &'static str) {
@@ -313,9 +482,33 @@ impl MemoryNonces {
     }
 }
 
+/// A nonce's bytes, when it is one this store could have issued.
+fn decode(nonce: &str) -> Option<NonceBytes> {
+    let mut bytes = [0u8; NONCE_BYTES];
+    // 43 characters decode to exactly 32 bytes; anything else was never issued here.
+    match URL_SAFE_NO_PAD.decode_slice(nonce, &mut bytes) {
+        Ok(NONCE_BYTES) if nonce.len() == ISSUED_NONCE_CHARS => Some(bytes),
+        _ => None,
+    }
+}
+
+/// Characters of an issued nonce: 32 bytes in unpadded base64url.
+const ISSUED_NONCE_CHARS: usize = 43;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client of its own each call (in these small stores a share is 1).
+    fn me() -> ClientKey {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        ClientKey::of(std::net::Ipv4Addr::from(0x0a00_0000 | n).into())
+    }
+
+    fn client(n: u8) -> ClientKey {
+        ClientKey::of(std::net::Ipv4Addr::new(192, 0, 2, n).into())
+    }
 
     fn store(ttl_ms: u64, capacity: usize) -> MemoryNonces {
         MemoryNonces::new(Duration::from_millis(ttl_ms), capacity, Clock::manual(), Arc::new(Metrics::new()))
@@ -324,8 +517,8 @@ mod tests {
     #[test]
     fn nonces_are_long_random_and_single_use() {
         let s = store(60_000, 10);
-        let a = s.issue().unwrap();
-        let b = s.issue().unwrap();
+        let a = s.issue(me()).unwrap();
+        let b = s.issue(me()).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
@@ -347,8 +540,8 @@ mod tests {
     #[test]
     fn expired_nonces_are_refused_and_swept() {
         let s = store(1, 10);
-        let a = s.issue().unwrap();
-        let _b = s.issue().unwrap();
+        let a = s.issue(me()).unwrap();
+        let _b = s.issue(me()).unwrap();
         s.clock.advance(Duration::from_millis(1));
         assert_eq!(s.consume(&a), Consumed::Expired);
         // Within the grace an expired nonce still reads as expired; then it goes.
@@ -362,24 +555,102 @@ mod tests {
     #[test]
     fn a_full_store_refuses_instead_of_evicting() {
         let s = store(60_000, 3);
-        let live: Vec<String> = (0..3).map(|_| s.issue().unwrap()).collect();
-        assert_eq!(s.issue(), Err(NonceStoreFull));
+        let live: Vec<String> = (0..3).map(|_| s.issue(me()).unwrap()).collect();
+        assert_eq!(s.issue(me()), Err(IssueRefused::Full));
         // Every live nonce still works.
         for n in &live {
             assert_eq!(s.consume(n), Consumed::Fresh);
         }
-        assert!(s.issue().is_ok());
+        assert!(s.issue(me()).is_ok());
     }
 
     #[test]
     fn concurrent_consumers_have_one_winner() {
         let s = Arc::new(store(60_000, 10));
-        let n = s.issue().unwrap();
+        let n = s.issue(me()).unwrap();
         let winners: usize = std::thread::scope(|scope| {
             let handles: Vec<_> =
                 (0..16).map(|_| scope.spawn(|| (s.consume(&n) == Consumed::Fresh) as usize)).collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(winners, 1);
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_and_others_still_get_nonces() {
+        // Capacity 300: a share of 3.
+        let s = store(60_000, 300);
+        let held: Vec<String> = (0..3).map(|_| s.issue(client(1)).unwrap()).collect();
+        assert_eq!(s.issue(client(1)), Err(IssueRefused::ClientShare));
+        assert!(s.issue(client(2)).is_ok(), "another client is not refused");
+        // A consumed nonce frees its holder's share.
+        assert_eq!(s.consume(&held[0]), Consumed::Fresh);
+        assert!(s.issue(client(1)).is_ok());
+        assert_eq!(s.issue(client(1)), Err(IssueRefused::ClientShare));
+        // So does an expired, swept one.
+        s.clock.advance(Duration::from_secs(60));
+        assert_eq!(s.sweep(Duration::ZERO), 4);
+        assert!(s.is_empty(), "no holder is left counted");
+        assert!(s.issue(client(1)).is_ok());
+    }
+
+    #[test]
+    fn only_nonces_of_the_issued_shape_are_looked_up() {
+        let s = store(60_000, 10);
+        let n = s.issue(me()).unwrap();
+        assert_eq!(decode(&n).map(|b| URL_SAFE_NO_PAD.encode(b)), Some(n.clone()));
+        // The same bytes with padding, a character short, or one more: unknown.
+        for other in [format!("{n}="), n[..42].to_string(), format!("{n}A")] {
+            assert_eq!(s.peek(&other), Consumed::Unknown, "{other}");
+        }
+        assert_eq!(s.consume(&n), Consumed::Fresh);
+    }
+
+    #[test]
+    fn a_swept_flood_gives_its_table_back() {
+        let s = store(1_000, 100_000);
+        for i in 0..50_000u32 {
+            let holder = ClientKey::of(std::net::Ipv4Addr::from(i).into());
+            s.issue(holder).unwrap();
+        }
+        let full = s.live.capacity();
+        assert!(full >= 50_000);
+        s.clock.advance(Duration::from_secs(2));
+        assert_eq!(s.sweep(Duration::ZERO), 50_000);
+        assert!(s.live.capacity() < full / 4, "{} of {full}", s.live.capacity());
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_drops_its_heaviest_holders_nonces_never_an_ordinary_users() {
+        // Capacity 300, a share of 3: 99 heavy holders and 3 users with one each.
+        let s = store(60_000, 300);
+        let heavy: Vec<String> =
+            (0..99).flat_map(|n| (0..3).map(move |_| n)).map(|n| s.issue(client(n)).unwrap()).collect();
+        let users: Vec<String> = (0..3).map(|_| s.issue(me()).unwrap()).collect();
+        assert_eq!(s.live.len(), 300);
+        // Someone new: the heavy holders' nonces give way, the users' stay.
+        assert!(s.issue(me()).is_ok());
+        assert_eq!(s.live.len(), 4);
+        for n in &users {
+            assert_eq!(s.peek(n), Consumed::Fresh);
+        }
+        assert_eq!(s.peek(&heavy[0]), Consumed::Unknown);
+        assert_eq!(metric(&s, "evicted"), 297);
+        // Evicted nonces gave their shares back.
+        assert!(s.issue(client(0)).is_ok());
+    }
+
+    #[test]
+    fn a_store_full_of_one_nonce_holders_refuses_the_newcomer() {
+        let s = store(60_000, 300);
+        let held: Vec<String> = (0..300).map(|_| s.issue(me()).unwrap()).collect();
+        assert_eq!(s.issue(me()), Err(IssueRefused::Full));
+        assert!(held.iter().all(|n| s.peek(n) == Consumed::Fresh), "no one-nonce holder loses it");
+        assert_eq!(metric(&s, "evicted"), 0);
+    }
+
+    fn metric(s: &MemoryNonces, event: &'static str) -> u64 {
+        s.metrics.nonces.get_or_create(&NonceLabels { event }).get()
     }
 }

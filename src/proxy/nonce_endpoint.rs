@@ -9,7 +9,7 @@ use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
 
 use super::{ProxyBody, RequestCtx};
-use crate::auth::nonce::NonceStore;
+use crate::auth::nonce::{NonceError, NonceStore};
 use crate::error::{ClientError, ProxyError};
 use crate::limits::{ClientKey, Limit};
 use crate::routes::RouteAuth;
@@ -32,7 +32,7 @@ pub async fn own_endpoints<B>(
 }
 
 /// `GET {nonce.path}`: a fresh nonce as `{"nonce": …, "expires_in": …}`,
-/// within the client's `limits.nonces_per_minute`.
+/// within the client's `limits.nonces_per_minute` and its share of the store.
 async fn issue_nonce(
     ctx: &RequestCtx<'_>,
     method: &Method,
@@ -47,7 +47,11 @@ async fn issue_nonce(
             .take(ClientKey::of(ctx.client))
             .map_err(|spent| ProxyError::Limited { limit: Limit::Nonces, retry_after: spent.retry_after })?;
     }
-    let nonce = store.issue().await.map_err(|_| ProxyError::NonceStore)?;
+    let nonce = store.issue(ClientKey::of(ctx.client)).await.map_err(|e| match e {
+        // The nonces it holds free up as they are used or expire.
+        NonceError::ClientShare => ProxyError::Limited { limit: Limit::LiveNonces, retry_after: store.ttl() },
+        NonceError::Full | NonceError::Unavailable => ProxyError::NonceStore,
+    })?;
     let body = serde_json::json!({ "nonce": nonce, "expires_in": store.ttl().as_secs() });
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     let headers = response.headers_mut();
