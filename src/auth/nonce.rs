@@ -35,6 +35,11 @@ pub const MAX_NONCES: usize = 100_000;
 const NONCE_BYTES: usize = 32;
 /// When full, an inline sweep runs at most this often (1 second).
 const INLINE_SWEEP_INTERVAL_MS: u64 = 1_000;
+/// The lightest holder a full store evicts (16 nonces): far above what an
+/// ordinary user holds plus what hash collisions add (100000 clients put 1.5
+/// on a counter on average), so that filling the store out of its reach takes
+/// thousands of addresses.
+const EVICTABLE_WEIGHT: u32 = 16;
 /// `last_inline_sweep_ms` before the first.
 const NEVER: u64 = u64::MAX;
 
@@ -442,20 +447,21 @@ impl MemoryNonces {
 
     /// Full of live nonces: those of the heaviest holders give way, so that a
     /// store filled from a few addresses does not lock out everyone else. A
-    /// holder's weight is the smaller of its two share counters; the nonces of
-    /// every holder weighing at least half the heaviest, and at least 2, are
-    /// dropped. A holder of one nonce — any ordinary user — is never evicted,
-    /// so a store filled by as many addresses as it holds nonces stays full
-    /// (503) until they expire. Returns how many were dropped.
+    /// holder's weight is the smaller of its two share counters (its own
+    /// count, plus whatever other clients hash to both slots); the nonces of
+    /// every holder weighing at least half the heaviest, and at least
+    /// [`EVICTABLE_WEIGHT`], are dropped. An ordinary user, holding a nonce or
+    /// two, is never evicted, so a store filled from thousands of light
+    /// holders stays full (503) until they expire. Returns how many were dropped.
     fn evict_heaviest(&self) -> usize {
         // Weights as they stand now: evicting lowers them as it goes.
         let counts: Vec<u32> = self.shares.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         let weight = |slots: [u16; 2]| counts[slots[0] as usize].min(counts[slots[1] as usize]);
         let heaviest = self.live.iter().map(|entry| weight(entry.slots)).max().unwrap_or(0);
-        if heaviest < 2 {
+        if heaviest < EVICTABLE_WEIGHT {
             return 0;
         }
-        let bar = (heaviest / 2).max(2);
+        let bar = (heaviest / 2).max(EVICTABLE_WEIGHT);
         let before = self.live.len();
         self.live.retain(|_, live| {
             let keep = weight(live.slots) < bar;
@@ -506,8 +512,8 @@ mod tests {
         ClientKey::of(std::net::Ipv4Addr::from(0x0a00_0000 | n).into())
     }
 
-    fn client(n: u8) -> ClientKey {
-        ClientKey::of(std::net::Ipv4Addr::new(192, 0, 2, n).into())
+    fn client(n: u32) -> ClientKey {
+        ClientKey::of(std::net::Ipv4Addr::from(0xc000_0200 + n).into())
     }
 
     fn store(ttl_ms: u64, capacity: usize) -> MemoryNonces {
@@ -623,30 +629,35 @@ mod tests {
 
     #[test]
     fn a_full_store_drops_its_heaviest_holders_nonces_never_an_ordinary_users() {
-        // Capacity 300, a share of 3: 99 heavy holders and 3 users with one each.
-        let s = store(60_000, 300);
+        // Capacity 3200, a share of 32: 99 holders of 32, one of 15, and 17
+        // users with one each.
+        let s = store(60_000, 3200);
         let heavy: Vec<String> =
-            (0..99).flat_map(|n| (0..3).map(move |_| n)).map(|n| s.issue(client(n)).unwrap()).collect();
-        let users: Vec<String> = (0..3).map(|_| s.issue(me()).unwrap()).collect();
-        assert_eq!(s.live.len(), 300);
-        // Someone new: the heavy holders' nonces give way, the users' stay.
+            (0..99).flat_map(|n| (0..32).map(move |_| n)).map(|n| s.issue(client(n)).unwrap()).collect();
+        let light: Vec<String> = (0..15).map(|_| s.issue(client(200)).unwrap()).collect();
+        let users: Vec<String> = (0..17).map(|_| s.issue(me()).unwrap()).collect();
+        assert_eq!(s.live.len(), 3200);
+        // Someone new: the heavy holders' nonces give way, the others' stay.
         assert!(s.issue(me()).is_ok());
-        assert_eq!(s.live.len(), 4);
-        for n in &users {
+        assert_eq!(s.live.len(), 15 + 17 + 1);
+        for n in users.iter().chain(&light) {
             assert_eq!(s.peek(n), Consumed::Fresh);
         }
         assert_eq!(s.peek(&heavy[0]), Consumed::Unknown);
-        assert_eq!(metric(&s, "evicted"), 297);
+        assert_eq!(metric(&s, "evicted"), 99 * 32);
         // Evicted nonces gave their shares back.
         assert!(s.issue(client(0)).is_ok());
     }
 
     #[test]
-    fn a_store_full_of_one_nonce_holders_refuses_the_newcomer() {
-        let s = store(60_000, 300);
-        let held: Vec<String> = (0..300).map(|_| s.issue(me()).unwrap()).collect();
-        assert_eq!(s.issue(me()), Err(IssueRefused::Full));
-        assert!(held.iter().all(|n| s.peek(n) == Consumed::Fresh), "no one-nonce holder loses it");
+    fn a_store_full_of_light_holders_refuses_the_newcomer() {
+        // 300 holders of 15 (a share of 45): none is heavy enough to evict.
+        let s = store(60_000, 4500);
+        let held: Vec<String> =
+            (0..300).flat_map(|n| (0..15).map(move |_| n)).map(|n| s.issue(client(n)).unwrap()).collect();
+        assert_eq!(s.live.len(), 4500);
+        assert_eq!(s.issue(me()), Err(IssueRefused::Full), "evicted {}", metric(&s, "evicted"));
+        assert!(held.iter().all(|n| s.peek(n) == Consumed::Fresh), "no light holder loses one");
         assert_eq!(metric(&s, "evicted"), 0);
     }
 
