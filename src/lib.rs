@@ -33,6 +33,8 @@ mod upstream;
 
 #[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::collections::HashMap;
 use std::future::Future;

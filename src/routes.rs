@@ -249,11 +249,14 @@ fn decode_segment(segment: &str) -> Result<String, PathError> {
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::PathParameter),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
-                let value = std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(PathError::BadEscape)?;
+                // Two hex digits, nothing else: `from_str_radix` alone also
+                // takes a sign ("%+f" would read as 0x0F).
+                let value = match bytes.get(i + 1..i + 3) {
+                    Some(&[hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                        hex_value(hi) << 4 | hex_value(lo)
+                    }
+                    _ => return Err(PathError::BadEscape),
+                };
                 match value {
                     b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
                     b';' => return Err(PathError::PathParameter),
@@ -270,6 +273,14 @@ fn decode_segment(segment: &str) -> Result<String, PathError> {
     }
     // Only ASCII was added to the input's (valid UTF-8) bytes, so this holds.
     String::from_utf8(out).map_err(|_| PathError::BadEscape)
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +328,9 @@ mod tests {
         assert_eq!(normalize_path("/a\\b"), Err(PathError::Backslash));
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
+        // A sign is not a hex digit (found by fuzz/fuzz_targets/routes.rs).
+        assert_eq!(normalize_path("/a%+fq"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/a%-1"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("*"), Err(PathError::NotOriginForm));
         assert_eq!(normalize_path("/public/..;/admin"), Err(PathError::PathParameter));
         assert_eq!(normalize_path("/admin;jsessionid=1/x"), Err(PathError::PathParameter));
