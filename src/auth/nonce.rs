@@ -270,8 +270,10 @@ impl Shares {
     fn slots(&self, holder: ClientKey) -> [u16; 2] {
         use std::hash::BuildHasher;
         let h = self.hasher.hash_one(holder);
-        // Two 16-bit slots from one 64-bit hash; equal slots are one counter.
-        [h as u16, (h >> 16) as u16]
+        // Two 16-bit slots from one 64-bit hash, never the same one (a counter
+        // counted twice would halve the holder's share).
+        let (a, b) = (h as u16, (h >> 16) as u16);
+        [a, if a == b { b ^ 1 } else { b }]
     }
 
     /// Counts one more nonce for `holder`, unless it holds its share.
@@ -512,10 +514,6 @@ mod tests {
         ClientKey::of(std::net::Ipv4Addr::from(0x0a00_0000 | n).into())
     }
 
-    fn client(n: u32) -> ClientKey {
-        ClientKey::of(std::net::Ipv4Addr::from(0xc000_0200 + n).into())
-    }
-
     fn store(ttl_ms: u64, capacity: usize) -> MemoryNonces {
         MemoryNonces::new(Duration::from_millis(ttl_ms), capacity, Clock::manual(), Arc::new(Metrics::new()))
     }
@@ -586,18 +584,19 @@ mod tests {
     fn one_client_holds_at_most_its_share_and_others_still_get_nonces() {
         // Capacity 300: a share of 3.
         let s = store(60_000, 300);
-        let held: Vec<String> = (0..3).map(|_| s.issue(client(1)).unwrap()).collect();
-        assert_eq!(s.issue(client(1)), Err(IssueRefused::ClientShare));
-        assert!(s.issue(client(2)).is_ok(), "another client is not refused");
+        let [one, two] = apart(&s, 2)[..] else { unreachable!() };
+        let held: Vec<String> = (0..3).map(|_| s.issue(one).unwrap()).collect();
+        assert_eq!(s.issue(one), Err(IssueRefused::ClientShare));
+        assert!(s.issue(two).is_ok(), "another client is not refused");
         // A consumed nonce frees its holder's share.
         assert_eq!(s.consume(&held[0]), Consumed::Fresh);
-        assert!(s.issue(client(1)).is_ok());
-        assert_eq!(s.issue(client(1)), Err(IssueRefused::ClientShare));
+        assert!(s.issue(one).is_ok());
+        assert_eq!(s.issue(one), Err(IssueRefused::ClientShare));
         // So does an expired, swept one.
         s.clock.advance(Duration::from_secs(60));
         assert_eq!(s.sweep(Duration::ZERO), 4);
         assert!(s.is_empty(), "no holder is left counted");
-        assert!(s.issue(client(1)).is_ok());
+        assert!(s.issue(one).is_ok());
     }
 
     #[test]
@@ -632,13 +631,16 @@ mod tests {
         // Capacity 3200, a share of 32: 99 holders of 32, one of 15, and 17
         // users with one each.
         let s = store(60_000, 3200);
+        let clients = apart(&s, 99 + 1 + 17 + 1);
+        let (heavy_holders, rest) = clients.split_at(99);
+        let (light_holder, users, newcomer) = (rest[0], &rest[1..18], rest[18]);
         let heavy: Vec<String> =
-            (0..99).flat_map(|n| (0..32).map(move |_| n)).map(|n| s.issue(client(n)).unwrap()).collect();
-        let light: Vec<String> = (0..15).map(|_| s.issue(client(200)).unwrap()).collect();
-        let users: Vec<String> = (0..17).map(|_| s.issue(me()).unwrap()).collect();
+            heavy_holders.iter().flat_map(|&c| (0..32).map(move |_| c)).map(|c| s.issue(c).unwrap()).collect();
+        let light: Vec<String> = (0..15).map(|_| s.issue(light_holder).unwrap()).collect();
+        let users: Vec<String> = users.iter().map(|&c| s.issue(c).unwrap()).collect();
         assert_eq!(s.live.len(), 3200);
         // Someone new: the heavy holders' nonces give way, the others' stay.
-        assert!(s.issue(me()).is_ok());
+        assert!(s.issue(newcomer).is_ok());
         assert_eq!(s.live.len(), 15 + 17 + 1);
         for n in users.iter().chain(&light) {
             assert_eq!(s.peek(n), Consumed::Fresh);
@@ -646,19 +648,35 @@ mod tests {
         assert_eq!(s.peek(&heavy[0]), Consumed::Unknown);
         assert_eq!(metric(&s, "evicted"), 99 * 32);
         // Evicted nonces gave their shares back.
-        assert!(s.issue(client(0)).is_ok());
+        assert!(s.issue(heavy_holders[0]).is_ok());
     }
 
     #[test]
     fn a_store_full_of_light_holders_refuses_the_newcomer() {
         // 300 holders of 15 (a share of 45): none is heavy enough to evict.
         let s = store(60_000, 4500);
+        let clients = apart(&s, 301);
         let held: Vec<String> =
-            (0..300).flat_map(|n| (0..15).map(move |_| n)).map(|n| s.issue(client(n)).unwrap()).collect();
+            clients[..300].iter().flat_map(|&c| (0..15).map(move |_| c)).map(|c| s.issue(c).unwrap()).collect();
         assert_eq!(s.live.len(), 4500);
-        assert_eq!(s.issue(me()), Err(IssueRefused::Full), "evicted {}", metric(&s, "evicted"));
+        assert_eq!(s.issue(clients[300]), Err(IssueRefused::Full), "evicted {}", metric(&s, "evicted"));
         assert!(held.iter().all(|n| s.peek(n) == Consumed::Fresh), "no light holder loses one");
         assert_eq!(metric(&s, "evicted"), 0);
+    }
+
+    /// `n` clients none of whose share counters another one uses: what each
+    /// holds is then its own count exactly (collisions are a matter of chance,
+    /// and this store's hash key is random).
+    fn apart(s: &MemoryNonces, n: usize) -> Vec<ClientKey> {
+        let mut used = std::collections::HashSet::new();
+        (0..u32::MAX)
+            .map(|i| ClientKey::of(std::net::Ipv4Addr::from(0xc000_0000 + i).into()))
+            .filter(|&c| {
+                let [a, b] = s.shares.slots(c);
+                !used.contains(&a) && !used.contains(&b) && used.insert(a) && used.insert(b)
+            })
+            .take(n)
+            .collect()
     }
 
     fn metric(s: &MemoryNonces, event: &'static str) -> u64 {
