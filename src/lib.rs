@@ -285,11 +285,14 @@ pub async fn run<F: Future<Output = ()>>(config: Config, shutdown: F) -> Result<
 
 /// Resolves on the first SIGTERM or SIGINT, which starts the drain; a second
 /// one during the drain (or the delay before it) ends the process at once,
-/// exit 0, after a log line: the operator's "no, now".
+/// exit 0, after a log line: the operator's "no, now". The listeners are
+/// installed once, before the first signal, so that a second one sent right
+/// after the first is never missed.
 pub async fn shutdown_signals() {
-    shutdown_signal().await;
-    tokio::spawn(async {
-        shutdown_signal().await;
+    let mut signals = Signals::install();
+    signals.next().await;
+    tokio::spawn(async move {
+        signals.next().await;
         tracing::warn!("second shutdown signal: exiting now, without finishing the drain");
         std::process::exit(0);
     });
@@ -297,23 +300,51 @@ pub async fn shutdown_signals() {
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    Signals::install().next().await;
+}
+
+/// SIGTERM and SIGINT, listened to from installation on: a signal that arrives
+/// while nobody awaits [`Signals::next`] is kept for the next call.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {},
+                _ = recv(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
