@@ -14,8 +14,8 @@
 #   BIN=/path/to/other/line-auth-proxy benches/nonce_flood.sh   # compare a build
 #   (for a build that has no [limits] section: LIMITS=none)
 #
-# Nonces live 5 s here (nonce.ttl_seconds = 5); the store keeps an expired one
-# 60 s longer and sweeps every 5 s, so the "after expiry" reading is taken 75 s
+# Nonces live 10 s here (nonce.ttl_seconds = 10); the store keeps an expired one
+# 60 s longer and sweeps every 10 s, so the "after expiry" reading is taken 85 s
 # after the flood.
 # Everything is on 127.0.0.1: the LINE Platform is the in-process mock.
 set -euo pipefail
@@ -57,7 +57,7 @@ channel_ids = ["1234567890"]
 api_base_url = "http://127.0.0.1:$LINE_PORT"
 id_token_verification = "remote"
 [nonce]
-ttl_seconds = 5
+ttl_seconds = 10
 ${3:+[limits]
 $3}
 [[routes]]
@@ -78,11 +78,11 @@ T
     local peak; peak=$(rss_kb "$pid")
     # Another address right after the flood (Linux routes 127.0.0.0/8 to loopback).
     local other; other=$(curl -s -o /dev/null -w '%{http_code}' --interface 127.0.0.2 "http://127.0.0.1:$port/auth/nonce")
-    sleep 75
+    sleep 85
     local after; after=$(rss_kb "$pid")
     echo "   answers: $out"
     echo "   another address during the flood: $other"
-    echo "   RSS: baseline $((base / 1024)) MiB, after the flood $((peak / 1024)) MiB (+$(((peak - base) / 1024)) MiB), 75 s later $((after / 1024)) MiB (+$(((after - base) / 1024)) MiB)"
+    awk -v b="$base" -v p="$peak" -v a="$after" 'BEGIN { printf "   RSS: baseline %.1f MiB, after the flood %.1f MiB (+%.1f), 85 s later %.1f MiB (+%.1f)\n", b/1024, p/1024, (p-b)/1024, a/1024, (a-b)/1024 }'
     echo "   nonces issued $(metric 'line_auth_proxy_nonces_total{event="issued"}'), expired $(metric 'line_auth_proxy_nonces_total{event="expired"}'), evicted $(metric 'line_auth_proxy_nonces_total{event="evicted"}')"
     kill "$pid"
 }

@@ -6,6 +6,8 @@
 //! loadbench cold <proxy> <admin> <n> <conc>   n distinct fresh tokens: latency per login, LINE calls per login
 //! loadbench coalesce <proxy> <admin> <n>      n concurrent requests with one fresh token: LINE calls
 //! loadbench fill <proxy> <n> <conc>           caches n distinct identities
+//! loadbench spray <proxy> <admin> <n> <conc>  n never-seen invalid tokens from 127.0.0.1, then one
+//!                                             fresh valid token from 127.0.0.2: statuses, LINE calls
 //! loadbench nonces <proxy> <n> <conc> [path]  n nonces (GET path, default /auth/nonce) over one h2c
 //!                                             connection, conc streams at a time (SPRAY=k: from k
 //!                                             addresses, in X-Forwarded-For)
@@ -41,6 +43,7 @@ async fn main() {
         "cold" => cold(arg(1), arg(2), num(3), num(4)).await,
         "coalesce" => coalesce(arg(1), arg(2), num(3)).await,
         "fill" => fill(arg(1), num(2), num(3)).await,
+        "spray" => spray(arg(1), arg(2), num(3), num(4)).await,
         "nonces" => nonces(arg(1), num(2), num(3), args.get(4).map_or("/auth/nonce", |p| p.as_str())).await,
         _ => usage(),
     }
@@ -48,7 +51,7 @@ async fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadbench fixtures <line_delay_ms> | cold <proxy> <admin> <n> <concurrency> | coalesce <proxy> <admin> <n> | fill <proxy> <n> <concurrency> | nonces <proxy> <n> <concurrency>"
+        "usage: loadbench fixtures <line_delay_ms> | cold <proxy> <admin> <n> <concurrency> | coalesce <proxy> <admin> <n> | fill <proxy> <n> <concurrency> | spray <proxy> <admin> <n> <concurrency> | nonces <proxy> <n> <concurrency>"
     );
     std::process::exit(2)
 }
@@ -233,5 +236,64 @@ async fn nonces(proxy: &str, n: usize, concurrency: usize, path: &str) {
         "{{\"requested\": {n}, \"seconds\": {:.1}, \"statuses\": {{{}}}}}",
         started.elapsed().as_secs_f64(),
         counts.join(", ")
+    );
+}
+
+/// Calls to LINE's verify endpoint, whatever LINE answered.
+async fn verify_calls(admin: &str) -> f64 {
+    let text = client().get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("line_auth_proxy_line_requests_total{endpoint=\"verify\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A fresh-token spray from one address: `n` distinct invalid tokens,
+/// `concurrency` at a time; then a user on another address with a token the
+/// proxy has never seen. Prints the sprayer's statuses, the LINE verify calls
+/// the spray caused, and the user's status.
+async fn spray(proxy: &str, admin: &str, n: usize, concurrency: usize) {
+    let before = verify_calls(admin).await;
+    let c = client();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (c, url, next) = (c.clone(), format!("{proxy}/api/spray"), next.clone());
+        handles.push(tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let status = c.get(&url).bearer_auth(format!("sprayed-{i}")).send().await.unwrap().status();
+                *statuses.entry(status.as_u16()).or_default() += 1;
+            }
+            statuses
+        }));
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for h in handles {
+        for (status, count) in h.await.unwrap() {
+            *statuses.entry(status).or_default() += count;
+        }
+    }
+    let calls = verify_calls(admin).await - before;
+    let user = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap()
+        .get(format!("{proxy}/api/user"))
+        .bearer_auth(format!("{PREFIX}spray-check-user"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let counts: Vec<String> = statuses.iter().map(|(s, c)| format!("\"{s}\": {c}")).collect();
+    println!(
+        "{{\"sprayed\": {n}, \"statuses\": {{{}}}, \"line_verify_calls\": {calls}, \"other_user\": {}}}",
+        counts.join(", "),
+        user.as_u16()
     );
 }
