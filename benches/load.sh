@@ -152,11 +152,13 @@ fi
 
 echo "== cold logins (mock LINE answering in 20 ms), coalescing, memory"
 fixtures 20
-proxy cold ""
+# 500 concurrent connections from one address: over the default limits.connections (256).
+proxy cold $'[limits]\nconnections = 0'
 COLD=$("$LB" cold "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" "$COLD_LOGINS" 8)
 COALESCE=$("$LB" coalesce "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" 500)
 fixtures 0
-PROXY_LOG="warn,line_auth_proxy=info" proxy fill $'[cache]\nttl_seconds = 3600\nmax_entries = 200000'
+# 100000 fresh tokens from one address: over the default limits.fresh_tokens_per_minute (600).
+PROXY_LOG="warn,line_auth_proxy=info" proxy fill $'[cache]\nttl_seconds = 3600\nmax_entries = 200000\n[limits]\nfresh_tokens_per_minute = 0'
 FILL_OUT=$("$LB" fill "http://127.0.0.1:$PROXY_PORT" "$FILL" 32)
 sleep 1
 FILL_RSS=$(rss_kb "$PROXY_PID")
