@@ -25,6 +25,8 @@ use crate::clock::Clock;
 
 /// `reading_since` when no request head is arriving.
 const NOT_READING: u64 = u64::MAX;
+/// Bytes of the HTTP/2 connection preface (`PRI * HTTP/2.0…`).
+const H2_PREFACE_LEN: u32 = 24;
 
 /// One client connection's activity.
 pub struct Activity {
@@ -41,6 +43,11 @@ pub struct Activity {
     /// HTTP/1.1: bytes while idle are the next request head. (HTTP/2's idle
     /// bytes are PINGs and window updates, which do not count.)
     heads: bool,
+    /// HTTP/2: bytes of the connection preface not read yet. Until it is
+    /// complete the connection is timed like a request head, so that half a
+    /// preface (or none, after a TLS handshake with ALPN `h2`) cannot hold a
+    /// slot until the idle timeout.
+    preface_left: AtomicU32,
 }
 
 /// Why the watchdog closes a connection.
@@ -54,7 +61,8 @@ pub enum Expiry {
 
 impl Activity {
     /// A connection just accepted. For HTTP/1.1 its first request head is
-    /// already due (since accept); for HTTP/2 it is idle until a stream opens.
+    /// already due (since accept); for HTTP/2 its preface is (the 24 bytes
+    /// every client sends first), and then it is idle until a stream opens.
     pub fn new(clock: Clock, heads: bool) -> Arc<Self> {
         let epoch = clock.now();
         Arc::new(Self {
@@ -62,9 +70,10 @@ impl Activity {
             epoch,
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
-            reading_since: AtomicU64::new(if heads { 0 } else { NOT_READING }),
+            reading_since: AtomicU64::new(0),
             head_started: Notify::new(),
             heads,
+            preface_left: AtomicU32::new(if heads { 0 } else { H2_PREFACE_LEN }),
         })
     }
 
@@ -85,8 +94,20 @@ impl Activity {
         }
     }
 
-    /// Bytes arrived from the client.
-    fn read_some(&self) {
+    /// `n` bytes arrived from the client.
+    fn read_some(&self, n: usize) {
+        if self.preface_left.load(Ordering::Acquire) > 0 {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            let before = self
+                .preface_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| Some(left.saturating_sub(n)));
+            if before.is_ok_and(|left| left > 0 && left <= n) {
+                // The preface is complete: idle from now until a stream opens.
+                self.idle_since.store(self.now_ms(), Ordering::Release);
+                let _ = self.reading_since.compare_exchange(0, NOT_READING, Ordering::AcqRel, Ordering::Acquire);
+            }
+            return;
+        }
         if self.heads
             && self.in_flight.load(Ordering::Acquire) == 0
             && self.reading_since.load(Ordering::Acquire) == NOT_READING
@@ -148,8 +169,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read_some();
+        let read = buf.filled().len() - before;
+        if matches!(polled, Poll::Ready(Ok(()))) && read > 0 {
+            self.activity.read_some(read);
         }
         polled
     }
@@ -293,8 +315,35 @@ mod tests {
         clock.advance(Duration::from_secs(60));
         tokio::task::yield_now().await;
         assert!(!watch.is_finished());
-        activity.read_some();
+        activity.read_some(1);
         clock.advance(Duration::from_secs(10));
         assert_eq!(watch.await.unwrap(), Expiry::HeadTimeout);
+    }
+
+    #[tokio::test]
+    async fn an_http2_preface_must_arrive_within_the_head_deadline_then_idle_rules() {
+        let (idle, head) = (Duration::from_secs(75), Duration::from_secs(10));
+        // Half a preface: closed at the head deadline.
+        let clock = Clock::manual();
+        let activity = Activity::new(clock.clone(), false);
+        activity.read_some(12);
+        let a = activity.clone();
+        let watch = tokio::spawn(async move { a.expired(idle, head).await });
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(watch.await.unwrap(), Expiry::HeadTimeout);
+        // The whole preface: idle from then on, PINGs and all.
+        let clock = Clock::manual();
+        let activity = Activity::new(clock.clone(), false);
+        clock.advance(Duration::from_secs(5));
+        activity.read_some(12);
+        activity.read_some(30);
+        let a = activity.clone();
+        let watch = tokio::spawn(async move { a.expired(idle, head).await });
+        clock.advance(Duration::from_secs(60));
+        tokio::task::yield_now().await;
+        assert!(!watch.is_finished(), "a complete preface is not a late head");
+        activity.read_some(17);
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(watch.await.unwrap(), Expiry::Idle);
     }
 }

@@ -117,6 +117,20 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of the HTTP/2 connection preface that tell h2c from HTTP/1.1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// TCP keepalive probes after 60 s of silence, every 10 s, 3 unanswered ones
+/// closing the socket: a mobile client that vanished (no FIN, no RST) frees
+/// its slot within about 90 s even while a request of it is in flight.
+const TCP_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(3);
+
+fn set_keepalive(stream: &tokio::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&TCP_KEEPALIVE) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+}
+
 /// Accepts the next connection. A failed `accept` (out of file descriptors,
 /// above all) is logged and retried after [`ACCEPT_ERROR_BACKOFF`]: retrying at
 /// once would spin a core while nothing can be accepted anyway.
@@ -159,6 +173,7 @@ pub async fn serve_proxy(
             _ = until_set(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
+        set_keepalive(&stream);
         let trusted = state.config.server.trusted_proxies.contains(peer.ip());
         let counted = match (&state.limits.connections, trusted) {
             (Some(counts), false) => match counts.open(ClientKey::of(peer.ip())) {
@@ -187,9 +202,11 @@ pub async fn serve_proxy(
                 None => {
                     // hyper-util sniffs the first bytes for the h2c preface with no
                     // timeout of its own: a silent socket would hold its slot forever.
-                    match clock.timeout(deadline, preface_known(&stream)).await {
-                        Ok(Ok(h2)) => {
+                    let mut stream = stream;
+                    match clock.timeout(deadline, preface_known(&mut stream)).await {
+                        Ok(Ok((h2, read))) => {
                             let conn = new_conn(h2);
+                            let stream = Prefixed::new(read, stream);
                             serve_connection(builders.for_h2(h2), stream, conn, state, draining).await
                         }
                         Ok(Err(e)) => {
@@ -243,18 +260,91 @@ fn refuse_connection(stream: &tokio::net::TcpStream, tls: bool, state: &State) {
     tracing::debug!(peer = %stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(), "connection refused: limits.connections");
 }
 
-/// Waits until the first bytes tell HTTP/1.1 from the h2c preface (or the peer
-/// closed): true for the preface.
-async fn preface_known(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
+/// Reads until the first bytes tell HTTP/1.1 from the h2c preface (or the
+/// peer closed): true for the preface, with the bytes read, which the
+/// connection is then served with ahead of the rest. Reading (not peeking)
+/// means each wake-up brings new bytes: a peer that stops halfway through the
+/// preface costs nothing until its header deadline.
+async fn preface_known(stream: &mut tokio::net::TcpStream) -> std::io::Result<(bool, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
     loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-            return Ok(n >= H2_PREFACE.len() && buf[..] == *H2_PREFACE);
+        let n = stream.read(&mut buf[filled..]).await?;
+        filled += n;
+        if n == 0 || filled == buf.len() || buf[..filled] != H2_PREFACE[..filled] {
+            return Ok((buf[..filled] == *H2_PREFACE, buf[..filled].to_vec()));
         }
-        // A partial preface: wait for more bytes to arrive.
-        stream.readable().await?;
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A stream served with `prefix` (bytes already read from it) ahead of the rest.
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Vec<u8>, io: I) -> Self {
+        Self { prefix, at: 0, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -317,6 +407,54 @@ async fn serve_connection<I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn detection_reads_the_first_bytes_and_serves_them_again() {
+        // HTTP/1.1: decided at the first byte that is not the preface's.
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        drop(client);
+        let (h2, read) = preface_known(&mut server).await.unwrap();
+        assert!(!h2);
+        let mut all = Vec::new();
+        Prefixed::new(read, server).read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        // The preface, sent in two pieces; half of it is not enough to decide.
+        let (mut client, mut server) = pair().await;
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let detect = tokio::spawn(async move { (preface_known(&mut server).await.unwrap(), server) });
+        tokio::task::yield_now().await;
+        assert!(!detect.is_finished());
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        client.write_all(b"frames").await.unwrap();
+        drop(client);
+        let ((h2, read), server) = detect.await.unwrap();
+        assert!(h2);
+        let mut all = Vec::new();
+        Prefixed::new(read, server).read_to_end(&mut all).await.unwrap();
+        assert_eq!(&all[..24], H2_PREFACE);
+        assert_eq!(&all[24..], b"frames");
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_probe_a_vanished_peer() {
+        let (_client, server) = pair().await;
+        set_keepalive(&server);
+        let sock = socket2::SockRef::from(&server);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+    }
 
     #[test]
     fn the_canned_429_declares_its_body_length() {

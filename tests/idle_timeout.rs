@@ -192,3 +192,69 @@ async fn a_websocket_tunnel_with_traffic_stays_and_an_idle_one_is_closed() {
         "the tunnel's slot was not given back"
     );
 }
+
+/// A TLS client that completes the handshake with ALPN `h2` and then sends
+/// half an HTTP/2 preface, or nothing, holds its slot only until
+/// `server.header_read_timeout_ms` (10 s), not the idle timeout: the preface
+/// is timed like a request head.
+#[tokio::test]
+async fn tls_connections_that_never_finish_their_preface_give_their_slots_back() {
+    let dir = std::env::temp_dir().join(format!("lap-tls-idle-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let e = env("").await;
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "").replace(
+        "shutdown_grace_seconds = 5",
+        &format!(
+            "shutdown_grace_seconds = 5\nmax_connections = 4\nidle_timeout_ms = 75000\n\
+             tls_cert_file = {cert_path:?}\ntls_key_file = {key_path:?}"
+        ),
+    );
+    let proxy = spawn_proxy_with(config(&text), &e.clock).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut silent = Vec::new();
+    for i in 0..4 {
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut s = connector.connect(name.clone(), tcp).await.unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        if i % 2 == 0 {
+            s.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..12]).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        silent.push(s);
+    }
+    // Every slot is held: a newcomer waits.
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(root)
+        .resolve("localhost", proxy.addr)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/x", proxy.addr.port());
+    let waiting = tokio::spawn(async move { c.get(url).bearer_auth(TOKEN).send().await.map(|r| r.status().as_u16()) });
+    // Past the header deadline, long before the idle timeout, each is closed.
+    let mut buf = [0u8; 16];
+    for (i, s) in silent.iter_mut().enumerate() {
+        let mut closed = false;
+        for _ in 0..15 {
+            e.clock.advance(Duration::from_secs(1));
+            if matches!(tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await, Ok(Ok(0) | Err(_))) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "silent TLS connection {i} still open 15 s on");
+    }
+    assert_eq!(waiting.await.unwrap().unwrap(), 200, "the newcomer got a slot");
+    std::fs::remove_dir_all(&dir).ok();
+}
