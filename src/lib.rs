@@ -158,7 +158,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         Some(r) => {
             let conn = redis(r, "cache")?;
             background.push(("shared cache probe", Box::pin(conn.clone().run_health_probe())));
-            Some(cache::SharedTier::new(conn, clock.clone(), metrics.clone()))
+            Some(cache::SharedTier::new(conn, config.line.channel_ids.clone(), clock.clone(), metrics.clone()))
         }
     };
     let cache = Arc::new(cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone()));

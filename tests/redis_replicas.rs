@@ -182,3 +182,74 @@ async fn redis_down_at_start_means_not_ready_until_it_comes() {
     assert!(ready, "never became ready after Redis came up");
     assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 200);
 }
+
+/// Two deployments — A accepting `CHANNEL`, B another channel — on one Redis,
+/// with `cache.shared = "redis"`, one mock LINE, and the given `[cache]` extra.
+async fn two_deployments(
+    redis: &RedisServer,
+    cache_extra: &str,
+) -> (MockLine, RecordingUpstream, TestProxy, TestProxy) {
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    line.add_token("second-token", MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let extra = format!("[cache]\nshared = \"redis\"\nredis_url = \"{}\"\n{cache_extra}", redis.url(2));
+    let text = config_text_line(&line.base_url(), &upstream.url(), "", &extra);
+    let a = spawn_proxy_with(config(&text), &clock).await;
+    let other = text.replace(&format!("channel_ids = [\"{CHANNEL}\"]"), "channel_ids = [\"2222222222\"]");
+    assert_ne!(other, text);
+    let b = spawn_proxy_with(config(&other), &clock).await;
+    (line, upstream, a, b)
+}
+
+async fn status(p: &TestProxy, token: &str) -> u16 {
+    client().get(p.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+/// Waits until `n` verdicts are in Redis (they are written in the background).
+async fn verdicts_stored(redis: &RedisServer, n: usize) {
+    let count = || async { redis.keys(2, "line-auth-proxy:verdict:*").await.len() };
+    assert!(eventually(Duration::from_secs(5), || async { count().await == n }).await, "{} stored", count().await);
+}
+
+#[tokio::test]
+async fn two_deployments_on_one_redis_never_accept_each_others_tokens_by_default() {
+    let redis = RedisServer::start().await;
+    let (line, upstream, a, b) = two_deployments(&redis, "").await;
+    assert_eq!(status(&a, TOKEN).await, 200);
+    verdicts_stored(&redis, 1).await;
+    // B's namespace is its own: it asks LINE, and LINE's answer names A's channel.
+    assert_eq!(status(&b, TOKEN).await, 401);
+    assert_eq!(line.verify_calls(), 2, "B used A's verdict");
+    verdicts_stored(&redis, 2).await;
+    // The reverse: B's wrong_channel verdict never poisons A.
+    assert_eq!(status(&b, "second-token").await, 401);
+    verdicts_stored(&redis, 3).await;
+    assert_eq!(status(&a, "second-token").await, 200);
+    assert_eq!(upstream.hits(), 2);
+    let keys = redis.keys(2, "line-auth-proxy:verdict:*").await;
+    let namespaces: std::collections::BTreeSet<&str> = keys.iter().map(|k| &k[..k.rfind(':').unwrap()]).collect();
+    assert_eq!(namespaces.len(), 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_verdict_read_from_a_shared_namespace_is_judged_by_this_deployments_channels() {
+    let redis = RedisServer::start().await;
+    // Both write one namespace, as a written prefix allows.
+    let (line, upstream, a, b) = two_deployments(&redis, "redis_key_prefix = \"shared:\"\n").await;
+    let count = || async { redis.keys(2, "shared:*").await.len() };
+    assert_eq!(status(&a, TOKEN).await, 200);
+    assert!(eventually(Duration::from_secs(5), || async { count().await == 1 }).await);
+    // B reads A's identity, and refuses it as a fresh verification would.
+    assert_eq!(status(&b, TOKEN).await, 401);
+    assert_eq!(line.verify_calls(), 1, "B's refusal came from the stored identity");
+    // B verifies a token of A's channel first: its wrong_channel is stored...
+    assert_eq!(status(&b, "second-token").await, 401);
+    assert_eq!(line.verify_calls(), 2);
+    assert!(eventually(Duration::from_secs(5), || async { count().await == 2 }).await);
+    // ...and A, reading it, asks LINE itself instead of refusing its own user.
+    assert_eq!(status(&a, "second-token").await, 200);
+    assert_eq!(line.verify_calls(), 3);
+    assert_eq!(upstream.hits(), 2);
+}

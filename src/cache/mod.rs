@@ -43,7 +43,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Credential kinds, mixed into the key so one token string can never be
 /// mistaken for another kind of credential.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CredentialKind {
     AccessToken = 1,
@@ -274,11 +274,13 @@ impl VerdictCache {
 
     /// The verdict for `key`: from the cache, or from `verify` (run once however
     /// many requests wait for it). `Err` is never cached.
+    /// (The benchmarks and tests use it, for access tokens.)
     pub async fn get_or_verify<F>(&self, key: CacheKey, verify: F) -> (FlightResult, Lookup)
     where
         F: Future<Output = Result<Verdict, LineError>>,
     {
-        match self.get_or_verify_admitted(key, || Ok::<(), std::convert::Infallible>(()), verify).await {
+        let admit = || Ok::<(), std::convert::Infallible>(());
+        match self.get_or_verify_admitted(key, CredentialKind::AccessToken, admit, verify).await {
             Ok(found) => found,
         }
     }
@@ -291,6 +293,7 @@ impl VerdictCache {
     pub async fn get_or_verify_admitted<F, A, E>(
         &self,
         key: CacheKey,
+        kind: CredentialKind,
         admit: A,
         verify: F,
     ) -> Result<(FlightResult, Lookup), E>
@@ -300,7 +303,7 @@ impl VerdictCache {
     {
         let (result, lookup) = match self.lookup(&key) {
             Some(hit) => (Ok(hit), Lookup::Hit),
-            None => self.fly(key, admit, verify).await?,
+            None => self.fly(key, kind, admit, verify).await?,
         };
         Ok(match result {
             // The TTL already ends at the token's expiry; this guards clock
@@ -319,7 +322,13 @@ impl VerdictCache {
     }
 
     /// Joins (or, when `admit` allows, starts) the one verification in flight for `key`.
-    async fn fly<F, A, E>(&self, key: CacheKey, admit: A, verify: F) -> Result<(FlightResult, Lookup), E>
+    async fn fly<F, A, E>(
+        &self,
+        key: CacheKey,
+        kind: CredentialKind,
+        admit: A,
+        verify: F,
+    ) -> Result<(FlightResult, Lookup), E>
     where
         F: Future<Output = Result<Verdict, LineError>>,
         A: FnOnce() -> Result<(), E>,
@@ -348,7 +357,7 @@ impl VerdictCache {
                     return Ok(hit);
                 }
                 if let Some(shared) = &self.shared
-                    && let Some((verdict, ttl)) = shared.get(&key).await
+                    && let Some((verdict, ttl)) = shared.get(&key, kind).await
                 {
                     ran = Some(Lookup::Shared);
                     let cached = Cached { stored: self.store(&verdict), ttl };

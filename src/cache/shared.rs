@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::CacheKey;
-use crate::auth::{Identity, Rejection, Verdict, is_line_user_id};
+use super::{CacheKey, CredentialKind};
+use crate::auth::{AuthMethod, Identity, Rejection, Verdict, is_line_user_id};
 use crate::clock::Clock;
 use crate::redis_conn::RedisConn;
 use crate::telemetry::Metrics;
@@ -19,6 +19,8 @@ const MAX_SHARED_VALUE_BYTES: usize = 16 * 1024;
 
 pub struct SharedTier {
     conn: Arc<RedisConn>,
+    /// `line.channel_ids`: a verdict read back is re-checked against them.
+    channel_ids: Vec<String>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -37,8 +39,8 @@ struct SharedVerdict {
 }
 
 impl SharedTier {
-    pub fn new(conn: Arc<RedisConn>, clock: Clock, metrics: Arc<Metrics>) -> Self {
-        Self { conn, clock, metrics }
+    pub fn new(conn: Arc<RedisConn>, channel_ids: Vec<String>, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        Self { conn, channel_ids, clock, metrics }
     }
 
     pub fn conn(&self) -> &Arc<RedisConn> {
@@ -50,8 +52,9 @@ impl SharedTier {
         self.conn.key(&hex)
     }
 
-    /// The shared verdict, if Redis has a live one. Failures count and miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<(Verdict, Duration)> {
+    /// The shared verdict for a credential of `kind`, if Redis has a live one,
+    /// judged by this deployment's rules. Failures count and miss.
+    pub async fn get(&self, key: &CacheKey, kind: CredentialKind) -> Option<(Verdict, Duration)> {
         let get = redis::cmd("GET").arg(self.redis_key(key)).clone();
         let bytes = match self.conn.run::<Option<Vec<u8>>>("cache_get", &get).await {
             Ok(Some(bytes)) => bytes,
@@ -64,7 +67,7 @@ impl SharedTier {
                 return None;
             }
         };
-        let found = self.decode(&bytes);
+        let found = self.decode(&bytes, kind);
         match &found {
             Some(_) => self.metrics.cache_shared_hits.inc(),
             None => self.metrics.cache_shared_misses.inc(),
@@ -72,7 +75,11 @@ impl SharedTier {
         found
     }
 
-    fn decode(&self, bytes: &[u8]) -> Option<(Verdict, Duration)> {
+    /// A stored verdict, re-judged as a fresh one would be here: an identity of
+    /// another credential kind is a miss, one of a channel this deployment
+    /// does not accept is `wrong_channel`, and a `wrong_channel` rejection (a
+    /// verdict about some other deployment's channels) is a miss.
+    fn decode(&self, bytes: &[u8], kind: CredentialKind) -> Option<(Verdict, Duration)> {
         if bytes.len() > MAX_SHARED_VALUE_BYTES {
             return None;
         }
@@ -84,11 +91,20 @@ impl SharedTier {
         let ttl = Duration::from_millis(shared.until_ms - now_ms);
         let verdict = match (shared.identity, shared.rejected) {
             (Some(identity), None)
-                if is_line_user_id(&identity.user_id) && identity.expires_at > self.clock.unix_seconds() =>
+                if is_line_user_id(&identity.user_id)
+                    && identity.expires_at > self.clock.unix_seconds()
+                    && identity.method == method_of(kind) =>
             {
-                Verdict::Valid(identity)
+                if self.channel_ids.contains(&identity.channel_id) {
+                    Verdict::Valid(identity)
+                } else {
+                    Verdict::Rejected(Rejection::WrongChannel)
+                }
             }
-            (None, Some(code)) => Verdict::Rejected(Rejection::from_code(&code)?),
+            (None, Some(code)) => match Rejection::from_code(&code)? {
+                Rejection::WrongChannel => return None,
+                rejection => Verdict::Rejected(rejection),
+            },
             _ => return None,
         };
         Some((verdict, ttl))
@@ -113,5 +129,13 @@ impl SharedTier {
                 metrics.cache_shared_errors.inc();
             }
         });
+    }
+}
+
+/// The identity a credential of `kind` yields.
+fn method_of(kind: CredentialKind) -> AuthMethod {
+    match kind {
+        CredentialKind::AccessToken => AuthMethod::AccessToken,
+        CredentialKind::IdToken => AuthMethod::IdToken,
     }
 }

@@ -61,6 +61,20 @@ section! {
     }
 }
 
+/// The default shared-verdict namespace of a deployment accepting
+/// `channel_ids`: [`DEFAULT_CACHE_REDIS_KEY_PREFIX`] followed by the first 8
+/// bytes, in hex, of SHA-256 over the sorted, de-duplicated ids joined by `,`,
+/// and a `:` (`line-auth-proxy:verdict:3f2a…:`). Replicas of one deployment
+/// agree on it whatever order they list their channels in.
+pub fn deployment_key_prefix(channel_ids: &[String]) -> String {
+    let mut ids: Vec<&str> = channel_ids.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let digest = ring::digest::digest(&ring::digest::SHA256, ids.join(",").as_bytes());
+    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{DEFAULT_CACHE_REDIS_KEY_PREFIX}{hex}:")
+}
+
 /// `[cache]`, validated: the keys as declared, and the shared tier's Redis.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
@@ -94,16 +108,25 @@ impl CacheSection {
                         );
                         None
                     }
-                    Some((url_key, url)) => redis_config(
-                        RedisUse {
-                            url_key,
-                            url,
-                            prefix_key: "cache.redis_key_prefix",
-                            key_prefix: &self.redis_key_prefix,
-                            timeout: self.redis_timeout_ms.duration(),
-                        },
-                        p,
-                    ),
+                    Some((url_key, url)) => {
+                        // Unless written, the namespace names the deployment:
+                        // two sets of channels on one Redis never share keys.
+                        let key_prefix = if file.wrote("cache.redis_key_prefix") {
+                            self.redis_key_prefix.clone()
+                        } else {
+                            deployment_key_prefix(&file.line.channel_ids)
+                        };
+                        redis_config(
+                            RedisUse {
+                                url_key,
+                                url,
+                                prefix_key: "cache.redis_key_prefix",
+                                key_prefix: &key_prefix,
+                                timeout: self.redis_timeout_ms.duration(),
+                            },
+                            p,
+                        )
+                    }
                 }
             }
         };

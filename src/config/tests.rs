@@ -294,7 +294,22 @@ fn redis_settings_are_checked_and_passwords_never_echoed() {
     assert!(!p.to_string().contains("hunter2"), "{p}");
     // The shared cache falls back to the nonce URL, or names its own.
     let shared = format!("{redis}[cache]\nshared = \"redis\"\n");
-    assert_eq!(config(&shared).cache.shared.unwrap().key_prefix, "line-auth-proxy:verdict:");
+    // Its default namespace names the deployment's channels.
+    let prefix = config(&shared).cache.shared.unwrap().key_prefix;
+    let hash = prefix.strip_prefix("line-auth-proxy:verdict:").and_then(|p| p.strip_suffix(':')).unwrap();
+    assert!(hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{prefix}");
+    let ids =
+        |ids: &[&str]| super::cache::deployment_key_prefix(&ids.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(ids(&["1", "2"]), ids(&["2", "1", "2"]), "order and repeats do not matter");
+    assert_ne!(ids(&["1", "2"]), ids(&["1"]));
+    assert_ne!(ids(&["12"]), ids(&["1", "2"]));
+    let written =
+        shared.replace("shared = \"redis\"\n", "shared = \"redis\"\nredis_key_prefix = \"line-auth-proxy:verdict:\"\n");
+    assert_eq!(
+        config(&written).cache.shared.unwrap().key_prefix,
+        "line-auth-proxy:verdict:",
+        "a written prefix is kept"
+    );
     assert_eq!(error_keys(&format!("{MINIMAL}[cache]\nshared = \"redis\"\n"), &[]), vec!["cache.redis_url"]);
     let own = format!(
         "{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"rediss://cache.internal:6380\"\nredis_timeout_ms = 50\n"

@@ -13,7 +13,7 @@ use crate::auth::id_token::{self, IdClaims, MAX_ID_TOKEN_BYTES};
 use crate::auth::line::LineError;
 use crate::auth::nonce::Consumed;
 use crate::auth::{Rejection, Verdict};
-use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, Stored, cache_key};
+use crate::cache::{Cached, CredentialKind, Lookup, Stored, cache_key};
 use crate::clock::Stopwatch;
 use crate::error::{ClientError, ProxyError};
 use crate::limits::{ClientKey, Limit};
@@ -71,7 +71,7 @@ fn access_token_credential<B>(req: &Request<B>, auth: RouteAuth) -> Result<Optio
 async fn access_token(ctx: &mut RequestCtx<'_>, token: &str) -> Result<Cached, ProxyError> {
     let state = ctx.state;
     let verify = async move { state.line.verify_access_token(token).await };
-    cached(ctx, cache_key(CredentialKind::AccessToken, token), verify, "line").await
+    cached(ctx, CredentialKind::AccessToken, token, verify, "line").await
 }
 
 /// Verdict for an ID token. With a nonce required: verified (never from the
@@ -92,7 +92,7 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     // require_nonce = false (LIFF) route until it expires.
     if !require_nonce && claimed_nonce.is_none() {
         let verify = async { Ok(verifier.verify(&jws).await?.map_or_else(Verdict::Rejected, valid)) };
-        return cached(ctx, cache_key(CredentialKind::IdToken, token), verify, verifier.source()).await;
+        return cached(ctx, CredentialKind::IdToken, token, verify, verifier.source()).await;
     }
     let nonces = state.nonces.as_ref().ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
     // Refuse a missing, foreign, used or expired nonce before any signature work
@@ -136,7 +136,8 @@ fn fresh_credential(state: &super::State, client: std::net::IpAddr) -> Result<()
 /// wait), records the cache outcome and latency (`miss_source` labels misses).
 async fn cached<F>(
     ctx: &mut RequestCtx<'_>,
-    key: CacheKey,
+    kind: CredentialKind,
+    token: &str,
     verify: F,
     miss_source: &'static str,
 ) -> Result<Cached, ProxyError>
@@ -147,7 +148,8 @@ where
     let stopwatch = Stopwatch::start();
     let (state, client) = (ctx.state, ctx.client);
     let admit = || fresh_credential(state, client);
-    let (result, lookup) = ctx.state.cache.get_or_verify_admitted(key, admit, verify).await?;
+    let key = cache_key(kind, token);
+    let (result, lookup) = ctx.state.cache.get_or_verify_admitted(key, kind, admit, verify).await?;
     ctx.cache = Some(lookup);
     let source = match lookup {
         Lookup::Hit => {
