@@ -64,9 +64,12 @@ pub enum ProxyError {
     Line(LineError),
     #[error("upstream: {}", match .0 { UpstreamError::Unreachable => "unreachable", UpstreamError::Protocol => "protocol error", UpstreamError::Timeout => "timed out", UpstreamError::UnrequestedUpgrade => "unrequested protocol switch", UpstreamError::InvalidUpgrade => "invalid WebSocket handshake answer" })]
     Upstream(UpstreamError),
-    /// The nonce store is full (or, with Redis, unreachable): fail closed.
+    /// The nonce store (Redis) is unreachable: fail closed.
     #[error("nonce store unavailable")]
     NonceStore,
+    /// The nonce store holds as many nonces as it may: 503 until some expire.
+    #[error("nonce store full")]
+    NonceStoreFull,
     /// A per-client budget of `[limits]` is spent: 429 with `Retry-After`.
     #[error("limit {} reached", .limit.as_str())]
     Limited { limit: Limit, retry_after: std::time::Duration },
@@ -115,7 +118,7 @@ impl ProxyError {
             ProxyError::Client(
                 ClientError::MissingCredential | ClientError::Credential(_) | ClientError::Rejected(_),
             ) => class(StatusCode::UNAUTHORIZED, Outcome::Rejected, Some(Refusal::Rejected)),
-            ProxyError::Line(_) | ProxyError::NonceStore => {
+            ProxyError::Line(_) | ProxyError::NonceStore | ProxyError::NonceStoreFull => {
                 class(StatusCode::SERVICE_UNAVAILABLE, Outcome::Unavailable, Some(Refusal::Unavailable))
             }
             ProxyError::Upstream(
@@ -149,6 +152,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::UnrequestedUpgrade) => "upstream_unrequested_upgrade",
             ProxyError::Upstream(UpstreamError::InvalidUpgrade) => "upstream_invalid_upgrade",
             ProxyError::NonceStore => "nonce_store_unavailable",
+            ProxyError::NonceStoreFull => "nonce_store_full",
             ProxyError::Limited { limit, .. } => limit.as_str(),
             ProxyError::Internal(_) => "internal_error",
         }
@@ -175,6 +179,7 @@ impl ProxyError {
             ProxyError::NonceStore => {
                 ("temporarily_unavailable", "no nonce can be issued or checked right now; retry later")
             }
+            ProxyError::NonceStoreFull => ("temporarily_unavailable", "the nonce store is full; retry in a moment"),
             ProxyError::Client(ClientError::Credential(c)) => ("invalid_token", c.describe()),
             ProxyError::Client(ClientError::Rejected(r)) => ("invalid_token", r.describe()),
             ProxyError::Client(ClientError::BadPath(p)) => ("invalid_request", p.describe()),
@@ -270,7 +275,7 @@ impl ProxyError {
             ProxyError::Line(e) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(e.retry_after()));
             }
-            ProxyError::NonceStore => {
+            ProxyError::NonceStore | ProxyError::NonceStoreFull => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::Limited { retry_after, .. } => {
@@ -345,6 +350,7 @@ mod tests {
             ProxyError::Client(ClientError::BadBody),
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
+            ProxyError::NonceStoreFull,
             ProxyError::Upstream(UpstreamError::Unreachable),
             ProxyError::Upstream(UpstreamError::Protocol),
             ProxyError::Upstream(UpstreamError::Timeout),
@@ -381,6 +387,7 @@ mod tests {
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),
             ProxyError::NonceStore,
+            ProxyError::NonceStoreFull,
             ProxyError::Upstream(UpstreamError::Unreachable),
             ProxyError::Upstream(UpstreamError::Protocol),
             ProxyError::Upstream(UpstreamError::Timeout),

@@ -62,9 +62,14 @@ async fn a_nonce_from_one_replica_is_consumed_once_by_any() {
     assert_eq!(login(&r.a, &id_token(&r.line, &nonce)).await, 401);
     assert_eq!(r.upstream.hits(), 1);
     // The keys are namespaced, in the URL's database.
-    assert!(redis.keys(3, "line-auth-proxy:nonce:*").await.is_empty(), "consumed nonce left behind");
+    // (Beside the nonces: the store's counters, `line-auth-proxy:nonce:count:*`.)
+    let nonces = || async {
+        let keys = redis.keys(3, "line-auth-proxy:nonce:*").await;
+        keys.into_iter().filter(|k| !k.starts_with("line-auth-proxy:nonce:count:")).collect::<Vec<_>>()
+    };
+    assert!(nonces().await.is_empty(), "consumed nonce left behind");
     let live = nonce_from(&r.b).await;
-    assert_eq!(redis.keys(3, "line-auth-proxy:nonce:*").await, vec![format!("line-auth-proxy:nonce:{live}")]);
+    assert_eq!(nonces().await, vec![format!("line-auth-proxy:nonce:{live}")]);
     assert!(redis.keys(0, "*").await.is_empty(), "keys written outside database 3");
     let m = r.a.metrics().await;
     assert!(
@@ -252,4 +257,37 @@ async fn a_verdict_read_from_a_shared_namespace_is_judged_by_this_deployments_ch
     assert_eq!(status(&a, "second-token").await, 200);
     assert_eq!(line.verify_calls(), 3);
     assert_eq!(upstream.hits(), 2);
+}
+
+/// The Redis nonce store is bounded across replicas: issuing counts into one
+/// counter per key lifetime, a consumed nonce is taken off it, and once the
+/// counts reach 100000 both replicas answer 503 `nonce_store_full` and write
+/// nothing more.
+#[tokio::test]
+async fn the_redis_nonce_store_is_capped_across_replicas() {
+    let redis = RedisServer::start().await;
+    let r = replicas(&redis).await;
+    let nonce = nonce_from(&r.a).await;
+    let counters = redis.keys(3, "line-auth-proxy:nonce:count:*").await;
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    let count = || async { redis.run::<i64>(3, redis::cmd("GET").arg(&counters[0])).await };
+    assert_eq!(count().await, 1);
+    let _second = nonce_from(&r.b).await;
+    assert_eq!(count().await, 2, "both replicas count into one counter");
+    // A consumed nonce no longer counts.
+    assert_eq!(login(&r.b, &id_token(&r.line, &nonce)).await, 200);
+    assert_eq!(count().await, 1);
+    // Another writer (or a flood) brings the count to the cap.
+    redis.run::<()>(3, redis::cmd("SET").arg(&counters[0]).arg(100_000)).await;
+    let before = redis.keys(3, "line-auth-proxy:nonce:*").await.len();
+    for p in [&r.a, &r.b] {
+        let refused = client().get(p.url("/auth/nonce")).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(json_error(refused, 503).await, "temporarily_unavailable");
+    }
+    assert_eq!(redis.keys(3, "line-auth-proxy:nonce:*").await.len(), before, "a refused nonce was written");
+    let m = r.a.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"store_full\"}"), 1.0, "{m}");
+    assert!(m.contains("reason=\"nonce_store_full\""), "{m}");
 }

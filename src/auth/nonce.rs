@@ -150,6 +150,14 @@ fn fresh_nonce() -> String {
 
 /// Nonces in Redis: the value is the expiry (unix ms), the key lives a grace
 /// period longer so that an expired nonce reads as expired, not unknown.
+///
+/// The store is bounded across replicas: issuing counts into
+/// `{prefix}count:{window}`, one counter per key lifetime (TTL + grace), and
+/// refuses (`nonce_store_full`) while this window's and the last one's count
+/// reach [`MAX_NONCES`] — every live key was issued within those two, so live
+/// keys never exceed the cap; consuming a nonce takes it off its window's count.
+/// `:` is no base64url character: a counter never shares a nonce's key.
+/// Both steps are one Lua script each, atomic in Redis.
 pub struct RedisNonces {
     conn: Arc<RedisConn>,
     ttl: Duration,
@@ -164,22 +172,39 @@ impl RedisNonces {
 
     async fn issue(&self) -> Result<String, NonceError> {
         let nonce = fresh_nonce();
-        let expires = self.clock.unix_millis() + self.ttl.as_millis() as u64;
-        let set = redis::cmd("SET")
+        let now_ms = self.clock.unix_millis();
+        let expires = now_ms + self.ttl.as_millis() as u64;
+        let window = self.window_seconds();
+        let current = now_ms / 1000 / window;
+        let issue = redis::cmd("EVAL")
+            .arg(ISSUE_SCRIPT)
+            .arg(3)
             .arg(self.conn.key(&nonce))
+            .arg(self.conn.key(&format!("count:{current}")))
+            .arg(self.conn.key(&format!("count:{}", current.saturating_sub(1))))
             .arg(expires)
-            .arg("NX")
-            .arg("EX")
-            .arg((self.ttl + EXPIRED_GRACE).as_secs())
+            .arg(window)
+            .arg(MAX_NONCES)
+            .arg(2 * window)
             .clone();
-        // NX: a (2^-256-unlikely) collision answers nil rather than overwrite.
-        match self.conn.run::<Option<String>>("nonce_issue", &set).await {
-            Ok(Some(_)) => {
+        // 1: issued; 0: a (2^-256-unlikely) collision, never an overwrite; -1: full.
+        match self.conn.run::<i64>("nonce_issue", &issue).await {
+            Ok(1) => {
                 self.count("issued");
                 Ok(nonce)
             }
-            Ok(None) | Err(_) => Err(NonceError::Unavailable),
+            Ok(-1) => {
+                self.count("store_full");
+                Err(NonceError::Full)
+            }
+            Ok(_) | Err(_) => Err(NonceError::Unavailable),
         }
+    }
+
+    /// How long a nonce's key lives (its TTL and the grace after it), in whole
+    /// seconds: the length of one counting window.
+    fn window_seconds(&self) -> u64 {
+        (self.ttl + EXPIRED_GRACE).as_secs().max(1)
     }
 
     async fn peek(&self, nonce: &str) -> Result<Consumed, NonceError> {
@@ -189,10 +214,18 @@ impl RedisNonces {
     }
 
     async fn consume(&self, nonce: &str) -> Result<Consumed, NonceError> {
-        // GETDEL is the atomic step (Redis >= 6.2): one caller gets the value.
-        let getdel = redis::cmd("GETDEL").arg(self.conn.key(nonce)).clone();
+        // GETDEL is the atomic step (Redis >= 6.2): one caller gets the value;
+        // the same script gives the nonce back to its window's count.
+        let consume = redis::cmd("EVAL")
+            .arg(CONSUME_SCRIPT)
+            .arg(1)
+            .arg(self.conn.key(nonce))
+            .arg(self.ttl.as_millis() as u64)
+            .arg(self.window_seconds())
+            .arg(self.conn.key("count:"))
+            .clone();
         let value =
-            self.conn.run::<Option<u64>>("nonce_consume", &getdel).await.map_err(|_| NonceError::Unavailable)?;
+            self.conn.run::<Option<u64>>("nonce_consume", &consume).await.map_err(|_| NonceError::Unavailable)?;
         let outcome = classify(value, self.clock.unix_millis());
         self.count(match outcome {
             Consumed::Fresh => "consumed",
@@ -206,6 +239,28 @@ impl RedisNonces {
         self.metrics.nonces.get_or_create(&NonceLabels { event }).inc();
     }
 }
+
+/// KEYS: nonce, this window's count, the last window's count. ARGV: expiry
+/// (unix ms), key lifetime (s), cap, count lifetime (s).
+const ISSUE_SCRIPT: &str = r"
+local live = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(redis.call('GET', KEYS[3]) or '0')
+if live >= tonumber(ARGV[3]) then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+";
+
+/// KEYS: nonce. ARGV: TTL (ms), key lifetime (s), count key prefix. Returns
+/// the nonce's expiry (unix ms), or nil.
+const CONSUME_SCRIPT: &str = r"
+local expires = redis.call('GETDEL', KEYS[1])
+if not expires then return nil end
+local issued_s = math.floor((tonumber(expires) - tonumber(ARGV[1])) / 1000)
+local count = ARGV[3] .. math.floor(issued_s / tonumber(ARGV[2]))
+if tonumber(redis.call('GET', count) or '0') > 0 then redis.call('DECR', count) end
+return expires
+";
 
 fn classify(expires_ms: Option<u64>, now_ms: u64) -> Consumed {
     match expires_ms {

@@ -50,7 +50,8 @@ async fn issue_nonce(
     let nonce = store.issue(ClientKey::of(ctx.client)).await.map_err(|e| match e {
         // The nonces it holds free up as they are used or expire.
         NonceError::ClientShare => ProxyError::Limited { limit: Limit::LiveNonces, retry_after: store.ttl() },
-        NonceError::Full | NonceError::Unavailable => ProxyError::NonceStore,
+        NonceError::Full => ProxyError::NonceStoreFull,
+        NonceError::Unavailable => ProxyError::NonceStore,
     })?;
     let body = serde_json::json!({ "nonce": nonce, "expires_in": store.ttl().as_secs() });
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));

@@ -93,6 +93,13 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// Runs one command in database `db` (a test playing another writer).
+    pub async fn run<T: redis::FromRedisValue>(&self, db: u8, cmd: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url(db)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        cmd.query_async(&mut conn).await.unwrap()
+    }
+
     /// Keys matching `pattern` in database `db`.
     pub async fn keys(&self, db: u8, pattern: &str) -> Vec<String> {
         let client = redis::Client::open(self.url(db)).unwrap();
