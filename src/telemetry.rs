@@ -225,6 +225,8 @@ pub struct Metrics {
     pub nonces: Family<NonceLabels, Counter>,
     /// ES256 keys currently loaded from LINE's JWKS.
     pub jwks_keys: Gauge,
+    /// `line_auth_proxy_jwks_refused_total{reason}`: key sets from LINE not taken.
+    pub jwks_refused: Family<ReasonLabels, Counter>,
     /// Redis calls by `purpose` (nonce, cache), `op` and `outcome` (ok, error, timeout).
     pub redis_requests: Family<RedisLabels, Counter>,
     pub redis_duration: HistogramFamily<RedisOpLabels>,
@@ -318,6 +320,15 @@ impl Metrics {
         registry.register("nonces", "Nonce events: issued, consumed, expired, rejected, store_full", nonces.clone());
         let jwks_keys = Gauge::default();
         registry.register("jwks_keys", "ES256 keys loaded from LINE's JWKS", jwks_keys.clone());
+        let jwks_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "jwks_refused",
+            "Key sets fetched from LINE and not taken (the last good set kept), by reason",
+            jwks_refused.clone(),
+        );
+        for reason in crate::auth::jwks::REFUSAL_REASONS {
+            let _ = jwks_refused.get_or_create(&ReasonLabels { reason });
+        }
         let redis_requests = Family::<RedisLabels, Counter>::default();
         registry.register("redis_requests", "Redis calls by purpose, operation and outcome", redis_requests.clone());
         let redis_duration =
@@ -371,6 +382,7 @@ impl Metrics {
             registry,
             nonces,
             jwks_keys,
+            jwks_refused,
             redis_requests,
             redis_duration,
             cache_shared_hits,

@@ -22,7 +22,8 @@
 //! exactly LINE's values, `expires_in` clamped to 30 days); a 400/401 with LINE's JSON is a rejection, one
 //! without it or any other status is an error, never a verdict; a definitive
 //! rejection from either call settles it. `Jwks::refresh` keeps exactly the
-//! usable P-256 keys and serves them, and a failed refresh keeps the last good
+//! usable P-256 keys and serves them, refuses a set with a `kid` twice or a
+//! key off the curve, and a failed or refused refresh keeps the last good
 //! set. Nothing panics.
 #![no_main]
 
@@ -235,13 +236,21 @@ fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
     fuzzed.status == 429
 }
 
-/// The EC P-256 signing keys of a JWK set (RFC 7517, RFC 7518 §6.2), by `kid`,
-/// the last one winning; `None` when the body is not a JWK set.
+/// The EC P-256 signing keys of a JWK set (RFC 7517, RFC 7518 §6.2), by
+/// `kid`; `None` when the body is not a JWK set or the set must be refused
+/// whole: a `kid` twice (among any entries), or a P-256 signing key whose
+/// coordinates are not two 32-byte base64url values naming a point of the curve.
 fn reference_jwks(body: &[u8]) -> Option<HashMap<String, Vec<u8>>> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let mut set = HashMap::new();
+    let mut kids = std::collections::HashSet::new();
     for k in v.get("keys")?.as_array()? {
         let field = |name: &str| k.get(name).and_then(Value::as_str);
+        if let Some(kid) = field("kid")
+            && !kids.insert(kid.to_owned())
+        {
+            return None;
+        }
         if field("kty") != Some("EC") || field("crv") != Some("P-256") {
             continue;
         }
@@ -249,10 +258,26 @@ fn reference_jwks(body: &[u8]) -> Option<HashMap<String, Vec<u8>>> {
             continue;
         }
         let (Some(kid), Some(x), Some(y)) = (field("kid"), field("x"), field("y")) else { continue };
-        let (Ok(x), Ok(y)) = (URL_SAFE_NO_PAD.decode(x), URL_SAFE_NO_PAD.decode(y)) else { continue };
-        if x.len() == 32 && y.len() == 32 {
-            set.insert(kid.to_owned(), [&[4u8][..], &x, &y].concat());
+        let (Ok(x), Ok(y)) = (URL_SAFE_NO_PAD.decode(x), URL_SAFE_NO_PAD.decode(y)) else { return None };
+        if x.len() != 32 || y.len() != 32 {
+            return None;
         }
+        let point = [&[4u8][..], &x, &y].concat();
+        if !on_curve(&point) {
+            return None;
+        }
+        set.insert(kid.to_owned(), point);
     }
     Some(set)
+}
+
+/// Whether `point` is a point of P-256 other than infinity, as ring's ECDH
+/// checks a peer's public key. (The proxy uses the same check: this model has
+/// no big-integer arithmetic of its own for it.)
+fn on_curve(point: &[u8]) -> bool {
+    use ring::agreement;
+    let rng = ring::rand::SystemRandom::new();
+    let private = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).unwrap();
+    agreement::agree_ephemeral(private, &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point), |_| ())
+        .is_ok()
 }

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use super::line::{Endpoint, LineClient, LineError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ReasonLabels};
 
 /// Periodic refresh of a loaded key set (15 minutes).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -97,6 +97,11 @@ impl Jwks {
         if due {
             let fetched = self.fetch_locked().await;
             self.last_fetch_failed.store(fetched.is_err(), Ordering::Relaxed);
+        } else if self.current().is_some_and(|set| !set.contains_key(kid)) {
+            // A refetch could still find this kid (a key LINE rotated in after
+            // someone's random kid spent this window's refetch): not a verdict
+            // on the token yet, so 503, and the client retries.
+            return Err(LineError::JwksUnavailable);
         }
         // LINE failing while a kid is unknown is LINE being unavailable (503),
         // not a verdict on the token — until a fetch succeeds again.
@@ -124,8 +129,16 @@ impl Jwks {
             return Err(LineError::Status { endpoint: Endpoint::Jwks, status });
         }
         // A set without one usable key (`{"keys":[]}`, RSA only, someone else's
-        // JSON) would lock every ES256 login out: keep the last good set instead.
-        let set = parse_jwks(&body).filter(|s| !s.is_empty()).ok_or(LineError::BadResponse(Endpoint::Jwks))?;
+        // JSON), with a key that is no P-256 point, or naming a kid twice would
+        // lock ES256 logins out or pick a key by order: keep the last good set.
+        let set = match parse_jwks(&body) {
+            Ok(set) => set,
+            Err(refused) => {
+                self.metrics.jwks_refused.get_or_create(&ReasonLabels { reason: refused.as_str() }).inc();
+                tracing::warn!(reason = refused.as_str(), "LINE's JWKS refused; keeping the last good key set");
+                return Err(LineError::BadResponse(Endpoint::Jwks));
+            }
+        };
         let count = set.len();
         self.metrics.jwks_keys.set(count as i64);
         *crate::sync::write(&self.keys) = Some(Arc::new(set));
@@ -147,13 +160,49 @@ impl Jwks {
     }
 }
 
-/// Keeps the EC P-256 signing keys of a JWK set; `None` when it is not one.
-fn parse_jwks(body: &[u8]) -> Option<KeySet> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let keys = v.get("keys")?.as_array()?;
+/// Why a fetched key set was not taken: the `reason` of
+/// `line_auth_proxy_jwks_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwksRefusal {
+    /// Not a JWK set (`{"keys": [...]}`) at all.
+    NotJwks,
+    /// No EC P-256 signing key in it.
+    NoUsableKey,
+    /// A P-256 signing key whose coordinates are not a point on the curve.
+    InvalidKey,
+    /// Two entries with one `kid`: which one verifies would be up to order.
+    DuplicateKid,
+}
+
+impl JwksRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwksRefusal::NotJwks => "not_jwks",
+            JwksRefusal::NoUsableKey => "no_usable_key",
+            JwksRefusal::InvalidKey => "invalid_key",
+            JwksRefusal::DuplicateKid => "duplicate_kid",
+        }
+    }
+}
+
+/// Every `reason` label of `line_auth_proxy_jwks_refused_total`.
+pub const REFUSAL_REASONS: [&str; 4] = ["not_jwks", "no_usable_key", "invalid_key", "duplicate_kid"];
+
+/// The EC P-256 signing keys of a JWK set, each checked to be a point on the
+/// curve; the whole set is refused if one is not, if a `kid` appears twice
+/// (among any keys), or if none is usable.
+fn parse_jwks(body: &[u8]) -> Result<KeySet, JwksRefusal> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| JwksRefusal::NotJwks)?;
+    let keys = v.get("keys").and_then(Value::as_array).ok_or(JwksRefusal::NotJwks)?;
     let mut set = KeySet::new();
+    let mut kids = std::collections::HashSet::new();
     for k in keys {
         let field = |name: &str| k.get(name).and_then(Value::as_str);
+        if let Some(kid) = field("kid")
+            && !kids.insert(kid)
+        {
+            return Err(JwksRefusal::DuplicateKid);
+        }
         let usable = field("kty") == Some("EC")
             && field("crv") == Some("P-256")
             && field("alg").is_none_or(|a| a == "ES256")
@@ -165,43 +214,90 @@ fn parse_jwks(body: &[u8]) -> Option<KeySet> {
             continue;
         }
         let (Ok(x), Ok(y)) = (URL_SAFE_NO_PAD.decode(x), URL_SAFE_NO_PAD.decode(y)) else {
-            continue;
+            return Err(JwksRefusal::InvalidKey);
         };
         if x.len() != 32 || y.len() != 32 {
-            continue;
+            return Err(JwksRefusal::InvalidKey);
         }
         let mut point = Vec::with_capacity(65);
         point.push(0x04);
         point.extend_from_slice(&x);
         point.extend_from_slice(&y);
+        if !on_curve(&point) {
+            return Err(JwksRefusal::InvalidKey);
+        }
         set.insert(kid.to_owned(), Arc::from(point));
     }
-    Some(set)
+    if set.is_empty() {
+        return Err(JwksRefusal::NoUsableKey);
+    }
+    Ok(set)
+}
+
+/// True when `point` (`0x04 || x || y`) is a point of P-256 other than
+/// infinity: ring checks exactly that of an ECDH peer's public key, so one
+/// key agreement with a throwaway private key is the check.
+fn on_curve(point: &[u8]) -> bool {
+    use ring::agreement;
+    let rng = ring::rand::SystemRandom::new();
+    let Ok(private) = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng) else {
+        return false;
+    };
+    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
+    agreement::agree_ephemeral(private, &peer, |_| ()).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+
+    /// A real P-256 public key's (x, y), base64url.
+    fn point() -> (String, String) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let public = pair.public_key().as_ref();
+        (URL_SAFE_NO_PAD.encode(&public[1..33]), URL_SAFE_NO_PAD.encode(&public[33..]))
+    }
 
     #[test]
     fn keeps_only_p256_signing_keys() {
-        let x = URL_SAFE_NO_PAD.encode([1u8; 32]);
-        let y = URL_SAFE_NO_PAD.encode([2u8; 32]);
+        let (x, y) = point();
+        let (x2, y2) = point();
         let body = serde_json::json!({"keys": [
             {"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "a", "x": x, "y": y},
-            {"kty": "EC", "crv": "P-256", "kid": "no-alg", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "no-alg", "x": x2, "y": y2},
             {"kty": "RSA", "alg": "RS256", "kid": "rsa", "n": "AQAB", "e": "AQAB"},
             {"kty": "EC", "crv": "P-384", "kid": "p384", "x": x, "y": y},
             {"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "enc", "kid": "enc", "x": x, "y": y},
-            {"kty": "EC", "crv": "P-256", "kid": "short", "x": "AQ", "y": y},
         ]});
         let set = parse_jwks(body.to_string().as_bytes()).unwrap();
         let mut kids: Vec<&str> = set.keys().map(String::as_str).collect();
         kids.sort();
         assert_eq!(kids, vec!["a", "no-alg"]);
         assert_eq!(set["a"].len(), 65);
-        assert!(parse_jwks(b"{}").is_none());
-        assert!(parse_jwks(br#"{"keys":[]}"#).unwrap().is_empty());
-        assert!(parse_jwks(b"<html>").is_none());
+        assert_eq!(parse_jwks(b"{}"), Err(JwksRefusal::NotJwks));
+        assert_eq!(parse_jwks(br#"{"keys":[]}"#), Err(JwksRefusal::NoUsableKey));
+        assert_eq!(parse_jwks(b"<html>"), Err(JwksRefusal::NotJwks));
+    }
+
+    #[test]
+    fn a_set_with_a_key_off_the_curve_or_a_kid_twice_is_refused_whole() {
+        let (x, y) = point();
+        let good = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "good", "x": x, "y": y});
+        let with = |other: serde_json::Value| serde_json::json!({"keys": [good.clone(), other]}).to_string();
+        let off_curve = URL_SAFE_NO_PAD.encode([2u8; 32]);
+        for bad in [
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "off", "x": x, "y": off_curve}),
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "zero", "x": URL_SAFE_NO_PAD.encode([0u8; 32]), "y": URL_SAFE_NO_PAD.encode([0u8; 32])}),
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "short", "x": "AQ", "y": y}),
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "not-b64", "x": "!!", "y": y}),
+        ] {
+            assert_eq!(parse_jwks(with(bad.clone()).as_bytes()), Err(JwksRefusal::InvalidKey), "{bad}");
+        }
+        let twice = serde_json::json!({"kty": "RSA", "kid": "good", "n": "AQAB", "e": "AQAB"});
+        assert_eq!(parse_jwks(with(twice).as_bytes()), Err(JwksRefusal::DuplicateKid));
+        assert!(parse_jwks(serde_json::json!({"keys": [good]}).to_string().as_bytes()).is_ok());
     }
 }

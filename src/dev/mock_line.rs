@@ -73,6 +73,8 @@ pub enum Fault {
     Garbage,
     /// 400 `{"error": "invalid_request", "error_description": <this>}`.
     Refuse(&'static str),
+    /// 200 `application/json` with exactly this body (a hostile key set, say).
+    Body(&'static str),
 }
 
 /// Faults currently in force; the default is a healthy LINE Platform.
@@ -548,6 +550,11 @@ fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "invalid_request", "error_description": description }),
         ),
+        Fault::Body(body) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
         Fault::Garbage => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"<html><body>502 Bad Gateway</body></html>")));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
