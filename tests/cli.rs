@@ -387,3 +387,23 @@ fn check_and_start_never_print_a_password_from_a_typo_or_a_syntax_error() {
     assert_eq!(code, 2, "{err}");
     assert!(!out.contains("S3cretPw") && !err.contains("S3cretPw"), "{out}\n{err}");
 }
+
+/// A configuration path that is a FIFO (nothing ever writes it: reading would
+/// block start-up for good) or a device (`/dev/zero`: reading would eat memory)
+/// is refused without reading, exit 2, naming it.
+#[test]
+fn a_config_path_that_is_no_regular_file_is_refused_without_reading_it() {
+    let dir = std::env::temp_dir().join(format!("lap-fifo-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("config.toml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || tx.send(run(&["check", "--config", &path], &[])).unwrap());
+        let (code, _, err) = rx.recv_timeout(Duration::from_secs(20)).expect("check did not return: it read the path");
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

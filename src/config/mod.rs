@@ -170,6 +170,9 @@ pub fn process_environment() -> Result<Vec<(String, String)>, Problems> {
     if problems.has_errors() { Err(problems) } else { Ok(env) }
 }
 
+/// Configuration files larger than this are refused unread (1 MiB).
+const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Reads the file (when given; without one, the environment must supply every
 /// required key), applies the environment overlay from `env`, and validates.
 /// `env` is passed in so tests do not touch the process environment.
@@ -178,11 +181,19 @@ where
     I: IntoIterator<Item = (String, String)>,
 {
     let text = match path {
-        Some(path) => match std::fs::read_to_string(path) {
+        Some(path) => match secret::read_regular_file(path, MAX_CONFIG_FILE_BYTES, "configuration file")
+            .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "is not valid UTF-8".to_owned()))
+        {
             Ok(text) => text,
-            Err(e) => {
+            Err(why) => {
+                // The problem's key is the path already.
+                let shown = path.display().to_string();
+                let why = why
+                    .strip_prefix(&format!("{shown} "))
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| why.replace(&format!("cannot read {shown}:"), "cannot read:"));
                 let mut problems = Problems::default();
-                problems.refuse(path.display().to_string(), format!("cannot read: {e}"));
+                problems.refuse(shown, why);
                 return Err(problems);
             }
         },
