@@ -11,7 +11,7 @@ pub use crate::auth::credential::{
 pub use crate::auth::id_token::{
     IdClaims, IdTokenVerifier, Jws, LINE_ISSUER, MAX_ID_TOKEN_BYTES, parse as parse_id_token,
 };
-pub use crate::auth::jwks::Jwks;
+pub use crate::auth::jwks::{Jwks, UNKNOWN_KID_REFETCH_INTERVAL};
 pub use crate::auth::line::{Endpoint, LineClient, LineError, MAX_ACCESS_TOKEN_LIFETIME_SECONDS};
 pub use crate::auth::{AuthMethod, Identity, Rejection, Verdict, is_line_user_id};
 pub use crate::headers::{IdentityHeaderNames, parse_header_name, strip_identity};
