@@ -219,6 +219,12 @@ impl Bound {
         }
         let mut proxy_task =
             tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.state.clone(), stop_rx));
+        // Polled once before readiness is announced, so that whatever it sets
+        // up on first poll (the signal handlers of `shutdown_signals`) is in
+        // place: a SIGTERM right after the ready line must start the drain, not
+        // meet the default action and kill the process.
+        let mut shutdown = std::pin::pin!(shutdown);
+        let requested = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
         self.admin.ready.store(true, Ordering::Release);
         let upstream = &self.state.config.upstream;
         tracing::info!(
@@ -228,7 +234,8 @@ impl Bound {
             "line-auth-proxy ready"
         );
         let failure = tokio::select! {
-            () = shutdown => None,
+            () = &mut shutdown, if !requested => None,
+            () = std::future::ready(()), if requested => None,
             ended = &mut proxy_task => Some(("proxy listener", why(ended))),
             ended = &mut admin_task => Some(("admin listener", why(ended))),
             Some(ended) = background.join_next_with_id() => {
