@@ -42,12 +42,13 @@ async fn issue_nonce(
     if method != Method::GET {
         return Err(ProxyError::Client(ClientError::NonceMethod));
     }
+    let client = ClientKey::of(ctx.client);
     if let Some(budget) = &ctx.state.limits.nonces {
         budget
-            .take(ClientKey::of(ctx.client))
+            .take(client)
             .map_err(|spent| ProxyError::Limited { limit: Limit::Nonces, retry_after: spent.retry_after })?;
     }
-    let nonce = store.issue(ClientKey::of(ctx.client)).await.map_err(|e| match e {
+    let nonce = store.issue(client).await.map_err(|e| match e {
         // The nonces it holds free up as they are used or expire.
         NonceError::ClientShare => ProxyError::Limited { limit: Limit::LiveNonces, retry_after: store.ttl() },
         NonceError::Full => ProxyError::NonceStoreFull,
