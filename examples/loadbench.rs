@@ -187,6 +187,46 @@ async fn fill(proxy: &str, n: usize, concurrency: usize) {
     println!("{{\"filled\": {n}, \"seconds\": {:.1}}}", started.elapsed().as_secs_f64());
 }
 
+/// Sends `n` requests, `concurrency` at a time, `request(i)` building the
+/// i-th; returns how many answers of each status (0: no answer) and as JSON.
+async fn statuses<F>(n: usize, concurrency: usize, request: F) -> String
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let (next, request) = (std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)), std::sync::Arc::new(request));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, request) = (next.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut seen = std::collections::BTreeMap::<u16, usize>::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break seen;
+                    }
+                    let status = match request(i).send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let _ = r.bytes().await;
+                            status
+                        }
+                        Err(_) => 0,
+                    };
+                    *seen.entry(status).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    let mut all = std::collections::BTreeMap::<u16, usize>::new();
+    for w in workers {
+        for (status, count) in w.await.unwrap() {
+            *all.entry(status).or_default() += count;
+        }
+    }
+    let counts: Vec<String> = all.iter().map(|(s, c)| format!("\"{s}\": {c}")).collect();
+    format!("{{{}}}", counts.join(", "))
+}
+
 /// Asks for `n` nonces over one h2c connection, `concurrency` streams at a
 /// time (a nonce flood from one client); prints how many answers of each status.
 async fn nonces(proxy: &str, n: usize, concurrency: usize, path: &str) {
@@ -196,47 +236,19 @@ async fn nonces(proxy: &str, n: usize, concurrency: usize, path: &str) {
     // forwarding for many clients would send.
     let spray: Option<usize> = std::env::var("SPRAY").ok().and_then(|k| k.parse().ok()).filter(|&k| k > 0);
     let started = Stopwatch::start();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut handles = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let (c, url, next) = (c.clone(), format!("{proxy}{path}"), next.clone());
-        handles.push(tokio::spawn(async move {
-            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let mut request = c.get(&url);
-                if let Some(k) = spray {
-                    let [_, a, b, c] = ((i % k) as u32).to_be_bytes();
-                    request = request.header("x-forwarded-for", format!("10.{a}.{b}.{c}"));
-                }
-                let status = match request.send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        status
-                    }
-                    Err(_) => 0,
-                };
-                *statuses.entry(status).or_default() += 1;
+    let url = format!("{proxy}{path}");
+    let statuses = statuses(n, concurrency, move |i| {
+        let request = c.get(&url);
+        match spray {
+            Some(k) => {
+                let [_, a, b, c] = ((i % k) as u32).to_be_bytes();
+                request.header("x-forwarded-for", format!("10.{a}.{b}.{c}"))
             }
-            statuses
-        }));
-    }
-    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for h in handles {
-        for (status, count) in h.await.unwrap() {
-            *statuses.entry(status).or_default() += count;
+            None => request,
         }
-    }
-    let counts: Vec<String> = statuses.iter().map(|(s, c)| format!("\"{s}\": {c}")).collect();
-    println!(
-        "{{\"requested\": {n}, \"seconds\": {:.1}, \"statuses\": {{{}}}}}",
-        started.elapsed().as_secs_f64(),
-        counts.join(", ")
-    );
+    })
+    .await;
+    println!("{{\"requested\": {n}, \"seconds\": {:.1}, \"statuses\": {statuses}}}", started.elapsed().as_secs_f64());
 }
 
 /// Calls to LINE's verify endpoint, whatever LINE answered.
@@ -254,30 +266,8 @@ async fn verify_calls(admin: &str) -> f64 {
 /// the spray caused, and the user's status.
 async fn spray(proxy: &str, admin: &str, n: usize, concurrency: usize) {
     let before = verify_calls(admin).await;
-    let c = client();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut handles = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let (c, url, next) = (c.clone(), format!("{proxy}/api/spray"), next.clone());
-        handles.push(tokio::spawn(async move {
-            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let status = c.get(&url).bearer_auth(format!("sprayed-{i}")).send().await.unwrap().status();
-                *statuses.entry(status.as_u16()).or_default() += 1;
-            }
-            statuses
-        }));
-    }
-    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for h in handles {
-        for (status, count) in h.await.unwrap() {
-            *statuses.entry(status).or_default() += count;
-        }
-    }
+    let (c, url) = (client(), format!("{proxy}/api/spray"));
+    let statuses = statuses(n, concurrency, move |i| c.get(&url).bearer_auth(format!("sprayed-{i}"))).await;
     let calls = verify_calls(admin).await - before;
     let user = reqwest::Client::builder()
         .no_proxy()
@@ -290,10 +280,8 @@ async fn spray(proxy: &str, admin: &str, n: usize, concurrency: usize) {
         .await
         .unwrap()
         .status();
-    let counts: Vec<String> = statuses.iter().map(|(s, c)| format!("\"{s}\": {c}")).collect();
     println!(
-        "{{\"sprayed\": {n}, \"statuses\": {{{}}}, \"line_verify_calls\": {calls}, \"other_user\": {}}}",
-        counts.join(", "),
+        "{{\"sprayed\": {n}, \"statuses\": {statuses}, \"line_verify_calls\": {calls}, \"other_user\": {}}}",
         user.as_u16()
     );
 }
