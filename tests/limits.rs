@@ -30,6 +30,18 @@ async fn nonce_status(c: &reqwest::Client, e: &Env, xff: Option<&str>) -> reqwes
     request.send().await.unwrap()
 }
 
+/// From [`OTHER`]: a nonce, and a login with it that reaches the upstream.
+async fn another_address_gets_a_nonce_and_logs_in(e: &Env) {
+    let other = client_from(OTHER);
+    let r = nonce_status(&other, e, None).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let token = e.line.sign_es256(&e.claims(v["nonce"].as_str()));
+    let login = other.post(e.proxy.url("/login")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+}
+
 #[tokio::test]
 async fn a_nonce_flood_from_one_address_leaves_others_able_to_log_in() {
     let e = login_env("", "[limits]\nnonces_per_minute = 5\n").await;
@@ -50,15 +62,7 @@ async fn a_nonce_flood_from_one_address_leaves_others_able_to_log_in() {
     assert_eq!(metric(&m, "line_auth_proxy_limited_total{reason=\"nonces_per_minute\"}"), 101.0, "{m}");
     assert_eq!(metric(&m, "line_auth_proxy_requests_total{outcome=\"limited\",auth=\"none\"}"), 101.0, "{m}");
 
-    // Another address: a nonce, and a login with it.
-    let other = client_from(OTHER);
-    let r = nonce_status(&other, &e, None).await;
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    let token = e.line.sign_es256(&e.claims(v["nonce"].as_str()));
-    let login = other.post(e.proxy.url("/login")).bearer_auth(token).send().await.unwrap();
-    assert_eq!(login.status(), 200);
-    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+    another_address_gets_a_nonce_and_logs_in(&e).await;
 
     // The flooder's budget refills one nonce every 12 s.
     e.clock.advance(Duration::from_secs(12));
@@ -96,15 +100,7 @@ async fn without_a_budget_one_address_holds_only_its_share_of_the_nonce_store() 
     assert_eq!(metric(&m, "line_auth_proxy_limited_total{reason=\"live_nonces\"}"), 51.0, "{m}");
     assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"client_share\"}"), 51.0, "{m}");
 
-    // Another address: a nonce, and a login with it.
-    let other = client_from(OTHER);
-    let r = nonce_status(&other, &e, None).await;
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    let token = e.line.sign_es256(&e.claims(v["nonce"].as_str()));
-    let login = other.post(e.proxy.url("/login")).bearer_auth(token).send().await.unwrap();
-    assert_eq!(login.status(), 200);
-    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+    another_address_gets_a_nonce_and_logs_in(&e).await;
 
     // Once its nonces expired and were swept, the flooder gets nonces again.
     e.clock.advance(Duration::from_secs(300 + 60 + 30));
