@@ -19,26 +19,10 @@
 # after the flood.
 # Everything is on 127.0.0.1: the LINE Platform is the in-process mock.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 N=${N:-100000}
 CONC=${CONC:-400}
-echo "== building (release)"
-cargo build --release --quiet --bin line-auth-proxy --example loadbench
-BIN=${BIN:-$PWD/target/release/line-auth-proxy}
-LB=$PWD/target/release/examples/loadbench
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-"$LB" fixtures 0 > "$TMP/fixtures.out" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 500); do grep -q READY "$TMP/fixtures.out" 2>/dev/null && break; sleep 0.02; done
-read -r _ UP_PORT LINE_PORT < <(grep READY "$TMP/fixtures.out")
+source "$(dirname "$0")/common.sh"
+start_fixtures
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 metric() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v s="$1" '$1 == s {print $2}'; }
@@ -64,13 +48,8 @@ $3}
 path_prefix = "/login"
 auth = "id_token"
 T
-    RUST_LOG="warn,line_auth_proxy=info" "$BIN" --config "$TMP/$1.toml" 2> "$TMP/$1.log" &
-    local pid=$!
-    PIDS+=($pid)
-    for _ in $(seq 1 500); do grep -q "line-auth-proxy ready" "$TMP/$1.log" 2>/dev/null && break; sleep 0.02; done
-    if ! grep -q "line-auth-proxy ready" "$TMP/$1.log"; then echo "the proxy did not start:" >&2; cat "$TMP/$1.log" >&2; exit 1; fi
-    local port; port=$(grep "line-auth-proxy ready" "$TMP/$1.log" | sed -E 's/.*listen=[^ ]*:([0-9]+).*/\1/')
-    ADMIN_PORT=$(grep "line-auth-proxy ready" "$TMP/$1.log" | sed -E 's/.*admin=[^ ]*:([0-9]+).*/\1/')
+    start_proxy "$1"
+    local pid=$PROXY_PID port=$PROXY_PORT
     sleep 0.5
     local base; base=$(rss_kb "$pid")
     echo "== $1: $N nonce requests, $CONC at a time"

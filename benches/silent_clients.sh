@@ -9,27 +9,11 @@
 #
 # CPU is the proxy's user+system time over the 2 s window, from /proc.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 SILENT=${SILENT:-2000}
 TLS_SILENT=${TLS_SILENT:-200}
-echo "== building (release)"
-cargo build --release --quiet --bin line-auth-proxy --example loadbench
-BIN=${BIN:-$PWD/target/release/line-auth-proxy}
-LB=$PWD/target/release/examples/loadbench
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/common.sh"
 ulimit -n 65536 2>/dev/null || true
-
-"$LB" fixtures 0 > "$TMP/fixtures.out" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 500); do grep -q READY "$TMP/fixtures.out" 2>/dev/null && break; sleep 0.02; done
-read -r _ UP_PORT LINE_PORT < <(grep READY "$TMP/fixtures.out")
+start_fixtures
 python3 - "$TMP" <<'PY'
 import subprocess, sys
 d = sys.argv[1]
@@ -55,11 +39,8 @@ url = "http://127.0.0.1:$UP_PORT"
 channel_ids = ["1234567890"]
 api_base_url = "http://127.0.0.1:$LINE_PORT"
 T
-    RUST_LOG="warn,line_auth_proxy=info" "$BIN" --config "$TMP/$label.toml" 2> "$TMP/$label.log" &
-    local pid=$!
-    PIDS+=($pid)
-    for _ in $(seq 1 500); do grep -q "line-auth-proxy ready" "$TMP/$label.log" 2>/dev/null && break; sleep 0.02; done
-    local port; port=$(grep "line-auth-proxy ready" "$TMP/$label.log" | sed -E 's/.*listen=[^ ]*:([0-9]+).*/\1/')
+    start_proxy "$label"
+    local pid=$PROXY_PID port=$PROXY_PORT
     local n; n=$([ "$tls" = tls ] && echo "$TLS_SILENT" || echo "$SILENT")
     python3 - "$port" "$n" "$tls" "$pid" "$HZ" <<'PY'
 import socket, ssl, sys, time
