@@ -25,6 +25,7 @@ mod limits;
 mod panics;
 mod proxy;
 mod redis_conn;
+mod redis_entry;
 mod routes;
 mod server;
 mod sync;
@@ -143,6 +144,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
                 )),
                 Some(r) => nonce::NonceStore::Redis(nonce::RedisNonces::new(
                     redis(r, "nonce")?,
+                    redis_entry::RedisMac::new("nonce", &r.mac_keys, metrics.clone()),
                     c.nonce.ttl,
                     clock.clone(),
                     metrics.clone(),
@@ -158,7 +160,14 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         Some(r) => {
             let conn = redis(r, "cache")?;
             background.push(("shared cache probe", Box::pin(conn.clone().run_health_probe())));
-            Some(cache::SharedTier::new(conn, config.line.channel_ids.clone(), clock.clone(), metrics.clone()))
+            Some(cache::SharedTier::new(
+                conn,
+                redis_entry::RedisMac::new("cache", &r.mac_keys, metrics.clone()),
+                config.line.channel_ids.clone(),
+                (config.cache.keys.ttl_seconds.duration(), config.cache.keys.negative_ttl_seconds.duration()),
+                clock.clone(),
+                metrics.clone(),
+            ))
         }
     };
     let cache = Arc::new(cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone()));

@@ -21,6 +21,8 @@ pub struct RedisConfig {
     pub url: String,
     pub key_prefix: String,
     pub timeout: Duration,
+    /// Seals every value written (`redis_entry`).
+    pub mac_keys: crate::config::KeyRing,
 }
 
 impl RedisConfig {

@@ -174,6 +174,14 @@ pub struct RedisLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisRefusedLabels {
+    /// `verdict` or `nonce`.
+    pub purpose: &'static str,
+    /// One of `redis_entry::REFUSAL_REASONS`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RedisOpLabels {
     pub purpose: &'static str,
     pub op: &'static str,
@@ -230,6 +238,9 @@ pub struct Metrics {
     /// Redis calls by `purpose` (nonce, cache), `op` and `outcome` (ok, error, timeout).
     pub redis_requests: Family<RedisLabels, Counter>,
     pub redis_duration: HistogramFamily<RedisOpLabels>,
+    /// `line_auth_proxy_redis_entries_refused_total{purpose,reason}`: values
+    /// read from Redis and not used (an attack, or replicas with different keys).
+    pub redis_entries_refused: Family<RedisRefusedLabels, Counter>,
     /// Verdicts found in the shared (Redis) tier.
     pub cache_shared_hits: Counter,
     pub cache_shared_misses: Counter,
@@ -338,6 +349,12 @@ impl Metrics {
             "Redis call latency by purpose and operation",
             redis_duration.clone(),
         );
+        let redis_entries_refused = Family::<RedisRefusedLabels, Counter>::default();
+        registry.register(
+            "redis_entries_refused",
+            "Values read from Redis and not used (no valid MAC, too large, malformed), by purpose and reason",
+            redis_entries_refused.clone(),
+        );
         let cache_shared_hits = Counter::default();
         registry.register("cache_shared_hits", "Verdicts served from the shared Redis tier", cache_shared_hits.clone());
         let cache_shared_misses = Counter::default();
@@ -385,6 +402,7 @@ impl Metrics {
             jwks_refused,
             redis_requests,
             redis_duration,
+            redis_entries_refused,
             cache_shared_hits,
             cache_shared_misses,
             cache_shared_errors,

@@ -17,7 +17,8 @@ async fn proxy_with(redis_url: &str) -> (MockLine, RecordingUpstream, TestProxy)
     let line = MockLine::start().await.unwrap();
     let upstream = RecordingUpstream::start().await;
     let extra = format!(
-        "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n[nonce]\nstore = \"redis\"\nredis_url = \"{redis_url}\"\n[cache]\nshared = \"redis\"\n"
+        "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n[nonce]\nstore = \"redis\"\nredis_url = \"{redis_url}\"\n{}[cache]\nshared = \"redis\"\n",
+        mac_key_line()
     );
     let text =
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);

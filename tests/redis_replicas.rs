@@ -25,8 +25,9 @@ async fn replicas(redis: &RedisServer) -> Replicas {
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
     let upstream = RecordingUpstream::start().await;
     let extra = format!(
-        "{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n[cache]\nshared = \"redis\"\n",
-        redis.url(3)
+        "{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n{}[cache]\nshared = \"redis\"\n",
+        redis.url(3),
+        mac_key_line()
     );
     let text =
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
@@ -172,7 +173,8 @@ async fn redis_down_at_start_means_not_ready_until_it_comes() {
     let clock = Clock::manual();
     let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     let upstream = RecordingUpstream::start().await;
-    let extra = format!("{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n", redis.url(0));
+    let extra =
+        format!("{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\n{}", redis.url(0), mac_key_line());
     let text =
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
     let proxy = spawn_proxy_unready_with(config(&text), &clock).await;
@@ -199,7 +201,8 @@ async fn two_deployments(
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
     line.add_token("second-token", MockToken::new(CHANNEL, USER, "Brown"));
     let upstream = RecordingUpstream::start().await;
-    let extra = format!("[cache]\nshared = \"redis\"\nredis_url = \"{}\"\n{cache_extra}", redis.url(2));
+    let extra =
+        format!("[cache]\nshared = \"redis\"\nredis_url = \"{}\"\n{}{cache_extra}", redis.url(2), mac_key_line());
     let text = config_text_line(&line.base_url(), &upstream.url(), "", &extra);
     let a = spawn_proxy_with(config(&text), &clock).await;
     let other = text.replace(&format!("channel_ids = [\"{CHANNEL}\"]"), "channel_ids = [\"2222222222\"]");

@@ -26,6 +26,7 @@ use rand::RngCore;
 
 use crate::limits::ClientKey;
 use crate::redis_conn::RedisConn;
+use crate::redis_entry::{BOUNDED_GET_SCRIPT, Bounded, RedisMac};
 use crate::telemetry::{Metrics, NonceLabels};
 
 /// Live nonces held at most (100000): at the default 300 s TTL that is a
@@ -149,8 +150,10 @@ fn fresh_nonce() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Nonces in Redis: the value is the expiry (unix ms), the key lives a grace
-/// period longer so that an expired nonce reads as expired, not unknown.
+/// Nonces in Redis: the value is the expiry (unix ms) sealed with the
+/// deployment's MAC ([`RedisMac`]: a record nobody could have written without
+/// the key is unknown), the key lives a grace period longer so that an expired
+/// nonce reads as expired, not unknown.
 ///
 /// The store is bounded across replicas: issuing counts into
 /// `{prefix}count:{window}`, one counter per key lifetime (TTL + grace), and
@@ -161,14 +164,15 @@ fn fresh_nonce() -> String {
 /// Both steps are one Lua script each, atomic in Redis.
 pub struct RedisNonces {
     conn: Arc<RedisConn>,
+    mac: RedisMac,
     ttl: Duration,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl RedisNonces {
-    pub fn new(conn: Arc<RedisConn>, ttl: Duration, clock: Clock, metrics: Arc<Metrics>) -> Self {
-        Self { conn, ttl, clock, metrics }
+    pub fn new(conn: Arc<RedisConn>, mac: RedisMac, ttl: Duration, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        Self { conn, mac, ttl, clock, metrics }
     }
 
     async fn issue(&self) -> Result<String, NonceError> {
@@ -177,13 +181,15 @@ impl RedisNonces {
         let expires = now_ms + self.ttl.as_millis() as u64;
         let window = self.window_seconds();
         let current = now_ms / 1000 / window;
+        let key = self.conn.key(&nonce);
+        let record = self.mac.seal(&key, expires.to_string().as_bytes());
         let issue = redis::cmd("EVAL")
             .arg(ISSUE_SCRIPT)
             .arg(3)
-            .arg(self.conn.key(&nonce))
+            .arg(key)
             .arg(self.conn.key(&format!("count:{current}")))
             .arg(self.conn.key(&format!("count:{}", current.saturating_sub(1))))
-            .arg(expires)
+            .arg(record)
             .arg(window)
             .arg(MAX_NONCES)
             .arg(2 * window)
@@ -209,25 +215,47 @@ impl RedisNonces {
     }
 
     async fn peek(&self, nonce: &str) -> Result<Consumed, NonceError> {
-        let get = redis::cmd("GET").arg(self.conn.key(nonce)).clone();
-        let value = self.conn.run::<Option<u64>>("nonce_peek", &get).await.map_err(|_| NonceError::Unavailable)?;
-        Ok(classify(value, self.clock.unix_millis()))
+        let key = self.conn.key(nonce);
+        let get = redis::cmd("EVAL").arg(BOUNDED_GET_SCRIPT).arg(1).arg(&key).arg(MAX_RECORD_BYTES).clone();
+        let reply = self.conn.run::<redis::Value>("nonce_peek", &get).await.map_err(|_| NonceError::Unavailable)?;
+        Ok(classify(self.expiry(&key, reply)?, self.clock.unix_millis()))
+    }
+
+    /// The expiry a bounded read found, if the record is this deployment's.
+    /// A reply that is no reply of the scripts is unavailability.
+    fn expiry(&self, key: &str, reply: redis::Value) -> Result<Option<u64>, NonceError> {
+        Ok(match Bounded::from_reply(reply).ok_or(NonceError::Unavailable)? {
+            Bounded::Missing => None,
+            Bounded::TooLarge => {
+                self.mac.refused("too_large");
+                None
+            }
+            Bounded::Found { value, .. } => self.mac.open(key, &value).and_then(|payload| {
+                let expiry = std::str::from_utf8(payload).ok().and_then(|s| s.parse().ok());
+                if expiry.is_none() {
+                    self.mac.refused("malformed");
+                }
+                expiry
+            }),
+        })
     }
 
     async fn consume(&self, nonce: &str) -> Result<Consumed, NonceError> {
         // GETDEL is the atomic step (Redis >= 6.2): one caller gets the value;
         // the same script gives the nonce back to its window's count.
+        let key = self.conn.key(nonce);
         let consume = redis::cmd("EVAL")
             .arg(CONSUME_SCRIPT)
             .arg(1)
-            .arg(self.conn.key(nonce))
+            .arg(&key)
             .arg(self.ttl.as_millis() as u64)
             .arg(self.window_seconds())
             .arg(self.conn.key("count:"))
+            .arg(MAX_RECORD_BYTES)
             .clone();
-        let value =
-            self.conn.run::<Option<u64>>("nonce_consume", &consume).await.map_err(|_| NonceError::Unavailable)?;
-        let outcome = classify(value, self.clock.unix_millis());
+        let reply =
+            self.conn.run::<redis::Value>("nonce_consume", &consume).await.map_err(|_| NonceError::Unavailable)?;
+        let outcome = classify(self.expiry(&key, reply)?, self.clock.unix_millis());
         self.count(match outcome {
             Consumed::Fresh => "consumed",
             Consumed::Expired => "expired",
@@ -241,8 +269,8 @@ impl RedisNonces {
     }
 }
 
-/// KEYS: nonce, this window's count, the last window's count. ARGV: expiry
-/// (unix ms), key lifetime (s), cap, count lifetime (s).
+/// KEYS: nonce, this window's count, the last window's count. ARGV: the
+/// sealed record, key lifetime (s), cap, count lifetime (s).
 const ISSUE_SCRIPT: &str = r"
 local live = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(redis.call('GET', KEYS[3]) or '0')
 if live >= tonumber(ARGV[3]) then return -1 end
@@ -252,15 +280,27 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 ";
 
-/// KEYS: nonce. ARGV: TTL (ms), key lifetime (s), count key prefix. Returns
-/// the nonce's expiry (unix ms), or nil.
+/// A nonce record is a sealed expiry: about 60 bytes. Anything longer than
+/// this (256 bytes) is deleted unread when consumed, and never read whole.
+const MAX_RECORD_BYTES: usize = 256;
+
+/// KEYS: nonce. ARGV: TTL (ms), key lifetime (s), count key prefix, the
+/// largest record (bytes). Answers as `BOUNDED_GET_SCRIPT` does (`{0}` no
+/// such nonce, `{1}` too large: deleted unread, `{2, 0, record}`), the record
+/// gone from Redis either way. The record's leading expiry finds its count; the
+/// MAC is checked by the caller (a forged record can only lower a count).
 const CONSUME_SCRIPT: &str = r"
-local expires = redis.call('GETDEL', KEYS[1])
-if not expires then return nil end
-local issued_s = math.floor((tonumber(expires) - tonumber(ARGV[1])) / 1000)
-local count = ARGV[3] .. math.floor(issued_s / tonumber(ARGV[2]))
-if tonumber(redis.call('GET', count) or '0') > 0 then redis.call('DECR', count) end
-return expires
+local n = redis.call('STRLEN', KEYS[1])
+if n == 0 then return {0} end
+if n > tonumber(ARGV[4]) then redis.call('DEL', KEYS[1]) return {1} end
+local record = redis.call('GETDEL', KEYS[1])
+local expires = tonumber(string.match(record, '^(%d+)%.'))
+if expires then
+  local issued_s = math.floor((expires - tonumber(ARGV[1])) / 1000)
+  local count = ARGV[3] .. math.floor(issued_s / tonumber(ARGV[2]))
+  if tonumber(redis.call('GET', count) or '0') > 0 then redis.call('DECR', count) end
+end
+return {2, 0, record}
 ";
 
 fn classify(expires_ms: Option<u64>, now_ms: u64) -> Consumed {

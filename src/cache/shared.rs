@@ -1,9 +1,12 @@
 //! The shared tier behind the in-process cache (`cache.shared = "redis"`):
-//! `{prefix}{hex digest}` → a [`SharedVerdict`] in JSON. Redis holds the
-//! identity (never the token) until the same instant memory would; a Redis
-//! failure only costs a LINE call, never a request. Everything read back is
-//! checked as if it came from an untrusted peer: a stale, malformed or
-//! implausible entry is a miss.
+//! `{prefix}{hex digest}` → a [`SharedVerdict`] in JSON, sealed with the
+//! deployment's MAC ([`RedisMac`]). Redis holds the identity (never the token)
+//! until the same instant memory would; a Redis failure only costs a LINE
+//! call, never a request. Everything read back is checked as if it came from
+//! an untrusted peer: a value without this deployment's MAC, a stale,
+//! malformed, oversized or implausible one is a miss, and what memory keeps of
+//! it lives no longer than `cache.ttl_seconds`, the value's own expiry or the
+//! Redis key's TTL, whichever ends first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use super::{CacheKey, CredentialKind};
 use crate::auth::{AuthMethod, Identity, Rejection, Verdict, is_line_user_id};
 use crate::clock::Clock;
 use crate::redis_conn::RedisConn;
+use crate::redis_entry::{BOUNDED_GET_SCRIPT, Bounded, RedisMac};
 use crate::telemetry::Metrics;
 
 /// Shared entries larger than this are ignored (16 KiB): ours are a few hundred bytes.
@@ -19,6 +23,11 @@ const MAX_SHARED_VALUE_BYTES: usize = 16 * 1024;
 
 pub struct SharedTier {
     conn: Arc<RedisConn>,
+    mac: RedisMac,
+    /// `cache.ttl_seconds` and `cache.negative_ttl_seconds`: no verdict from
+    /// Redis is kept longer, whatever the replica that wrote it was configured with.
+    max_ttl: Duration,
+    max_negative_ttl: Duration,
     /// `line.channel_ids`: a verdict read back is re-checked against them.
     channel_ids: Vec<String>,
     clock: Clock,
@@ -39,8 +48,15 @@ struct SharedVerdict {
 }
 
 impl SharedTier {
-    pub fn new(conn: Arc<RedisConn>, channel_ids: Vec<String>, clock: Clock, metrics: Arc<Metrics>) -> Self {
-        Self { conn, channel_ids, clock, metrics }
+    pub fn new(
+        conn: Arc<RedisConn>,
+        mac: RedisMac,
+        channel_ids: Vec<String>,
+        (max_ttl, max_negative_ttl): (Duration, Duration),
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { conn, mac, max_ttl, max_negative_ttl, channel_ids, clock, metrics }
     }
 
     pub fn conn(&self) -> &Arc<RedisConn> {
@@ -52,22 +68,35 @@ impl SharedTier {
         self.conn.key(&hex)
     }
 
-    /// The shared verdict for a credential of `kind`, if Redis has a live one,
-    /// judged by this deployment's rules. Failures count and miss.
+    /// The shared verdict for a credential of `kind`, if Redis has a live one
+    /// sealed by this deployment, judged by this deployment's rules. Failures
+    /// count and miss.
     pub async fn get(&self, key: &CacheKey, kind: CredentialKind) -> Option<(Verdict, Duration)> {
-        let get = redis::cmd("GET").arg(self.redis_key(key)).clone();
-        let bytes = match self.conn.run::<Option<Vec<u8>>>("cache_get", &get).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                self.metrics.cache_shared_misses.inc();
-                return None;
+        let redis_key = self.redis_key(key);
+        let get = redis::cmd("EVAL").arg(BOUNDED_GET_SCRIPT).arg(1).arg(&redis_key).arg(MAX_SHARED_VALUE_BYTES).clone();
+        let found = match self.conn.run::<redis::Value>("cache_get", &get).await.map(Bounded::from_reply) {
+            Ok(Some(Bounded::Found { value, pttl_ms })) => {
+                self.mac.open(&redis_key, &value).and_then(|payload| self.decode(payload, kind)).map(
+                    |(verdict, ttl)| {
+                        let cap = match verdict {
+                            Verdict::Valid(_) => self.max_ttl,
+                            Verdict::Rejected(_) => self.max_negative_ttl,
+                        };
+                        let ttl = ttl.min(cap);
+                        (verdict, pttl_ms.map_or(ttl, |ms| ttl.min(Duration::from_millis(ms))))
+                    },
+                )
             }
-            Err(_) => {
+            Ok(Some(Bounded::Missing)) => None,
+            Ok(Some(Bounded::TooLarge)) => {
+                self.mac.refused("too_large");
+                None
+            }
+            Ok(None) | Err(_) => {
                 self.metrics.cache_shared_errors.inc();
                 return None;
             }
         };
-        let found = self.decode(&bytes, kind);
         match &found {
             Some(_) => self.metrics.cache_shared_hits.inc(),
             None => self.metrics.cache_shared_misses.inc(),
@@ -80,10 +109,11 @@ impl SharedTier {
     /// does not accept is `wrong_channel`, and a `wrong_channel` rejection (a
     /// verdict about some other deployment's channels) is a miss.
     fn decode(&self, bytes: &[u8], kind: CredentialKind) -> Option<(Verdict, Duration)> {
-        if bytes.len() > MAX_SHARED_VALUE_BYTES {
+        let Ok(shared) = serde_json::from_slice::<SharedVerdict>(bytes) else {
+            // Sealed by this deployment yet unreadable: another version's format.
+            self.mac.refused("malformed");
             return None;
-        }
-        let shared: SharedVerdict = serde_json::from_slice(bytes).ok()?;
+        };
         let now_ms = self.clock.unix_millis();
         if shared.v != 1 || shared.until_ms <= now_ms {
             return None;
@@ -120,8 +150,10 @@ impl SharedTier {
             Verdict::Rejected(r) => (None, Some(r.as_str().to_owned())),
         };
         let until_ms = self.clock.unix_millis() + ttl.as_millis() as u64;
-        let value = serde_json::to_vec(&SharedVerdict { v: 1, until_ms, identity, rejected }).expect("serialisable");
-        let set = redis::cmd("SET").arg(self.redis_key(key)).arg(value).arg("PX").arg(ttl.as_millis() as u64).clone();
+        let payload = serde_json::to_vec(&SharedVerdict { v: 1, until_ms, identity, rejected }).expect("serialisable");
+        let redis_key = self.redis_key(key);
+        let value = self.mac.seal(&redis_key, &payload);
+        let set = redis::cmd("SET").arg(redis_key).arg(value).arg("PX").arg(ttl.as_millis() as u64).clone();
         let conn = self.conn.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {

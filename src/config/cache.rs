@@ -1,6 +1,8 @@
 //! `[cache]`: how long verdicts are reused, how many are kept, and the optional
 //! Redis tier shared by replicas.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::keys::{Count, Millis, Seconds, choice, section};
@@ -58,6 +60,10 @@ section! {
         redis_key_prefix: String = DEFAULT_CACHE_REDIS_KEY_PREFIX,
         /// Timeout of each Redis call; past it, the verdict comes from LINE.
         redis_timeout_ms: Millis<1, 10000> = DEFAULT_CACHE_REDIS_TIMEOUT_MS,
+        /// With `shared = "redis"` (required; default: `nonce.redis_mac_key_file`):
+        /// every shared verdict is MAC'd with this key ring, and one that does not
+        /// verify is a miss.
+        redis_mac_key_file: Option<PathBuf>,
     }
 }
 
@@ -87,7 +93,9 @@ impl CacheSection {
     pub(super) fn validate(&self, file: &FileConfig, p: &mut Problems) -> CacheConfig {
         let shared = match self.shared {
             SharedCache::None => {
-                for key in ["cache.redis_url", "cache.redis_key_prefix", "cache.redis_timeout_ms"] {
+                for key in
+                    ["cache.redis_url", "cache.redis_key_prefix", "cache.redis_timeout_ms", "cache.redis_mac_key_file"]
+                {
                     if file.wrote(key) {
                         p.warn(key, "has no effect: cache.shared is \"none\"");
                     }
@@ -123,6 +131,12 @@ impl CacheSection {
                                 prefix_key: "cache.redis_key_prefix",
                                 key_prefix: &key_prefix,
                                 timeout: self.redis_timeout_ms.duration(),
+                                mac_key: match (&self.redis_mac_key_file, &file.nonce.redis_mac_key_file) {
+                                    (Some(own), _) => ("cache.redis_mac_key_file", Some(own.as_path())),
+                                    (None, Some(borrowed)) => ("nonce.redis_mac_key_file", Some(borrowed.as_path())),
+                                    (None, None) => ("cache.redis_mac_key_file", None),
+                                },
+                                required_by: "cache.shared = \"redis\" (or set nonce.redis_mac_key_file)",
                             },
                             p,
                         )

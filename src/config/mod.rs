@@ -14,6 +14,7 @@ mod cache;
 mod file;
 mod id_token;
 mod identity;
+mod key_ring;
 pub(crate) mod keys;
 mod limits;
 mod line;
@@ -36,6 +37,7 @@ pub(crate) use cache::CacheSection;
 pub(crate) use file::FileConfig;
 pub(crate) use id_token::IdTokenConfig;
 pub(crate) use identity::IdentityConfig;
+pub(crate) use key_ring::KeyRing;
 pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use secret::Secret;
@@ -268,14 +270,34 @@ pub(crate) struct RedisUse<'a> {
     pub prefix_key: &'static str,
     pub key_prefix: &'a str,
     pub timeout: std::time::Duration,
+    /// The key the MAC key file was written under, and the file (required).
+    pub mac_key: (&'static str, Option<&'a Path>),
+    /// What this Redis holds, for the "required" message: `nonce.store = "redis"`.
+    pub required_by: &'static str,
 }
 
 fn redis_config(r: RedisUse<'_>, p: &mut Problems) -> Option<crate::redis_conn::RedisConfig> {
     let url_ok = crate::redis_conn::check_url(r.url.as_str()).map_err(|why| p.error(r.url_key, why));
     let prefix_ok = crate::redis_conn::check_key_prefix(r.key_prefix).map_err(|why| p.error(r.prefix_key, why));
+    let (mac_key, mac_path) = r.mac_key;
+    let mac_keys = match mac_path {
+        None => {
+            p.error(
+                mac_key,
+                format!(
+                    "is required with {}: a file of 32 random bytes shared by the replicas (`head -c 32 /dev/urandom > FILE`), so that nobody who can write to the Redis can forge what it holds",
+                    r.required_by
+                ),
+            );
+            None
+        }
+        Some(path) => key_ring::read_key_ring(path).map_err(|why| p.error(mac_key, why)).ok(),
+    };
+    let mac_keys = mac_keys?;
     (url_ok.is_ok() && prefix_ok.is_ok()).then(|| crate::redis_conn::RedisConfig {
         url: r.url.as_str().to_owned(),
         key_prefix: r.key_prefix.to_owned(),
         timeout: r.timeout,
+        mac_keys,
     })
 }

@@ -1,6 +1,8 @@
 //! `[nonce]`: the nonce endpoint and where nonces live. Validated with the
 //! ID-token keys in `id_token.rs`: nonces matter only to `id_token` routes.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::keys::{Millis, Seconds, choice, section};
@@ -54,5 +56,9 @@ section! {
         redis_key_prefix: String = DEFAULT_NONCE_REDIS_KEY_PREFIX,
         /// Timeout of each Redis call; past it the nonce route answers 503.
         redis_timeout_ms: Millis<1, 10000> = DEFAULT_NONCE_REDIS_TIMEOUT_MS,
+        /// With `store = "redis"` (required): 32 random bytes, raw or base64, shared
+        /// by the replicas; every nonce record is MAC'd with it, and one that does
+        /// not verify is unknown. Several base64 lines: the first signs, all verify.
+        redis_mac_key_file: Option<PathBuf>,
     }
 }

@@ -18,6 +18,21 @@ fn warning_keys(toml: &str) -> Vec<String> {
     load(toml, &[]).unwrap_or_else(|p| panic!("{p}")).warnings.into_iter().map(|w| w.key).collect()
 }
 
+/// A `redis_mac_key_file = …` line naming a fresh 32-byte key file.
+fn mac_key_line() -> String {
+    let dir = std::env::temp_dir().join(format!("lap-mac-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mac");
+    std::fs::write(&path, [7u8; 32]).unwrap();
+    format!("redis_mac_key_file = {path:?}\n")
+}
+
+/// `text` with a MAC key file under every `store = "redis"` and `shared = "redis"`.
+fn with_mac(text: &str) -> String {
+    text.replace("store = \"redis\"\n", &format!("store = \"redis\"\n{}", mac_key_line()))
+        .replace("shared = \"redis\"\n", &format!("shared = \"redis\"\n{}", mac_key_line()))
+}
+
 const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n";
 const LOGIN: &str = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
 
@@ -281,8 +296,9 @@ fn real_contradictions_stay_errors() {
 
 #[test]
 fn redis_settings_are_checked_and_passwords_never_echoed() {
-    let redis =
-        format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/3\"\n");
+    let redis = with_mac(&format!(
+        "{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/3\"\n"
+    ));
     let r = config(&redis).id_token.unwrap().nonce.redis.unwrap();
     assert_eq!(r.key_prefix, "line-auth-proxy:nonce:");
     assert_eq!(r.timeout, Duration::from_millis(250));
@@ -311,12 +327,13 @@ fn redis_settings_are_checked_and_passwords_never_echoed() {
         "a written prefix is kept"
     );
     assert_eq!(error_keys(&format!("{MINIMAL}[cache]\nshared = \"redis\"\n"), &[]), vec!["cache.redis_url"]);
-    let own = format!(
+    let own = with_mac(&format!(
         "{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"rediss://cache.internal:6380\"\nredis_timeout_ms = 50\n"
-    );
+    ));
     assert_eq!(config(&own).cache.shared.unwrap().timeout, Duration::from_millis(50));
     // nonce.redis_url feeding the shared cache is not "without effect".
-    let feeds = format!("{MINIMAL}[nonce]\nredis_url = \"redis://10.0.0.5\"\n[cache]\nshared = \"redis\"\n{LOGIN}");
+    let feeds =
+        with_mac(&format!("{MINIMAL}[nonce]\nredis_url = \"redis://10.0.0.5\"\n[cache]\nshared = \"redis\"\n{LOGIN}"));
     assert!(warning_keys(&feeds).is_empty());
 }
 
@@ -430,8 +447,33 @@ fn a_preflight_flag_that_takes_effect_is_not_warned_about() {
 }
 
 #[test]
+fn whatever_lives_in_redis_needs_a_mac_key_and_the_cache_may_borrow_the_nonces() {
+    let nonce = format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"redis://10.0.0.5\"\n");
+    assert_eq!(error_keys(&nonce, &[]), vec!["nonce.redis_mac_key_file"]);
+    let p = load(&nonce, &[]).unwrap_err().to_string();
+    assert!(p.contains("head -c 32 /dev/urandom"), "{p}");
+    let cache = format!("{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"redis://10.0.0.5\"\n");
+    assert_eq!(error_keys(&cache, &[]), vec!["cache.redis_mac_key_file"]);
+    // The cache borrows nonce.redis_mac_key_file, which then has an effect
+    // even without an id_token route.
+    let borrowed = format!("{cache}[nonce]\n{}", mac_key_line());
+    assert_eq!(config(&borrowed).cache.shared.unwrap().mac_keys.keys(), &[[7u8; 32]]);
+    assert!(warning_keys(&borrowed).is_empty());
+    let unreadable = format!("{cache}redis_mac_key_file = \"/nonexistent/mac\"\n");
+    assert_eq!(error_keys(&unreadable, &[]), vec!["cache.redis_mac_key_file"]);
+    let short = std::env::temp_dir().join(format!("lap-mac-short-{}", rand::random::<u64>()));
+    std::fs::write(&short, [1u8; 16]).unwrap();
+    let p = load(&format!("{cache}redis_mac_key_file = {short:?}\n"), &[]).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["cache.redis_mac_key_file"]);
+    // Without Redis the key has no effect.
+    let unused = format!("{MINIMAL}[cache]\n{}", mac_key_line());
+    assert_eq!(warning_keys(&unused), vec!["cache.redis_mac_key_file"]);
+}
+
+#[test]
 fn a_nonce_url_the_shared_cache_uses_is_neither_warned_nor_misnamed() {
-    let feeds = format!("{MINIMAL}[cache]\nshared = \"redis\"\n[nonce]\nredis_url = \"redis://10.0.0.5:6379/0\"\n");
+    let feeds =
+        with_mac(&format!("{MINIMAL}[cache]\nshared = \"redis\"\n[nonce]\nredis_url = \"redis://10.0.0.5:6379/0\"\n"));
     assert!(warning_keys(&feeds).is_empty(), "following the warning would break the shared cache");
     let bad = feeds.replace("redis://10.0.0.5:6379/0", "http://bad");
     assert_eq!(error_keys(&bad, &[]), vec!["nonce.redis_url"], "the error names the key the operator wrote");
@@ -440,7 +482,7 @@ fn a_nonce_url_the_shared_cache_uses_is_neither_warned_nor_misnamed() {
 #[test]
 fn no_message_echoes_a_password_or_a_secret_line() {
     for url in ["redis:/:hunter2@10.0.0.5", "redis//:hunter2@10.0.0.5", ":hunter2@h", "redis:::hunter2@h"] {
-        let text = format!("{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"{url}\"\n");
+        let text = with_mac(&format!("{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"{url}\"\n"));
         let p = load(&text, &[]).unwrap_err();
         assert_eq!(p.error_keys(), vec!["cache.redis_url"]);
         assert!(!p.to_string().contains("hunter2"), "{url}: {p}");
@@ -460,10 +502,10 @@ fn no_message_echoes_a_password_or_a_secret_line() {
 
 #[test]
 fn debug_output_of_a_loaded_configuration_holds_no_password() {
-    let text = format!(
+    let text = with_mac(&format!(
         "{MINIMAL}[cache]\nshared = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5\"\n\
          [nonce]\nstore = \"redis\"\nredis_url = \"rediss://:hunter3@10.0.0.6\"\n{LOGIN}"
-    );
+    ));
     let loaded = load(&text, &[]).unwrap();
     let shown = format!("{loaded:?}");
     assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");

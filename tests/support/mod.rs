@@ -29,7 +29,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
-pub use self::redis::RedisServer;
+pub use self::redis::{RedisServer, mac_key_line, mac_key_line_for};
 
 pub const CHANNEL: &str = "1234567890";
 pub const OTHER_CHANNEL: &str = "9999999999";

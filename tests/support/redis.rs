@@ -17,6 +17,21 @@ use tokio::task::JoinHandle;
 
 use super::eventually;
 
+/// A `redis_mac_key_file = …` line: a fresh file holding `key` (32 raw
+/// bytes). Replicas given the same key share what they put in Redis.
+pub fn mac_key_line_for(key: [u8; 32]) -> String {
+    let dir = std::env::temp_dir().join(format!("lap-test-mac-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("redis-mac");
+    std::fs::write(&path, key).unwrap();
+    format!("redis_mac_key_file = {:?}\n", path.to_str().unwrap())
+}
+
+/// The key every test replica shares unless a test says otherwise.
+pub fn mac_key_line() -> String {
+    mac_key_line_for([0x42; 32])
+}
+
 pub struct RedisServer {
     /// The relay's port: what `redis://127.0.0.1:{port}` reaches.
     pub port: u16,
