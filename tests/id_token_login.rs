@@ -492,3 +492,112 @@ async fn liff_verdicts_are_never_served_past_exp() {
         "a verdict was served from the cache past exp:\n{m}"
     );
 }
+
+/// LINE's verify answer is checked against the token it is about: a 200
+/// naming another user, channel, expiry or nonce, or one that is not a
+/// payload at all, is unavailability (503, nothing cached, no nonce spent),
+/// never an identity and never a 401.
+#[tokio::test]
+async fn remote_answers_that_do_not_match_the_token_are_unavailability() {
+    let e = login_env("id_token_verification = \"remote\"\n", LIFF).await;
+    let nonce = e.nonce().await;
+    // Another live nonce: a hostile answer naming it must not spend it.
+    let other_nonce = e.nonce().await;
+    let claims = e.claims(Some(&nonce));
+    let token = e.line.sign_es256(&claims);
+    let answer = |k: &str, v: Value| -> &'static str {
+        let mut a = claims.clone();
+        a[k] = v;
+        Box::leak(a.to_string().into_boxed_str())
+    };
+    let exp = claims["exp"].as_u64().unwrap();
+    let bodies = [
+        answer("sub", json!("Uffffffffffffffffffffffffffffffff")),
+        answer("aud", json!(OTHER_CHANNEL)),
+        answer("exp", json!(exp + 3600)),
+        answer("nonce", json!(other_nonce)),
+        answer("iss", json!("https://evil.example")),
+        r#"{"iss":"https://access.line.me"}"#,
+        "{}",
+    ];
+    for body in bodies {
+        e.line.set_faults(Faults { verify_id_token: Some(Fault::Body(body)), ..Faults::default() });
+        let r = client().post(e.proxy.url("/login")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{body}");
+        assert!(r.headers().contains_key("retry-after"));
+    }
+    // A malformed 200 on a cached (LIFF) route is not remembered as a 401.
+    let liff = e.line.sign_es256(&e.claims(None));
+    e.line.set_faults(Faults { verify_id_token: Some(Fault::Body("{}")), ..Faults::default() });
+    let r = client().get(e.proxy.url("/liff/me")).bearer_auth(&liff).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(e.upstream.hits(), 0, "a mismatched answer reached the upstream");
+    e.line.set_faults(Faults::default());
+    assert_eq!(client().get(e.proxy.url("/liff/me")).bearer_auth(&liff).send().await.unwrap().status(), 200);
+    // Neither nonce was spent: each still logs in once.
+    assert_eq!(e.login(&token).await, 200);
+    assert_eq!(e.upstream.last().headers["x-line-user-id"], USER);
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&other_nonce)))).await, 200);
+}
+
+#[tokio::test]
+async fn nbf_and_the_age_bound_apply_with_the_leeway() {
+    let e = login_env("max_id_token_age_seconds = 3600\n", "").await;
+    let now = e.clock.unix_seconds();
+    let nonce = e.nonce().await;
+    let with = |k: &str, v: Value| {
+        let mut c = e.claims(Some(&nonce));
+        c[k] = v;
+        c["exp"] = json!(now + 3600);
+        e.line.sign_es256(&c)
+    };
+    assert_refused(&e, &with("nbf", json!(now + 120)), "id_token_not_yet_valid").await;
+    assert_refused(&e, &with("nbf", json!("soon")), "id_token_malformed").await;
+    assert_refused(&e, &with("iat", json!(now - 3600 - 61)), "id_token_too_old").await;
+    assert_eq!(e.login(&with("iat", json!(now - 3600 - 30))).await, 200, "within the leeway");
+    assert_eq!(e.login(&with("nbf", json!(now + 30))).await, 401, "nonce spent by the login above");
+    let fresh = e.nonce().await;
+    let mut c = e.claims(Some(&fresh));
+    c["nbf"] = json!(now + 30);
+    assert_eq!(e.login(&e.line.sign_es256(&c)).await, 200, "nbf within the leeway");
+    // The default bound is a day, in remote mode too.
+    let e = login_env("id_token_verification = \"remote\"\n", "").await;
+    let now = e.clock.unix_seconds();
+    let mut c = e.claims(Some(&e.nonce().await));
+    c["iat"] = json!(now - 25 * 3600);
+    c["exp"] = json!(now + 3600);
+    assert_refused(&e, &e.line.sign_es256(&c), "id_token_too_old").await;
+}
+
+/// An ECDSA signature `r ‖ s` has a twin `r ‖ (n − s)` that verifies too.
+fn twin(token: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6,
+        0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+    ];
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = d.rem_euclid(256) as u8;
+    }
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+#[tokio::test]
+async fn an_es256_token_and_its_signature_twin_are_one_cache_entry() {
+    let e = login_env("", LIFF).await;
+    let token = e.line.sign_es256(&e.claims(None));
+    let other = twin(&token);
+    assert_ne!(token, other);
+    for t in [&token, &other, &token, &other] {
+        assert_eq!(client().get(e.proxy.url("/liff/me")).bearer_auth(t).send().await.unwrap().status(), 200);
+    }
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_cache_hits_total"), 3.0, "the twin was verified as a new token:\n{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_cache_entries"), 1.0, "{m}");
+}

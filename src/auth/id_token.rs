@@ -11,6 +11,7 @@
 //! to the ring that rustls already links; two algorithms over ring's
 //! constant-time primitives are a few dozen lines we control completely.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,11 +71,52 @@ pub struct Jws<'a> {
 
 impl Jws<'_> {
     /// The `nonce` claim, unverified: only to refuse a stale or foreign nonce
-    /// before any signature work or LINE call. The nonce consumed is the
-    /// verified claim.
+    /// before any signature work or LINE call. The nonce consumed is this
+    /// claim once the signature (or LINE) has vouched for the payload.
     pub fn unverified_nonce(&self) -> Option<&str> {
         self.payload.get("nonce").and_then(Value::as_str)
     }
+
+    /// The token as the verdict cache keys it: one key per signed token.
+    /// An ECDSA signature `(r, s)` has a twin `(r, n − s)` that verifies as
+    /// well, so an ES256 token with a high `s` is keyed by its low-`s` twin.
+    /// (Refusing high-`s` tokens instead would refuse about half of what a
+    /// signer that does not normalise issues — ring's signer is one: see the
+    /// tests — and LINE does not document that it normalises.)
+    pub fn cache_form(&self) -> Cow<'_, str> {
+        let es256 = self.header.get("alg").and_then(Value::as_str) == Some("ES256");
+        match (es256, low_s(&self.signature)) {
+            (true, Some(low)) => {
+                let input = std::str::from_utf8(self.signing_input).expect("a prefix of a str at a '.'");
+                Cow::Owned(format!("{input}.{}", URL_SAFE_NO_PAD.encode(low)))
+            }
+            _ => Cow::Borrowed(self.token),
+        }
+    }
+}
+
+/// The order `n` of P-256's base point, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// For a 64-byte `r ‖ s` whose `s` is above `n / 2`: `r ‖ (n − s)`, the
+/// same signature's low-`s` twin. `None` when it is already low (or not 64 bytes).
+fn low_s(signature: &[u8]) -> Option<Vec<u8>> {
+    let (r, s) = (signature.get(..32)?, signature.get(32..64)?);
+    if signature.len() != 64 || s >= &P256_ORDER[..] {
+        return None;
+    }
+    // s > n / 2  ⇔  2s > n, computed as n − s < s.
+    let mut twin = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_ORDER[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        twin[i] = d.rem_euclid(256) as u8;
+    }
+    (twin[..] < *s).then(|| [r, &twin[..]].concat())
 }
 
 /// Splits and decodes an ID token: over 8 KiB, not three base64url parts, or
@@ -107,6 +149,7 @@ pub struct IdTokenVerifier {
     secrets: std::collections::BTreeMap<String, Secret>,
     channel_ids: Vec<String>,
     skew: Duration,
+    max_age: Duration,
     clock: Clock,
 }
 
@@ -126,6 +169,7 @@ impl IdTokenVerifier {
             secrets: config.channel_secrets.clone(),
             channel_ids,
             skew: config.clock_skew,
+            max_age: config.max_age,
         }
     }
 
@@ -205,12 +249,19 @@ impl IdTokenVerifier {
                 Answer::Ok(()) => unreachable!("refusal never answers Ok"),
             };
         }
-        let payload: Value =
+        let answer: Value =
             serde_json::from_slice(&body).map_err(|_| LineError::BadResponse(Endpoint::VerifyIdToken))?;
-        if !payload.is_object() {
+        if let Err(field) = answer_matches(&answer, &jws.payload, client_id, nonce) {
+            // A 200 about some other token, or not a payload at all: LINE's
+            // answer cannot be used, which is unavailability, never a 401.
+            tracing::warn!(
+                endpoint = Endpoint::VerifyIdToken.as_str(),
+                field,
+                "LINE's ID-token answer does not match the token"
+            );
             return Err(LineError::BadResponse(Endpoint::VerifyIdToken));
         }
-        Ok(self.check_claims(&payload))
+        Ok(self.check_claims(&answer))
     }
 
     /// OIDC Core §3.1.3.7 as LINE applies it, plus LINE's user-id shape.
@@ -234,6 +285,17 @@ impl IdTokenVerifier {
         if iat > now.saturating_add(skew) {
             return Err(Rejection::IssuedInFuture);
         }
+        if iat.saturating_add(self.max_age.as_secs()).saturating_add(skew) < now {
+            return Err(Rejection::TooOld);
+        }
+        match payload.get("nbf") {
+            None => {}
+            Some(nbf) => match nbf.as_u64() {
+                Some(nbf) if nbf <= now.saturating_add(skew) => {}
+                Some(_) => return Err(Rejection::NotYetValid),
+                None => return Err(Rejection::IdTokenMalformed),
+            },
+        }
         let sub = text("sub").filter(|s| is_line_user_id(s)).ok_or(Rejection::BadSubject)?;
         Ok(IdClaims {
             sub: sub.to_owned(),
@@ -245,6 +307,31 @@ impl IdTokenVerifier {
             email: text("email").map(str::to_owned),
         })
     }
+}
+
+/// Whether LINE's verify answer is about this token: the payload claims
+/// (`iss`, `sub`, `aud`, `exp`, `iat`, well-typed), equal to the token's own
+/// `sub`, `aud`, `exp` and `nonce` (decoded, not trusted) and to what was
+/// asked (`client_id`, `nonce`). `Err` names the first field that is not.
+fn answer_matches(
+    answer: &Value,
+    token: &Value,
+    client_id: &str,
+    nonce_sent: Option<&str>,
+) -> Result<(), &'static str> {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let number = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+    let check = |ok: bool, field: &'static str| if ok { Ok(()) } else { Err(field) };
+    check(text(answer, "iss").as_deref() == Some(LINE_ISSUER), "iss")?;
+    check(text(answer, "sub").is_some() && text(answer, "sub") == text(token, "sub"), "sub")?;
+    check(
+        text(answer, "aud").as_deref() == Some(client_id) && text(token, "aud").as_deref() == Some(client_id),
+        "aud",
+    )?;
+    check(number(answer, "exp").is_some() && number(answer, "exp") == number(token, "exp"), "exp")?;
+    check(number(answer, "iat").is_some(), "iat")?;
+    let nonce = text(answer, "nonce");
+    check(nonce == text(token, "nonce") && nonce_sent.is_none_or(|sent| nonce.as_deref() == Some(sent)), "nonce")
 }
 
 #[cfg(test)]
@@ -267,5 +354,78 @@ mod tests {
         // Arrays and strings are not JOSE headers.
         let arr = URL_SAFE_NO_PAD.encode(b"[1]");
         assert!(matches!(parse(&format!("{arr}.{p}.AAAA")), Err(Rejection::IdTokenMalformed)));
+    }
+
+    /// ring signs with a high `s` about half the time: a verifier that took
+    /// only low-`s` signatures would refuse those tokens. Each twin verifies,
+    /// and both are keyed as the low one.
+    #[test]
+    fn an_es256_signature_and_its_twin_share_one_cache_form() {
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let key = signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+        use signature::KeyPair;
+        let public = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, key.public_key().as_ref());
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"k"}"#);
+        let (mut high, mut low) = (0, 0);
+        for i in 0..64 {
+            let p = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"U{i}"}}"#));
+            let input = format!("{h}.{p}");
+            let sig = key.sign(&rng, input.as_bytes()).unwrap();
+            let twin_sig = match low_s(sig.as_ref()) {
+                Some(twin) => {
+                    high += 1;
+                    twin
+                }
+                None => {
+                    low += 1;
+                    // The high twin of a low signature: r ‖ (n − s).
+                    let mut s = [0u8; 32];
+                    let mut borrow = 0i16;
+                    for j in (0..32).rev() {
+                        let d = i16::from(P256_ORDER[j]) - i16::from(sig.as_ref()[32 + j]) - borrow;
+                        borrow = i16::from(d < 0);
+                        s[j] = d.rem_euclid(256) as u8;
+                    }
+                    [&sig.as_ref()[..32], &s[..]].concat()
+                }
+            };
+            public.verify(input.as_bytes(), &twin_sig).expect("the twin verifies too");
+            let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+            let twin = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&twin_sig));
+            let (a, b) = (parse(&token).unwrap(), parse(&twin).unwrap());
+            assert_eq!(a.cache_form(), b.cache_form(), "two cache keys for one signed token");
+            assert!(low_s(&URL_SAFE_NO_PAD.decode(a.cache_form().rsplit('.').next().unwrap()).unwrap()).is_none());
+        }
+        assert!(high > 0 && low > 0, "ring normalises after all: {high} high, {low} low");
+        // HS256 tokens are deterministic: keyed as written.
+        let hs = format!("{}.{}.AAAA", URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256"}"#), URL_SAFE_NO_PAD.encode(b"{}"));
+        assert_eq!(parse(&hs).unwrap().cache_form(), hs);
+    }
+
+    #[test]
+    fn a_remote_answer_must_be_about_the_token_that_was_asked_about() {
+        use serde_json::json;
+        let token = json!({"iss": LINE_ISSUER, "sub": "Uabc", "aud": "111", "exp": 2000, "iat": 1000, "nonce": "n1"});
+        let ok = |a: &Value| answer_matches(a, &token, "111", Some("n1"));
+        assert_eq!(ok(&token), Ok(()));
+        let with = |k: &str, v: Value| {
+            let mut a = token.clone();
+            a[k] = v;
+            a
+        };
+        assert_eq!(ok(&with("sub", json!("Uother"))), Err("sub"));
+        assert_eq!(ok(&with("aud", json!("222"))), Err("aud"));
+        assert_eq!(ok(&with("exp", json!(999_999))), Err("exp"));
+        assert_eq!(ok(&with("nonce", json!("n2"))), Err("nonce"));
+        assert_eq!(ok(&with("iss", json!("https://evil"))), Err("iss"));
+        assert_eq!(ok(&with("iat", json!("1000"))), Err("iat"));
+        let mut no_nonce = token.clone();
+        no_nonce.as_object_mut().unwrap().remove("nonce");
+        assert_eq!(ok(&no_nonce), Err("nonce"));
+        assert_eq!(answer_matches(&json!([]), &token, "111", Some("n1")), Err("iss"));
+        // Asked without a nonce, about a token without one.
+        assert_eq!(answer_matches(&no_nonce, &no_nonce, "111", None), Ok(()));
     }
 }

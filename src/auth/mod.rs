@@ -41,6 +41,10 @@ pub enum Rejection {
     WrongIssuer,
     /// `iat` is in the future beyond the clock-skew leeway.
     IssuedInFuture,
+    /// `nbf` is in the future beyond the clock-skew leeway.
+    NotYetValid,
+    /// `iat` is older than `line.max_id_token_age_seconds` (and the leeway).
+    TooOld,
     /// `sub` is not a LINE user id.
     BadSubject,
     /// The route needs a nonce and the token carries none.
@@ -55,7 +59,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every variant, to read a reason code back (the shared cache stores codes).
-    pub const ALL: [Rejection; 17] = [
+    pub const ALL: [Rejection; 19] = [
         Rejection::Expired,
         Rejection::Invalid,
         Rejection::WrongChannel,
@@ -68,6 +72,8 @@ impl Rejection {
         Rejection::BadSignature,
         Rejection::WrongIssuer,
         Rejection::IssuedInFuture,
+        Rejection::NotYetValid,
+        Rejection::TooOld,
         Rejection::BadSubject,
         Rejection::NonceMissing,
         Rejection::NonceUnknown,
@@ -95,6 +101,8 @@ impl Rejection {
             Rejection::BadSignature => "id_token_bad_signature",
             Rejection::WrongIssuer => "id_token_wrong_issuer",
             Rejection::IssuedInFuture => "id_token_iat_in_future",
+            Rejection::NotYetValid => "id_token_not_yet_valid",
+            Rejection::TooOld => "id_token_too_old",
             Rejection::BadSubject => "id_token_bad_subject",
             Rejection::NonceMissing => "nonce_missing",
             Rejection::NonceUnknown => "nonce_unknown_or_used",
@@ -118,6 +126,8 @@ impl Rejection {
             Rejection::BadSignature => "the ID token's signature is invalid",
             Rejection::WrongIssuer => "the ID token was not issued by LINE",
             Rejection::IssuedInFuture => "the ID token is issued in the future",
+            Rejection::NotYetValid => "the ID token is not valid yet",
+            Rejection::TooOld => "the ID token was issued too long ago",
             Rejection::BadSubject => "the ID token's subject is not a LINE user id",
             Rejection::NonceMissing => "the ID token carries no nonce",
             Rejection::NonceUnknown => "the nonce is unknown or was already used",

@@ -13,10 +13,11 @@ use super::{FileConfig, Problems, RedisUse, redis_config};
 use crate::redis_conn::RedisConfig;
 
 /// The `[line]` keys that only ID-token verification reads.
-const LINE_ID_TOKEN_KEYS: [&str; 5] = [
+const LINE_ID_TOKEN_KEYS: [&str; 6] = [
     "line.id_token_verification",
     "line.jwks_url",
     "line.clock_skew_seconds",
+    "line.max_id_token_age_seconds",
     "line.channel_secret_file",
     "line.channel_secret_files",
 ];
@@ -27,6 +28,8 @@ pub struct IdTokenConfig {
     pub verification: IdTokenVerification,
     pub jwks_url: String,
     pub clock_skew: Duration,
+    /// `line.max_id_token_age_seconds`.
+    pub max_age: Duration,
     /// Channel id → HS256 secret.
     pub channel_secrets: BTreeMap<String, Secret>,
     pub nonce: NonceConfig,
@@ -74,6 +77,7 @@ pub(super) fn validate(file: &FileConfig, id_token_routes: bool, p: &mut Problem
         verification: line.id_token_verification,
         jwks_url: line.jwks_url.as_str().to_owned(),
         clock_skew: line.clock_skew_seconds.duration(),
+        max_age: line.max_id_token_age_seconds.duration(),
         channel_secrets,
         nonce: nonce(file, p),
     })

@@ -19,6 +19,9 @@ pub const DEFAULT_LINE_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_MAX_CONCURRENT_CALLS: u64 = 256;
 /// `line.jwks_url`: LINE's ES256 keys.
 pub const DEFAULT_JWKS_URL: &str = "https://api.line.me/oauth2/v2.1/certs";
+/// `line.max_id_token_age_seconds` (86400 seconds): an ID token whose `iat`
+/// is older is refused.
+pub const DEFAULT_MAX_ID_TOKEN_AGE_SECONDS: u64 = 86_400;
 /// `line.clock_skew_seconds` (60 seconds).
 pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
 
@@ -64,6 +67,9 @@ section! {
         jwks_url: HttpUrl = DEFAULT_JWKS_URL,
         /// Leeway on `exp` and `iat` for local ID-token checks.
         clock_skew_seconds: Seconds<0, 300> = DEFAULT_CLOCK_SKEW_SECONDS,
+        /// An ID token issued (`iat`) longer ago than this is refused, whatever
+        /// its `exp` says.
+        max_id_token_age_seconds: Seconds<60, 31536000> = DEFAULT_MAX_ID_TOKEN_AGE_SECONDS,
         /// File holding the channel secret for HS256 ID tokens (web login), when
         /// `channel_ids` has one channel.
         channel_secret_file: Option<PathBuf>,

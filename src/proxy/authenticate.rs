@@ -92,15 +92,15 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     // require_nonce = false (LIFF) route until it expires.
     if !require_nonce && claimed_nonce.is_none() {
         let verify = async { Ok(verifier.verify(&jws).await?.map_or_else(Verdict::Rejected, valid)) };
-        return cached(ctx, CredentialKind::IdToken, token, verify, verifier.source()).await;
+        return cached(ctx, CredentialKind::IdToken, &jws.cache_form(), verify, verifier.source()).await;
     }
     let nonces = state.nonces.as_ref().ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
     // Refuse a missing, foreign, used or expired nonce before any signature work
     // or LINE call: floods of made-up tokens cost nothing upstream.
-    let peeked = match claimed_nonce {
-        None => return Err(rejected(Rejection::NonceMissing)),
-        Some(n) => nonces.store.peek(n).await.map_err(|_| ProxyError::NonceStore)?,
+    let Some(nonce) = claimed_nonce else {
+        return Err(rejected(Rejection::NonceMissing));
     };
+    let peeked = nonces.store.peek(nonce).await.map_err(|_| ProxyError::NonceStore)?;
     match peeked {
         Consumed::Fresh => {}
         Consumed::Unknown => return Err(rejected(Rejection::NonceUnknown)),
@@ -112,7 +112,11 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     let checked = verifier.verify(&jws).await;
     state.metrics.observe_auth(verifier.source(), stopwatch.seconds());
     let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
-    let nonce = claims.nonce.as_deref().ok_or(rejected(Rejection::NonceMissing))?;
+    // The nonce consumed is the one peeked in the token, now vouched for by its
+    // signature (local) or by LINE's matching answer (remote).
+    if claims.nonce.as_deref() != Some(nonce) {
+        return Err(rejected(Rejection::NonceMismatch));
+    }
     // Consumed only now: a token that failed verification never burns a nonce.
     match nonces.store.consume(nonce).await.map_err(|_| ProxyError::NonceStore)? {
         Consumed::Fresh => Ok(Cached::uncached(state.cache.store(&valid(claims)))),
