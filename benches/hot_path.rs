@@ -7,8 +7,8 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use line_auth_proxy::bench::{
-    AuthMethod, CredentialKind, Identity, IdentityHeaderNames, Route, RouteAuth, RouteTable, Verdict, cache_key,
-    normalize_path, percent_encoded, strip_for_upstream, strip_identity, verdict_cache,
+    AuthMethod, CredentialKind, Identity, IdentityHeaderNames, Route, RouteAuth, RouteTable, Verdict, assertion_signer,
+    cache_key, normalize_path, percent_encoded, strip_for_upstream, strip_identity, verdict_cache,
 };
 
 fn identity() -> Identity {
@@ -20,6 +20,7 @@ fn identity() -> Identity {
         channel_id: "1234567890".into(),
         method: AuthMethod::AccessToken,
         expires_at: 4_000_000_000,
+        amr: Vec::new(),
     }
 }
 
@@ -104,5 +105,18 @@ fn encoding(c: &mut Criterion) {
     c.bench_function("encode an identity (once per verification)", |b| b.iter(|| names.encode(black_box(&identity()))));
 }
 
-criterion_group!(benches, strip_and_inject, cache_hit, paths_and_routes, encoding);
+fn assertions(c: &mut Criterion) {
+    for alg in ["ES256", "EdDSA"] {
+        let signer = assertion_signer(alg);
+        let subject = signer.subject(&identity());
+        c.bench_function(&format!("assertion: sign a new one ({alg}, once per verdict and 4 minutes)"), |b| {
+            b.iter(|| signer.sign_fresh(black_box(&subject)))
+        });
+        c.bench_function(&format!("assertion: reuse the verdict's ({alg}, every other request)"), |b| {
+            b.iter(|| signer.assertion(black_box(&subject)))
+        });
+    }
+}
+
+criterion_group!(benches, strip_and_inject, cache_hit, paths_and_routes, encoding, assertions);
 criterion_main!(benches);

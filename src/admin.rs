@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -32,6 +32,8 @@ pub struct Admin {
     /// With Redis nonces, readiness follows Redis (the shared cache never does:
     /// it degrades to memory + LINE).
     pub nonce_redis: Option<Arc<RedisConn>>,
+    /// With `[assertion]`: its public keys at `/.well-known/jwks.json`.
+    pub signer: Option<Arc<crate::assertion::Signer>>,
 }
 
 impl Admin {
@@ -86,6 +88,15 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Fu
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
+            r
+        }
+        "/.well-known/jwks.json" if admin.signer.is_some() => {
+            let signer = admin.signer.as_ref().expect("checked");
+            let mut r = Response::new(Full::new(signer.jwks()));
+            let headers = r.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+            let max_age = format!("public, max-age={}", crate::assertion::JWKS_MAX_AGE_SECONDS);
+            headers.insert(CACHE_CONTROL, HeaderValue::try_from(max_age).expect("ASCII"));
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -39,6 +39,8 @@ pub enum ClientError {
     /// The client's request body broke off or was malformed (bad chunk framing)
     /// while it was being forwarded.
     BadBody,
+    /// A trusted ingress's `X-Forwarded-Method` / `X-Original-Method` is no method.
+    BadForwardedMethod,
 }
 
 /// A failure on the way to, or waiting for, the upstream.
@@ -88,6 +90,7 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::TwoCredentials => "two_credentials",
         ClientError::BadHost => "bad_host",
         ClientError::BadBody => "bad_request_body",
+        ClientError::BadForwardedMethod => "bad_forwarded_method",
     }
 }
 
@@ -107,7 +110,11 @@ impl ProxyError {
         let class = |status, outcome, refusal| Class { status, outcome, refusal };
         match self {
             ProxyError::Client(
-                ClientError::BadPath(_) | ClientError::TwoCredentials | ClientError::BadHost | ClientError::BadBody,
+                ClientError::BadPath(_)
+                | ClientError::TwoCredentials
+                | ClientError::BadHost
+                | ClientError::BadBody
+                | ClientError::BadForwardedMethod,
             ) => class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None),
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
@@ -172,6 +179,10 @@ impl ProxyError {
             ProxyError::Client(ClientError::BadBody) => {
                 ("invalid_request", "the request body broke off or was not validly framed")
             }
+            ProxyError::Client(ClientError::BadForwardedMethod) => (
+                "invalid_request",
+                "the forwarded method (X-Forwarded-Method / X-Original-Method) is not an HTTP method",
+            ),
             ProxyError::Client(ClientError::TwoCredentials) => (
                 "invalid_request",
                 "send one credential: the Authorization header or the WebSocket bearer entry, not both",
@@ -348,6 +359,7 @@ mod tests {
             ProxyError::Client(ClientError::TwoCredentials),
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),
+            ProxyError::Client(ClientError::BadForwardedMethod),
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
             ProxyError::NonceStoreFull,
@@ -386,6 +398,7 @@ mod tests {
             ProxyError::Client(ClientError::TwoCredentials),
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),
+            ProxyError::Client(ClientError::BadForwardedMethod),
             ProxyError::NonceStore,
             ProxyError::NonceStoreFull,
             ProxyError::Upstream(UpstreamError::Unreachable),

@@ -34,6 +34,10 @@ pub struct Identity {
     pub method: AuthMethod,
     /// Token expiry, unix seconds.
     pub expires_at: u64,
+    /// How the user logged in (the ID token's `amr`: `pwd`, `lineautologin`,
+    /// …), when LINE said; access tokens carry none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
 }
 
 /// `U` followed by 32 lower-case hex digits, the only shape a LINE user id has.

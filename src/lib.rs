@@ -12,6 +12,7 @@
 
 mod activity;
 mod admin;
+mod assertion;
 mod auth;
 mod cache;
 pub mod clock;
@@ -70,6 +71,9 @@ pub enum RunError {
     LineClient(#[source] reqwest::Error),
     #[error(transparent)]
     Redis(#[from] redis_conn::RedisSetupError),
+    /// The assertion keys (checked at load) could not be read again.
+    #[error("cannot set up the assertion signer: {0}")]
+    Assertion(String),
     /// A task of the proxy panicked or ended on its own: the process must not
     /// go on half-working.
     #[error("the {task} failed: {why}")]
@@ -170,7 +174,14 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
             ))
         }
     };
-    let cache = Arc::new(cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone()));
+    let signer = match &config.assertion {
+        None => None,
+        Some(a) => Some(Arc::new(assertion::Signer::new(a, clock.clone()).map_err(RunError::Assertion)?)),
+    };
+    let cache = Arc::new(
+        cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone())
+            .with_assertions(signer.clone()),
+    );
     background.push(("cache sweeper", Box::pin(cache.clone().run_sweeper())));
     let upstream = upstream::Upstream::new(&config.upstream);
     let admin = Arc::new(admin::Admin {
@@ -179,6 +190,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         cache: cache.clone(),
         jwks,
         nonce_redis: nonces.as_ref().and_then(|n| n.store.redis().cloned()),
+        signer: signer.clone(),
     });
     let strip_rule = Arc::new(upstream::StripRule {
         names: config.identity.names.clone(),
@@ -194,6 +206,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         nonces,
         cache,
         upstream,
+        signer,
         metrics,
         limits,
         clock: clock.clone(),

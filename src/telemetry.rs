@@ -72,6 +72,8 @@ where
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Forwarded,
+    /// A forward-auth check answered 200: the ingress may forward.
+    Allowed,
     /// An `optional` route without a credential.
     Anonymous,
     /// A CORS preflight let through without a credential.
@@ -92,8 +94,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 10] = [
+    const ALL: [Outcome; 11] = [
         Outcome::Forwarded,
+        Outcome::Allowed,
         Outcome::Anonymous,
         Outcome::Preflight,
         Outcome::NonceIssued,
@@ -108,6 +111,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
+            Outcome::Allowed => "allowed",
             Outcome::Anonymous => "anonymous",
             Outcome::Preflight => "preflight",
             Outcome::NonceIssued => "nonce_issued",
@@ -209,6 +213,9 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by [`Outcome`] and route `auth` kind.
     pub requests: Family<RequestLabels, Counter>,
+    /// `line_auth_proxy_forward_auth_requests_total{outcome,auth}`: checks of
+    /// the forward-auth endpoint (never in `requests`: nothing was proxied).
+    pub forward_auth_requests: Family<RequestLabels, Counter>,
     /// 401s by `reason` (missing_credential, token_expired, wrong_channel, …).
     pub rejections: Family<ReasonLabels, Counter>,
     /// 503s by `reason` (line_timeout, line_rate_limited, line_server_error, …).
@@ -279,6 +286,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("line_auth_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests by outcome and route auth kind", requests.clone());
+        let forward_auth_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "forward_auth_requests",
+            "Forward-auth checks by outcome and the route auth kind of the original request",
+            forward_auth_requests.clone(),
+        );
         let rejections = Family::<ReasonLabels, Counter>::default();
         registry.register("auth_rejections", "401 answers by reason", rejections.clone());
         let unavailable = Family::<ReasonLabels, Counter>::default();
@@ -409,6 +422,7 @@ impl Metrics {
             limited,
             limit_clients,
             requests,
+            forward_auth_requests,
             rejections,
             unavailable,
             auth_duration,
@@ -439,6 +453,11 @@ impl Metrics {
             Some(a) => self.hot.requests[outcome as usize * AUTHS.len() + a].inc(),
             None => self.requests.get_or_create(&RequestLabels { outcome: outcome.as_str(), auth }).inc(),
         };
+    }
+
+    /// Counts one forward-auth check.
+    pub fn count_forward_auth(&self, outcome: Outcome, auth: &'static str) {
+        self.forward_auth_requests.get_or_create(&RequestLabels { outcome: outcome.as_str(), auth }).inc();
     }
 
     /// Counts a 401 or 503 by its reason.

@@ -43,6 +43,8 @@ pub struct IdClaims {
     pub name: Option<String>,
     pub picture: Option<String>,
     pub email: Option<String>,
+    /// `amr` (authentication methods), when LINE gave them.
+    pub amr: Vec<String>,
 }
 
 impl IdClaims {
@@ -55,6 +57,7 @@ impl IdClaims {
             channel_id: self.aud,
             method: AuthMethod::IdToken,
             expires_at: self.exp,
+            amr: self.amr,
         }
     }
 }
@@ -305,6 +308,11 @@ impl IdTokenVerifier {
             name: text("name").map(str::to_owned),
             picture: text("picture").map(str::to_owned),
             email: text("email").map(str::to_owned),
+            amr: payload
+                .get("amr")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).take(8).map(str::to_owned).collect())
+                .unwrap_or_default(),
         })
     }
 }

@@ -215,6 +215,7 @@ impl LineClient {
                 .clock
                 .unix_seconds()
                 .saturating_add((verified.expires_in as u64).min(MAX_ACCESS_TOKEN_LIFETIME_SECONDS)),
+            amr: Vec::new(),
         }))
     }
 

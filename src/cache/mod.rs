@@ -147,6 +147,8 @@ pub struct VerdictCache {
     negative_ttl: Duration,
     names: IdentityHeaderNames,
     shared: Option<SharedTier>,
+    /// Makes the assertion claims of valid verdicts (`[assertion]`).
+    signer: Option<Arc<crate::assertion::Signer>>,
     clock: Clock,
 }
 
@@ -162,14 +164,25 @@ impl VerdictCache {
             negative_ttl: config.keys.negative_ttl_seconds.duration(),
             names,
             shared,
+            signer: None,
             clock,
         }
+    }
+
+    /// With `[assertion]`: every valid verdict kept carries its assertion's claims.
+    pub fn with_assertions(mut self, signer: Option<Arc<crate::assertion::Signer>>) -> Self {
+        self.signer = signer;
+        self
     }
 
     /// The compact form a verdict is kept in.
     pub fn store(&self, verdict: &Verdict) -> Stored {
         match verdict {
-            Verdict::Valid(identity) => Stored::Valid(self.names.encode(identity)),
+            Verdict::Valid(identity) => {
+                let mut encoded = self.names.encode(identity);
+                encoded.subject = self.signer.as_ref().map(|s| s.subject(identity));
+                Stored::Valid(encoded)
+            }
             Verdict::Rejected(r) => Stored::Rejected(*r),
         }
     }

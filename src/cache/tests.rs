@@ -20,6 +20,7 @@ fn valid_until(expires_at: u64) -> Verdict {
         channel_id: "1".into(),
         method: AuthMethod::AccessToken,
         expires_at,
+        amr: Vec::new(),
     })
 }
 

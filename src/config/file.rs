@@ -5,13 +5,14 @@
 
 use std::collections::BTreeSet;
 
+use super::assertion::AssertionSection;
 use super::cache::CacheSection;
+use super::forward_auth::ForwardAuthSection;
 use super::identity::IdentitySection;
 use super::keys::{KeySpec, Kind, Section};
 use super::limits::LimitsSection;
 use super::line::LineSection;
 use super::nonce::NonceSection;
-use super::reserved::{AssertionSection, ForwardAuthSection};
 use super::routes::RouteSection;
 use super::server::ServerSection;
 use super::upstream::UpstreamSection;

@@ -4,8 +4,8 @@
 use http::HeaderName;
 
 use super::Problems;
+use super::assertion::AssertionSection;
 use super::keys::section;
-use super::reserved::AssertionSection;
 use crate::headers::{IdentityHeaderNames, parse_header_name};
 
 /// `identity.header_prefix`.

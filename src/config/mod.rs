@@ -10,8 +10,10 @@
 //! Problems carry dotted key paths (`server.listen`, `routes[0].auth`). Errors
 //! stop the proxy (exit 2); warnings (a setting that has no effect) do not.
 
+mod assertion;
 mod cache;
 mod file;
+mod forward_auth;
 mod id_token;
 mod identity;
 mod key_ring;
@@ -19,7 +21,6 @@ pub(crate) mod keys;
 mod limits;
 mod line;
 mod nonce;
-mod reserved;
 mod routes;
 mod secret;
 mod server;
@@ -32,9 +33,11 @@ mod tests;
 use std::fmt;
 use std::path::Path;
 
+pub(crate) use assertion::AssertionConfig;
 pub(crate) use cache::CacheConfig;
 pub(crate) use cache::CacheSection;
 pub(crate) use file::FileConfig;
+pub(crate) use forward_auth::ForwardAuthConfig;
 pub(crate) use id_token::IdTokenConfig;
 pub(crate) use identity::IdentityConfig;
 pub(crate) use key_ring::KeyRing;
@@ -63,6 +66,10 @@ pub struct Config {
     pub(crate) id_token: Option<IdTokenConfig>,
     pub(crate) routes: RouteTable,
     pub(crate) limits: LimitsSection,
+    /// Present when `forward_auth.enabled`.
+    pub(crate) forward_auth: Option<ForwardAuthConfig>,
+    /// Present when `assertion.enabled`.
+    pub(crate) assertion: Option<AssertionConfig>,
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -234,12 +241,12 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
     let line = file.line.validate(p);
     let cache = file.cache.validate(file, p);
     let identity = file.identity.validate(&file.assertion, p);
-    file.forward_auth.validate(file, p);
-    file.assertion.validate(file, p);
+    let forward_auth = file.forward_auth.validate(file, p);
+    let assertion = file.assertion.validate(file, p);
     let routes = routes::validate(file, p);
     let id_token = id_token::validate(file, routes.has(crate::routes::RouteAuth::IdToken), p);
     let limits = file.limits.clone();
-    Config { server, upstream, line, cache, identity, id_token, routes, limits }
+    Config { server, upstream, line, cache, identity, id_token, routes, limits, forward_auth, assertion }
 }
 
 /// Collapses a library's multi-line message into one line.

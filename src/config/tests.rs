@@ -222,16 +222,43 @@ fn env_typos_and_bad_values_are_errors() {
 }
 
 #[test]
-fn not_yet_supported_features_are_refused_not_ignored() {
-    let file = format!("{MINIMAL}[forward_auth]\nenabled = true\n[assertion]\nenabled = true\n");
-    assert_eq!(error_keys(&file, &[]), vec!["forward_auth.enabled", "assertion.enabled"]);
-    // Disabled sections are accepted as written; what they cannot do yet is a warning.
-    let ok = format!(
-        "{MINIMAL}[forward_auth]\nenabled = false\npath = \"/v\"\n[assertion]\nenabled = false\nheader = \"X-Id\"\n"
+fn forward_auth_and_assertions_are_checked_when_enabled_and_warned_when_not() {
+    // Disabled sections are accepted as written; what has no effect is a warning.
+    let off = format!(
+        "{MINIMAL}[forward_auth]\nenabled = false\npath = \"/v\"\n[assertion]\nenabled = false\nheader = \"X-Id\"\nissuer = \"me\"\n"
     );
-    let loaded = load(&ok, &[]).unwrap();
+    let loaded = load(&off, &[]).unwrap();
     assert_eq!(loaded.config.identity.assertion_header.as_str(), "x-id");
-    assert_eq!(loaded.warnings.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(), vec!["forward_auth.path"]);
+    assert!(loaded.config.forward_auth.is_none() && loaded.config.assertion.is_none());
+    let warned: Vec<&str> = loaded.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(warned, vec!["forward_auth.path", "assertion.issuer"]);
+    // Enabled: the path is checked, and an empty trusted_proxies is a warning.
+    let on = format!("{MINIMAL}[forward_auth]\nenabled = true\n");
+    let loaded = load(&on, &[]).unwrap();
+    assert_eq!(loaded.config.forward_auth.unwrap().path, "/_auth/verify");
+    assert_eq!(loaded.warnings.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(), vec!["server.trusted_proxies"]);
+    for bad in ["auth", "/_auth/", "/auth/nonce", "/a/../b"] {
+        let text = format!("{MINIMAL}[forward_auth]\nenabled = true\npath = \"{bad}\"\n");
+        assert_eq!(error_keys(&text, &[]), vec!["forward_auth.path"], "{bad}");
+    }
+    // Assertions need a key file of keys that sign.
+    assert_eq!(error_keys(&format!("{MINIMAL}[assertion]\nenabled = true\n"), &[]), vec!["assertion.key_file"]);
+    let dir = std::env::temp_dir().join(format!("lap-assertion-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\nMAMCAQA=\n-----END PRIVATE KEY-----\n").unwrap();
+    let text = format!("{MINIMAL}[assertion]\nenabled = true\nkey_file = {garbage:?}\n");
+    let p = load(&text, &[]).unwrap_err();
+    assert_eq!(p.error_keys(), vec!["assertion.key_file"]);
+    assert!(p.to_string().contains("PEM block 1"), "{p}");
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pkcs8.as_ref());
+    let good = dir.join("good.pem");
+    std::fs::write(&good, format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")).unwrap();
+    let text = format!("{MINIMAL}[assertion]\nenabled = true\nkey_file = {good:?}\n");
+    let a = config(&text).assertion.unwrap();
+    assert_eq!((a.issuer.as_str(), a.audience.as_str()), ("line-auth-proxy", "http://127.0.0.1:3000"));
 }
 
 #[test]

@@ -97,7 +97,12 @@ impl IdentityHeaderNames {
         blob.extend_from_slice(identity.expires_at.to_string().as_bytes());
         end(&blob, 6);
         // Exactly sized: a cache of 100000 identities pays for every spare byte.
-        EncodedIdentity { blob: Bytes::from(blob.into_boxed_slice()), ends, expires_at: identity.expires_at }
+        EncodedIdentity {
+            blob: Bytes::from(blob.into_boxed_slice()),
+            ends,
+            expires_at: identity.expires_at,
+            subject: None,
+        }
     }
 
     /// Inserts the encoded identity's headers (replacing any of the same name).
@@ -141,6 +146,9 @@ pub struct EncodedIdentity {
     ends: [u32; IDENTITY_HEADERS],
     /// Token expiry, unix seconds.
     pub expires_at: u64,
+    /// With `[assertion]`: the claims of this identity's assertion, and the
+    /// assertion last signed for it (reused for its lifetime).
+    pub subject: Option<std::sync::Arc<crate::assertion::Subject>>,
 }
 
 fn fold_byte(b: u8) -> u8 {
@@ -265,6 +273,7 @@ mod tests {
             channel_id: "1234567890".into(),
             method: crate::identity::AuthMethod::IdToken,
             expires_at: 1_800_000_000,
+            amr: Vec::new(),
         };
         let mut h = HeaderMap::new();
         h.insert("x-line-picture-url", HeaderValue::from_static("https://stale.example"));

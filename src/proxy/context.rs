@@ -112,6 +112,8 @@ pub struct RequestCtx<'a> {
     pub grpc: Option<HeaderValue>,
     /// The `grpc-status` of the proxy's own answer to a gRPC call.
     pub grpc_status: Option<u16>,
+    /// A check of the forward-auth endpoint, not a proxied request.
+    pub forward_auth: bool,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -145,6 +147,7 @@ impl<'a> RequestCtx<'a> {
                 Grpc::Web => Some(v.clone()),
             }),
             grpc_status: None,
+            forward_auth: false,
         }
     }
 

@@ -60,7 +60,7 @@ pub fn upstream_request(
         let Stored::Valid(encoded) = &cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
         };
-        config.identity.names.inject(encoded, out);
+        inject_identity(ctx, encoded, out);
     }
     out.insert(RequestCtx::request_id_header(), ctx.request_id.clone());
     let mut req = req.map(|body| UpstreamBody::to_upstream(body, ctx.state.strip_rule.clone()));
@@ -74,6 +74,16 @@ pub fn upstream_request(
     headers::forwarding::apply(req.headers_mut(), &ctx.conn.peer_ip, &client, ctx.conn.tls, ctx.conn.trusted);
     upstream.finish(&mut req);
     Ok((req, client_upgrade))
+}
+
+/// The identity headers and, with `[assertion]`, the signed assertion: what
+/// the upstream receives and what a forward-auth 200 answers with.
+pub fn inject_identity(ctx: &RequestCtx<'_>, encoded: &crate::headers::EncodedIdentity, out: &mut http::HeaderMap) {
+    let identity = &ctx.state.config.identity;
+    identity.names.inject(encoded, out);
+    if let (Some(signer), Some(subject)) = (&ctx.state.signer, &encoded.subject) {
+        out.insert(identity.assertion_header.clone(), signer.assertion(subject));
+    }
 }
 
 /// Phase 8: to the upstream; 502 when it cannot be reached, 504 when its head is late.

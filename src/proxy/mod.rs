@@ -3,7 +3,9 @@
 //!
 //! 1. `bound_head`       — request line + headers within `server.max_header_bytes` (431)
 //! 2. `normalise`        — the path routing and the upstream will both see (400)
-//! 3. `own_endpoints`    — what the proxy answers itself, before routing (the nonce endpoint)
+//! 3. `own_endpoints`    — what the proxy answers itself, before routing (the nonce
+//!    endpoint; the forward-auth endpoint, which runs phases 4–6 on the original
+//!    request an ingress names and answers instead of forwarding: `forward_auth.rs`)
 //! 4. `strip_identity`   — every client-sent identity header, on every route
 //! 5. `route`            — the policy for (method, normalised path)
 //! 6. `authenticate`     — credential → verdict via cache / LINE (401, 503)
@@ -19,6 +21,7 @@
 mod authenticate;
 mod context;
 mod forward;
+mod forward_auth;
 mod nonce_endpoint;
 mod request;
 
@@ -56,6 +59,8 @@ pub struct State {
     pub nonces: Option<Nonces>,
     pub cache: Arc<VerdictCache>,
     pub upstream: Upstream,
+    /// With `[assertion]`: signs what valid verdicts carry upstream.
+    pub signer: Option<Arc<crate::assertion::Signer>>,
     pub metrics: Arc<Metrics>,
     /// Per-client budgets and connection counts (`[limits]`).
     pub limits: Arc<crate::limits::Limits>,
@@ -117,6 +122,9 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     if let Some(answer) = nonce_endpoint::own_endpoints(ctx, &req, &path).await? {
         return Ok(answer);
     }
+    if let Some(own) = forward_auth::endpoint(ctx, &path) {
+        return forward_auth::check(ctx, req, own, &path).await;
+    }
     request::strip_identity(ctx, &mut req);
     let policy = request::route(ctx, &req, &path);
     let verdict = authenticate::authenticate(ctx, &req, policy).await?;
@@ -162,10 +170,17 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
 
 /// Every request: one access line (target `access`) and one count by outcome.
 fn logging(ctx: &RequestCtx<'_>, status: StatusCode) {
-    ctx.state.metrics.count_request(ctx.outcome, ctx.auth.as_str());
+    let mode = if ctx.forward_auth {
+        ctx.state.metrics.count_forward_auth(ctx.outcome, ctx.auth.as_str());
+        "forward_auth"
+    } else {
+        ctx.state.metrics.count_request(ctx.outcome, ctx.auth.as_str());
+        "proxy"
+    };
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or("-"),
+        mode,
         method = ctx.method.as_str(),
         path = ctx.path.as_ref().map_or("-", |p| p.path()),
         status = status.as_u16(),

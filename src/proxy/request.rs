@@ -61,14 +61,24 @@ pub fn strip_identity<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) {
 
 /// Phase 5: the policy for this method and normalised path.
 pub fn route<B: http_body::Body>(ctx: &mut RequestCtx<'_>, req: &Request<B>, path: &PathAndQuery) -> Policy {
-    // A preflight carries no body; one that does is not let through uncredentialed.
-    let preflight_method =
-        (req.method() == Method::OPTIONS && req.headers().contains_key(header::ORIGIN) && !has_body(req))
-            .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
-            .flatten()
-            .map(HeaderValue::as_bytes);
+    route_for(ctx, req.method(), req.headers(), path, has_body(req))
+}
+
+/// The policy for `method` on `path`, with the request's `headers` deciding
+/// whether it is a CORS preflight (one with a body never passes uncredentialed).
+pub fn route_for(
+    ctx: &mut RequestCtx<'_>,
+    method: &Method,
+    headers: &http::HeaderMap,
+    path: &PathAndQuery,
+    with_body: bool,
+) -> Policy {
+    let preflight_method = (*method == Method::OPTIONS && headers.contains_key(header::ORIGIN) && !with_body)
+        .then(|| headers.get(header::ACCESS_CONTROL_REQUEST_METHOD))
+        .flatten()
+        .map(HeaderValue::as_bytes);
     let routes = &ctx.state.config.routes;
-    let policy = routes.policy(req.method(), path.path(), preflight_method);
+    let policy = routes.policy(method, path.path(), preflight_method);
     ctx.auth = policy.auth;
     ctx.route = routes.route(&policy);
     policy
@@ -95,7 +105,7 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
 }
 
 /// The normalised path with the original query, as the upstream will receive it.
-fn normalised_path_and_query(uri: &Uri) -> Result<PathAndQuery, PathError> {
+pub fn normalised_path_and_query(uri: &Uri) -> Result<PathAndQuery, PathError> {
     if uri.authority().is_some() && uri.scheme().is_none() {
         // authority-form (CONNECT host:port) is not a request for a path.
         return Err(PathError::NotOriginForm);
@@ -117,9 +127,13 @@ fn normalised_path_and_query(uri: &Uri) -> Result<PathAndQuery, PathError> {
 /// `Transfer-Encoding`), or, as HTTP/2 may send one with neither, a stream
 /// that did not end with its headers.
 fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
-        || !req.body().is_end_stream()
+    announces_body(req.headers()) || !req.body().is_end_stream()
+}
+
+/// True when the headers announce a body (`Content-Length` > 0 or `Transfer-Encoding`).
+pub fn announces_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 #[cfg(test)]
