@@ -113,6 +113,28 @@ fn a_variable_that_is_not_utf8_is_skipped_or_named_never_a_crash() {
 }
 
 #[test]
+fn check_warns_about_a_secret_file_every_user_can_read_and_still_exits_0() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = write_config("0123456789abcdef0123456789abcdef\n");
+    let f = write_config(&format!(
+        "{GOOD}channel_secret_file = {:?}\n[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
+        secret.0
+    ));
+    let check = |mode: u32| {
+        std::fs::set_permissions(&secret.0, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, out, err) = run(&["check", "--config", f.0.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("configuration OK"), "{out}");
+        err
+    };
+    let err = check(0o644);
+    let expected = format!("warning: line.channel_secret_file: {} is readable by every user (mode 0644)", secret.0.display());
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("defaultMode: 0400") && !err.contains("0123456789abcdef"), "{err}");
+    assert!(!check(0o600).contains("warning"));
+}
+
+#[test]
 fn check_prints_every_problem_with_its_key_path_and_exits_2() {
     let f = write_config(
         "[server]\nlisten = \"nope\"\ncolour = \"blue\"\n[upstream]\nurl = \"ftp://x\"\n[line]\nchannel_ids = []\n\

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::line::IdTokenVerification;
 use super::nonce::NonceStoreKind;
-use super::secret::{Secret, read_secret_file};
+use super::secret::{Secret, read_secret};
 use super::{FileConfig, Problems, RedisUse, redis_config};
 use crate::redis_conn::RedisConfig;
 
@@ -94,11 +94,8 @@ fn channel_secrets(file: &FileConfig, p: &mut Problems) -> BTreeMap<String, Secr
                 "names one secret but line.channel_ids has several channels: use [line.channel_secret_files] to say which channel it belongs to",
             );
         } else {
-            match read_secret_file(path) {
-                Ok(secret) => {
-                    secrets.insert(line.channel_ids[0].clone(), secret);
-                }
-                Err(why) => p.error("line.channel_secret_file", why),
+            if let Some(secret) = read_secret("line.channel_secret_file", path, p) {
+                secrets.insert(line.channel_ids[0].clone(), secret);
             }
         }
     }
@@ -107,11 +104,8 @@ fn channel_secrets(file: &FileConfig, p: &mut Problems) -> BTreeMap<String, Secr
         if !line.channel_ids.contains(channel) {
             p.error(key.clone(), "is not one of line.channel_ids");
         }
-        match read_secret_file(path) {
-            Ok(secret) => {
-                secrets.insert(channel.clone(), secret);
-            }
-            Err(why) => p.error(key, why),
+        if let Some(secret) = read_secret(&key, path, p) {
+            secrets.insert(channel.clone(), secret);
         }
     }
     secrets

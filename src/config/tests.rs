@@ -347,6 +347,35 @@ fn channel_secrets_are_read_from_files_and_never_printed() {
 }
 
 #[test]
+fn secret_and_key_files_open_to_every_user_are_warnings_naming_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("lap-modes-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let (secret, cert, key) = (write("secret", 0o644), write("cert.pem", 0o644), write("key.pem", 0o666));
+    let file = format!(
+        "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\
+         [server]\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
+    );
+    let loaded = load(&file, &[]).unwrap_or_else(|p| panic!("{p}"));
+    // The certificate is public: only the secret and the key are named.
+    let keys: Vec<&str> = loaded.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, vec!["server.tls_key_file", "line.channel_secret_files.1234567890"]);
+    assert!(loaded.warnings[0].message.contains("readable and writable by every user (mode 0666)"));
+    assert!(loaded.warnings[1].message.contains("readable by every user (mode 0644)"));
+    for path in [&secret, &key] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert!(warning_keys(&file).is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn line_api_must_be_https_except_on_loopback() {
     let with = |url: &str| load(&format!("{MINIMAL}api_base_url = \"{url}\"\n"), &[]);
     assert!(with("https://api.line.me").is_ok());
