@@ -135,6 +135,27 @@ fn check_warns_about_a_secret_file_every_user_can_read_and_still_exits_0() {
 }
 
 #[test]
+fn environment_names_that_are_ours_misspelt_are_errors_never_ignored() {
+    let f = write_config(GOOD);
+    let path = f.0.to_str().unwrap();
+    for (name, meant) in [
+        ("LINE_AUTH_PROXY_SERVER__LISTEN", "LINE_AUTH_PROXY__SERVER__LISTEN"),
+        ("line_auth_proxy__server__listen", "LINE_AUTH_PROXY__SERVER__LISTEN"),
+        ("LINE_AUTH_PROXY__SERVER_LISTEN", "LINE_AUTH_PROXY__SERVER__LISTEN"),
+    ] {
+        let (code, _, err) = run(&["check", "--config", path], &[(name, "127.0.0.1:7777")]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(&format!("error: {name}: ")), "{name}: {err}");
+        assert!(err.contains(&format!("did you mean {meant}?")), "{name}: {err}");
+        assert!(!err.contains("7777"), "the value was printed: {err}");
+    }
+    // What Kubernetes sets for a Service named line-auth-proxy is not ours.
+    let k8s = [("LINE_AUTH_PROXY_SERVICE_HOST", "10.96.0.12"), ("LINE_AUTH_PROXY_PORT", "tcp://10.96.0.12:8080")];
+    let (code, _, err) = run(&["check", "--config", path], &k8s);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn check_prints_every_problem_with_its_key_path_and_exits_2() {
     let f = write_config(
         "[server]\nlisten = \"nope\"\ncolour = \"blue\"\n[upstream]\nurl = \"ftp://x\"\n[line]\nchannel_ids = []\n\

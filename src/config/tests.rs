@@ -540,6 +540,44 @@ fn two_spellings_of_one_environment_key_are_an_error() {
 }
 
 #[test]
+fn environment_names_that_spell_a_key_wrongly_are_errors_with_the_right_name() {
+    const SECRET: &str = "hunter2-not-for-logs";
+    let meant = |name: &str| {
+        let p = load(MINIMAL, &[(name, SECRET)]).unwrap_err();
+        assert_eq!(p.error_keys(), vec![name], "{p}");
+        let message = p.errors[0].message.clone();
+        assert!(!p.to_string().contains(SECRET), "the value was printed: {p}");
+        message
+    };
+    for name in [
+        "LINE_AUTH_PROXY_SERVER__LISTEN",
+        "line_auth_proxy__server__listen",
+        "Line_Auth_Proxy__Server__Listen",
+        "LINE_AUTH_PROXY__SERVER_LISTEN",
+        "LINE_AUTH_PROXY_SERVER_LISTEN",
+    ] {
+        let message = meant(name);
+        assert!(message.contains("did you mean LINE_AUTH_PROXY__SERVER__LISTEN?"), "{name}: {message}");
+    }
+    assert!(meant("LINE_AUTH_PROXY_LINE__CHANNEL_SECRET_FILES__1234567890")
+        .contains("did you mean LINE_AUTH_PROXY__LINE__CHANNEL_SECRET_FILES__1234567890?"));
+    assert!(meant("line_auth_proxy_config").contains("did you mean LINE_AUTH_PROXY_CONFIG?"));
+    // Ours by its prefix, naming no key: refused, without a guess.
+    assert!(meant("line_auth_proxy__server__listn").contains("variables are LINE_AUTH_PROXY__SECTION__KEY"));
+    // The configuration file's variable, other tools' variables, and what
+    // Kubernetes sets for a Service named line-auth-proxy are none of ours.
+    let env = [
+        ("LINE_AUTH_PROXY_CONFIG", "/etc/line-auth-proxy.toml"),
+        ("LINE_AUTH_PROXY_SERVICE_HOST", "10.96.0.12"),
+        ("LINE_AUTH_PROXY_SERVICE_PORT", "8080"),
+        ("LINE_AUTH_PROXY_PORT", "tcp://10.96.0.12:8080"),
+        ("LINE_AUTH_PROXY_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("SERVER__LISTEN", "x"),
+    ];
+    assert!(load(MINIMAL, &env).is_ok());
+}
+
+#[test]
 fn route_entries_that_are_not_tables_invent_nothing() {
     let p = load(&format!("routes = [5, 'x']\n{MINIMAL}"), &[]).unwrap_err();
     assert_eq!(p.error_keys(), vec!["routes[0]", "routes[1]"]);
