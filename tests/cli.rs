@@ -336,9 +336,10 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     let mut child = Command::new(BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = stderr_lines(&mut child);
     let stdout = child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
@@ -401,6 +402,55 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     assert!(first.text().await.unwrap().contains("\"id_token\""));
     let replay = c.post(&login_url).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(replay.status(), 401);
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut logged = Vec::new();
+    while let Some(line) = stderr.recv().await {
+        logged.push(line);
+    }
+    assert!(!logged.iter().any(|l| l.contains("not a loopback address")), "{logged:#?}");
+}
+
+#[tokio::test]
+async fn dev_on_a_non_loopback_address_warns_that_anyone_can_get_in() {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let mut next = async || {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .expect("no line within 20 s")
+            .expect("dev ended before warning");
+        seen.push(line.clone());
+        line
+    };
+    // The terminal gets it in plain words, before anything else...
+    let mut plain = next().await;
+    while plain.is_empty() {
+        plain = next().await;
+    }
+    assert!(plain.starts_with("!!! WARNING: line-auth-proxy dev listens on 0.0.0.0:0"), "{plain}");
+    assert!(plain.contains("anyone who can reach it is let through with the demo tokens"), "{plain}");
+    // ...and the log a WARN line naming the address.
+    let logged = loop {
+        let line = next().await;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["level"] == "WARN"
+        {
+            break v;
+        }
+    };
+    assert_eq!(logged["listen"], "0.0.0.0:0", "{logged}");
+    assert!(logged["message"].as_str().unwrap().contains("non-loopback address"), "{logged}");
+    // A warning, not a refusal: the demo comes up (and then handles SIGINT).
+    while !next().await.contains("line-auth-proxy ready") {}
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
