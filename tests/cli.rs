@@ -128,7 +128,8 @@ fn check_warns_about_a_secret_file_every_user_can_read_and_still_exits_0() {
         err
     };
     let err = check(0o644);
-    let expected = format!("warning: line.channel_secret_file: {} is readable by every user (mode 0644)", secret.0.display());
+    let expected =
+        format!("warning: line.channel_secret_file: {} is readable by every user (mode 0644)", secret.0.display());
     assert!(err.contains(&expected), "{err}");
     assert!(err.contains("defaultMode: 0400") && !err.contains("0123456789abcdef"), "{err}");
     assert!(!check(0o600).contains("warning"));

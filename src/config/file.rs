@@ -228,7 +228,9 @@ where
             let message = match meant {
                 Some(m) if m == CONFIG_FILE_ENV => format!("is not read: did you mean {m}? (names are case-sensitive)"),
                 Some(m) => format!("is not read: did you mean {m}? (variables are {FORM})"),
-                None if name.to_ascii_uppercase().starts_with(ENV_PREFIX) => format!("is not read: variables are {FORM}"),
+                None if name.to_ascii_uppercase().starts_with(ENV_PREFIX) => {
+                    format!("is not read: variables are {FORM}")
+                }
                 None => continue,
             };
             p.refuse(name.clone(), message);

@@ -559,8 +559,10 @@ fn environment_names_that_spell_a_key_wrongly_are_errors_with_the_right_name() {
         let message = meant(name);
         assert!(message.contains("did you mean LINE_AUTH_PROXY__SERVER__LISTEN?"), "{name}: {message}");
     }
-    assert!(meant("LINE_AUTH_PROXY_LINE__CHANNEL_SECRET_FILES__1234567890")
-        .contains("did you mean LINE_AUTH_PROXY__LINE__CHANNEL_SECRET_FILES__1234567890?"));
+    assert!(
+        meant("LINE_AUTH_PROXY_LINE__CHANNEL_SECRET_FILES__1234567890")
+            .contains("did you mean LINE_AUTH_PROXY__LINE__CHANNEL_SECRET_FILES__1234567890?")
+    );
     assert!(meant("line_auth_proxy_config").contains("did you mean LINE_AUTH_PROXY_CONFIG?"));
     // Ours by its prefix, naming no key: refused, without a guess.
     assert!(meant("line_auth_proxy__server__listn").contains("variables are LINE_AUTH_PROXY__SECTION__KEY"));
