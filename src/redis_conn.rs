@@ -154,10 +154,39 @@ impl RedisConn {
     }
 
     /// Runs one command with the per-call timeout; counts it as `op`.
+    ///
+    /// A call whose connection dropped (reset, broken pipe, closed by the
+    /// server: `CLIENT KILL`, a Redis restart, an idle-connection reaper) is
+    /// sent once more on the connection the manager opens in its place, within
+    /// the same timeout, so that one reset is not a 503. Retrying is safe for
+    /// every call this proxy makes, because none can do harm twice:
+    /// - reads (`GET`, `PING`) and `cache_set` (a `SET` of the same value) are
+    ///   idempotent;
+    /// - `nonce_consume` (a script around `GETDEL`): if Redis ran it before the
+    ///   connection dropped, the retry finds nothing and the login is refused
+    ///   as unknown: it fails closed, never accepts a nonce twice;
+    /// - `nonce_issue` (`SET NX` of a fresh random nonce): if Redis ran it, the
+    ///   retry issues a second nonce and the first, never handed out, expires
+    ///   unused, counted against the store's cap until then.
+    ///
+    /// After an outage this is also what makes the first call succeed: the
+    /// connection the manager holds may be one that broke while Redis was
+    /// away, and the retry goes out on the fresh one. While Redis stays
+    /// unreachable the retry fails like the first attempt, within the timeout.
     pub async fn run<T: redis::FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
         let stopwatch = Stopwatch::start();
         let mut conn = self.manager.clone();
-        let result = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        let attempts = async {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_connection_dropped() => {
+                    self.metrics.redis_retries.get_or_create(&RedisOpLabels { purpose: self.purpose, op }).inc();
+                    tracing::info!(purpose = self.purpose, redis = %self.redacted, op, kind = ?e.kind(), "Redis connection dropped; retrying once");
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                result => result,
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, attempts).await;
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "error",

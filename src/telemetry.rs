@@ -229,6 +229,8 @@ pub struct Metrics {
     pub jwks_refused: Family<ReasonLabels, Counter>,
     /// Redis calls by `purpose` (nonce, cache), `op` and `outcome` (ok, error, timeout).
     pub redis_requests: Family<RedisLabels, Counter>,
+    /// Redis calls retried once after the connection dropped (`purpose`, `op`).
+    pub redis_retries: Family<RedisOpLabels, Counter>,
     pub redis_duration: HistogramFamily<RedisOpLabels>,
     /// Verdicts found in the shared (Redis) tier.
     pub cache_shared_hits: Counter,
@@ -331,6 +333,12 @@ impl Metrics {
         }
         let redis_requests = Family::<RedisLabels, Counter>::default();
         registry.register("redis_requests", "Redis calls by purpose, operation and outcome", redis_requests.clone());
+        let redis_retries = Family::<RedisOpLabels, Counter>::default();
+        registry.register(
+            "redis_retries",
+            "Redis calls retried once on a new connection after theirs dropped, by purpose and operation",
+            redis_retries.clone(),
+        );
         let redis_duration =
             HistogramFamily::<RedisOpLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
@@ -384,6 +392,7 @@ impl Metrics {
             jwks_keys,
             jwks_refused,
             redis_requests,
+            redis_retries,
             redis_duration,
             cache_shared_hits,
             cache_shared_misses,
