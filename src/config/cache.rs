@@ -1,6 +1,8 @@
 //! `[cache]`: how long verdicts are reused, how many are kept, and the optional
 //! Redis tier shared by replicas.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::keys::{Count, Millis, Seconds, choice, section};
@@ -58,6 +60,9 @@ section! {
         redis_key_prefix: String = DEFAULT_CACHE_REDIS_KEY_PREFIX,
         /// Timeout of each Redis call; past it, the verdict comes from LINE.
         redis_timeout_ms: Millis<1, 10000> = DEFAULT_CACHE_REDIS_TIMEOUT_MS,
+        /// The shared tier's private CA for `rediss://`, as `nonce.redis_ca_file`
+        /// (default: `nonce.redis_ca_file`).
+        redis_ca_file: Option<PathBuf>,
     }
 }
 
@@ -87,7 +92,9 @@ impl CacheSection {
     pub(super) fn validate(&self, file: &FileConfig, p: &mut Problems) -> CacheConfig {
         let shared = match self.shared {
             SharedCache::None => {
-                for key in ["cache.redis_url", "cache.redis_key_prefix", "cache.redis_timeout_ms"] {
+                for key in
+                    ["cache.redis_url", "cache.redis_key_prefix", "cache.redis_timeout_ms", "cache.redis_ca_file"]
+                {
                     if file.wrote(key) {
                         p.warn(key, "has no effect: cache.shared is \"none\"");
                     }
@@ -123,6 +130,11 @@ impl CacheSection {
                                 prefix_key: "cache.redis_key_prefix",
                                 key_prefix: &key_prefix,
                                 timeout: self.redis_timeout_ms.duration(),
+                                ca_file: match (&self.redis_ca_file, &file.nonce.redis_ca_file) {
+                                    (Some(own), _) => Some(("cache.redis_ca_file", own.as_path(), true)),
+                                    (None, Some(borrowed)) => Some(("nonce.redis_ca_file", borrowed.as_path(), false)),
+                                    (None, None) => None,
+                                },
                             },
                             p,
                         )

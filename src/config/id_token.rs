@@ -47,7 +47,7 @@ pub(super) fn validate(file: &FileConfig, id_token_routes: bool, p: &mut Problem
             .written
             .iter()
             .map(String::as_str)
-            .filter(|k| k.starts_with("nonce.") && !(*k == "nonce.redis_url" && nonce_url_feeds_cache(file)))
+            .filter(|k| k.starts_with("nonce.") && !feeds_cache(file, k))
             .collect();
         // An empty [nonce] table is named by its section.
         let written_empty = file.written.contains("nonce") && !file.written.iter().any(|k| k.starts_with("nonce."));
@@ -118,8 +118,8 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
     }
     let redis = match (nonce.store, &nonce.redis_url) {
         (NonceStoreKind::Memory, _) => {
-            for key in ["nonce.redis_url", "nonce.redis_key_prefix", "nonce.redis_timeout_ms"] {
-                if file.wrote(key) && !(key == "nonce.redis_url" && nonce_url_feeds_cache(file)) {
+            for key in ["nonce.redis_url", "nonce.redis_key_prefix", "nonce.redis_timeout_ms", "nonce.redis_ca_file"] {
+                if file.wrote(key) && !feeds_cache(file, key) {
                     p.warn(
                         key,
                         "has no effect: nonce.store is \"memory\" (set nonce.store = \"redis\" to share nonces)",
@@ -139,6 +139,7 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
                 prefix_key: "nonce.redis_key_prefix",
                 key_prefix: &nonce.redis_key_prefix,
                 timeout: nonce.redis_timeout_ms.duration(),
+                ca_file: nonce.redis_ca_file.as_deref().map(|path| ("nonce.redis_ca_file", path, true)),
             },
             p,
         ),
@@ -146,7 +147,14 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
     NonceConfig { path: nonce.path.clone(), ttl: nonce.ttl_seconds.duration(), redis }
 }
 
-/// `nonce.redis_url` is also the shared cache's Redis when `cache.redis_url` is unset.
-fn nonce_url_feeds_cache(file: &FileConfig) -> bool {
-    file.cache.shared == super::cache::SharedCache::Redis && file.cache.redis_url.is_none()
+/// `nonce.redis_url` and `nonce.redis_ca_file` are also the shared cache's
+/// when `cache.redis_url` / `cache.redis_ca_file` are unset.
+fn feeds_cache(file: &FileConfig, key: &str) -> bool {
+    let cache = &file.cache;
+    cache.shared == super::cache::SharedCache::Redis
+        && match key {
+            "nonce.redis_url" => cache.redis_url.is_none(),
+            "nonce.redis_ca_file" => cache.redis_ca_file.is_none(),
+            _ => false,
+        }
 }

@@ -1,6 +1,8 @@
 //! `[nonce]`: the nonce endpoint and where nonces live. Validated with the
 //! ID-token keys in `id_token.rs`: nonces matter only to `id_token` routes.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::keys::{Millis, Seconds, choice, section};
@@ -54,5 +56,9 @@ section! {
         redis_key_prefix: String = DEFAULT_NONCE_REDIS_KEY_PREFIX,
         /// Timeout of each Redis call; past it the nonce route answers 503.
         redis_timeout_ms: Millis<1, 10000> = DEFAULT_NONCE_REDIS_TIMEOUT_MS,
+        /// With a `rediss://` URL: PEM file of the CA certificates that the
+        /// server's certificate must chain to, trusted instead of the public
+        /// (webpki) roots: a private CA.
+        redis_ca_file: Option<PathBuf>,
     }
 }

@@ -321,6 +321,48 @@ fn redis_settings_are_checked_and_passwords_never_echoed() {
 }
 
 #[test]
+fn a_private_redis_ca_is_read_checked_and_borrowed_by_the_cache() {
+    let dir = std::env::temp_dir().join(format!("lap-ca-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, rcgen::generate_simple_self_signed(vec!["redis.internal".into()]).unwrap().cert.pem()).unwrap();
+    let nonce = |url: &str, ca_line: &str| {
+        format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"{url}\"\n{ca_line}")
+    };
+    let with_ca = nonce("rediss://:pw@redis.internal:6380", &format!("redis_ca_file = {ca:?}\n"));
+    let pem = std::fs::read(&ca).unwrap();
+    let c = config(&with_ca);
+    assert_eq!(c.id_token.unwrap().nonce.redis.unwrap().root_certs.as_deref(), Some(pem.as_slice()));
+    assert!(config(&nonce("rediss://redis.internal", "")).id_token.unwrap().nonce.redis.unwrap().root_certs.is_none());
+    // The shared cache takes nonce.redis_ca_file unless it names its own.
+    let shared = format!("{with_ca}[cache]\nshared = \"redis\"\n");
+    assert_eq!(config(&shared).cache.shared.unwrap().root_certs.as_deref(), Some(pem.as_slice()));
+    assert!(warning_keys(&shared).is_empty());
+    // On redis:// it does nothing: a warning, not an error.
+    let plain = nonce("redis://redis.internal", &format!("redis_ca_file = {ca:?}\n"));
+    assert_eq!(warning_keys(&plain), vec!["nonce.redis_ca_file"]);
+    let loaded = load(&plain, &[]).unwrap();
+    assert!(loaded.warnings[0].message.contains("has no effect: nonce.redis_url is redis://"), "{:?}", loaded.warnings);
+    assert!(loaded.config.id_token.unwrap().nonce.redis.unwrap().root_certs.is_none());
+    let unused = format!("{MINIMAL}[cache]\nredis_ca_file = {ca:?}\n");
+    assert_eq!(warning_keys(&unused), vec!["cache.redis_ca_file"]);
+    // A file that holds no certificate, or a broken one, is an error under its key.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let broken = dir.join("broken.pem");
+    std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    for (path, says) in [(&empty, "holds no PEM certificate"), (&broken, "certificate 1 is not")] {
+        let text = nonce("rediss://:hunter2@redis.internal", &format!("redis_ca_file = {path:?}\n"));
+        let p = load(&text, &[]).unwrap_err();
+        assert_eq!(p.error_keys(), vec!["nonce.redis_ca_file"], "{p}");
+        assert!(p.to_string().contains(says) && !p.to_string().contains("hunter2"), "{p}");
+    }
+    let missing = nonce("rediss://redis.internal", "redis_ca_file = \"/nonexistent/ca.pem\"\n");
+    assert_eq!(error_keys(&missing, &[]), vec!["nonce.redis_ca_file"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn channel_secrets_are_read_from_files_and_never_printed() {
     let dir = std::env::temp_dir().join(format!("lap-secret-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
