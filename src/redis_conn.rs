@@ -23,6 +23,9 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Seals every value written (`redis_entry`).
     pub mac_keys: crate::config::KeyRing,
+    /// `rediss://` only: PEM CA certificates trusted instead of the public
+    /// (webpki) roots.
+    pub root_certs: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &self.redacted())
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
+            .field("private_ca", &self.root_certs.is_some())
             .finish()
     }
 }
@@ -86,6 +90,18 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// rustls's own words when it refused the server's certificate (unknown
+/// issuer, expired, wrong name), from a failed call: redis-rs keeps the TLS
+/// error only as the text of an I/O error, so it is found by the prefix this
+/// rustls version writes (taken from rustls itself, not spelt out here). The
+/// text is rustls's alone: certificate reasons and host names, never the URL.
+fn certificate_failure(e: &redis::RedisError) -> Option<String> {
+    let sample = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer).to_string();
+    let prefix = sample.split(':').next().filter(|p| !p.is_empty())?;
+    let text = e.to_string();
+    text.find(prefix).map(|at| text[at..].to_owned())
+}
+
 /// How often the health probe PINGs (1 second).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -127,7 +143,14 @@ impl RedisConn {
     pub fn new(config: &RedisConfig, purpose: &'static str, metrics: Arc<Metrics>) -> Result<Self, RedisSetupError> {
         let setup_error =
             |e: redis::RedisError| RedisSetupError { purpose, address: config.redacted(), kind: e.kind() };
-        let client = redis::Client::open(config.url.as_str()).map_err(setup_error)?;
+        let client = match &config.root_certs {
+            None => redis::Client::open(config.url.as_str()),
+            Some(pem) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+            ),
+        }
+        .map_err(setup_error)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
@@ -156,10 +179,39 @@ impl RedisConn {
     }
 
     /// Runs one command with the per-call timeout; counts it as `op`.
+    ///
+    /// A call whose connection dropped (reset, broken pipe, closed by the
+    /// server: `CLIENT KILL`, a Redis restart, an idle-connection reaper) is
+    /// sent once more on the connection the manager opens in its place, within
+    /// the same timeout, so that one reset is not a 503. Retrying is safe for
+    /// every call this proxy makes, because none can do harm twice:
+    /// - reads (`GET`, `PING`) and `cache_set` (a `SET` of the same value) are
+    ///   idempotent;
+    /// - `nonce_consume` (a script around `GETDEL`): if Redis ran it before the
+    ///   connection dropped, the retry finds nothing and the login is refused
+    ///   as unknown: it fails closed, never accepts a nonce twice;
+    /// - `nonce_issue` (`SET NX` of a fresh random nonce): if Redis ran it, the
+    ///   retry issues a second nonce and the first, never handed out, expires
+    ///   unused, counted against the store's cap until then.
+    ///
+    /// After an outage this is also what makes the first call succeed: the
+    /// connection the manager holds may be one that broke while Redis was
+    /// away, and the retry goes out on the fresh one. While Redis stays
+    /// unreachable the retry fails like the first attempt, within the timeout.
     pub async fn run<T: redis::FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
         let stopwatch = Stopwatch::start();
         let mut conn = self.manager.clone();
-        let result = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        let attempts = async {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_connection_dropped() => {
+                    self.metrics.redis_retries.get_or_create(&RedisOpLabels { purpose: self.purpose, op }).inc();
+                    tracing::info!(purpose = self.purpose, redis = %self.redacted, op, kind = ?e.kind(), "Redis connection dropped; retrying once");
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                result => result,
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, attempts).await;
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "error",
@@ -173,8 +225,23 @@ impl RedisConn {
         let result = match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                // The kind only: a RedisError's text can carry server detail.
-                tracing::warn!(purpose = self.purpose, redis = %self.redacted, op, kind = ?e.kind(), "Redis call failed");
+                match certificate_failure(&e) {
+                    Some(why) => tracing::warn!(
+                        purpose = self.purpose,
+                        redis = %self.redacted,
+                        op,
+                        error = %why,
+                        hint = %format_args!(
+                            "the server's certificate must chain to a trusted CA and name the URL's host; for a private CA, set {}.redis_ca_file",
+                            self.purpose
+                        ),
+                        "Redis TLS certificate verification failed"
+                    ),
+                    // The kind only: a RedisError's text can carry server detail.
+                    None => {
+                        tracing::warn!(purpose = self.purpose, redis = %self.redacted, op, kind = ?e.kind(), "Redis call failed")
+                    }
+                }
                 Err(RedisFailure::Failed)
             }
             Err(_) => {
@@ -204,5 +271,23 @@ impl RedisConn {
             let _ = self.run::<String>("ping", &redis::cmd("PING")).await;
             tokio::time::sleep(HEALTH_INTERVAL).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_server_certificate_is_recognised_and_other_failures_are_not() {
+        let tls = |e: rustls::Error| redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        let unknown = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        assert_eq!(certificate_failure(&unknown).as_deref(), Some("invalid peer certificate: UnknownIssuer"));
+        let expired = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+        assert!(certificate_failure(&expired).is_some());
+        let reset = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(certificate_failure(&reset), None);
+        let alert = tls(rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure));
+        assert_eq!(certificate_failure(&alert), None);
     }
 }

@@ -244,6 +244,8 @@ pub struct Metrics {
     pub jwks_refused: Family<ReasonLabels, Counter>,
     /// Redis calls by `purpose` (nonce, cache), `op` and `outcome` (ok, error, timeout).
     pub redis_requests: Family<RedisLabels, Counter>,
+    /// Redis calls retried once after the connection dropped (`purpose`, `op`).
+    pub redis_retries: Family<RedisOpLabels, Counter>,
     pub redis_duration: HistogramFamily<RedisOpLabels>,
     /// `line_auth_proxy_redis_entries_refused_total{purpose,reason}`: values
     /// read from Redis and not used (an attack, or replicas with different keys).
@@ -355,6 +357,12 @@ impl Metrics {
         }
         let redis_requests = Family::<RedisLabels, Counter>::default();
         registry.register("redis_requests", "Redis calls by purpose, operation and outcome", redis_requests.clone());
+        let redis_retries = Family::<RedisOpLabels, Counter>::default();
+        registry.register(
+            "redis_retries",
+            "Redis calls retried once on a new connection after theirs dropped, by purpose and operation",
+            redis_retries.clone(),
+        );
         let redis_duration =
             HistogramFamily::<RedisOpLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
@@ -414,6 +422,7 @@ impl Metrics {
             jwks_keys,
             jwks_refused,
             redis_requests,
+            redis_retries,
             redis_duration,
             redis_entries_refused,
             cache_shared_hits,

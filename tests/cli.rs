@@ -113,6 +113,50 @@ fn a_variable_that_is_not_utf8_is_skipped_or_named_never_a_crash() {
 }
 
 #[test]
+fn check_warns_about_a_secret_file_every_user_can_read_and_still_exits_0() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = write_config("0123456789abcdef0123456789abcdef\n");
+    let f = write_config(&format!(
+        "{GOOD}channel_secret_file = {:?}\n[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
+        secret.0
+    ));
+    let check = |mode: u32| {
+        std::fs::set_permissions(&secret.0, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, out, err) = run(&["check", "--config", f.0.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("configuration OK"), "{out}");
+        err
+    };
+    let err = check(0o644);
+    let expected =
+        format!("warning: line.channel_secret_file: {} is readable by every user (mode 0644)", secret.0.display());
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("defaultMode: 0400") && !err.contains("0123456789abcdef"), "{err}");
+    assert!(!check(0o600).contains("warning"));
+}
+
+#[test]
+fn environment_names_that_are_ours_misspelt_are_errors_never_ignored() {
+    let f = write_config(GOOD);
+    let path = f.0.to_str().unwrap();
+    for (name, meant) in [
+        ("LINE_AUTH_PROXY_SERVER__LISTEN", "LINE_AUTH_PROXY__SERVER__LISTEN"),
+        ("line_auth_proxy__server__listen", "LINE_AUTH_PROXY__SERVER__LISTEN"),
+        ("LINE_AUTH_PROXY__SERVER_LISTEN", "LINE_AUTH_PROXY__SERVER__LISTEN"),
+    ] {
+        let (code, _, err) = run(&["check", "--config", path], &[(name, "127.0.0.1:7777")]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(&format!("error: {name}: ")), "{name}: {err}");
+        assert!(err.contains(&format!("did you mean {meant}?")), "{name}: {err}");
+        assert!(!err.contains("7777"), "the value was printed: {err}");
+    }
+    // What Kubernetes sets for a Service named line-auth-proxy is not ours.
+    let k8s = [("LINE_AUTH_PROXY_SERVICE_HOST", "10.96.0.12"), ("LINE_AUTH_PROXY_PORT", "tcp://10.96.0.12:8080")];
+    let (code, _, err) = run(&["check", "--config", path], &k8s);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn check_prints_every_problem_with_its_key_path_and_exits_2() {
     let f = write_config(
         "[server]\nlisten = \"nope\"\ncolour = \"blue\"\n[upstream]\nurl = \"ftp://x\"\n[line]\nchannel_ids = []\n\
@@ -293,9 +337,10 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     let mut child = Command::new(BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = stderr_lines(&mut child);
     let stdout = child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
@@ -358,6 +403,55 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
     assert!(first.text().await.unwrap().contains("\"id_token\""));
     let replay = c.post(&login_url).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(replay.status(), 401);
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut logged = Vec::new();
+    while let Some(line) = stderr.recv().await {
+        logged.push(line);
+    }
+    assert!(!logged.iter().any(|l| l.contains("not a loopback address")), "{logged:#?}");
+}
+
+#[tokio::test]
+async fn dev_on_a_non_loopback_address_warns_that_anyone_can_get_in() {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let mut next = async || {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .expect("no line within 20 s")
+            .expect("dev ended before warning");
+        seen.push(line.clone());
+        line
+    };
+    // The terminal gets it in plain words, before anything else...
+    let mut plain = next().await;
+    while plain.is_empty() {
+        plain = next().await;
+    }
+    assert!(plain.starts_with("!!! WARNING: line-auth-proxy dev listens on 0.0.0.0:0"), "{plain}");
+    assert!(plain.contains("anyone who can reach it is let through with the demo tokens"), "{plain}");
+    // ...and the log a WARN line naming the address.
+    let logged = loop {
+        let line = next().await;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["level"] == "WARN"
+        {
+            break v;
+        }
+    };
+    assert_eq!(logged["listen"], "0.0.0.0:0", "{logged}");
+    assert!(logged["message"].as_str().unwrap().contains("non-loopback address"), "{logged}");
+    // A warning, not a refusal: the demo comes up (and then handles SIGINT).
+    while !next().await.contains("line-auth-proxy ready") {}
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));

@@ -179,9 +179,14 @@ async fn redis_down_at_start_means_not_ready_until_it_comes() {
         config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
     let proxy = spawn_proxy_unready_with(config(&text), &clock).await;
     let c = client();
-    // Not ready even after the health probe has tried and failed.
-    let ping_failed = "line_auth_proxy_redis_requests_total{purpose=\"nonce\",op=\"ping\",outcome=\"error\"}";
-    assert!(eventually(Duration::from_secs(10), || async { proxy.metric(ping_failed).await >= 1.0 }).await);
+    // Not ready even after the health probe has tried and failed (an error,
+    // or a timeout when its retry waited on a reconnection that never came).
+    let ping = |outcome: &str| {
+        format!("line_auth_proxy_redis_requests_total{{purpose=\"nonce\",op=\"ping\",outcome=\"{outcome}\"}}")
+    };
+    let (error, timeout) = (ping("error"), ping("timeout"));
+    let failed = || async { proxy.metric(&error).await + proxy.metric(&timeout).await >= 1.0 };
+    assert!(eventually(Duration::from_secs(10), failed).await);
     assert_eq!(c.get(proxy.admin_url("/readyz")).send().await.unwrap().status(), 503);
     assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 503);
     redis.restart().await;
@@ -293,4 +298,43 @@ async fn the_redis_nonce_store_is_capped_across_replicas() {
     let m = r.a.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_nonces_total{event=\"store_full\"}"), 1.0, "{m}");
     assert!(m.contains("reason=\"nonce_store_full\""), "{m}");
+}
+
+/// A Redis connection reset under a working Redis (a restart behind a load
+/// balancer, an idle-connection reaper, `CLIENT KILL`) costs the request that
+/// meets it nothing: the call is retried once on a new connection, within its
+/// timeout, and counted.
+#[tokio::test]
+async fn a_connection_reset_is_retried_once_instead_of_a_503() {
+    let redis = RedisServer::start().await;
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    // A timeout long enough for a reconnect on a loaded test machine.
+    let extra = format!(
+        "{LOGIN_ROUTE}[nonce]\nstore = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 2000\n{}",
+        redis.url(0),
+        mac_key_line()
+    );
+    let text =
+        config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    let _ = nonce_from(&proxy).await;
+    for round in 0..3 {
+        // Every client connection but the killer's own is cut, server-side.
+        let killed: i64 = redis.run(0, redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal")).await;
+        assert!(killed >= 1, "round {round}: the proxy had no connection to cut");
+        let res = client().get(proxy.url("/auth/nonce")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "round {round}: a reset connection became a 503");
+    }
+    let m = proxy.metrics().await;
+    let retried =
+        |op: &str| metric(&m, &format!("line_auth_proxy_redis_retries_total{{purpose=\"nonce\",op=\"{op}\"}}"));
+    // Each reset was met by the nonce request, or (rarely) by the health probe first.
+    assert_eq!(retried("nonce_issue") + retried("ping"), 3.0, "{m}");
+    assert_eq!(
+        metric(&m, "line_auth_proxy_redis_requests_total{purpose=\"nonce\",op=\"nonce_issue\",outcome=\"error\"}"),
+        0.0,
+        "{m}"
+    );
 }

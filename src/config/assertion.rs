@@ -62,6 +62,7 @@ impl AssertionSection {
             );
             return None;
         };
+        super::secret::check_permissions("assertion.key_file", path, p);
         let pem = match read_regular_file(path, MAX_KEY_FILE_BYTES, "key file") {
             Ok(pem) => pem,
             Err(why) => {

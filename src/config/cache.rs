@@ -64,6 +64,9 @@ section! {
         /// every shared verdict is MAC'd with this key ring, and one that does not
         /// verify is a miss.
         redis_mac_key_file: Option<PathBuf>,
+        /// The shared tier's private CA for `rediss://`, as `nonce.redis_ca_file`
+        /// (default: `nonce.redis_ca_file`).
+        redis_ca_file: Option<PathBuf>,
     }
 }
 
@@ -93,9 +96,13 @@ impl CacheSection {
     pub(super) fn validate(&self, file: &FileConfig, p: &mut Problems) -> CacheConfig {
         let shared = match self.shared {
             SharedCache::None => {
-                for key in
-                    ["cache.redis_url", "cache.redis_key_prefix", "cache.redis_timeout_ms", "cache.redis_mac_key_file"]
-                {
+                for key in [
+                    "cache.redis_url",
+                    "cache.redis_key_prefix",
+                    "cache.redis_timeout_ms",
+                    "cache.redis_mac_key_file",
+                    "cache.redis_ca_file",
+                ] {
                     if file.wrote(key) {
                         p.warn(key, "has no effect: cache.shared is \"none\"");
                     }
@@ -137,6 +144,11 @@ impl CacheSection {
                                     (None, None) => ("cache.redis_mac_key_file", None),
                                 },
                                 required_by: "cache.shared = \"redis\" (or set nonce.redis_mac_key_file)",
+                                ca_file: match (&self.redis_ca_file, &file.nonce.redis_ca_file) {
+                                    (Some(own), _) => Some(("cache.redis_ca_file", own.as_path(), true)),
+                                    (None, Some(borrowed)) => Some(("nonce.redis_ca_file", borrowed.as_path(), false)),
+                                    (None, None) => None,
+                                },
                             },
                             p,
                         )

@@ -16,7 +16,7 @@ use super::nonce::NonceSection;
 use super::routes::RouteSection;
 use super::server::ServerSection;
 use super::upstream::UpstreamSection;
-use super::{ENV_PREFIX, Problems};
+use super::{CONFIG_FILE_ENV, ENV_PREFIX, Problems};
 
 /// Where TOML syntax errors are reported (replaced by the file name in `load`).
 pub(super) const TOML_SYNTAX_KEY: &str = "<toml>";
@@ -223,6 +223,18 @@ where
     let mut seen: std::collections::BTreeMap<String, String> = Default::default();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            // Ours in all but spelling: refused, never silently ignored.
+            let meant = look_alike(&name, &keys);
+            const FORM: &str = "LINE_AUTH_PROXY__SECTION__KEY: the prefix in capitals, two underscores between levels";
+            let message = match meant {
+                Some(m) if m == CONFIG_FILE_ENV => format!("is not read: did you mean {m}? (names are case-sensitive)"),
+                Some(m) => format!("is not read: did you mean {m}? (variables are {FORM})"),
+                None if name.to_ascii_uppercase().starts_with(ENV_PREFIX) => {
+                    format!("is not read: variables are {FORM}")
+                }
+                None => continue,
+            };
+            p.refuse(name.clone(), message);
             continue;
         };
         let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -234,10 +246,13 @@ where
         };
         let entry = parts.get(2);
         let Some((section, spec)) = found.filter(|(_, k)| (k.kind == Kind::Map) == entry.is_some()) else {
-            p.refuse(
-                name.clone(),
-                "unknown configuration key in the environment (use LINE_AUTH_PROXY__SECTION__KEY; [[routes]] come from the file only)",
-            );
+            let message = match look_alike(&name, &keys) {
+                Some(meant) => format!(
+                    "unknown configuration key in the environment: did you mean {meant}? (two underscores between levels)"
+                ),
+                None => "unknown configuration key in the environment (use LINE_AUTH_PROXY__SECTION__KEY; [[routes]] come from the file only)".to_owned(),
+            };
+            p.refuse(name.clone(), message);
             continue;
         };
         let path = format!("{section}.{}", spec.name);
@@ -290,4 +305,37 @@ where
             }
         }
     }
+}
+
+/// The variable `name` was most likely meant as, when it spells one of ours
+/// with a wrong prefix or separators: `LINE_AUTH_PROXY_SERVER__LISTEN`,
+/// `line_auth_proxy__server__listen` and `LINE_AUTH_PROXY__SERVER_LISTEN` all
+/// mean `LINE_AUTH_PROXY__SERVER__LISTEN`; `line_auth_proxy_config` means
+/// [`CONFIG_FILE_ENV`]. Only names that spell a declared key are matched:
+/// Kubernetes gives every pod `LINE_AUTH_PROXY_SERVICE_HOST`,
+/// `LINE_AUTH_PROXY_PORT_8080_TCP` and the like for a Service of that name,
+/// and those are none of ours.
+fn look_alike(name: &str, keys: &[(&'static str, &'static KeySpec)]) -> Option<String> {
+    if name == CONFIG_FILE_ENV {
+        return None;
+    }
+    let upper = name.to_ascii_uppercase();
+    if upper == CONFIG_FILE_ENV {
+        return Some(CONFIG_FILE_ENV.to_owned());
+    }
+    let rest = upper.strip_prefix("LINE_AUTH_PROXY_")?;
+    // Words only: any run of underscores is one separator.
+    let words = |s: &str| s.split('_').filter(|w| !w.is_empty()).map(str::to_ascii_lowercase).collect::<Vec<_>>();
+    let written = words(rest);
+    keys.iter().filter(|(section, _)| *section != ROUTES).find_map(|(section, key)| {
+        let declared = [words(section), words(key.name)].concat();
+        let entry = written.strip_prefix(declared.as_slice())?;
+        let canonical = format!("{ENV_PREFIX}{}__{}", section.to_ascii_uppercase(), key.name.to_ascii_uppercase());
+        match (key.kind == Kind::Map, entry.is_empty()) {
+            (false, true) => Some(canonical),
+            // A table entry keeps its own spelling, which may hold underscores.
+            (true, false) => Some(format!("{canonical}__{}", entry.join("_").to_ascii_uppercase())),
+            _ => None,
+        }
+    })
 }

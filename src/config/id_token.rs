@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::line::IdTokenVerification;
 use super::nonce::NonceStoreKind;
-use super::secret::{Secret, read_secret_file};
+use super::secret::{Secret, read_secret};
 use super::{FileConfig, Problems, RedisUse, redis_config};
 use crate::redis_conn::RedisConfig;
 
@@ -98,11 +98,8 @@ fn channel_secrets(file: &FileConfig, p: &mut Problems) -> BTreeMap<String, Secr
                 "names one secret but line.channel_ids has several channels: use [line.channel_secret_files] to say which channel it belongs to",
             );
         } else {
-            match read_secret_file(path) {
-                Ok(secret) => {
-                    secrets.insert(line.channel_ids[0].clone(), secret);
-                }
-                Err(why) => p.error("line.channel_secret_file", why),
+            if let Some(secret) = read_secret("line.channel_secret_file", path, p) {
+                secrets.insert(line.channel_ids[0].clone(), secret);
             }
         }
     }
@@ -111,11 +108,8 @@ fn channel_secrets(file: &FileConfig, p: &mut Problems) -> BTreeMap<String, Secr
         if !line.channel_ids.contains(channel) {
             p.error(key.clone(), "is not one of line.channel_ids");
         }
-        match read_secret_file(path) {
-            Ok(secret) => {
-                secrets.insert(channel.clone(), secret);
-            }
-            Err(why) => p.error(key, why),
+        if let Some(secret) = read_secret(&key, path, p) {
+            secrets.insert(channel.clone(), secret);
         }
     }
     secrets
@@ -128,9 +122,13 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
     }
     let redis = match (nonce.store, &nonce.redis_url) {
         (NonceStoreKind::Memory, _) => {
-            for key in
-                ["nonce.redis_url", "nonce.redis_key_prefix", "nonce.redis_timeout_ms", "nonce.redis_mac_key_file"]
-            {
+            for key in [
+                "nonce.redis_url",
+                "nonce.redis_key_prefix",
+                "nonce.redis_timeout_ms",
+                "nonce.redis_mac_key_file",
+                "nonce.redis_ca_file",
+            ] {
                 if file.wrote(key) && !feeds_cache(file, key) {
                     p.warn(
                         key,
@@ -153,6 +151,7 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
                 timeout: nonce.redis_timeout_ms.duration(),
                 mac_key: ("nonce.redis_mac_key_file", nonce.redis_mac_key_file.as_deref()),
                 required_by: "nonce.store = \"redis\"",
+                ca_file: nonce.redis_ca_file.as_deref().map(|path| ("nonce.redis_ca_file", path, true)),
             },
             p,
         ),
@@ -160,14 +159,15 @@ fn nonce(file: &FileConfig, p: &mut Problems) -> NonceConfig {
     NonceConfig { path: nonce.path.clone(), ttl: nonce.ttl_seconds.duration(), redis }
 }
 
-/// `nonce.redis_url` and `nonce.redis_mac_key_file` are also the shared
-/// cache's when `cache.redis_url` / `cache.redis_mac_key_file` are unset.
+/// `nonce.redis_url`, `nonce.redis_mac_key_file` and `nonce.redis_ca_file`
+/// are also the shared cache's when the cache's own are unset.
 fn feeds_cache(file: &FileConfig, key: &str) -> bool {
     let cache = &file.cache;
     cache.shared == super::cache::SharedCache::Redis
         && match key {
             "nonce.redis_url" => cache.redis_url.is_none(),
             "nonce.redis_mac_key_file" => cache.redis_mac_key_file.is_none(),
+            "nonce.redis_ca_file" => cache.redis_ca_file.is_none(),
             _ => false,
         }
 }

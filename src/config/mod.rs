@@ -281,7 +281,14 @@ pub(crate) struct RedisUse<'a> {
     pub mac_key: (&'static str, Option<&'a Path>),
     /// What this Redis holds, for the "required" message: `nonce.store = "redis"`.
     pub required_by: &'static str,
+    /// The private CA: the key it was written under, the file, and whether it
+    /// was written for this use (false: borrowed from `nonce.redis_ca_file`).
+    pub ca_file: Option<(&'static str, &'a Path, bool)>,
 }
+
+/// CA certificate files larger than this are refused unread (1 MiB; the whole
+/// Mozilla bundle is about 220 KB).
+const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
 
 fn redis_config(r: RedisUse<'_>, p: &mut Problems) -> Option<crate::redis_conn::RedisConfig> {
     let url_ok = crate::redis_conn::check_url(r.url.as_str()).map_err(|why| p.error(r.url_key, why));
@@ -298,13 +305,48 @@ fn redis_config(r: RedisUse<'_>, p: &mut Problems) -> Option<crate::redis_conn::
             );
             None
         }
-        Some(path) => key_ring::read_key_ring(path).map_err(|why| p.error(mac_key, why)).ok(),
+        Some(path) => {
+            secret::check_permissions(mac_key, path, p);
+            key_ring::read_key_ring(path).map_err(|why| p.error(mac_key, why)).ok()
+        }
+    };
+    let tls = r.url.as_str().starts_with("rediss://");
+    let root_certs = match r.ca_file {
+        Some((key, _, true)) if url_ok.is_ok() && !tls => {
+            p.warn(key, format!("has no effect: {} is redis://, not rediss:// (TLS)", r.url_key));
+            Ok(None)
+        }
+        Some((key, path, _)) if tls => read_ca_file(path).map(Some).map_err(|why| p.error(key, why)),
+        _ => Ok(None),
     };
     let mac_keys = mac_keys?;
-    (url_ok.is_ok() && prefix_ok.is_ok()).then(|| crate::redis_conn::RedisConfig {
+    (url_ok.is_ok() && prefix_ok.is_ok() && root_certs.is_ok()).then(|| crate::redis_conn::RedisConfig {
         url: r.url.as_str().to_owned(),
         key_prefix: r.key_prefix.to_owned(),
         timeout: r.timeout,
         mac_keys,
+        root_certs: root_certs.ok().flatten(),
     })
+}
+
+/// Reads a PEM bundle of CA certificates: at least one, each usable as a
+/// trust anchor, nothing else but comments and whitespace between them.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = secret::read_regular_file(path, MAX_CA_FILE_BYTES, "CA certificate file")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| format!("{}: certificate {} is not valid PEM ({e})", path.display(), i + 1))?;
+        roots.add(cert).map_err(|e| {
+            format!("{}: certificate {} is not a CA certificate rustls can use ({e})", path.display(), i + 1)
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----): name the CA bundle that signed the Redis server's certificate",
+            path.display()
+        ));
+    }
+    Ok(pem)
 }

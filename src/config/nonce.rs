@@ -60,5 +60,9 @@ section! {
         /// by the replicas; every nonce record is MAC'd with it, and one that does
         /// not verify is unknown. Several base64 lines: the first signs, all verify.
         redis_mac_key_file: Option<PathBuf>,
+        /// With a `rediss://` URL: PEM file of the CA certificates that the
+        /// server's certificate must chain to, trusted instead of the public
+        /// (webpki) roots: a private CA.
+        redis_ca_file: Option<PathBuf>,
     }
 }

@@ -1,9 +1,12 @@
 //! Secrets come from files named in the configuration, never from the TOML
 //! itself, and print as `<redacted>`. This is the one reader every secret-file
-//! key goes through.
+//! key goes through ([`read_secret`]); key files that are read elsewhere (the
+//! TLS key, by rustls) get the same permission check ([`check_permissions`]).
 
 use std::fmt;
 use std::path::Path;
+
+use super::Problems;
 
 /// Secret files larger than this are refused rather than read (64 KiB).
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -18,12 +21,59 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Reads the secret file that `key` names: errors and a too-open mode are
+/// recorded under `key`. `None` when the file is unusable (an error was recorded).
+pub fn read_secret(key: &str, path: &Path, p: &mut Problems) -> Option<Secret> {
+    match read_secret_file(path) {
+        Ok(secret) => {
+            check_permissions(key, path, p);
+            Some(secret)
+        }
+        Err(why) => {
+            p.error(key, why);
+            None
+        }
+    }
+}
+
+/// Warns, under `key`, when the file `path` (a secret or a private key) may be
+/// read or written by every user of the host. The mode is the target's: a
+/// Kubernetes secret volume is symlinks to files of the volume's
+/// `defaultMode`, 0644 unless set. A file that cannot be inspected is left to
+/// the reader's error.
+pub fn check_permissions(key: &str, path: &Path, p: &mut Problems) {
+    if let Some(warning) = std::fs::metadata(path).ok().and_then(|m| exposure(&m, path)) {
+        p.warn(key, warning);
+    }
+}
+
+#[cfg(unix)]
+fn exposure(metadata: &std::fs::Metadata, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = metadata.permissions().mode() & 0o7777;
+    let who = match (mode & 0o004 != 0, mode & 0o002 != 0) {
+        (false, false) => return None,
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (true, true) => "readable and writable",
+    };
+    Some(format!(
+        "{} is {who} by every user (mode {mode:04o}): chmod 600 it (or 400); in Kubernetes, set the secret volume's defaultMode: 0400",
+        path.display()
+    ))
+}
+
+#[cfg(not(unix))]
+fn exposure(_: &std::fs::Metadata, _: &Path) -> Option<String> {
+    None
+}
+
 /// Reads a secret file: trimmed of surrounding ASCII whitespace, never empty.
 /// A byte-order mark or a non-breaking space at either end (an editor's or a
 /// copy-paste's) is refused by name: kept, it would make every HS256 login
 /// fail without a word. The error names the file and the problem, never the
 /// content.
-pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+fn read_secret_file(path: &Path) -> Result<Secret, String> {
     let bytes = read_regular_file(path, MAX_SECRET_FILE_BYTES, "secret file")?;
     let secret = bytes.trim_ascii();
     const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -91,5 +141,36 @@ mod tests {
         let big = file("big", &[b'a'; 2048]);
         assert!(read_regular_file(&big, 1024, "test file").unwrap_err().contains("larger than 1024 bytes"));
         assert_eq!(read_regular_file(&big, 4096, "x").unwrap().len(), 2048);
+    }
+
+    #[test]
+    fn secrets_open_to_every_user_are_warned_about_by_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = file("secret", b"s3cret");
+        let warnings = |mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let mut p = Problems::default();
+            assert_eq!(read_secret("line.channel_secret_file", &path, &mut p).unwrap().0, b"s3cret");
+            assert!(p.errors.is_empty(), "{p}");
+            p.warnings
+        };
+        assert!(warnings(0o600).is_empty());
+        assert!(warnings(0o640).is_empty(), "group-readable is the operator's choice");
+        let readable = warnings(0o644);
+        assert_eq!(readable.len(), 1);
+        assert_eq!(readable[0].key, "line.channel_secret_file");
+        let message = &readable[0].message;
+        assert!(message.contains("is readable by every user (mode 0644)"), "{message}");
+        assert!(message.contains("chmod 600") && message.contains("defaultMode: 0400"), "{message}");
+        assert!(message.contains(&path.display().to_string()) && !message.contains("s3cret"), "{message}");
+        assert!(warnings(0o622)[0].message.contains("is writable by every user (mode 0622)"));
+        assert!(warnings(0o666)[0].message.contains("readable and writable by every user (mode 0666)"));
+        // A symlink (a Kubernetes secret volume) is judged by its target.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = path.with_file_name("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let mut p = Problems::default();
+        read_secret("k", &link, &mut p).unwrap();
+        assert!(p.warnings[0].message.contains("mode 0644"), "{p:?}");
     }
 }

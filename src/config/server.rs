@@ -95,6 +95,7 @@ impl ServerSection {
                         p.error(key_name, format!("{} is not a readable file", path.display()));
                     }
                 }
+                super::secret::check_permissions("server.tls_key_file", key, p);
                 Some(TlsFiles { cert_file: cert.clone(), key_file: key.clone() })
             }
             (None, None) => None,

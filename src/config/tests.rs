@@ -24,6 +24,7 @@ fn mac_key_line() -> String {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mac");
     std::fs::write(&path, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     format!("redis_mac_key_file = {path:?}\n")
 }
 
@@ -365,6 +366,48 @@ fn redis_settings_are_checked_and_passwords_never_echoed() {
 }
 
 #[test]
+fn a_private_redis_ca_is_read_checked_and_borrowed_by_the_cache() {
+    let dir = std::env::temp_dir().join(format!("lap-ca-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, rcgen::generate_simple_self_signed(vec!["redis.internal".into()]).unwrap().cert.pem()).unwrap();
+    let nonce = |url: &str, ca_line: &str| {
+        with_mac(&format!("{MINIMAL}{LOGIN}[nonce]\nstore = \"redis\"\nredis_url = \"{url}\"\n{ca_line}"))
+    };
+    let with_ca = nonce("rediss://:pw@redis.internal:6380", &format!("redis_ca_file = {ca:?}\n"));
+    let pem = std::fs::read(&ca).unwrap();
+    let c = config(&with_ca);
+    assert_eq!(c.id_token.unwrap().nonce.redis.unwrap().root_certs.as_deref(), Some(pem.as_slice()));
+    assert!(config(&nonce("rediss://redis.internal", "")).id_token.unwrap().nonce.redis.unwrap().root_certs.is_none());
+    // The shared cache takes nonce.redis_ca_file unless it names its own.
+    let shared = format!("{with_ca}[cache]\nshared = \"redis\"\n");
+    assert_eq!(config(&shared).cache.shared.unwrap().root_certs.as_deref(), Some(pem.as_slice()));
+    assert!(warning_keys(&shared).is_empty());
+    // On redis:// it does nothing: a warning, not an error.
+    let plain = nonce("redis://redis.internal", &format!("redis_ca_file = {ca:?}\n"));
+    assert_eq!(warning_keys(&plain), vec!["nonce.redis_ca_file"]);
+    let loaded = load(&plain, &[]).unwrap();
+    assert!(loaded.warnings[0].message.contains("has no effect: nonce.redis_url is redis://"), "{:?}", loaded.warnings);
+    assert!(loaded.config.id_token.unwrap().nonce.redis.unwrap().root_certs.is_none());
+    let unused = format!("{MINIMAL}[cache]\nredis_ca_file = {ca:?}\n");
+    assert_eq!(warning_keys(&unused), vec!["cache.redis_ca_file"]);
+    // A file that holds no certificate, or a broken one, is an error under its key.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let broken = dir.join("broken.pem");
+    std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    for (path, says) in [(&empty, "holds no PEM certificate"), (&broken, "certificate 1 is not")] {
+        let text = nonce("rediss://:hunter2@redis.internal", &format!("redis_ca_file = {path:?}\n"));
+        let p = load(&text, &[]).unwrap_err();
+        assert_eq!(p.error_keys(), vec!["nonce.redis_ca_file"], "{p}");
+        assert!(p.to_string().contains(says) && !p.to_string().contains("hunter2"), "{p}");
+    }
+    let missing = nonce("rediss://redis.internal", "redis_ca_file = \"/nonexistent/ca.pem\"\n");
+    assert_eq!(error_keys(&missing, &[]), vec!["nonce.redis_ca_file"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn channel_secrets_are_read_from_files_and_never_printed() {
     let dir = std::env::temp_dir().join(format!("lap-secret-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -387,6 +430,35 @@ fn channel_secrets_are_read_from_files_and_never_printed() {
     let dir_as_secret = format!("{MINIMAL}channel_secret_file = {dir:?}\n{LOGIN}");
     let p = load(&dir_as_secret, &[]).unwrap_err();
     assert!(p.to_string().contains("not a regular file"), "{p}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn secret_and_key_files_open_to_every_user_are_warnings_naming_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("lap-modes-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let (secret, cert, key) = (write("secret", 0o644), write("cert.pem", 0o644), write("key.pem", 0o666));
+    let file = format!(
+        "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\
+         [server]\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
+    );
+    let loaded = load(&file, &[]).unwrap_or_else(|p| panic!("{p}"));
+    // The certificate is public: only the secret and the key are named.
+    let keys: Vec<&str> = loaded.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, vec!["server.tls_key_file", "line.channel_secret_files.1234567890"]);
+    assert!(loaded.warnings[0].message.contains("readable and writable by every user (mode 0666)"));
+    assert!(loaded.warnings[1].message.contains("readable by every user (mode 0644)"));
+    for path in [&secret, &key] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert!(warning_keys(&file).is_empty());
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -577,6 +649,46 @@ fn two_spellings_of_one_environment_key_are_an_error() {
     let p = load(MINIMAL, &env).unwrap_err();
     assert_eq!(p.error_keys(), vec!["server.listen"]);
     assert!(p.to_string().contains("set twice in the environment"), "{p}");
+}
+
+#[test]
+fn environment_names_that_spell_a_key_wrongly_are_errors_with_the_right_name() {
+    const SECRET: &str = "hunter2-not-for-logs";
+    let meant = |name: &str| {
+        let p = load(MINIMAL, &[(name, SECRET)]).unwrap_err();
+        assert_eq!(p.error_keys(), vec![name], "{p}");
+        let message = p.errors[0].message.clone();
+        assert!(!p.to_string().contains(SECRET), "the value was printed: {p}");
+        message
+    };
+    for name in [
+        "LINE_AUTH_PROXY_SERVER__LISTEN",
+        "line_auth_proxy__server__listen",
+        "Line_Auth_Proxy__Server__Listen",
+        "LINE_AUTH_PROXY__SERVER_LISTEN",
+        "LINE_AUTH_PROXY_SERVER_LISTEN",
+    ] {
+        let message = meant(name);
+        assert!(message.contains("did you mean LINE_AUTH_PROXY__SERVER__LISTEN?"), "{name}: {message}");
+    }
+    assert!(
+        meant("LINE_AUTH_PROXY_LINE__CHANNEL_SECRET_FILES__1234567890")
+            .contains("did you mean LINE_AUTH_PROXY__LINE__CHANNEL_SECRET_FILES__1234567890?")
+    );
+    assert!(meant("line_auth_proxy_config").contains("did you mean LINE_AUTH_PROXY_CONFIG?"));
+    // Ours by its prefix, naming no key: refused, without a guess.
+    assert!(meant("line_auth_proxy__server__listn").contains("variables are LINE_AUTH_PROXY__SECTION__KEY"));
+    // The configuration file's variable, other tools' variables, and what
+    // Kubernetes sets for a Service named line-auth-proxy are none of ours.
+    let env = [
+        ("LINE_AUTH_PROXY_CONFIG", "/etc/line-auth-proxy.toml"),
+        ("LINE_AUTH_PROXY_SERVICE_HOST", "10.96.0.12"),
+        ("LINE_AUTH_PROXY_SERVICE_PORT", "8080"),
+        ("LINE_AUTH_PROXY_PORT", "tcp://10.96.0.12:8080"),
+        ("LINE_AUTH_PROXY_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("SERVER__LISTEN", "x"),
+    ];
+    assert!(load(MINIMAL, &env).is_ok());
 }
 
 #[test]

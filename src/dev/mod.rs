@@ -27,6 +27,19 @@ pub const DEMO_USER_ID: &str = "U4af4980629d5ea2b0c8d1e6f3a7b9c01";
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), crate::RunError> {
+    if !listen.ip().to_canonical().is_loopback() {
+        // The demo tokens are in the source: on a reachable address they let
+        // anyone through. Loud on the terminal, and in the log for whoever
+        // only keeps that.
+        let warning = format!(
+            "line-auth-proxy dev listens on {listen}, which is not a loopback address: anyone who can reach it is let through with the demo tokens (they are public); use --listen 127.0.0.1:PORT unless that is what you want"
+        );
+        eprintln!("\n!!! WARNING: {warning}\n");
+        tracing::warn!(
+            listen = %listen,
+            "dev listens on a non-loopback address: anyone who can reach it is let through with the public demo tokens"
+        );
+    }
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let bind_err = |source| crate::RunError::Bind { addr: loopback, source };
     let line = MockLine::start().await.map_err(bind_err)?;

@@ -7,6 +7,12 @@
 //! byte-for-byte TCP relay on a port this harness bound (port 0) and holds for
 //! the server's whole life: a restart comes back on the same port, and a killed
 //! server closes every relayed connection exactly as a dead Redis would.
+//!
+//! A TLS server ([`RedisServer::start_tls`]) needs a TCP port of its own,
+//! since the TLS is redis-server's: a port the kernel just handed out is
+//! given to it, and should something else take that port meanwhile,
+//! redis-server exits ("Failed listening on port") and another is tried, so
+//! the port the tests use is always this server's.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +30,7 @@ pub fn mac_key_line_for(key: [u8; 32]) -> String {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("redis-mac");
     std::fs::write(&path, key).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     format!("redis_mac_key_file = {:?}\n", path.to_str().unwrap())
 }
 
@@ -35,6 +42,9 @@ pub fn mac_key_line() -> String {
 pub struct RedisServer {
     /// The relay's port: what `redis://127.0.0.1:{port}` reaches.
     pub port: u16,
+    /// With [`RedisServer::start_tls`]: redis-server's own TLS port, what
+    /// `rediss://127.0.0.1:{tls_port}` reaches.
+    pub tls_port: Option<u16>,
     password: Option<String>,
     child: Option<std::process::Child>,
     dir: PathBuf,
@@ -47,19 +57,42 @@ impl RedisServer {
     }
 
     pub async fn start_with_password(password: Option<&str>) -> Self {
+        let mut server = Self::prepare(password).await;
+        assert!(server.spawn().await, "redis-server exited at start");
+        server
+    }
+
+    /// A server that also speaks TLS on 127.0.0.1, with this PEM certificate
+    /// chain and key (clients are not asked for certificates); the plain
+    /// relay stays for [`Self::run`] and [`Self::keys`].
+    pub async fn start_tls(cert_pem: &str, key_pem: &str, password: Option<&str>) -> Self {
+        let mut server = Self::prepare(password).await;
+        std::fs::write(server.dir.join("tls.crt"), cert_pem).unwrap();
+        std::fs::write(server.dir.join("tls.key"), key_pem).unwrap();
+        for _ in 0..10 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            server.tls_port = Some(port);
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("redis-server found no free TLS port in 10 tries");
+    }
+
+    async fn prepare(password: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!("lap-redis-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let (port, relay) = super::unix_relay(dir.join("redis.sock")).await;
-        let mut server = Self { port, password: password.map(str::to_owned), child: None, dir, relay };
-        server.spawn().await;
-        server
+        Self { port, tls_port: None, password: password.map(str::to_owned), child: None, dir, relay }
     }
 
     fn socket(&self) -> PathBuf {
         self.dir.join("redis.sock")
     }
 
-    async fn spawn(&mut self) {
+    /// Starts redis-server and waits until it answers; false when it exited
+    /// first (its TLS port was taken).
+    async fn spawn(&mut self) -> bool {
         let _ = std::fs::remove_file(self.socket());
         let mut cmd = std::process::Command::new("redis-server");
         cmd.args(["--port", "0", "--unixsocket", self.socket().to_str().unwrap(), "--unixsocketperm", "700"])
@@ -69,14 +102,29 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| {
+        if let Some(port) = self.tls_port {
+            let file = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
+            cmd.args(["--bind", "127.0.0.1", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"]).args([
+                "--tls-cert-file",
+                &file("tls.crt"),
+                "--tls-key-file",
+                &file("tls.key"),
+            ]);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start redis-server ({e}): run tests/setup.sh (it installs redis-server); .ci/run does")
         });
-        self.child = Some(child);
         let socket = self.socket();
+        let mut exited = false;
         let up = eventually(Duration::from_secs(10), || {
+            // Every listener is bound before the socket answers, or the server has exited.
+            exited = child.try_wait().unwrap().is_some();
             let socket = socket.clone();
+            let exited = exited;
             async move {
+                if exited {
+                    return true;
+                }
                 let Ok(mut s) = UnixStream::connect(&socket).await else { return false };
                 let mut buf = [0u8; 64];
                 s.write_all(b"PING\r\n").await.is_ok() && s.read(&mut buf).await.is_ok_and(|n| n > 0)
@@ -84,6 +132,11 @@ impl RedisServer {
         })
         .await;
         assert!(up, "redis-server did not start on {}", socket.display());
+        if exited {
+            return false;
+        }
+        self.child = Some(child);
+        true
     }
 
     /// `redis://[:password@]127.0.0.1:port/db`.
@@ -102,10 +155,19 @@ impl RedisServer {
         }
     }
 
+    /// `rediss://[:password@]127.0.0.1:tls_port/db`.
+    pub fn tls_url(&self, db: u8) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        match &self.password {
+            Some(p) => format!("rediss://:{p}@127.0.0.1:{port}/{db}"),
+            None => format!("rediss://127.0.0.1:{port}/{db}"),
+        }
+    }
+
     /// Starts it again, empty, behind the same port.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(self.spawn().await, "redis-server exited at restart");
     }
 
     /// Runs one command in database `db` (a test playing another writer).
