@@ -29,6 +29,7 @@ mod routes;
 mod server;
 mod sync;
 mod telemetry;
+mod tls;
 mod upstream;
 
 #[doc(hidden)]
@@ -63,7 +64,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("cannot set up TLS on server.listen")]
-    Tls(#[from] server::TlsError),
+    Tls(#[from] tls::TlsError),
     /// reqwest's builder errors hold no URL, and `without_url` makes sure.
     #[error("cannot build the LINE Platform client")]
     LineClient(#[source] reqwest::Error),
@@ -105,18 +106,22 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
 pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> {
     use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
-    let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let tls = match &config.server.tls {
+        None => None,
+        Some(files) => Some(tls::Tls::new(files, &metrics)?),
+    };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
     };
     let proxy_listener = bind(config.server.keys.listen).await?;
     let admin_listener = bind(config.server.keys.admin_listen).await?;
-    let metrics = Arc::new(telemetry::Metrics::new());
     let line = Arc::new(
         line::LineClient::new(&config.line, clock.clone(), metrics.clone())
             .map_err(|e| RunError::LineClient(e.without_url()))?,
     );
     let mut background: Vec<(&'static str, Task)> = Vec::new();
+    let tls = tls.map(|tls| tls.acceptor());
     let jwks = config
         .id_token
         .as_ref()

@@ -4,9 +4,11 @@
 //! the `outcome` field of the access log line. No label ever holds a token.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -189,6 +191,42 @@ pub struct StatusClassLabels {
     pub class: &'static str,
 }
 
+/// A gauge with no sample until it is first set: without TLS the certificate
+/// expiry would otherwise read 0, long expired, to every alert on it.
+#[derive(Clone, Debug)]
+pub struct UnsetGauge(Arc<AtomicI64>);
+
+impl UnsetGauge {
+    const UNSET: i64 = i64::MIN;
+
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v != Self::UNSET)
+    }
+}
+
+impl Default for UnsetGauge {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(Self::UNSET)))
+    }
+}
+
+impl EncodeMetric for UnsetGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.get() {
+            Some(value) => encoder.encode_gauge(&value),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -239,6 +277,8 @@ pub struct Metrics {
     pub limited: Family<ReasonLabels, Counter>,
     /// Clients each limit tracks (owing budget, or with connections open).
     pub limit_clients: Family<LimitLabels, Gauge>,
+    /// The served TLS certificate's notAfter, unix seconds (no sample without TLS).
+    pub tls_cert_expiry: UnsetGauge,
     request_ids: AtomicU64,
     /// Pre-resolved handles for the per-request series: the hot path increments
     /// an atomic instead of hashing a label set under a lock.
@@ -362,6 +402,12 @@ impl Metrics {
                 let _ = limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() });
             }
         }
+        let tls_cert_expiry = UnsetGauge::default();
+        registry.register(
+            "tls_cert_expiry_timestamp_seconds",
+            "notAfter of the TLS certificate new handshakes get, unix seconds (only with TLS)",
+            tls_cert_expiry.clone(),
+        );
         let hot = Hot {
             requests: Outcome::ALL
                 .iter()
@@ -390,6 +436,7 @@ impl Metrics {
             cache_shared_errors,
             limited,
             limit_clients,
+            tls_cert_expiry,
             requests,
             rejections,
             unavailable,
