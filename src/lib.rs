@@ -19,6 +19,7 @@ pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
 mod error;
+mod hangup;
 mod headers;
 mod identity;
 mod limits;
@@ -109,7 +110,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
     let metrics = Arc::new(telemetry::Metrics::new());
     let tls = match &config.server.tls {
         None => None,
-        Some(files) => Some(tls::Tls::new(files, &metrics)?),
+        Some(files) => Some(Arc::new(tls::Tls::new(files, metrics.clone(), clock.clone())?)),
     };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
@@ -121,6 +122,13 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
             .map_err(|e| RunError::LineClient(e.without_url()))?,
     );
     let mut background: Vec<(&'static str, Task)> = Vec::new();
+    // Installed here, before the ready line: a SIGHUP right after start-up
+    // must not meet the default action, which ends the process.
+    let hangups = hangup::Hangups::install();
+    if let Some(tls) = &tls {
+        background.push(("TLS reloader", Box::pin(tls.clone().run_reloader(hangups.subscribe()))));
+    }
+    background.push(("SIGHUP listener", Box::pin(hangups.run())));
     let tls = tls.map(|tls| tls.acceptor());
     let jwks = config
         .id_token

@@ -191,6 +191,12 @@ pub struct StatusClassLabels {
     pub class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsReloadLabels {
+    /// `ok` (the new pair serves new handshakes) or `error` (the old one stays).
+    pub outcome: &'static str,
+}
+
 /// A gauge with no sample until it is first set: without TLS the certificate
 /// expiry would otherwise read 0, long expired, to every alert on it.
 #[derive(Clone, Debug)]
@@ -279,6 +285,8 @@ pub struct Metrics {
     pub limit_clients: Family<LimitLabels, Gauge>,
     /// The served TLS certificate's notAfter, unix seconds (no sample without TLS).
     pub tls_cert_expiry: UnsetGauge,
+    /// Reloads of the TLS files by `outcome` (ok, error).
+    pub tls_reloads: Family<TlsReloadLabels, Counter>,
     request_ids: AtomicU64,
     /// Pre-resolved handles for the per-request series: the hot path increments
     /// an atomic instead of hashing a label set under a lock.
@@ -408,6 +416,12 @@ impl Metrics {
             "notAfter of the TLS certificate new handshakes get, unix seconds (only with TLS)",
             tls_cert_expiry.clone(),
         );
+        let tls_reloads = Family::<TlsReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Re-reads of the TLS certificate and key (SIGHUP or a file change) by outcome",
+            tls_reloads.clone(),
+        );
         let hot = Hot {
             requests: Outcome::ALL
                 .iter()
@@ -437,6 +451,7 @@ impl Metrics {
             limited,
             limit_clients,
             tls_cert_expiry,
+            tls_reloads,
             requests,
             rejections,
             unavailable,

@@ -1,9 +1,12 @@
 //! TLS on the proxy listener (`server.tls_cert_file`, `server.tls_key_file`).
 //!
-//! [`load`] reads and checks the pair: `check` and start-up both go through
-//! it, so that `check` passes exactly what the proxy would serve. New
-//! handshakes get the pair a [`CertResolver`] holds (swappable, for reloads).
-//! The leaf's notAfter is a metric and, close to it, a warning.
+//! [`load`] reads and checks the pair: `check`, start-up and every reload go
+//! through it, so that `check` passes exactly what the proxy would serve. New
+//! handshakes get the pair a [`CertResolver`] holds; a reload (SIGHUP, or a
+//! change to either file seen by a poll of their metadata) swaps in a new pair
+//! only when it passes [`load`], else it is logged and counted and the old pair
+//! stays. Connections already open keep the certificate they were handshaken
+//! with. The leaf's notAfter is a metric and, close to it, a warning.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,14 +17,20 @@ use rustls::pki_types::pem::{self, PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::clock::Clock;
 use crate::config::TlsFiles;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, TlsReloadLabels};
 
 /// A certificate whose notAfter is closer than this is a warning from `check`,
-/// and at start-up (14 days).
+/// at start-up and at every reload (14 days).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+/// How often the two files' metadata is compared with what was last read (5
+/// seconds): two `stat` calls, against the minute or more a Kubernetes Secret
+/// takes to reach the pod.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Either PEM file larger than this is refused unread (1 MiB: a chain with its
 /// intermediates is a few KiB).
 const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
@@ -49,12 +58,13 @@ impl Pair {
         let left = self.not_after - now as i64;
         let cert = cert_file.display();
         let when = &self.not_after_text;
+        let reload = "the proxy reloads the files on SIGHUP or when they change";
         if left <= 0 {
             let ago = describe(left.unsigned_abs());
-            Some(format!("{cert}: the certificate expired {ago} ago ({when}); clients refuse it: renew it"))
+            Some(format!("{cert}: the certificate expired {ago} ago ({when}); clients refuse it: renew it ({reload})"))
         } else if (left as u64) < EXPIRY_WARNING.as_secs() {
             let within = describe(left as u64);
-            Some(format!("{cert}: the certificate expires in {within} ({when}): renew it"))
+            Some(format!("{cert}: the certificate expires in {within} ({when}): renew it ({reload})"))
         } else {
             None
         }
@@ -233,7 +243,8 @@ pub fn load(files: &TlsFiles) -> Result<Pair, PairProblems> {
     Ok(Pair { certified: Arc::new(certified), not_after: not_after.timestamp(), not_after_text: not_after.to_string() })
 }
 
-/// The pair new handshakes get.
+/// The pair new handshakes get; a reload swaps it without touching the
+/// connections that already have theirs.
 pub struct CertResolver(ArcSwap<CertifiedKey>);
 
 impl std::fmt::Debug for CertResolver {
@@ -248,25 +259,118 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS on the proxy listener: the acceptor and the pair it serves.
+/// What the files looked like when last read: a change of any part starts a
+/// reload. `metadata` follows symlinks, so a Kubernetes Secret volume's swap of
+/// its `..data` link is a change of inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp([Option<FileStamp>; 2]);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl Stamp {
+    fn of(files: &TlsFiles) -> Self {
+        let stamp = |path: &Path| {
+            std::fs::metadata(path).ok().map(|m| FileStamp {
+                len: m.len(),
+                modified: m.modified().ok(),
+                #[cfg(unix)]
+                inode: {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                },
+            })
+        };
+        Self([stamp(&files.cert_file), stamp(&files.key_file)])
+    }
+}
+
+/// TLS on the proxy listener: the acceptor, and the reloading of its pair.
 pub struct Tls {
+    files: TlsFiles,
+    resolver: Arc<CertResolver>,
     acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    /// The files' metadata when the serving pair was read.
+    loaded: Stamp,
 }
 
 impl Tls {
     /// Loads the pair (ALPN `h2`, `http/1.1`) and publishes its expiry.
-    pub fn new(files: &TlsFiles, metrics: &Metrics) -> Result<Self, TlsError> {
+    pub fn new(files: &TlsFiles, metrics: Arc<Metrics>, clock: Clock) -> Result<Self, TlsError> {
+        // Read before the files: a change while they are read is seen by the next poll.
+        let loaded = Stamp::of(files);
         let pair = load(files).map_err(TlsError)?;
         metrics.tls_cert_expiry.set(pair.not_after);
+        for outcome in ["ok", "error"] {
+            let _ = metrics.tls_reloads.get_or_create(&TlsReloadLabels { outcome });
+        }
         let resolver = Arc::new(CertResolver(ArcSwap::new(pair.certified)));
         let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        Ok(Self { acceptor })
+        Ok(Self { files: files.clone(), resolver, acceptor, metrics, clock, loaded })
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
         self.acceptor.clone()
+    }
+
+    /// Re-reads the pair: a valid one serves every handshake from now on, an
+    /// invalid one is logged and counted, and the pair in use stays.
+    fn reload(&self, trigger: &'static str) {
+        let (cert, key) = (self.files.cert_file.display(), self.files.key_file.display());
+        match load(&self.files) {
+            Ok(pair) => {
+                let expiry = pair.expiry_warning(&self.files.cert_file, self.clock.unix_seconds());
+                self.metrics.tls_cert_expiry.set(pair.not_after);
+                self.resolver.0.store(pair.certified);
+                self.metrics.tls_reloads.get_or_create(&TlsReloadLabels { outcome: "ok" }).inc();
+                tracing::info!(trigger, cert_file = %cert, key_file = %key, not_after = %pair.not_after_text, "TLS certificate reloaded");
+                if let Some(warning) = expiry {
+                    tracing::warn!(key = CERT_KEY, "{warning}");
+                }
+            }
+            Err(problems) => {
+                self.metrics.tls_reloads.get_or_create(&TlsReloadLabels { outcome: "error" }).inc();
+                tracing::warn!(trigger, problems = %problems, "TLS files not reloaded; new handshakes keep the previous certificate");
+            }
+        }
+    }
+
+    /// Reloads on every SIGHUP from `hangups`, and when a poll every
+    /// [`POLL_INTERVAL`] finds either file changed since it was last read (a
+    /// pair caught half-written is refused, and read again once the other file
+    /// changes too). Runs until aborted.
+    pub async fn run_reloader(self: Arc<Self>, mut hangups: watch::Receiver<u64>) {
+        let mut seen = self.loaded;
+        let mut listening = true;
+        loop {
+            let trigger = tokio::select! {
+                changed = hangups.changed(), if listening => match changed {
+                    Ok(()) => "SIGHUP",
+                    // The SIGHUP listener stopped (shutdown): polling goes on.
+                    Err(_) => {
+                        listening = false;
+                        continue;
+                    }
+                },
+                () = self.clock.sleep(POLL_INTERVAL) => {
+                    if Stamp::of(&self.files) == seen {
+                        continue;
+                    }
+                    "file change"
+                }
+            };
+            seen = Stamp::of(&self.files);
+            self.reload(trigger);
+        }
     }
 }
 

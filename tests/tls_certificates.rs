@@ -1,7 +1,8 @@
 //! The TLS certificate and key files: `check` refuses every pair start-up
-//! would (and names the key), and warns of a certificate close to its
-//! notAfter, whose value is a metric. `check` also refuses what start-up
-//! cannot use elsewhere (`rediss://…#insecure`).
+//! would (and names the key), warns of a certificate close to its notAfter,
+//! whose value is a metric; SIGHUP and a change of the files (a Kubernetes
+//! Secret's symlink swap included) reload the pair for new handshakes, and a
+//! broken replacement leaves the serving pair in place.
 #![cfg(feature = "dev")]
 
 mod support;
@@ -9,8 +10,8 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::process::BIN;
-use support::tls::{Issued, TlsDir, issue, issue_for_a_year, presented};
+use support::process::{BIN, kill, spawn_binary, stderr_lines, wait_for_line, wait_for_message};
+use support::tls::{Issued, TlsDir, handshake, issue, issue_for_a_year, presented};
 use support::*;
 
 /// `line-auth-proxy ARGS… --config <text, written to a file>`: exit code and stderr.
@@ -145,6 +146,7 @@ async fn the_expiry_metric_is_the_served_certificates_not_after_and_absent_witho
     assert!(m.contains("# TYPE line_auth_proxy_tls_cert_expiry_timestamp_seconds gauge"), "{m}");
     let samples = |m: &str, name: &str| m.lines().filter(|l| l.starts_with(name)).count();
     assert_eq!(samples(&m, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), 0, "a sample without TLS:\n{m}");
+    assert_eq!(samples(&m, "line_auth_proxy_tls_reloads_total"), 0, "a sample without TLS:\n{m}");
     let issued = issue(Duration::from_secs(40 * 24 * 3600));
     let files = TlsDir::new();
     files.write(&issued.cert_pem, &issued.key_pem);
@@ -154,4 +156,178 @@ async fn the_expiry_metric_is_the_served_certificates_not_after_and_absent_witho
     assert_eq!(presented(proxy.addr, &[&issued]).await, issued.der);
     let m = proxy.metrics().await;
     assert_eq!(metric(&m, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), issued.not_after as f64, "{m}");
+}
+
+/// Kubernetes' Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<version>`;
+/// an update writes a new version directory and renames a new `..data` link over.
+struct SecretVolume {
+    dir: TlsDir,
+    versions: u32,
+}
+
+impl SecretVolume {
+    fn new(issued: &Issued) -> Self {
+        let mut volume = Self { dir: TlsDir::new(), versions: 0 };
+        volume.publish(&issued.cert_pem, &issued.key_pem);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.0.join(name)).unwrap();
+        }
+        volume
+    }
+
+    fn publish(&mut self, cert_pem: &str, key_pem: &str) {
+        self.versions += 1;
+        let version = format!("..v{}", self.versions);
+        std::fs::create_dir(self.dir.0.join(&version)).unwrap();
+        std::fs::write(self.dir.0.join(&version).join("tls.crt"), cert_pem).unwrap();
+        std::fs::write(self.dir.0.join(&version).join("tls.key"), key_pem).unwrap();
+        let tmp = self.dir.0.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.0.join("..data")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_changed_secret_volume_is_picked_up_without_a_signal() {
+    let (first, second, stranger) =
+        (issue_for_a_year(), issue(Duration::from_secs(200 * 24 * 3600)), issue_for_a_year());
+    let mut volume = SecretVolume::new(&first);
+    let e = env("").await;
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", &format!("shutdown_grace_seconds = 5\n{}", volume.dir.server_keys()));
+    let proxy = spawn_proxy_with(config(&text), &e.clock).await;
+    let trusted = [&first, &second, &stranger];
+    let (mut kept, served) = handshake(proxy.addr, &trusted).await;
+    assert_eq!(served, first.der);
+    assert_eq!(proxy.metric("line_auth_proxy_tls_cert_expiry_timestamp_seconds").await, first.not_after as f64);
+    assert_eq!(proxy.metric("line_auth_proxy_tls_reloads_total{outcome=\"ok\"}").await, 0.0);
+
+    volume.publish(&second.cert_pem, &second.key_pem);
+    // The poll runs on the proxy's clock: each round moves it one interval on.
+    let poll = Duration::from_secs(5);
+    let picked_up = eventually(Duration::from_secs(10), || async {
+        e.clock.advance(poll);
+        presented(proxy.addr, &trusted).await == second.der
+    })
+    .await;
+    assert!(picked_up, "new handshakes still get the first certificate");
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), second.not_after as f64, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_tls_reloads_total{outcome=\"ok\"}"), 1.0, "{m}");
+    // The connection opened before the swap still answers on its own certificate.
+    use tokio::io::AsyncWriteExt;
+    kept.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(raw_status(&read_answer_tls(&mut kept).await), 401);
+    assert_eq!(kept.get_ref().1.peer_certificates().unwrap()[0].as_ref(), first.der.as_slice());
+
+    // A key that is not the certificate's: refused, counted, the second pair stays.
+    volume.publish(&stranger.cert_pem, &first.key_pem);
+    let refused = eventually(Duration::from_secs(10), || async {
+        e.clock.advance(poll);
+        proxy.metric("line_auth_proxy_tls_reloads_total{outcome=\"error\"}").await == 1.0
+    })
+    .await;
+    assert!(refused, "the broken pair was never refused");
+    assert_eq!(presented(proxy.addr, &trusted).await, second.der);
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), second.not_after as f64, "{m}");
+    // Nothing changed since: the refused pair is not read again and again
+    // (each handshake gives the reloader, on this runtime, its turn).
+    for _ in 0..3 {
+        e.clock.advance(poll);
+        assert_eq!(presented(proxy.addr, &trusted).await, second.der);
+    }
+    assert_eq!(proxy.metric("line_auth_proxy_tls_reloads_total{outcome=\"error\"}").await, 1.0);
+}
+
+async fn read_answer_tls<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_pair_of_a_running_process_and_a_broken_one_keeps_the_old() {
+    let e = env("").await;
+    let (first, second, stranger) =
+        (issue_for_a_year(), issue(Duration::from_secs(100 * 24 * 3600)), issue_for_a_year());
+    let files = TlsDir::new();
+    files.write(&first.cert_pem, &first.key_pem);
+    let text = config_text(&e.line.base_url(), &e.upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", &format!("shutdown_grace_seconds = 5\n{}", files.server_keys()));
+    let config_file = files.0.join("config.toml");
+    std::fs::write(&config_file, text).unwrap();
+    let mut child = spawn_binary(&config_file);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    let proxy: std::net::SocketAddr = ready["listen"].as_str().unwrap().parse().unwrap();
+    let admin = format!("http://{}/metrics", ready["admin"].as_str().unwrap());
+    let metrics = || async { client().get(&admin).send().await.unwrap().text().await.unwrap() };
+    let trusted = [&first, &second, &stranger];
+    assert_eq!(presented(proxy, &trusted).await, first.der);
+    assert_eq!(metric(&metrics().await, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), first.not_after as f64);
+
+    files.write(&second.cert_pem, &second.key_pem);
+    kill(&child, "HUP");
+    // (The poll may see the change first; the SIGHUP reload comes all the same.)
+    let sighup = |v: &serde_json::Value| v["trigger"] == "SIGHUP";
+    wait_for_line(&mut lines, &mut seen, "TLS certificate reloaded", sighup).await;
+    assert_eq!(presented(proxy, &trusted).await, second.der);
+    let m = metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), second.not_after as f64, "{m}");
+    assert!(metric(&m, "line_auth_proxy_tls_reloads_total{outcome=\"ok\"}") >= 1.0, "{m}");
+
+    files.write(&stranger.cert_pem, &first.key_pem);
+    kill(&child, "HUP");
+    let refused = wait_for_line(
+        &mut lines,
+        &mut seen,
+        "TLS files not reloaded; new handshakes keep the previous certificate",
+        sighup,
+    )
+    .await;
+    let problems = refused["problems"].as_str().unwrap();
+    assert!(problems.contains("server.tls_key_file: ") && problems.contains("does not match"), "{problems}");
+    assert_eq!(presented(proxy, &trusted).await, second.der);
+    let m = metrics().await;
+    assert!(metric(&m, "line_auth_proxy_tls_reloads_total{outcome=\"error\"}") >= 1.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_tls_cert_expiry_timestamp_seconds"), second.not_after as f64, "{m}");
+
+    kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    assert_eq!(code.code(), Some(0), "{seen:#?}");
+    let log = seen.join("\n");
+    for issued in trusted {
+        assert!(!log.contains(key_material(issued)), "key material in the log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn sighup_without_tls_does_not_end_the_process() {
+    let e = env("").await;
+    let files = TlsDir::new();
+    let config_file = files.0.join("config.toml");
+    std::fs::write(&config_file, config_text(&e.line.base_url(), &e.upstream.url(), "")).unwrap();
+    let mut child = spawn_binary(&config_file);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    let admin = ready["admin"].as_str().unwrap().to_owned();
+    kill(&child, "HUP");
+    wait_for_message(
+        &mut lines,
+        &mut seen,
+        "SIGHUP: nothing to reload (no TLS files; the configuration is read at start)",
+    )
+    .await;
+    let r = client().get(format!("http://{admin}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(code.code(), Some(0), "{seen:#?}");
 }

@@ -53,7 +53,8 @@ section! {
         /// the connection is closed.
         header_read_timeout_ms: Millis<1, 600000> = DEFAULT_HEADER_READ_TIMEOUT_MS,
         /// PEM certificate chain, the server's own certificate first: with
-        /// `tls_key_file`, `listen` serves TLS (rustls).
+        /// `tls_key_file`, `listen` serves TLS (rustls). Both files are read
+        /// again on SIGHUP and when either changes.
         tls_cert_file: Option<PathBuf>,
         /// PEM private key of `tls_cert_file`, unencrypted.
         tls_key_file: Option<PathBuf>,
@@ -92,7 +93,7 @@ impl ServerSection {
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let files = TlsFiles { cert_file: cert.clone(), key_file: key.clone() };
-                // The same reading and checks as start-up.
+                // The same reading and checks as start-up and every reload.
                 match crate::tls::load(&files) {
                     Ok(pair) => {
                         let now = crate::clock::Clock::system().unix_seconds();
