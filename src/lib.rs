@@ -20,6 +20,7 @@ pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
 mod error;
+mod hangup;
 mod headers;
 mod identity;
 mod limits;
@@ -31,6 +32,7 @@ mod routes;
 mod server;
 mod sync;
 mod telemetry;
+mod tls;
 mod upstream;
 
 #[doc(hidden)]
@@ -65,7 +67,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("cannot set up TLS on server.listen")]
-    Tls(#[from] server::TlsError),
+    Tls(#[from] tls::TlsError),
     /// reqwest's builder errors hold no URL, and `without_url` makes sure.
     #[error("cannot build the LINE Platform client")]
     LineClient(#[source] reqwest::Error),
@@ -110,18 +112,29 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
 pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> {
     use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
-    let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let tls = match &config.server.tls {
+        None => None,
+        Some(files) => Some(Arc::new(tls::Tls::new(files, metrics.clone(), clock.clone())?)),
+    };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
     };
     let proxy_listener = bind(config.server.keys.listen).await?;
     let admin_listener = bind(config.server.keys.admin_listen).await?;
-    let metrics = Arc::new(telemetry::Metrics::new());
     let line = Arc::new(
         line::LineClient::new(&config.line, clock.clone(), metrics.clone())
             .map_err(|e| RunError::LineClient(e.without_url()))?,
     );
     let mut background: Vec<(&'static str, Task)> = Vec::new();
+    // Installed here, before the ready line: a SIGHUP right after start-up
+    // must not meet the default action, which ends the process.
+    let hangups = hangup::Hangups::install();
+    if let Some(tls) = &tls {
+        background.push(("TLS reloader", Box::pin(tls.clone().run_reloader(hangups.subscribe()))));
+    }
+    background.push(("SIGHUP listener", Box::pin(hangups.run())));
+    let tls = tls.map(|tls| tls.acceptor());
     let jwks = config
         .id_token
         .as_ref()

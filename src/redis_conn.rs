@@ -64,14 +64,23 @@ pub fn redact_url(url: &str) -> String {
 /// A `redis://` or `rediss://` URL with a host, as redis-rs reads it. The
 /// message never echoes a password.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let ok = match url.split_once("://") {
+    let info = match url.split_once("://") {
         Some(("redis" | "rediss", rest)) => {
             let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            !host.is_empty() && !host.starts_with('/') && redis::IntoConnectionInfo::into_connection_info(url).is_ok()
+            let info = redis::IntoConnectionInfo::into_connection_info(url).ok();
+            info.filter(|_| !host.is_empty() && !host.starts_with('/'))
         }
-        _ => false,
+        _ => None,
     };
-    ok.then_some(()).ok_or_else(|| {
+    // redis-rs reads `#insecure` (no certificate verification) and then, built
+    // without `tls-rustls-insecure`, fails every connection with it.
+    if let Some(redis::ConnectionAddr::TcpTls { insecure: true, .. }) = info.as_ref().map(|i| i.addr()) {
+        return Err(format!(
+            "{:?}: #insecure (no certificate verification) is not supported: Redis over TLS must present a certificate the proxy can verify",
+            redact_url(url)
+        ));
+    }
+    info.map(|_| ()).ok_or_else(|| {
         format!(
             "{:?} is not a redis:// or rediss:// URL with a host (e.g. \"redis://:password@10.0.0.5:6379/0\"; unix sockets, Sentinel and Cluster are not supported)",
             redact_url(url)

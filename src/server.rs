@@ -1,6 +1,7 @@
-//! Listeners: the accept loop (plain TCP or rustls), the hyper-util auto builder
-//! (HTTP/1.1 and h2c / h2 over ALPN) with a header-read timeout and head-size
-//! limit, a bound on concurrent connections, and graceful shutdown.
+//! Listeners: the accept loop (plain TCP, or rustls with the pair `tls` keeps),
+//! the hyper-util auto builder (HTTP/1.1 and h2c / h2 over ALPN) with a
+//! header-read timeout and head-size limit, a bound on concurrent connections,
+//! and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::activity::{Activity, Expiry, Watched};
-use crate::config::{ServerConfig, TlsFiles};
+use crate::config::ServerConfig;
 use crate::limits::{ClientKey, Limit};
 use crate::proxy::{self, ConnInfo, ConnectionSlot, State};
 use crate::sync::until_set;
@@ -32,42 +33,6 @@ fn hyper_buffer_bytes(max_header_bytes: usize) -> usize {
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// After the grace period, how long closing the remaining connections may take (1 second).
 const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// Why the TLS listener could not be set up; each keeps its cause.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {}", .path.display())]
-    Read {
-        path: std::path::PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{} holds no certificate", .path.display())]
-    NoCertificate { path: std::path::PathBuf },
-    #[error("the certificate and key do not make a TLS configuration")]
-    Config(#[from] rustls::Error),
-}
-
-/// Builds the rustls acceptor from PEM files (ALPN: h2, http/1.1).
-pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read_err = |path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |source| TlsError::Read { path, source }
-    };
-    let certs = CertificateDer::pem_file_iter(&files.cert_file)
-        .map_err(read_err(&files.cert_file))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err(&files.cert_file))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: files.cert_file.clone() });
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(read_err(&files.key_file))?;
-    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// The two builders a connection is served with: HTTP/1.1 (plain TCP without
 /// the h2c preface, or TLS without ALPN `h2`) and HTTP/2 (the h2c preface, or

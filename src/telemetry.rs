@@ -4,9 +4,11 @@
 //! the `outcome` field of the access log line. No label ever holds a token.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -201,6 +203,48 @@ pub struct StatusClassLabels {
     pub class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsReloadLabels {
+    /// `ok` (the new pair serves new handshakes) or `error` (the old one stays).
+    pub outcome: &'static str,
+}
+
+/// A gauge with no sample until it is first set: without TLS the certificate
+/// expiry would otherwise read 0, long expired, to every alert on it.
+#[derive(Clone, Debug)]
+pub struct UnsetGauge(Arc<AtomicI64>);
+
+impl UnsetGauge {
+    const UNSET: i64 = i64::MIN;
+
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v != Self::UNSET)
+    }
+}
+
+impl Default for UnsetGauge {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(Self::UNSET)))
+    }
+}
+
+impl EncodeMetric for UnsetGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.get() {
+            Some(value) => encoder.encode_gauge(&value),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -259,6 +303,10 @@ pub struct Metrics {
     pub limited: Family<ReasonLabels, Counter>,
     /// Clients each limit tracks (owing budget, or with connections open).
     pub limit_clients: Family<LimitLabels, Gauge>,
+    /// The served TLS certificate's notAfter, unix seconds (no sample without TLS).
+    pub tls_cert_expiry: UnsetGauge,
+    /// Reloads of the TLS files by `outcome` (ok, error).
+    pub tls_reloads: Family<TlsReloadLabels, Counter>,
     request_ids: AtomicU64,
     /// Pre-resolved handles for the per-request series: the hot path increments
     /// an atomic instead of hashing a label set under a lock.
@@ -400,6 +448,18 @@ impl Metrics {
                 let _ = limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() });
             }
         }
+        let tls_cert_expiry = UnsetGauge::default();
+        registry.register(
+            "tls_cert_expiry_timestamp_seconds",
+            "notAfter of the TLS certificate new handshakes get, unix seconds (only with TLS)",
+            tls_cert_expiry.clone(),
+        );
+        let tls_reloads = Family::<TlsReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Re-reads of the TLS certificate and key (SIGHUP or a file change) by outcome",
+            tls_reloads.clone(),
+        );
         let hot = Hot {
             requests: Outcome::ALL
                 .iter()
@@ -430,6 +490,8 @@ impl Metrics {
             cache_shared_errors,
             limited,
             limit_clients,
+            tls_cert_expiry,
+            tls_reloads,
             requests,
             forward_auth_requests,
             rejections,

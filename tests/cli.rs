@@ -8,9 +8,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::process::{BIN, stderr_lines, wait_for_message};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_line-auth-proxy");
 
 fn write_config(text: &str) -> tempfile_like::TempFile {
     tempfile_like::TempFile::new(text)
@@ -192,41 +191,6 @@ fn missing_config_and_bad_arguments_exit_2() {
     assert_eq!(run(&[], &[]).0, 2);
     assert_eq!(run(&["--no-such-flag"], &[]).0, 2);
     assert_eq!(run(&["check", "--config", "/nonexistent/file.toml"], &[]).0, 2);
-}
-
-/// Collects a child's stderr line by line on a thread of its own (the pipe
-/// must keep draining), handing each line over as it comes.
-fn stderr_lines(child: &mut std::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Reads JSON log lines until one has `message`; that line (all kept in `seen`).
-async fn wait_for_message(
-    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: &mut Vec<String>,
-    message: &str,
-) -> serde_json::Value {
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {message:?} line within 20 s: {seen:#?}"))
-            .unwrap_or_else(|| panic!("the process ended before {message:?}: {seen:#?}"));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        seen.push(line);
-        if v["message"] == message {
-            return v;
-        }
-    }
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 # Installs what `cargo test --all-targets` needs beyond Rust, each only when
 # absent:
 #   Debian: redis-server and util-linux (prlimit) for the replica and limit
-#           tests; nginx, php-cli, nodejs, npm, python3-venv, chromium for
-#           tests/interop/
+#           tests; openssl (encrypted keys) for the TLS file tests; nginx,
+#           php-cli, nodejs, npm, python3-venv, chromium for tests/interop/
 #   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets
 #           (pinned in tests/interop/requirements.txt)
 #   npm:    Express (pinned in tests/interop/package.json and package-lock.json)
@@ -19,6 +19,7 @@ mkdir -p "$dir"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v php >/dev/null 2>&1 || missing+=(php-cli)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

@@ -43,7 +43,7 @@ pub(crate) use identity::IdentityConfig;
 pub(crate) use key_ring::KeyRing;
 pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
-pub(crate) use secret::Secret;
+pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
 pub(crate) use upstream::{UpstreamConfig, UpstreamProtocol};
 

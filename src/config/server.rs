@@ -52,9 +52,11 @@ section! {
         /// byte (the first head: from the accept, TLS handshake included); then
         /// the connection is closed.
         header_read_timeout_ms: Millis<1, 600000> = DEFAULT_HEADER_READ_TIMEOUT_MS,
-        /// PEM certificate chain: with `tls_key_file`, `listen` serves TLS (rustls).
+        /// PEM certificate chain, the server's own certificate first: with
+        /// `tls_key_file`, `listen` serves TLS (rustls). Both files are read
+        /// again on SIGHUP and when either changes.
         tls_cert_file: Option<PathBuf>,
-        /// PEM private key of `tls_cert_file`.
+        /// PEM private key of `tls_cert_file`, unencrypted.
         tls_key_file: Option<PathBuf>,
         /// Peers (an ingress that terminated TLS) whose `X-Forwarded-Proto`,
         /// `-Host` and `-Port` pass on unchanged: CIDRs or addresses, IPv4 and IPv6.
@@ -90,13 +92,23 @@ impl ServerSection {
         }
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => {
-                for (path, key_name) in [(cert, "server.tls_cert_file"), (key, "server.tls_key_file")] {
-                    if !path.is_file() {
-                        p.error(key_name, format!("{} is not a readable file", path.display()));
+                let files = TlsFiles { cert_file: cert.clone(), key_file: key.clone() };
+                // The same reading and checks as start-up and every reload.
+                match crate::tls::load(&files) {
+                    Ok(pair) => {
+                        let now = crate::clock::Clock::system().unix_seconds();
+                        if let Some(warning) = pair.expiry_warning(cert, now) {
+                            p.warn("server.tls_cert_file", warning);
+                        }
+                    }
+                    Err(problems) => {
+                        for (key, why) in problems.0 {
+                            p.error(key, why);
+                        }
                     }
                 }
                 super::secret::check_permissions("server.tls_key_file", key, p);
-                Some(TlsFiles { cert_file: cert.clone(), key_file: key.clone() })
+                Some(files)
             }
             (None, None) => None,
             (Some(_), None) => {

@@ -438,13 +438,17 @@ fn secret_and_key_files_open_to_every_user_are_warnings_naming_the_key() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("lap-modes-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, mode: u32| {
+    let write = |name: &str, content: &str, mode: u32| {
         let path = dir.join(name);
-        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
     };
-    let (secret, cert, key) = (write("secret", 0o644), write("cert.pem", 0o644), write("key.pem", 0o666));
+    // A real pair: the TLS files are parsed and matched at load.
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let secret = write("secret", "s3cr3t-value\n", 0o644);
+    let cert = write("cert.pem", &pair.cert.pem(), 0o644);
+    let key = write("key.pem", &pair.key_pair.serialize_pem(), 0o666);
     let file = format!(
         "{MINIMAL}{LOGIN}[line.channel_secret_files]\n\"1234567890\" = {secret:?}\n\
          [server]\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"

@@ -5,7 +5,9 @@
 //! tests; waiting for something to happen is [`eventually`], never a sleep.
 #![allow(dead_code)]
 
+pub mod process;
 mod redis;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
