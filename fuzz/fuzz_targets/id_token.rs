@@ -25,10 +25,11 @@
 //! exactly the verdict of an independent model (forbidden header keys and other
 //! algorithms refused before any key; ES256 only with the JWKS key, HS256 only
 //! with the audience's secret; a bad signature never passes; then issuer,
-//! audience, expiry, issue time and subject, in that order); remote
+//! audience, expiry, issue time, age, `nbf` and subject, in that order); remote
 //! verification sends LINE the token, an accepted `client_id` and the nonce only
 //! when there is one, and turns LINE's answer into exactly the verdict or
-//! error the model says. Nothing panics.
+//! error the model says (a 200 that is not about the token sent is unavailability).
+//! Nothing panics.
 #![no_main]
 
 use base64::Engine;
@@ -48,6 +49,8 @@ use serde_json::Value;
 
 const ISSUER: &str = "https://access.line.me";
 const MAX_TOKEN_BYTES: usize = 8192;
+/// `line.max_id_token_age_seconds` as the harness configures it (the default).
+const MAX_ID_TOKEN_AGE_SECONDS: u64 = 86_400;
 
 fuzz_target!(|data: &[u8]| {
     let harness = Harness::get();
@@ -188,6 +191,18 @@ fn reference_claims(p: &Value, now: u64) -> Result<IdClaims, Rejection> {
     if u128::from(iat) > u128::from(now) + u128::from(CLOCK_SKEW_SECONDS) {
         return Err(Rejection::IssuedInFuture);
     }
+    if u128::from(iat) + u128::from(MAX_ID_TOKEN_AGE_SECONDS) + u128::from(CLOCK_SKEW_SECONDS) < u128::from(now) {
+        return Err(Rejection::TooOld);
+    }
+    if let Some(nbf) = p.get("nbf") {
+        match nbf.as_u64() {
+            None => return Err(Rejection::IdTokenMalformed),
+            Some(nbf) if u128::from(nbf) > u128::from(now) + u128::from(CLOCK_SKEW_SECONDS) => {
+                return Err(Rejection::NotYetValid);
+            }
+            Some(_) => {}
+        }
+    }
     let sub = text("sub")
         .filter(|s| s.len() == 33 && s.starts_with('U') && s[1..].chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')))
         .ok_or(Rejection::BadSubject)?;
@@ -199,7 +214,30 @@ fn reference_claims(p: &Value, now: u64) -> Result<IdClaims, Rejection> {
         name: text("name").map(str::to_owned),
         picture: text("picture").map(str::to_owned),
         email: text("email").map(str::to_owned),
+        amr: match p.get("amr").and_then(Value::as_array) {
+            Some(list) => list.iter().filter_map(Value::as_str).take(8).map(str::to_owned).collect(),
+            None => Vec::new(),
+        },
     })
+}
+
+/// Whether LINE's 200 is about the token that was sent: its `iss` is LINE's,
+/// `sub`, `exp` and `nonce` are the token's own, `aud` is the `client_id`
+/// asked (the token's), `iat` is a number, and a nonce that was sent is the one
+/// answered.
+fn answer_is_about(answer: &Value, token: &Value, client_id: &str) -> bool {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let whole = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+    let sent_nonce = text(token, "nonce").filter(|n| !n.is_empty());
+    text(answer, "iss").as_deref() == Some(ISSUER)
+        && text(answer, "sub").is_some()
+        && text(answer, "sub") == text(token, "sub")
+        && text(answer, "aud").as_deref() == Some(client_id)
+        && whole(answer, "exp").is_some()
+        && whole(answer, "exp") == whole(token, "exp")
+        && whole(answer, "iat").is_some()
+        && text(answer, "nonce") == text(token, "nonce")
+        && (sent_nonce.is_none() || text(answer, "nonce") == sent_nonce)
 }
 
 fn remote(harness: &Harness, rest: &[u8]) {
@@ -244,7 +282,8 @@ fn remote(harness: &Harness, rest: &[u8]) {
     let want = match answer.status {
         429 => Err(LineError::RateLimited { endpoint: Endpoint::VerifyIdToken, retry_after: retry_after(&answer) }),
         200 => match serde_json::from_slice::<Value>(answer.body_sent()).ok().filter(Value::is_object) {
-            Some(body) => Ok(reference_claims(&body, harness.clock.unix_seconds())),
+            Some(body) if answer_is_about(&body, &payload, aud) => Ok(reference_claims(&body, harness.clock.unix_seconds())),
+            Some(_) => Err(LineError::BadResponse(Endpoint::VerifyIdToken)),
             None => Err(LineError::BadResponse(Endpoint::VerifyIdToken)),
         },
         s => reference_refusal(Endpoint::VerifyIdToken, s, answer.body_sent()).map(Err),

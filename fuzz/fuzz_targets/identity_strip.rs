@@ -85,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
         channel_id: "1234567890".into(),
         method: AuthMethod::IdToken,
         expires_at: 1_800_000_000,
+        amr: vec!["pwd".into()],
     };
     names.inject(&names.encode(&identity), &mut headers);
     strip_identity(&mut headers, &names, &assertion);

@@ -154,6 +154,7 @@ fn reference_access_token(verify: &Answer, profile: &Answer, now: u64) -> Result
         method: AuthMethod::AccessToken,
         // LINE documents at most 30 days; a longer lifetime is clamped to it.
         expires_at: now.saturating_add((expires_in as u64).min(MAX_ACCESS_TOKEN_LIFETIME_SECONDS)),
+        amr: Vec::new(),
     }))
 }
 
