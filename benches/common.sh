@@ -1,4 +1,4 @@
-# Shared by benches/nonce_flood.sh, token_spray.sh and silent_clients.sh
+# Shared by benches/nonce_flood.sh, token_spray.sh, silent_clients.sh and forward_auth.sh
 # (sourced, not run): the release build, a temporary directory and the
 # processes to stop on exit, the fixtures (upstream + mock LINE), and starting
 # a proxy whose listeners bind port 0 and reading the ports it got.
@@ -23,6 +23,22 @@ start_fixtures() {
     PIDS+=($!)
     for _ in $(seq 1 500); do grep -q READY "$TMP/fixtures.out" 2>/dev/null && break; sleep 0.02; done
     read -r _ UP_PORT LINE_PORT < <(grep READY "$TMP/fixtures.out")
+}
+
+# write_config <label> [more toml] -> $TMP/<label>.toml: both listeners on
+# port 0, the fixtures as upstream and LINE, then whatever else is given.
+write_config() {
+    cat > "$TMP/$1.toml" <<T
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[upstream]
+url = "http://127.0.0.1:$UP_PORT"
+[line]
+channel_ids = ["1234567890"]
+api_base_url = "http://127.0.0.1:$LINE_PORT"
+${2:-}
+T
 }
 
 # start_proxy <label> (config in $TMP/<label>.toml) -> sets PROXY_PID PROXY_PORT ADMIN_PORT

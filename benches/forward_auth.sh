@@ -31,19 +31,6 @@ keys() {
     esac
     chmod 600 "$TMP/$1.pem"
 }
-write_config() { # <label> <extra toml>
-    cat > "$TMP/$1.toml" <<T
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[upstream]
-url = "http://127.0.0.1:$UP_PORT"
-[line]
-channel_ids = ["1234567890"]
-api_base_url = "http://127.0.0.1:$LINE_PORT"
-$2
-T
-}
 
 printf '| set-up | requests/s | p99 | proxy CPU per request |\n| --- | --- | --- | --- |\n'
 measure() { # <label> <path>

@@ -14,16 +14,7 @@ N=${N:-5000}
 CONC=${CONC:-32}
 source "$(dirname "$0")/common.sh"
 start_fixtures
-cat > "$TMP/proxy.toml" <<T
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[upstream]
-url = "http://127.0.0.1:$UP_PORT"
-[line]
-channel_ids = ["1234567890"]
-api_base_url = "http://127.0.0.1:$LINE_PORT"
-T
+write_config proxy
 PROXY_LOG="info,access=off" start_proxy proxy
 echo "== $N fresh invalid tokens from one address, $CONC at a time"
 "$LB" spray "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" "$N" "$CONC"

@@ -107,19 +107,24 @@ const P256_ORDER: [u8; 32] = [
 /// For a 64-byte `r ‖ s` whose `s` is above `n / 2`: `r ‖ (n − s)`, the
 /// same signature's low-`s` twin. `None` when it is already low (or not 64 bytes).
 fn low_s(signature: &[u8]) -> Option<Vec<u8>> {
-    let (r, s) = (signature.get(..32)?, signature.get(32..64)?);
-    if signature.len() != 64 || s >= &P256_ORDER[..] {
+    if signature.len() != 64 || signature[32..] >= P256_ORDER[..] {
         return None;
     }
-    // s > n / 2  ⇔  2s > n, computed as n − s < s.
-    let mut twin = [0u8; 32];
+    let twin = twin(signature);
+    // s > n / 2  ⇔  2s > n  ⇔  n − s < s.
+    (twin[32..] < signature[32..]).then_some(twin)
+}
+
+/// `r ‖ (n − s)` for a 64-byte `r ‖ s` with `s < n`: the signature's twin.
+fn twin(signature: &[u8]) -> Vec<u8> {
+    let mut twin = signature.to_vec();
     let mut borrow = 0i16;
     for i in (0..32).rev() {
-        let d = i16::from(P256_ORDER[i]) - i16::from(s[i]) - borrow;
+        let d = i16::from(P256_ORDER[i]) - i16::from(signature[32 + i]) - borrow;
         borrow = i16::from(d < 0);
-        twin[i] = d.rem_euclid(256) as u8;
+        twin[32 + i] = d.rem_euclid(256) as u8;
     }
-    (twin[..] < *s).then(|| [r, &twin[..]].concat())
+    twin
 }
 
 /// Splits and decodes an ID token: over 8 KiB, not three base64url parts, or
@@ -388,15 +393,7 @@ mod tests {
                 }
                 None => {
                     low += 1;
-                    // The high twin of a low signature: r ‖ (n − s).
-                    let mut s = [0u8; 32];
-                    let mut borrow = 0i16;
-                    for j in (0..32).rev() {
-                        let d = i16::from(P256_ORDER[j]) - i16::from(sig.as_ref()[32 + j]) - borrow;
-                        borrow = i16::from(d < 0);
-                        s[j] = d.rem_euclid(256) as u8;
-                    }
-                    [&sig.as_ref()[..32], &s[..]].concat()
+                    twin(sig.as_ref())
                 }
             };
             public.verify(input.as_bytes(), &twin_sig).expect("the twin verifies too");
