@@ -41,6 +41,9 @@ pub enum ClientError {
     BadBody,
     /// A trusted ingress's `X-Forwarded-Method` / `X-Original-Method` is no method.
     BadForwardedMethod,
+    /// A forward-auth check names two different original paths or methods
+    /// (both header families, a header twice, or a header and Envoy's path).
+    AmbiguousForwarded,
 }
 
 /// A failure on the way to, or waiting for, the upstream.
@@ -91,6 +94,7 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::BadHost => "bad_host",
         ClientError::BadBody => "bad_request_body",
         ClientError::BadForwardedMethod => "bad_forwarded_method",
+        ClientError::AmbiguousForwarded => "ambiguous_forwarded_request",
     }
 }
 
@@ -114,7 +118,8 @@ impl ProxyError {
                 | ClientError::TwoCredentials
                 | ClientError::BadHost
                 | ClientError::BadBody
-                | ClientError::BadForwardedMethod,
+                | ClientError::BadForwardedMethod
+                | ClientError::AmbiguousForwarded,
             ) => class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None),
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
@@ -182,6 +187,10 @@ impl ProxyError {
             ProxyError::Client(ClientError::BadForwardedMethod) => (
                 "invalid_request",
                 "the forwarded method (X-Forwarded-Method / X-Original-Method) is not an HTTP method",
+            ),
+            ProxyError::Client(ClientError::AmbiguousForwarded) => (
+                "invalid_request",
+                "the original request is named twice, differently (X-Forwarded-Uri / X-Original-URI / the path, or the method)",
             ),
             ProxyError::Client(ClientError::TwoCredentials) => (
                 "invalid_request",
@@ -360,6 +369,7 @@ mod tests {
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),
             ProxyError::Client(ClientError::BadForwardedMethod),
+            ProxyError::Client(ClientError::AmbiguousForwarded),
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
             ProxyError::NonceStoreFull,
@@ -399,6 +409,7 @@ mod tests {
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),
             ProxyError::Client(ClientError::BadForwardedMethod),
+            ProxyError::Client(ClientError::AmbiguousForwarded),
             ProxyError::NonceStore,
             ProxyError::NonceStoreFull,
             ProxyError::Upstream(UpstreamError::Unreachable),

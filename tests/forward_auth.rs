@@ -168,6 +168,36 @@ async fn forwarded_uris_are_normalised_like_a_request_line() {
     assert_eq!(e.upstream.hits(), 0);
 }
 
+/// The ingress sets one family of headers and passes the client's other one
+/// (nginx passes a client's `X-Forwarded-Uri` while it sets `X-Original-URI`):
+/// two different names for the original request are refused, never one picked.
+#[tokio::test]
+async fn two_different_names_for_the_original_request_are_refused() {
+    let e = fa_env(true).await;
+    let client_spoof = [("x-forwarded-uri", "/public/"), ("x-original-uri", "/api/orders")];
+    let r = check(&e, "", &client_spoof, None).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_error(r, 400).await, "invalid_request");
+    let reversed = [("x-original-uri", "/public/"), ("x-forwarded-uri", "/api/orders")];
+    assert_eq!(check(&e, "", &reversed, None).await.status(), 400);
+    // One header twice: an appending ingress puts the client's copy first.
+    let twice = [("x-forwarded-uri", "/public/"), ("x-forwarded-uri", "/api/orders")];
+    assert_eq!(check(&e, "", &twice, None).await.status(), 400);
+    // A header against Envoy's path form.
+    assert_eq!(check(&e, "/api/orders", &[("x-forwarded-uri", "/public/")], None).await.status(), 400);
+    // Two methods.
+    let methods = [("x-forwarded-uri", "/cors/items"), ("x-forwarded-method", "OPTIONS"), ("x-original-method", "POST")];
+    assert_eq!(check(&e, "", &methods, None).await.status(), 400);
+    // Agreeing names (same path; the query never routes) are one request.
+    let agreeing = [("x-forwarded-uri", "/public/a?x=1"), ("x-original-uri", "/public/a"), ("x-original-method", "GET")];
+    assert_eq!(check(&e, "", &agreeing, None).await.status(), 200);
+    let m = e.proxy.metrics().await;
+    let series = "line_auth_proxy_forward_auth_requests_total{outcome=\"bad_request\",auth=\"access_token\"}";
+    assert_eq!(metric(&m, series), 5.0, "{m}");
+    assert_eq!(e.upstream.hits(), 0);
+    assert_eq!(e.line.verify_calls(), 0);
+}
+
 #[tokio::test]
 async fn cors_preflight_policy_applies_to_the_forwarded_method() {
     let e = fa_env(true).await;

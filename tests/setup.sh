@@ -3,7 +3,7 @@
 # absent:
 #   Debian: redis-server and util-linux (prlimit) for the replica and limit
 #           tests; openssl (encrypted keys) for the TLS file tests; nginx,
-#           php-cli, nodejs, npm, python3-venv, chromium for tests/interop/
+#           caddy, php-cli, nodejs, npm, python3-venv, chromium for tests/interop/
 #   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets
 #           (pinned in tests/interop/requirements.txt)
 #   npm:    Express (pinned in tests/interop/package.json and package-lock.json)
@@ -21,6 +21,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v php >/dev/null 2>&1 || missing+=(php-cli)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
@@ -60,6 +61,7 @@ echo "test setup: ready in $dir"
 echo "  $(redis-server --version | cut -d' ' -f1-3)"
 echo "  $(prlimit --version)"
 echo "  nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+echo "  caddy $(caddy version | cut -d' ' -f1)"
 echo "  $(chromium --version 2>/dev/null | cut -d' ' -f1-2)"
 echo "  $(php -r 'echo "php ", PHP_VERSION;')"
 echo "  node $(node --version), express $(node -e "console.log(require('$dir/node/node_modules/express/package.json').version)")"

@@ -73,6 +73,13 @@ fn strictest(ctx: &mut RequestCtx<'_>) -> Policy {
 }
 
 /// The original method and normalised URI a trusted ingress names, if any.
+///
+/// Every source present must agree: an ingress that sets one family of
+/// headers passes the client's other family on (nginx passes a client's
+/// `X-Forwarded-Uri` to the check while it sets `X-Original-URI`; Caddy and
+/// Traefik pass a client's `X-Original-URI`), and one that appends passes the
+/// client's copy first. Two paths or two methods that differ are a 400
+/// `ambiguous_forwarded_request`, never a choice of one.
 fn original(
     ctx: &RequestCtx<'_>,
     req: &Request<Incoming>,
@@ -83,24 +90,47 @@ fn original(
         return Ok(None);
     }
     let headers = req.headers();
-    let named = |uri: &str, method: &str| headers.get(uri).map(|u| (u, headers.get(method)));
-    let (uri, method) =
-        match named("x-forwarded-uri", "x-forwarded-method").or_else(|| named("x-original-uri", "x-original-method")) {
-            Some((uri, method)) => (target(uri.as_bytes())?, method.map(|m| parse_method(m.as_bytes())).transpose()?),
-            None => match path.path().strip_prefix(own).filter(|rest| !rest.is_empty()) {
-                // Envoy: `path_prefix` + the original path; the path was
-                // normalised whole, so its tail is too. The query follows.
-                Some(rest) => {
-                    let with_query = match path.query() {
-                        Some(q) => format!("{rest}?{q}"),
-                        None => rest.to_owned(),
-                    };
-                    (PathAndQuery::try_from(with_query).map_err(|_| bad(PathError::BadEscape))?, None)
-                }
-                None => return Ok(None),
-            },
-        };
+    let named = |name: &'static str| headers.get_all(name).into_iter();
+    let mut uris = named("x-forwarded-uri").chain(named("x-original-uri")).map(|v| target(v.as_bytes()));
+    let uri = match uris.next().transpose()? {
+        Some(first) => first,
+        None => match envoy_suffix(own, path)? {
+            Some(suffix) => suffix,
+            None => return Ok(None),
+        },
+    };
+    for other in uris {
+        if other?.path() != uri.path() {
+            return Err(ProxyError::Client(ClientError::AmbiguousForwarded));
+        }
+    }
+    if let Some(suffix) = envoy_suffix(own, path)?
+        && suffix.path() != uri.path()
+    {
+        return Err(ProxyError::Client(ClientError::AmbiguousForwarded));
+    }
+    let mut methods = named("x-forwarded-method").chain(named("x-original-method")).map(|m| parse_method(m.as_bytes()));
+    let method = methods.next().transpose()?;
+    for other in methods {
+        if Some(other?) != method {
+            return Err(ProxyError::Client(ClientError::AmbiguousForwarded));
+        }
+    }
     Ok(Some((method.unwrap_or_else(|| req.method().clone()), uri)))
+}
+
+/// Envoy `ext_authz` with `path_prefix`: the original path after
+/// `forward_auth.path`, its query following. The path was normalised whole,
+/// so its tail is too.
+fn envoy_suffix(own: &str, path: &PathAndQuery) -> Result<Option<PathAndQuery>, ProxyError> {
+    let Some(rest) = path.path().strip_prefix(own).filter(|rest| !rest.is_empty()) else {
+        return Ok(None);
+    };
+    let with_query = match path.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    PathAndQuery::try_from(with_query).map(Some).map_err(|_| bad(PathError::BadEscape))
 }
 
 /// A forwarded URI, normalised exactly like a request line.
