@@ -186,10 +186,12 @@ async fn two_different_names_for_the_original_request_are_refused() {
     // A header against Envoy's path form.
     assert_eq!(check(&e, "/api/orders", &[("x-forwarded-uri", "/public/")], None).await.status(), 400);
     // Two methods.
-    let methods = [("x-forwarded-uri", "/cors/items"), ("x-forwarded-method", "OPTIONS"), ("x-original-method", "POST")];
+    let methods =
+        [("x-forwarded-uri", "/cors/items"), ("x-forwarded-method", "OPTIONS"), ("x-original-method", "POST")];
     assert_eq!(check(&e, "", &methods, None).await.status(), 400);
     // Agreeing names (same path; the query never routes) are one request.
-    let agreeing = [("x-forwarded-uri", "/public/a?x=1"), ("x-original-uri", "/public/a"), ("x-original-method", "GET")];
+    let agreeing =
+        [("x-forwarded-uri", "/public/a?x=1"), ("x-original-uri", "/public/a"), ("x-original-method", "GET")];
     assert_eq!(check(&e, "", &agreeing, None).await.status(), 200);
     let m = e.proxy.metrics().await;
     let series = "line_auth_proxy_forward_auth_requests_total{outcome=\"bad_request\",auth=\"access_token\"}";

@@ -12,7 +12,9 @@
 //!   subprotocol entry as a browser must;
 //! - headless Chromium on a page of another origin: `fetch` reads the proxy's
 //!   own 401 and 503 on a route naming that origin, and a `new WebSocket` opens
-//!   with the token as a subprotocol entry.
+//!   with the token as a subprotocol entry;
+//! - the ingress examples of `deploy/ingress/` in real nginx and Caddy, with
+//!   line-auth-proxy as their forward-auth check (`ingress.rs`).
 //!
 //! What they need is installed by `tests/setup.sh` (`.ci/run` runs it)
 //! into `target/interop` (or `$LAP_INTEROP_DIR`). Missing software fails these
@@ -21,6 +23,8 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod ingress;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
