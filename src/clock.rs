@@ -45,8 +45,14 @@ impl Clock {
 
     /// A clock that starts at the real now and then stands still until advanced.
     pub fn manual() -> Self {
+        Self::manual_at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+    }
+
+    /// A manual clock whose wall-clock time starts at `start_unix` (since the
+    /// unix epoch), for what is checked against another program's real clock:
+    /// a clock set in the past issues what that program sees as expired.
+    pub fn manual_at(start_unix: Duration) -> Self {
         let (offset, _) = watch::channel(Duration::ZERO);
-        let start_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         Self { manual: Some(Arc::new(Manual { start: Instant::now(), start_unix, offset })) }
     }
 

@@ -13,34 +13,10 @@ use std::time::Duration;
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use support::signing_keys::{ed25519_key, es256_key, key_file};
 use support::*;
 
 const HEADER: &str = "x-line-identity-jwt";
-
-fn pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
-}
-
-fn es256_key() -> String {
-    pem(EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap().as_ref())
-}
-
-fn ed25519_key() -> String {
-    pem(Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap().as_ref())
-}
-
-/// A key file holding `pems`, in order.
-fn key_file(pems: &[&str]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("lap-assertion-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("assertion.pem");
-    std::fs::write(&path, pems.concat()).unwrap();
-    path
-}
 
 async fn assertion_env(keys: &std::path::Path, extra: &str) -> Env {
     let clock = Clock::manual();

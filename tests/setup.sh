@@ -4,9 +4,9 @@
 #   Debian: redis-server and util-linux (prlimit) for the replica and limit
 #           tests; openssl (encrypted keys) for the TLS file tests; nginx,
 #           caddy, php-cli, nodejs, npm, python3-venv, chromium for tests/interop/
-#   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets
+#   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets, PyJWT
 #           (pinned in tests/interop/requirements.txt)
-#   npm:    Express (pinned in tests/interop/package.json and package-lock.json)
+#   npm:    Express, jose (pinned in tests/interop/package.json and package-lock.json)
 # The PyPI and npm packages go into $LAP_INTEROP_DIR (default: target/interop).
 # Re-running is cheap: the Python environment and node_modules are rebuilt only
 # when their pins change, and pip's and npm's download caches are kept.
@@ -64,9 +64,9 @@ echo "  nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 echo "  caddy $(caddy version | cut -d' ' -f1)"
 echo "  $(chromium --version 2>/dev/null | cut -d' ' -f1-2)"
 echo "  $(php -r 'echo "php ", PHP_VERSION;')"
-echo "  node $(node --version), express $(node -e "console.log(require('$dir/node/node_modules/express/package.json').version)")"
+echo "  node $(node --version), express $(node -e "console.log(require('$dir/node/node_modules/express/package.json').version)"), jose $(node -e "console.log(require('$dir/node/node_modules/jose/package.json').version)")"
 "$dir/venv/bin/python" - <<'EOF'
 from importlib.metadata import version
 print("  python", __import__("sys").version.split()[0] + ",",
-      ", ".join(f"{p} {version(p)}" for p in ["gunicorn", "Flask", "uvicorn", "starlette", "grpcio", "websockets"]))
+      ", ".join(f"{p} {version(p)}" for p in ["gunicorn", "Flask", "uvicorn", "starlette", "grpcio", "websockets", "PyJWT"]))
 EOF

@@ -14,7 +14,9 @@
 //!   own 401 and 503 on a route naming that origin, and a `new WebSocket` opens
 //!   with the token as a subprotocol entry;
 //! - the ingress examples of `deploy/ingress/` in real nginx and Caddy, with
-//!   line-auth-proxy as their forward-auth check (`ingress.rs`).
+//!   line-auth-proxy as their forward-auth check (`ingress.rs`);
+//! - the README's PyJWT and jose assertion verifiers, run as written against
+//!   a live proxy's published keys (`verifiers.rs`).
 //!
 //! What they need is installed by `tests/setup.sh` (`.ci/run` runs it)
 //! into `target/interop` (or `$LAP_INTEROP_DIR`). Missing software fails these
@@ -25,6 +27,7 @@
 mod support;
 
 mod ingress;
+mod verifiers;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -7,6 +7,7 @@
 
 pub mod process;
 mod redis;
+pub mod signing_keys;
 pub mod tls;
 
 use std::convert::Infallible;
