@@ -203,6 +203,9 @@ async fn authenticates_through(ingress: &Ingress, line: &MockLine, app: &Recordi
     let r = c.get(ingress.url("/api/orders")).bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
+    // An encoded `/` in the original URI: the check's 400, not the ingress's 500.
+    let r = c.get(ingress.url("/public%2F..%2Fadmin")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 400);
     assert_eq!(app.hits(), hits, "a refused request reached the app");
 
     // A public route: forwarded without any identity, the client's spoofs gone.
