@@ -4,7 +4,8 @@
 #   Debian: redis-server and util-linux (prlimit) for the replica and limit
 #           tests; openssl (encrypted keys) for the TLS file tests; nginx,
 #           caddy, php-cli, nodejs, npm, python3-venv, chromium for tests/interop/
-#   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets, PyJWT
+#   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets, PyJWT,
+#           PyYAML (the YAML ingress examples)
 #           (pinned in tests/interop/requirements.txt)
 #   npm:    Express, jose (pinned in tests/interop/package.json and package-lock.json)
 # The PyPI and npm packages go into $LAP_INTEROP_DIR (default: target/interop).

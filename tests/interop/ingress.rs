@@ -239,3 +239,17 @@ async fn caddy_forward_auth_authenticates_through_forward_auth() {
     let caddy = Ingress::caddy(&proxy, &app).await;
     authenticates_through(&caddy, &line, &app, &proxy).await;
 }
+
+/// Traefik, Envoy and Istio do not run here: their examples are parsed and
+/// the settings line-auth-proxy depends on checked
+/// (`apps/check_ingress_yaml.py`: identity copied and client copies removed
+/// first, the check at `/_auth/verify`, failing closed with 503).
+#[tokio::test]
+async fn the_traefik_envoy_and_istio_examples_parse_and_fail_closed() {
+    let mut command = std::process::Command::new(python());
+    command.arg(apps().join("check_ingress_yaml.py")).arg(repo().join("deploy/ingress"));
+    let out = run_to_end(command).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("checked ")).count(), 4, "{stdout}");
+}
