@@ -41,6 +41,11 @@ pub enum ClientError {
     BadBody,
     /// A trusted ingress's `X-Forwarded-Method` / `X-Original-Method` is no method.
     BadForwardedMethod,
+    /// The session exchange takes POST only.
+    SessionMethod,
+    /// An unsafe method authenticated by the session cookie, from another
+    /// site (no matching `Origin`, no `Sec-Fetch-Site: same-origin`).
+    CrossSite,
     /// A forward-auth check names two different original paths or methods
     /// (both header families, a header twice, or a header and Envoy's path).
     AmbiguousForwarded,
@@ -90,6 +95,8 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::BadPath(_) => "bad_path",
         ClientError::HeadersTooLarge => "headers_too_large",
         ClientError::NonceMethod => "nonce_method",
+        ClientError::SessionMethod => "session_method",
+        ClientError::CrossSite => "cross_site_request",
         ClientError::TwoCredentials => "two_credentials",
         ClientError::BadHost => "bad_host",
         ClientError::BadBody => "bad_request_body",
@@ -124,8 +131,11 @@ impl ProxyError {
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
             }
-            ProxyError::Client(ClientError::NonceMethod) => {
+            ProxyError::Client(ClientError::NonceMethod | ClientError::SessionMethod) => {
                 class(StatusCode::METHOD_NOT_ALLOWED, Outcome::BadRequest, None)
+            }
+            ProxyError::Client(ClientError::CrossSite) => {
+                class(StatusCode::FORBIDDEN, Outcome::Rejected, Some(Refusal::Rejected))
             }
             ProxyError::Client(
                 ClientError::MissingCredential | ClientError::Credential(_) | ClientError::Rejected(_),
@@ -178,6 +188,13 @@ impl ProxyError {
                 ("unauthorized", "this route needs a LINE token: Authorization: Bearer <token>")
             }
             ProxyError::Client(ClientError::NonceMethod) => ("invalid_request", "nonces are issued with GET"),
+            ProxyError::Client(ClientError::SessionMethod) => {
+                ("invalid_request", "a session is exchanged with POST and a Bearer access token")
+            }
+            ProxyError::Client(ClientError::CrossSite) => (
+                "access_denied",
+                "a request that changes state with the session cookie must come from the app's own origin",
+            ),
             ProxyError::Client(ClientError::BadHost) => {
                 ("invalid_request", "an HTTP/1.1 request needs exactly one Host header naming a host")
             }
@@ -304,6 +321,9 @@ impl ProxyError {
             ProxyError::Client(ClientError::NonceMethod) => {
                 headers.insert(http::header::ALLOW, HeaderValue::from_static("GET"));
             }
+            ProxyError::Client(ClientError::SessionMethod) => {
+                headers.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            }
             _ => {}
         }
     }
@@ -365,6 +385,8 @@ mod tests {
             ProxyError::Client(ClientError::BadPath(PathError::Backslash)),
             ProxyError::Client(ClientError::HeadersTooLarge),
             ProxyError::Client(ClientError::NonceMethod),
+            ProxyError::Client(ClientError::SessionMethod),
+            ProxyError::Client(ClientError::CrossSite),
             ProxyError::Client(ClientError::TwoCredentials),
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),
@@ -384,7 +406,7 @@ mod tests {
             let c = e.class();
             let expected = match c.status.as_u16() {
                 400 | 405 | 431 => (Outcome::BadRequest, None),
-                401 => (Outcome::Rejected, Some(Refusal::Rejected)),
+                401 | 403 => (Outcome::Rejected, Some(Refusal::Rejected)),
                 503 => (Outcome::Unavailable, Some(Refusal::Unavailable)),
                 502 | 504 => (Outcome::UpstreamError, None),
                 500 => (Outcome::InternalError, None),
@@ -405,6 +427,8 @@ mod tests {
             ProxyError::Client(ClientError::BadPath(PathError::Backslash)),
             ProxyError::Client(ClientError::HeadersTooLarge),
             ProxyError::Client(ClientError::NonceMethod),
+            ProxyError::Client(ClientError::SessionMethod),
+            ProxyError::Client(ClientError::CrossSite),
             ProxyError::Client(ClientError::TwoCredentials),
             ProxyError::Client(ClientError::BadHost),
             ProxyError::Client(ClientError::BadBody),

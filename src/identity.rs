@@ -9,6 +9,8 @@
 pub enum AuthMethod {
     AccessToken,
     IdToken,
+    /// A proxy session (`[session]`) sealing an access token.
+    Session,
 }
 
 impl AuthMethod {
@@ -17,6 +19,7 @@ impl AuthMethod {
         match self {
             AuthMethod::AccessToken => "access_token",
             AuthMethod::IdToken => "id_token",
+            AuthMethod::Session => "session",
         }
     }
 }

@@ -30,6 +30,7 @@ mod redis_conn;
 mod redis_entry;
 mod routes;
 mod server;
+mod session;
 mod sync;
 mod telemetry;
 mod tls;
@@ -191,9 +192,11 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         None => None,
         Some(a) => Some(Arc::new(assertion::Signer::new(a, clock.clone()).map_err(RunError::Assertion)?)),
     };
+    let sessions = config.session.clone().map(proxy::session::Sessions::new);
     let cache = Arc::new(
         cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone())
-            .with_assertions(signer.clone()),
+            .with_assertions(signer.clone())
+            .with_session_revalidation(sessions.as_ref().map(|s| s.config.revalidate)),
     );
     background.push(("cache sweeper", Box::pin(cache.clone().run_sweeper())));
     let upstream = upstream::Upstream::new(&config.upstream);
@@ -223,6 +226,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         metrics,
         limits,
         clock: clock.clone(),
+        sessions,
     });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }

@@ -21,6 +21,8 @@ pub enum RouteAuth {
     /// `Authorization: Bearer <LINE ID token>`, with a single-use nonce unless
     /// the route sets `require_nonce = false`.
     IdToken,
+    /// A proxy session cookie (`[session]`), or a Bearer access token.
+    Session,
 }
 
 impl RouteAuth {
@@ -30,6 +32,7 @@ impl RouteAuth {
             RouteAuth::AccessToken => "access_token",
             RouteAuth::Optional => "optional",
             RouteAuth::IdToken => "id_token",
+            RouteAuth::Session => "session",
         }
     }
 }

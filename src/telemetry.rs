@@ -81,7 +81,9 @@ pub enum Outcome {
     /// A CORS preflight let through without a credential.
     Preflight,
     NonceIssued,
-    /// 401.
+    /// The session exchange answered 204 with a session cookie.
+    SessionIssued,
+    /// 401, and 403 for a cross-site request with the session cookie.
     Rejected,
     /// 503: verification could not run.
     Unavailable,
@@ -96,12 +98,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 11] = [
+    const ALL: [Outcome; 12] = [
         Outcome::Forwarded,
         Outcome::Allowed,
         Outcome::Anonymous,
         Outcome::Preflight,
         Outcome::NonceIssued,
+        Outcome::SessionIssued,
         Outcome::Rejected,
         Outcome::Unavailable,
         Outcome::BadRequest,
@@ -117,6 +120,7 @@ impl Outcome {
             Outcome::Anonymous => "anonymous",
             Outcome::Preflight => "preflight",
             Outcome::NonceIssued => "nonce_issued",
+            Outcome::SessionIssued => "session_issued",
             Outcome::Rejected => "rejected",
             Outcome::Unavailable => "unavailable",
             Outcome::BadRequest => "bad_request",

@@ -73,6 +73,7 @@ fn route(line: &[u8]) -> Option<Route> {
         "access_token" => RouteAuth::AccessToken,
         "optional" => RouteAuth::Optional,
         "id_token" => RouteAuth::IdToken,
+        "session" => RouteAuth::Session,
         _ => return None,
     };
     let methods = match words.next().unwrap_or("*") {

@@ -48,6 +48,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub enum CredentialKind {
     AccessToken = 1,
     IdToken = 2,
+    /// The access token sealed in a session: its own entries, so that their
+    /// lifetime can be bounded by `session.revalidate_seconds`.
+    Session = 3,
 }
 
 pub fn cache_key(kind: CredentialKind, token: &str) -> CacheKey {
@@ -145,6 +148,8 @@ pub struct VerdictCache {
     inflight: Mutex<HashMap<CacheKey, Flight, BuildHasherDefault<DigestHasher>>>,
     ttl: Duration,
     negative_ttl: Duration,
+    /// `session.revalidate_seconds`: what session verdicts live at most.
+    session_ttl: Duration,
     names: IdentityHeaderNames,
     shared: Option<SharedTier>,
     /// Makes the assertion claims of valid verdicts (`[assertion]`).
@@ -162,6 +167,7 @@ impl VerdictCache {
             inflight: Mutex::new(HashMap::default()),
             ttl: config.keys.ttl_seconds.duration(),
             negative_ttl: config.keys.negative_ttl_seconds.duration(),
+            session_ttl: Duration::MAX,
             names,
             shared,
             signer: None,
@@ -379,7 +385,7 @@ impl VerdictCache {
                 }
                 ran = Some(Lookup::Miss);
                 let verdict = verify.await.map_err(Arc::new)?;
-                let ttl = self.ttl_for(&verdict);
+                let ttl = self.ttl_for(kind, &verdict);
                 if let Some(shared) = &self.shared {
                     shared.put(&key, &verdict, ttl);
                 }
@@ -393,14 +399,24 @@ impl VerdictCache {
         Ok((result, ran.unwrap_or(Lookup::Coalesced)))
     }
 
-    fn ttl_for(&self, verdict: &Verdict) -> Duration {
-        match verdict {
+    fn ttl_for(&self, kind: CredentialKind, verdict: &Verdict) -> Duration {
+        let ttl = match verdict {
             Verdict::Valid(identity) => {
                 let left = identity.expires_at.saturating_sub(self.clock.unix_seconds());
                 self.ttl.min(Duration::from_secs(left))
             }
             Verdict::Rejected(_) => self.negative_ttl,
+        };
+        if kind == CredentialKind::Session { ttl.min(self.session_ttl) } else { ttl }
+    }
+
+    /// With `[session]`: session verdicts live at most `revalidate`, so a
+    /// token revoked at LINE ends its session within that bound.
+    pub fn with_session_revalidation(mut self, revalidate: Option<std::time::Duration>) -> Self {
+        if let Some(r) = revalidate {
+            self.session_ttl = r;
         }
+        self
     }
 
     /// A valid verdict whose token has expired is dead whatever its TTL said.

@@ -169,5 +169,6 @@ fn method_of(kind: CredentialKind) -> AuthMethod {
     match kind {
         CredentialKind::AccessToken => AuthMethod::AccessToken,
         CredentialKind::IdToken => AuthMethod::IdToken,
+        CredentialKind::Session => AuthMethod::Session,
     }
 }

@@ -15,6 +15,7 @@ use super::line::LineSection;
 use super::nonce::NonceSection;
 use super::routes::RouteSection;
 use super::server::ServerSection;
+use super::session::SessionSection;
 use super::upstream::UpstreamSection;
 use super::{CONFIG_FILE_ENV, ENV_PREFIX, Problems};
 
@@ -35,6 +36,7 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub forward_auth: ForwardAuthSection,
     pub assertion: AssertionSection,
+    pub session: SessionSection,
     pub routes: Vec<RouteSection>,
     /// Key paths set by the file or the environment (`nonce.ttl_seconds`,
     /// `routes[1].require_nonce`); a section written empty appears by its name.
@@ -43,7 +45,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// The sections with plain keys, in the order the reference lists them.
-    fn sections(&mut self) -> [&mut dyn Section; 9] {
+    fn sections(&mut self) -> [&mut dyn Section; 10] {
         [
             &mut self.server,
             &mut self.upstream,
@@ -54,6 +56,7 @@ impl FileConfig {
             &mut self.limits,
             &mut self.forward_auth,
             &mut self.assertion,
+            &mut self.session,
         ]
     }
 

@@ -30,6 +30,11 @@ impl KeyRing {
         &self.0
     }
 
+    /// The keys of several files, in order.
+    pub fn from_keys(keys: Vec<[u8; KEY_BYTES]>) -> Self {
+        KeyRing(keys)
+    }
+
     #[cfg(test)]
     pub fn for_tests(keys: &[[u8; KEY_BYTES]]) -> Self {
         KeyRing(keys.to_vec())

@@ -16,7 +16,7 @@ mod file;
 mod forward_auth;
 mod id_token;
 mod identity;
-mod key_ring;
+pub(crate) mod key_ring;
 pub(crate) mod keys;
 mod limits;
 mod line;
@@ -24,6 +24,7 @@ mod nonce;
 mod routes;
 mod secret;
 mod server;
+mod session;
 mod upstream;
 mod url;
 
@@ -45,6 +46,7 @@ pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
+pub(crate) use session::SessionConfig;
 pub(crate) use upstream::{UpstreamConfig, UpstreamProtocol};
 
 use crate::routes::RouteTable;
@@ -70,6 +72,8 @@ pub struct Config {
     pub(crate) forward_auth: Option<ForwardAuthConfig>,
     /// Present when `assertion.enabled`.
     pub(crate) assertion: Option<AssertionConfig>,
+    /// Present when a route has `auth = "session"`.
+    pub(crate) session: Option<SessionConfig>,
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -245,8 +249,9 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
     let assertion = file.assertion.validate(file, p);
     let routes = routes::validate(file, p);
     let id_token = id_token::validate(file, routes.has(crate::routes::RouteAuth::IdToken), p);
+    let session = file.session.validate(file, routes.has(crate::routes::RouteAuth::Session), p);
     let limits = file.limits.clone();
-    Config { server, upstream, line, cache, identity, id_token, routes, limits, forward_auth, assertion }
+    Config { server, upstream, line, cache, identity, id_token, routes, limits, forward_auth, assertion, session }
 }
 
 /// Collapses a library's multi-line message into one line.

@@ -46,7 +46,52 @@ pub async fn authenticate<B>(
             Some(token) => id_token(ctx, token, policy.require_nonce).await.map(Some),
             None => Err(ProxyError::Client(ClientError::MissingCredential)),
         },
+        RouteAuth::Session => session_route(ctx, req).await.map(Some),
     }
+}
+
+/// `auth = "session"`: the session cookie, or a Bearer access token as on an
+/// `access_token` route; both at once is a 400. A cookie that does not open
+/// (tampered, another key ring, expired) is no session.
+async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<Cached, ProxyError> {
+    let sessions =
+        ctx.state.sessions.as_ref().ok_or(ProxyError::Internal("a session route without a session configuration"))?;
+    let bearer = access_token_credential(req, RouteAuth::Session)?;
+    match (bearer, sessions.presented(req.headers())) {
+        (Some(_), true) => Err(ProxyError::Client(ClientError::TwoCredentials)),
+        (Some(token), false) => access_token(ctx, token).await,
+        (None, _) => {
+            let now = ctx.state.clock.unix_seconds();
+            let session =
+                sessions.session(req.headers(), now).ok_or(ProxyError::Client(ClientError::MissingCredential))?;
+            super::session::same_origin(req, None)?;
+            session_verdict(ctx, session).await
+        }
+    }
+}
+
+/// The verdict of a session: its access token, verified with LINE through the
+/// cache (entries of their own kind, living at most
+/// `session.revalidate_seconds`), with the ID token's `email` and `amr` the
+/// session sealed. A token LINE now says belongs to someone else is no session.
+async fn session_verdict(ctx: &mut RequestCtx<'_>, session: crate::session::Session) -> Result<Cached, ProxyError> {
+    let state = ctx.state;
+    let token = session.access_token.clone();
+    let verify = async move {
+        Ok(match state.line.verify_access_token(&session.access_token).await? {
+            Verdict::Valid(mut identity) => {
+                if identity.user_id != session.user_id || identity.channel_id != session.channel_id {
+                    return Ok(Verdict::Rejected(Rejection::Invalid));
+                }
+                identity.method = crate::auth::AuthMethod::Session;
+                identity.email = session.email;
+                identity.amr = session.amr;
+                Verdict::Valid(identity)
+            }
+            rejected => rejected,
+        })
+    };
+    cached(ctx, CredentialKind::Session, &token, verify, "line").await
 }
 
 /// The access token of the request: `Authorization: Bearer`, or — on a
@@ -58,7 +103,7 @@ pub async fn authenticate<B>(
 fn access_token_credential<B>(req: &Request<B>, auth: RouteAuth) -> Result<Option<&str>, ProxyError> {
     let refused = |e| ProxyError::Client(ClientError::Credential(e));
     let header = bearer_token(req.headers(), MAX_TOKEN_BYTES).map_err(refused)?;
-    if auth != RouteAuth::AccessToken || !super::request::is_websocket_upgrade(req) {
+    if !matches!(auth, RouteAuth::AccessToken | RouteAuth::Session) || !super::request::is_websocket_upgrade(req) {
         return Ok(header);
     }
     match (header, websocket_bearer(req.headers(), MAX_TOKEN_BYTES).map_err(refused)?) {
@@ -127,7 +172,7 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
 
 /// Draws on the client's `limits.fresh_tokens_per_minute`: a credential the
 /// proxy has not verified yet (a LINE call, or a local ID-token check).
-fn fresh_credential(state: &super::State, client: std::net::IpAddr) -> Result<(), ProxyError> {
+pub(super) fn fresh_credential(state: &super::State, client: std::net::IpAddr) -> Result<(), ProxyError> {
     match &state.limits.fresh_tokens {
         None => Ok(()),
         Some(budget) => budget

@@ -56,6 +56,9 @@ pub fn upstream_request(
     let out = req.headers_mut();
     headers::strip_for_upstream(out, upgrade, config.identity.keys.forward_authorization, ctx.conn.trusted);
     crate::auth::credential::strip_websocket_bearer(out);
+    if let Some(sessions) = &ctx.state.sessions {
+        super::session::strip_cookie(out, &sessions.config.cookie_name);
+    }
     if let Some(cached) = &verdict {
         let Stored::Valid(encoded) = &cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));

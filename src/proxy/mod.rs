@@ -24,6 +24,7 @@ mod forward;
 mod forward_auth;
 mod nonce_endpoint;
 mod request;
+pub mod session;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct State {
     pub limits: Arc<crate::limits::Limits>,
     /// The clock of expiring state, connection timers included.
     pub clock: crate::Clock,
+    /// Present when a route has `auth = "session"`.
+    pub sessions: Option<session::Sessions>,
 }
 
 /// The nonce endpoint and its store.
@@ -121,6 +124,11 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     let path = request::normalise(ctx, &req)?;
     if let Some(answer) = nonce_endpoint::own_endpoints(ctx, &req, &path).await? {
         return Ok(answer);
+    }
+    if let Some(sessions) = &ctx.state.sessions
+        && path.path() == sessions.config.exchange_path
+    {
+        return session::exchange(ctx, &req, sessions).await;
     }
     if let Some(own) = forward_auth::endpoint(ctx, &path) {
         return forward_auth::check(ctx, req, own, &path).await;

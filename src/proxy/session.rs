@@ -1,0 +1,182 @@
+//! Sessions on the proxy path (`[session]`): the sealed cookie read from the
+//! request, its verdict (the access token inside, through the verdict cache
+//! with entries bounded by `session.revalidate_seconds`), the same-origin rule
+//! for unsafe methods, the cookie kept from the upstream, and the exchange
+//! endpoint that turns a verified Bearer access token into a session.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::{ProxyBody, RequestCtx};
+use crate::auth::Verdict;
+use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
+use crate::config::SessionConfig;
+use crate::error::{ClientError, ProxyError};
+use crate::routes::RouteAuth;
+use crate::session::{Sealer, Session};
+use crate::telemetry::Outcome;
+
+/// The session configuration and its sealer.
+#[derive(Debug)]
+pub struct Sessions {
+    pub config: SessionConfig,
+    pub sealer: Sealer,
+}
+
+impl Sessions {
+    pub fn new(config: SessionConfig) -> Self {
+        let sealer = Sealer::new(&config.keys);
+        Self { config, sealer }
+    }
+
+    /// Whether the request carries a cookie of the session's name (valid or not).
+    pub fn presented(&self, headers: &HeaderMap) -> bool {
+        cookie_values(headers, &self.config.cookie_name).next().is_some()
+    }
+
+    /// The first session cookie of the request that opens at `now`.
+    pub fn session(&self, headers: &HeaderMap, now: u64) -> Option<Session> {
+        let name = &self.config.cookie_name;
+        cookie_values(headers, name).find_map(|value| self.sealer.open(name, value, now))
+    }
+
+    /// `Set-Cookie` for a new session.
+    fn set_cookie(&self, session: &Session) -> HeaderValue {
+        let value = self.sealer.seal(&self.config.cookie_name, session);
+        let cookie = format!(
+            "{}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
+            self.config.cookie_name,
+            self.config.max_age.as_secs()
+        );
+        HeaderValue::try_from(cookie).expect("a sealed value and a cookie name are valid header text")
+    }
+}
+
+/// The values of every `name=value` pair of the request's `Cookie` headers
+/// (HTTP/2 may split one into several).
+fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
+        move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.trim())
+        },
+    )
+}
+
+/// Removes the session cookie from the `Cookie` headers sent upstream; every
+/// other cookie passes as it came, and a header left empty is removed.
+pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    if !headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(name.len()).any(|w| w == name.as_bytes())) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let Ok(text) = v.to_str() else { return Some(v.clone()) };
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+                .collect();
+            (!rest.is_empty()).then(|| HeaderValue::try_from(rest.join("; ")).expect("pieces of a valid header"))
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
+}
+
+/// An unsafe method authenticated by the cookie must come from the app's own
+/// origin: `Sec-Fetch-Site: same-origin`, or an `Origin` of the login origin
+/// (`[login]`, when web login is on). Anything else is a cross-site request
+/// riding the browser's cookie.
+pub fn same_origin<B>(req: &Request<B>, login_origin: Option<&str>) -> Result<(), ProxyError> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) {
+        return Ok(());
+    }
+    let headers = req.headers();
+    let fetch_site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    let ours = login_origin.is_some_and(|o| origin.is_some_and(|v| v.eq_ignore_ascii_case(o.as_bytes())));
+    if fetch_site == Some(b"same-origin") || ours { Ok(()) } else { Err(ProxyError::Client(ClientError::CrossSite)) }
+}
+
+/// `POST session.exchange_path` with a Bearer access token: verified with
+/// LINE (within the client's fresh-credential budget), then 204 with the
+/// session cookie. Nothing is forwarded.
+pub async fn exchange<B>(
+    ctx: &mut RequestCtx<'_>,
+    req: &Request<B>,
+    sessions: &Sessions,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    ctx.auth = RouteAuth::AccessToken;
+    if req.method() != Method::POST {
+        return Err(ProxyError::Client(ClientError::SessionMethod));
+    }
+    let refused = |e| ProxyError::Client(ClientError::Credential(e));
+    let token = bearer_token(req.headers(), MAX_TOKEN_BYTES)
+        .map_err(refused)?
+        .ok_or(ProxyError::Client(ClientError::MissingCredential))?;
+    super::authenticate::fresh_credential(ctx.state, ctx.client)?;
+    let identity = match ctx.state.line.verify_access_token(token).await.map_err(ProxyError::Line)? {
+        Verdict::Valid(identity) => identity,
+        Verdict::Rejected(r) => return Err(ProxyError::Client(ClientError::Rejected(r))),
+    };
+    let now = ctx.state.clock.unix_seconds();
+    let session = Session {
+        access_token: token.to_owned(),
+        user_id: identity.user_id,
+        channel_id: identity.channel_id,
+        amr: Vec::new(),
+        email: None,
+        issued_at: now,
+        expires_at: now + sessions.config.max_age.as_secs(),
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(header::SET_COOKIE, sessions.set_cookie(&session));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    ctx.outcome = Outcome::SessionIssued;
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::COOKIE, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_session_cookie_is_removed_and_every_other_cookie_kept() {
+        let name = "__Host-line-auth-session";
+        let mut h = cookies(&["theme=dark; __Host-line-auth-session=v1.AAAA; lang=ja", "__Host-line-auth-session=x"]);
+        strip_cookie(&mut h, name);
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        assert_eq!(left, ["theme=dark; lang=ja"]);
+        // A cookie whose name only contains the session's is another cookie.
+        let mut h = cookies(&["x__Host-line-auth-session=1; __Host-line-auth-session2=2"]);
+        strip_cookie(&mut h, name);
+        assert_eq!(h[header::COOKIE], "x__Host-line-auth-session=1; __Host-line-auth-session2=2");
+        let mut h = cookies(&["other=1"]);
+        strip_cookie(&mut h, name);
+        assert_eq!(h[header::COOKIE], "other=1");
+    }
+
+    #[test]
+    fn cookie_values_are_found_by_exact_name_in_every_header() {
+        let h = cookies(&["a=1; s=first", "s=second;t=3"]);
+        assert_eq!(cookie_values(&h, "s").collect::<Vec<_>>(), ["first", "second"]);
+        assert_eq!(cookie_values(&h, "S").count(), 0);
+    }
+}

@@ -1,0 +1,235 @@
+//! Proxy-issued sessions (`[session]`): what a browser holds instead of a LINE
+//! token. The cookie value is sealed with ChaCha20-Poly1305 (ring) under the
+//! first key of `session.key_files`; every key of the ring opens. Nothing in it
+//! is readable or changeable by the client: a flipped bit, a cookie sealed
+//! under another ring, one past its expiry or one that is not ours at all is
+//! simply no session, never an error that says which.
+//!
+//! The value is `v1.` + base64url(key id (4) ‖ nonce (12) ‖ ciphertext ‖ tag),
+//! the key id being the first bytes of SHA-256 of the key so that opening tries
+//! one key, not the ring. The additional data binds the value to its purpose
+//! and cookie name.
+//! Stateless: replicas that share the key files share the sessions.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::config::key_ring::{KEY_BYTES, KeyRing};
+
+/// The version prefix of every sealed value.
+const PREFIX: &str = "v1.";
+const KEY_ID_LEN: usize = 4;
+/// A sealed value longer than this is no session, unread (a browser keeps
+/// 4096 bytes per cookie; an access token is a few hundred).
+pub const MAX_SEALED_BYTES: usize = 4096;
+
+/// What a session holds. Sealed; the client sees none of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The LINE access token, re-verified with LINE at most every
+    /// `session.revalidate_seconds`.
+    #[serde(rename = "t")]
+    pub access_token: String,
+    #[serde(rename = "u")]
+    pub user_id: String,
+    #[serde(rename = "c")]
+    pub channel_id: String,
+    /// From the verified ID token (web login); empty after an exchange.
+    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Unix seconds.
+    #[serde(rename = "i")]
+    pub issued_at: u64,
+    /// Unix seconds: `issued_at + session.max_age_seconds`.
+    #[serde(rename = "x")]
+    pub expires_at: u64,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("channel_id", &self.channel_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a sealed value is for, first in the additional data: a value sealed
+/// for another purpose under the same keys (the pre-login cookie of web
+/// login, say) never opens as a session.
+const SESSION_PURPOSE: &str = "line-auth-proxy session v1";
+
+/// Seals with the first key, opens with any.
+pub struct Sealer {
+    keys: Vec<([u8; KEY_ID_LEN], LessSafeKey)>,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealer({} keys, <redacted>)", self.keys.len())
+    }
+}
+
+impl Sealer {
+    /// # Panics
+    /// On an empty ring (the configuration refuses one).
+    pub fn new(ring: &KeyRing) -> Self {
+        assert!(!ring.keys().is_empty(), "a session key ring has a key");
+        let keys = ring.keys().iter().map(|k| (key_id(k), aead_key(k))).collect();
+        Self { keys, rng: SystemRandom::new() }
+    }
+
+    /// The sealed value of `plain` for `purpose` under the cookie `name`.
+    fn seal_bytes(&self, purpose: &str, name: &str, plain: &[u8]) -> String {
+        let (id, key) = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).expect("the system random source works");
+        let mut sealed = plain.to_vec();
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(purpose, name, id), &mut sealed)
+            .expect("a session fits ChaCha20-Poly1305's bounds");
+        let mut out = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + sealed.len());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// The plaintext of a value this ring sealed for `purpose` and `name`, or
+    /// `None` for anything else.
+    fn open_bytes(&self, purpose: &str, name: &str, value: &str) -> Option<Vec<u8>> {
+        if value.len() > MAX_SEALED_BYTES {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(value.strip_prefix(PREFIX)?).ok()?;
+        if raw.len() < KEY_ID_LEN + NONCE_LEN + CHACHA20_POLY1305.tag_len() {
+            return None;
+        }
+        let (id, rest) = raw.split_at(KEY_ID_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let (id, key) = self.keys.iter().find(|(k, _)| k == id)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = key.open_in_place(nonce, aad(purpose, name, id), &mut sealed).ok()?;
+        Some(plain.to_vec())
+    }
+
+    /// The cookie value of a session.
+    pub fn seal(&self, name: &str, session: &Session) -> String {
+        let plain = serde_json::to_vec(session).expect("a session serialises");
+        self.seal_bytes(SESSION_PURPOSE, name, &plain)
+    }
+
+    /// The session in a cookie value, if this ring sealed it and it has not
+    /// expired at `now` (unix seconds).
+    pub fn open(&self, name: &str, value: &str, now: u64) -> Option<Session> {
+        let plain = self.open_bytes(SESSION_PURPOSE, name, value)?;
+        let session: Session = serde_json::from_slice(&plain).ok()?;
+        (now < session.expires_at && session.issued_at <= now.saturating_add(60)).then_some(session)
+    }
+}
+
+fn key_id(key: &[u8; KEY_BYTES]) -> [u8; KEY_ID_LEN] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    digest.as_ref()[..KEY_ID_LEN].try_into().expect("SHA-256 is longer than a key id")
+}
+
+fn aead_key(key: &[u8; KEY_BYTES]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("32 bytes are a ChaCha20-Poly1305 key"))
+}
+
+/// `purpose label ‖ 0 ‖ cookie name ‖ 0 ‖ key id`.
+fn aad(purpose: &str, name: &str, id: &[u8; KEY_ID_LEN]) -> Aad<Vec<u8>> {
+    let mut aad = Vec::with_capacity(64);
+    aad.extend_from_slice(purpose.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(name.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(id);
+    Aad::from(aad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "__Host-line-auth-session";
+
+    fn session(now: u64) -> Session {
+        Session {
+            access_token: "eyJhbGciOiJIUzI1NiJ9.access".into(),
+            user_id: "U1234567890abcdef1234567890abcdef".into(),
+            channel_id: "1234567890".into(),
+            amr: vec!["pwd".into()],
+            email: Some("brown@example.com".into()),
+            issued_at: now,
+            expires_at: now + 86_400,
+        }
+    }
+
+    #[test]
+    fn a_sealed_session_opens_and_shows_nothing() {
+        let sealer = Sealer::new(&KeyRing::for_tests(&[[1; 32]]));
+        let s = session(1_000);
+        let value = sealer.seal(NAME, &s);
+        assert!(value.starts_with("v1."));
+        assert!(!value.contains("access") && !value.contains("U1234"), "{value}");
+        assert_eq!(sealer.open(NAME, &value, 1_001), Some(s.clone()));
+        // Two seals of one session differ (a fresh nonce each).
+        assert_ne!(sealer.seal(NAME, &s), value);
+        // The cookie's value is valid in a Set-Cookie header and never needs quoting.
+        assert!(value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        // The debug form names no secret.
+        assert!(!format!("{s:?}").contains("access"));
+        assert!(!format!("{sealer:?}").contains('\u{1}'));
+    }
+
+    #[test]
+    fn any_flipped_bit_another_ring_purpose_name_or_expiry_is_no_session() {
+        let sealer = Sealer::new(&KeyRing::for_tests(&[[1; 32]]));
+        let value = sealer.seal(NAME, &session(1_000));
+        let raw = URL_SAFE_NO_PAD.decode(&value[3..]).unwrap();
+        for i in 0..raw.len() {
+            for bit in 0..8 {
+                let mut flipped = raw.clone();
+                flipped[i] ^= 1 << bit;
+                let forged = format!("v1.{}", URL_SAFE_NO_PAD.encode(&flipped));
+                assert_eq!(sealer.open(NAME, &forged, 1_001), None, "byte {i} bit {bit}");
+            }
+        }
+        let other = Sealer::new(&KeyRing::for_tests(&[[2; 32]]));
+        assert_eq!(other.open(NAME, &value, 1_001), None, "another key ring");
+        assert_eq!(sealer.open("other-cookie", &value, 1_001), None, "another cookie name");
+        let plain = serde_json::to_vec(&session(1_000)).unwrap();
+        let other_purpose = sealer.seal_bytes("line-auth-proxy pre-login v1", NAME, &plain);
+        assert_eq!(sealer.open(NAME, &other_purpose, 1_001), None, "a value sealed for another purpose");
+        assert_eq!(sealer.open(NAME, &value, 1_000 + 86_400), None, "at its expiry");
+        assert_eq!(sealer.open(NAME, &value, 900), None, "issued in the future");
+        for junk in ["", "v1.", "v2.AAAA", "v1.!!!!", &"A".repeat(5000)] {
+            assert_eq!(sealer.open(NAME, junk, 1_001), None, "{junk:.10}");
+        }
+    }
+
+    #[test]
+    fn rotation_the_first_key_seals_and_every_key_opens() {
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        let before = Sealer::new(&KeyRing::for_tests(&[old]));
+        let during = Sealer::new(&KeyRing::for_tests(&[new, old]));
+        let after = Sealer::new(&KeyRing::for_tests(&[new]));
+        let old_cookie = before.seal(NAME, &session(1_000));
+        let new_cookie = during.seal(NAME, &session(1_000));
+        assert!(during.open(NAME, &old_cookie, 1_001).is_some(), "the old key still opens");
+        assert!(after.open(NAME, &new_cookie, 1_001).is_some(), "the new key sealed");
+        assert!(before.open(NAME, &new_cookie, 1_001).is_none());
+        assert!(after.open(NAME, &old_cookie, 1_001).is_none(), "a dropped key opens nothing");
+    }
+}
