@@ -1,14 +1,16 @@
 //! Micro benchmarks of the per-request pieces (`cargo bench --bench hot_path`):
 //! header strip + inject, a verdict-cache hit, path normalisation, route
-//! matching, percent-encoding. The load benchmark is `benches/load.sh`.
+//! matching, percent-encoding, assertion signing, and the session path next to
+//! the bearer path. The load benchmark is `benches/load.sh`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use line_auth_proxy::bench::{
-    AuthMethod, CredentialKind, Identity, IdentityHeaderNames, Route, RouteAuth, RouteTable, Verdict, assertion_signer,
-    cache_key, normalize_path, percent_encoded, strip_for_upstream, strip_identity, verdict_cache,
+    AuthMethod, CredentialKind, Identity, IdentityHeaderNames, Route, RouteAuth, RouteTable, Session, Verdict,
+    assertion_signer, cache_key, normalize_path, percent_encoded, sessions, strip_for_upstream, strip_identity,
+    verdict_cache,
 };
 
 fn identity() -> Identity {
@@ -118,5 +120,52 @@ fn assertions(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, strip_and_inject, cache_hit, paths_and_routes, encoding, assertions);
+/// What a session adds to a request: the bearer path is a cache hit on the
+/// `Authorization` token; the session path finds the cookie among others,
+/// opens it (ChaCha20-Poly1305) and hits the cache on the token inside.
+fn session_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cache = verdict_cache(100_000);
+    let sessions = sessions();
+    // A LINE access token is a JWT of about 170 characters.
+    let token = format!("eyJhbGciOiJIUzI1NiJ9.{}.signature-part-of-a-line-token", "a".repeat(120));
+    let now = 2_000_000_000;
+    let session = Session {
+        access_token: token.clone(),
+        user_id: "U1234567890abcdef1234567890abcdef".into(),
+        channel_id: "1234567890".into(),
+        amr: vec!["pwd".into()],
+        email: Some("brown@example.com".into()),
+        issued_at: now,
+        expires_at: now + 86_400,
+    };
+    let set_cookie = sessions.set_cookie(&session);
+    let pair = set_cookie.to_str().unwrap().split(';').next().unwrap().to_owned();
+    let mut headers = client_headers();
+    headers.remove("authorization");
+    headers.insert("cookie", HeaderValue::try_from(format!("theme=dark; {pair}; lang=ja")).unwrap());
+    rt.block_on(async {
+        for kind in [CredentialKind::AccessToken, CredentialKind::Session] {
+            let _ = cache.get_or_verify(cache_key(kind, &token), async { Ok(Verdict::Valid(identity())) }).await;
+        }
+    });
+    c.bench_function("bearer path: cache hit on the token", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = cache_key(CredentialKind::AccessToken, black_box(&token));
+            cache.get_or_verify(key, async { unreachable!("a hit") }).await.0.unwrap()
+        })
+    });
+    c.bench_function("session path: find + open the cookie, cache hit on its token", |b| {
+        b.to_async(&rt).iter(|| async {
+            let session = sessions.session(black_box(&headers), now + 1).expect("the cookie opens");
+            let key = cache_key(CredentialKind::Session, &session.access_token);
+            cache.get_or_verify(key, async { unreachable!("a hit") }).await.0.unwrap()
+        })
+    });
+    c.bench_function("session: seal a new cookie (once per exchange)", |b| {
+        b.iter(|| sessions.set_cookie(black_box(&session)))
+    });
+}
+
+criterion_group!(benches, strip_and_inject, cache_hit, paths_and_routes, encoding, assertions, session_path);
 criterion_main!(benches);

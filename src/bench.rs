@@ -5,7 +5,9 @@ pub use crate::assertion::Signer;
 pub use crate::auth::{AuthMethod, Identity, Verdict};
 pub use crate::cache::{CredentialKind, VerdictCache, cache_key};
 pub use crate::headers::{IdentityHeaderNames, percent_encoded, strip_for_upstream, strip_identity};
+pub use crate::proxy::session::Sessions;
 pub use crate::routes::{Route, RouteAuth, RouteTable, normalize_path};
+pub use crate::session::Session;
 
 /// A verdict cache with the default TTLs, on the real clock.
 pub fn verdict_cache(max_entries: u64) -> VerdictCache {
@@ -37,4 +39,17 @@ pub fn assertion_signer(alg: &str) -> Signer {
         keys_pem: crate::config::Secret(pem.into_bytes()),
     };
     Signer::new(&config, crate::Clock::system()).expect("a fresh key signs")
+}
+
+/// Sessions sealed under one fresh key, with the default cookie name and lifetimes.
+pub fn sessions() -> Sessions {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).expect("the system random source works");
+    Sessions::new(crate::config::SessionConfig {
+        cookie_name: crate::config::DEFAULT_SESSION_COOKIE_NAME.into(),
+        keys: crate::config::key_ring::KeyRing::from_keys(vec![key]),
+        max_age: std::time::Duration::from_secs(86_400),
+        revalidate: std::time::Duration::from_secs(300),
+        exchange_path: "/auth/session".into(),
+    })
 }

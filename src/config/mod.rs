@@ -46,7 +46,7 @@ pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
-pub(crate) use session::SessionConfig;
+pub(crate) use session::{DEFAULT_SESSION_COOKIE_NAME, SessionConfig};
 pub(crate) use upstream::{UpstreamConfig, UpstreamProtocol};
 
 use crate::routes::RouteTable;

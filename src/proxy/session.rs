@@ -43,7 +43,7 @@ impl Sessions {
     }
 
     /// `Set-Cookie` for a new session.
-    fn set_cookie(&self, session: &Session) -> HeaderValue {
+    pub fn set_cookie(&self, session: &Session) -> HeaderValue {
         let value = self.sealer.seal(&self.config.cookie_name, session);
         let cookie = format!(
             "{}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
