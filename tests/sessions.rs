@@ -216,7 +216,21 @@ async fn a_cookie_with_a_bearer_token_or_on_a_cross_site_post_is_refused() {
         assert_eq!(r.status(), 403, "{site:?}");
         assert_eq!(json_error(r, 403).await, "access_denied");
     }
+    // A WebSocket handshake is a GET, but it opens a channel both ways: a page
+    // of another site must not open one on the user's cookie.
+    let handshake = |site: &str| {
+        format!(
+            "GET /app/ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: https://evil.example\r\nSec-Fetch-Site: {site}\r\nCookie: {cookie}\r\n\r\n"
+        )
+    };
+    let answer = raw(e.proxy.addr, handshake("cross-site").as_bytes()).await;
+    assert_eq!(raw_status(&answer), 403, "{answer}");
     assert_eq!(e.upstream.hits(), 0, "a refused request reached the upstream");
+    let answer = raw(e.proxy.addr, handshake("same-origin").as_bytes()).await;
+    assert_eq!(raw_status(&answer), 101, "{answer}");
+    assert_eq!(e.upstream.hits(), 1);
     // The app's own page: allowed.
     let r = client()
         .post(e.proxy.url("/app/transfer"))
@@ -229,7 +243,7 @@ async fn a_cookie_with_a_bearer_token_or_on_a_cross_site_post_is_refused() {
     assert_eq!(r.status(), 200);
     assert_eq!(e.upstream.last().method, "POST");
     let m = e.proxy.metrics().await;
-    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"cross_site_request\"}"), 4.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"cross_site_request\"}"), 5.0, "{m}");
 }
 
 #[test]

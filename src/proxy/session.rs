@@ -90,12 +90,14 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// An unsafe method authenticated by the cookie must come from the app's own
-/// origin: `Sec-Fetch-Site: same-origin`, or an `Origin` of the login origin
-/// (`[login]`, when web login is on). Anything else is a cross-site request
-/// riding the browser's cookie.
+/// An unsafe method, or a WebSocket handshake (a `GET` that opens a channel
+/// both ways: cross-site WebSocket hijacking), authenticated by the cookie
+/// must come from the app's own origin: `Sec-Fetch-Site: same-origin`, or an
+/// `Origin` of the login origin (`[login]`, when web login is on). Anything
+/// else is a cross-site request riding the browser's cookie.
 pub fn same_origin<B>(req: &Request<B>, login_origin: Option<&str>) -> Result<(), ProxyError> {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    if safe && !super::request::is_websocket_upgrade(req) {
         return Ok(());
     }
     let headers = req.headers();
