@@ -376,7 +376,7 @@ impl VerdictCache {
                     return Ok(hit);
                 }
                 if let Some(shared) = &self.shared
-                    && let Some((verdict, ttl)) = shared.get(&key, kind).await
+                    && let Some((verdict, ttl)) = shared.get(&key, kind, self.max_age(kind)).await
                 {
                     ran = Some(Lookup::Shared);
                     let cached = Cached { stored: self.store(&verdict), ttl };
@@ -417,6 +417,12 @@ impl VerdictCache {
             self.session_ttl = r;
         }
         self
+    }
+
+    /// How long ago a shared verdict of `kind` may have been made: session
+    /// verdicts, `session.revalidate_seconds`.
+    fn max_age(&self, kind: CredentialKind) -> Option<Duration> {
+        (kind == CredentialKind::Session).then_some(self.session_ttl)
     }
 
     /// A valid verdict whose token has expired is dead whatever its TTL said.

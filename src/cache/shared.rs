@@ -45,6 +45,11 @@ struct SharedVerdict {
     identity: Option<Identity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rejected: Option<String>,
+    /// Unix ms at which the verdict was made: a session verdict is used only
+    /// within this replica's `session.revalidate_seconds` of it, whatever
+    /// bound the replica that wrote it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at_ms: Option<u64>,
 }
 
 impl SharedTier {
@@ -69,14 +74,20 @@ impl SharedTier {
     }
 
     /// The shared verdict for a credential of `kind`, if Redis has a live one
-    /// sealed by this deployment, judged by this deployment's rules. Failures
-    /// count and miss.
-    pub async fn get(&self, key: &CacheKey, kind: CredentialKind) -> Option<(Verdict, Duration)> {
+    /// sealed by this deployment, judged by this deployment's rules, and (with
+    /// `max_age`, for sessions) made no longer ago than that. Failures count
+    /// and miss.
+    pub async fn get(
+        &self,
+        key: &CacheKey,
+        kind: CredentialKind,
+        max_age: Option<Duration>,
+    ) -> Option<(Verdict, Duration)> {
         let redis_key = self.redis_key(key);
         let get = redis::cmd("EVAL").arg(BOUNDED_GET_SCRIPT).arg(1).arg(&redis_key).arg(MAX_SHARED_VALUE_BYTES).clone();
         let found = match self.conn.run::<redis::Value>("cache_get", &get).await.map(Bounded::from_reply) {
             Ok(Some(Bounded::Found { value, pttl_ms })) => {
-                self.mac.open(&redis_key, &value).and_then(|payload| self.decode(payload, kind)).map(
+                self.mac.open(&redis_key, &value).and_then(|payload| self.decode(payload, kind, max_age)).map(
                     |(verdict, ttl)| {
                         let cap = match verdict {
                             Verdict::Valid(_) => self.max_ttl,
@@ -108,7 +119,7 @@ impl SharedTier {
     /// another credential kind is a miss, one of a channel this deployment
     /// does not accept is `wrong_channel`, and a `wrong_channel` rejection (a
     /// verdict about some other deployment's channels) is a miss.
-    fn decode(&self, bytes: &[u8], kind: CredentialKind) -> Option<(Verdict, Duration)> {
+    fn decode(&self, bytes: &[u8], kind: CredentialKind, max_age: Option<Duration>) -> Option<(Verdict, Duration)> {
         let Ok(shared) = serde_json::from_slice::<SharedVerdict>(bytes) else {
             // Sealed by this deployment yet unreadable: another version's format.
             self.mac.refused("malformed");
@@ -118,7 +129,12 @@ impl SharedTier {
         if shared.v != 1 || shared.until_ms <= now_ms {
             return None;
         }
-        let ttl = Duration::from_millis(shared.until_ms - now_ms);
+        let mut ttl = Duration::from_millis(shared.until_ms - now_ms);
+        if let Some(max_age) = max_age {
+            // Without the time it was made (an older format), the age is unknown: a miss.
+            let age = Duration::from_millis(now_ms.saturating_sub(shared.at_ms?));
+            ttl = ttl.min(max_age.checked_sub(age).filter(|left| !left.is_zero())?);
+        }
         let verdict = match (shared.identity, shared.rejected) {
             (Some(identity), None)
                 if is_line_user_id(&identity.user_id)
@@ -150,7 +166,9 @@ impl SharedTier {
             Verdict::Rejected(r) => (None, Some(r.as_str().to_owned())),
         };
         let until_ms = self.clock.unix_millis() + ttl.as_millis() as u64;
-        let payload = serde_json::to_vec(&SharedVerdict { v: 1, until_ms, identity, rejected }).expect("serialisable");
+        let at_ms = Some(self.clock.unix_millis());
+        let payload =
+            serde_json::to_vec(&SharedVerdict { v: 1, until_ms, identity, rejected, at_ms }).expect("serialisable");
         let redis_key = self.redis_key(key);
         let value = self.mac.seal(&redis_key, &payload);
         let set = redis::cmd("SET").arg(redis_key).arg(value).arg("PX").arg(ttl.as_millis() as u64).clone();

@@ -64,7 +64,7 @@ async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<
             let now = ctx.state.clock.unix_seconds();
             let session =
                 sessions.session(req.headers(), now).ok_or(ProxyError::Client(ClientError::MissingCredential))?;
-            super::session::same_origin(req, None)?;
+            super::session::same_origin(&ctx.method, req, None)?;
             session_verdict(ctx, session).await
         }
     }

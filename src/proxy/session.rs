@@ -54,34 +54,49 @@ impl Sessions {
     }
 }
 
+/// The `name=value` pairs of one `Cookie` header, trimmed, as bytes: a
+/// header may hold obs-text (a browser sends a UTF-8 cookie value as raw
+/// bytes), and one cookie with such a value must neither hide the session nor
+/// keep the session cookie from being removed.
+fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|b| *b == b';').map(<[u8]>::trim_ascii).filter(|pair| !pair.is_empty())
+}
+
+/// A pair's name and value, split at the first `=`.
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|b| *b == b'=')?;
+    Some((&pair[..eq], &pair[eq + 1..]))
+}
+
 /// The values of every `name=value` pair of the request's `Cookie` headers
 /// (HTTP/2 may split one into several).
 fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
-        move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim())
-        },
-    )
+    headers.get_all(header::COOKIE).iter().flat_map(cookie_pairs).filter_map(move |pair| {
+        let (k, v) = split_pair(pair)?;
+        if k != name.as_bytes() {
+            return None;
+        }
+        std::str::from_utf8(v.trim_ascii()).ok()
+    })
 }
 
 /// Removes the session cookie from the `Cookie` headers sent upstream; every
-/// other cookie passes as it came, and a header left empty is removed.
+/// other cookie passes as it came, and a header left empty is removed. A pair
+/// whose name is the session's once trimmed (`name =…`, which an upstream's
+/// parser may read as the session cookie) is removed too, though never read.
 pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    if !headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(name.len()).any(|w| w == name.as_bytes())) {
+    let name = name.as_bytes();
+    let is_session = |pair: &[u8]| split_pair(pair).is_some_and(|(k, _)| k.trim_ascii() == name);
+    if !headers.get_all(header::COOKIE).iter().any(|v| cookie_pairs(v).any(is_session)) {
         return;
     }
     let kept: Vec<HeaderValue> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| {
-            let Ok(text) = v.to_str() else { return Some(v.clone()) };
-            let rest: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
-                .collect();
-            (!rest.is_empty()).then(|| HeaderValue::try_from(rest.join("; ")).expect("pieces of a valid header"))
+            let rest: Vec<&[u8]> = cookie_pairs(v).filter(|pair| !is_session(pair)).collect();
+            (!rest.is_empty())
+                .then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).expect("pieces of a valid header"))
         })
         .collect();
     headers.remove(header::COOKIE);
@@ -90,17 +105,22 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// An unsafe method, or a WebSocket handshake (a `GET` that opens a channel
-/// both ways: cross-site WebSocket hijacking), authenticated by the cookie
-/// must come from the app's own origin: `Sec-Fetch-Site: same-origin`, or an
-/// `Origin` of the login origin (`[login]`, when web login is on). Anything
-/// else is a cross-site request riding the browser's cookie.
-pub fn same_origin<B>(req: &Request<B>, login_origin: Option<&str>) -> Result<(), ProxyError> {
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
-    if safe && !super::request::is_websocket_upgrade(req) {
+/// An unsafe method authenticated by the cookie must come from the app's own
+/// origin: `Sec-Fetch-Site: same-origin`, or an `Origin` of the login origin
+/// (`[login]`, when web login is on). Anything else is a cross-site request
+/// riding the browser's cookie. `method` is the request's as the route saw it
+/// (on a forward-auth check, the original one the ingress names, not the
+/// check's own `GET`). A WebSocket handshake is held to the rule whatever its
+/// method: a `GET` that opens a two-way channel acting with the cookie
+/// (Cross-Site WebSocket Hijacking). Its `Sec-WebSocket-Key` is end-to-end, so
+/// a forward-auth check sees it too.
+pub fn same_origin<B>(method: &Method, req: &Request<B>, login_origin: Option<&str>) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    let websocket = headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.get("sec-fetch-mode").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !websocket && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) {
         return Ok(());
     }
-    let headers = req.headers();
     let fetch_site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
     let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
     let ours = login_origin.is_some_and(|o| origin.is_some_and(|v| v.eq_ignore_ascii_case(o.as_bytes())));
@@ -173,6 +193,16 @@ mod tests {
         let mut h = cookies(&["other=1"]);
         strip_cookie(&mut h, name);
         assert_eq!(h[header::COOKIE], "other=1");
+        // A header with obs-text (a UTF-8 cookie value) loses the session cookie too.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_bytes(b"n=Jos\xc3\xa9; __Host-line-auth-session=v1.A").unwrap());
+        strip_cookie(&mut h, name);
+        assert_eq!(h[header::COOKIE].as_bytes(), b"n=Jos\xc3\xa9");
+        // A name that is the session's once trimmed is removed, though never read.
+        let mut h = cookies(&["__Host-line-auth-session =v1.A; a=1"]);
+        assert_eq!(cookie_values(&h, name).count(), 0);
+        strip_cookie(&mut h, name);
+        assert_eq!(h[header::COOKIE], "a=1");
     }
 
     #[test]
