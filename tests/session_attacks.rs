@@ -4,34 +4,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use support::sessions::{COOKIE, cookie_pair, key_file, session_config};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const COOKIE: &str = "__Host-line-auth-session";
-
-fn key_file(key: [u8; 32]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lap-session-attack-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("session.key");
-    std::fs::write(&path, key).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// `[session]` (with `extra` inside it) and the routes `/app/` (session) and `/public/` (none).
-fn session_config(keys: &[&PathBuf], extra: &str) -> String {
-    let files: Vec<String> = keys.iter().map(|k| format!("{:?}", k.display().to_string())).collect();
-    format!(
-        "[session]\nkey_files = [{}]\n{extra}\n\
-         [[routes]]\npath_prefix = \"/app/\"\nauth = \"session\"\n\
-         [[routes]]\npath_prefix = \"/public/\"\nauth = \"none\"\n",
-        files.join(", ")
-    )
-}
 
 async fn session_env(extra: &str) -> Env {
     env(&session_config(&[&key_file([1; 32])], extra)).await
@@ -49,7 +27,7 @@ async fn exchange(proxy: &TestProxy, token: &str) -> reqwest::Response {
 async fn session_cookie(proxy: &TestProxy) -> String {
     let r = exchange(proxy, TOKEN).await;
     assert_eq!(r.status(), 204);
-    r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+    cookie_pair(r.headers()["set-cookie"].to_str().unwrap())
 }
 
 fn value_of(pair: &str) -> String {

@@ -12,29 +12,8 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use support::sessions::{COOKIE, cookie_pair, key_file, session_config};
 use support::*;
-
-const COOKIE: &str = "__Host-line-auth-session";
-
-/// A session key file of `key`, owner-only.
-fn key_file(key: [u8; 32]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lap-session-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("session.key");
-    std::fs::write(&path, key).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-fn session_config(keys: &[&PathBuf], extra: &str) -> String {
-    let files: Vec<String> = keys.iter().map(|k| format!("{:?}", k.display().to_string())).collect();
-    format!(
-        "[session]\nkey_files = [{}]\n{extra}\n\
-         [[routes]]\npath_prefix = \"/app/\"\nauth = \"session\"\n\
-         [[routes]]\npath_prefix = \"/public/\"\nauth = \"none\"\n",
-        files.join(", ")
-    )
-}
 
 /// A proxy with sessions sealed under `keys` (the first seals), on its own
 /// LINE mock and recording upstream.
@@ -55,11 +34,6 @@ async fn exchange(proxy: &TestProxy) -> String {
     r.headers()["set-cookie"].to_str().unwrap().to_owned()
 }
 
-/// The `name=value` pair of a `Set-Cookie` value.
-fn pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_owned()
-}
-
 async fn get_with_cookie(proxy: &TestProxy, path: &str, cookie: &str) -> reqwest::Response {
     client().get(proxy.url(path)).header("cookie", cookie).send().await.unwrap()
 }
@@ -70,7 +44,7 @@ async fn an_exchanged_session_reaches_the_upstream_as_session_identity_without_i
     let set_cookie = exchange(&e.proxy).await;
     let attributes: Vec<&str> = set_cookie.split("; ").skip(1).collect();
     assert_eq!(attributes, ["Path=/", "Max-Age=86400", "HttpOnly", "Secure", "SameSite=Lax"], "{set_cookie}");
-    let cookie = pair(&set_cookie);
+    let cookie = cookie_pair(&set_cookie);
     assert!(cookie.starts_with(&format!("{COOKIE}=v1.")), "{cookie}");
     assert!(!cookie.contains(TOKEN) && !cookie.contains(USER), "the cookie shows what it seals");
     assert_eq!(e.upstream.hits(), 0, "the exchange forwarded something");
@@ -128,7 +102,7 @@ async fn the_exchange_refuses_without_a_valid_token_and_fails_closed() {
 async fn a_tampered_foreign_or_expired_cookie_is_no_session() {
     let key = key_file([1; 32]);
     let e = session_env(&[&key], "").await;
-    let cookie = pair(&exchange(&e.proxy).await);
+    let cookie = cookie_pair(&exchange(&e.proxy).await);
     let value = cookie.split_once('=').unwrap().1.to_owned();
     // Each character of the sealed part changed in turn (a sample: every 7th).
     let sealed_from = "v1.".len();
@@ -141,7 +115,7 @@ async fn a_tampered_foreign_or_expired_cookie_is_no_session() {
     }
     // A cookie of a deployment with other keys.
     let other = replica(&e, &[&key_file([9; 32])]).await;
-    let foreign = pair(&exchange(&other).await);
+    let foreign = cookie_pair(&exchange(&other).await);
     assert_eq!(get_with_cookie(&e.proxy, "/app/x", &foreign).await.status(), 401);
     // Not a session at all, and the right value under another cookie name.
     assert_eq!(get_with_cookie(&e.proxy, "/app/x", &format!("{COOKIE}=admin")).await.status(), 401);
@@ -162,11 +136,11 @@ async fn a_tampered_foreign_or_expired_cookie_is_no_session() {
 async fn key_rotation_the_new_key_seals_and_the_old_one_still_opens() {
     let (old, new) = (key_file([1; 32]), key_file([2; 32]));
     let e = session_env(&[&old], "").await;
-    let old_cookie = pair(&exchange(&e.proxy).await);
+    let old_cookie = cookie_pair(&exchange(&e.proxy).await);
     // Step 2 of a rotation: the new key first, the old one still listed.
     let during = replica(&e, &[&new, &old]).await;
     assert_eq!(get_with_cookie(&during, "/app/x", &old_cookie).await.status(), 200, "the old key no longer opens");
-    let new_cookie = pair(&exchange(&during).await);
+    let new_cookie = cookie_pair(&exchange(&during).await);
     assert_eq!(get_with_cookie(&e.proxy, "/app/x", &new_cookie).await.status(), 401, "the old key sealed");
     // Step 3: the old key dropped.
     let after = replica(&e, &[&new]).await;
@@ -178,7 +152,7 @@ async fn key_rotation_the_new_key_seals_and_the_old_one_still_opens() {
 async fn a_token_revoked_at_line_ends_its_session_within_revalidate_seconds() {
     // Verdicts would live 600 s; session verdicts live at most 30 s.
     let e = session_env(&[&key_file([1; 32])], "revalidate_seconds = 30\n[cache]\nttl_seconds = 600\n").await;
-    let cookie = pair(&exchange(&e.proxy).await);
+    let cookie = cookie_pair(&exchange(&e.proxy).await);
     let calls = e.line.verify_calls();
     assert_eq!(get_with_cookie(&e.proxy, "/app/x", &cookie).await.status(), 200);
     assert_eq!(get_with_cookie(&e.proxy, "/app/x", &cookie).await.status(), 200);
@@ -203,7 +177,7 @@ async fn a_token_revoked_at_line_ends_its_session_within_revalidate_seconds() {
 #[tokio::test]
 async fn a_cookie_with_a_bearer_token_or_on_a_cross_site_post_is_refused() {
     let e = session_env(&[&key_file([1; 32])], "").await;
-    let cookie = pair(&exchange(&e.proxy).await);
+    let cookie = cookie_pair(&exchange(&e.proxy).await);
     let r = client().get(e.proxy.url("/app/x")).header("cookie", &cookie).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 400);
     // A form POSTed from another site rides the browser's cookie: refused.

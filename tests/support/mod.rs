@@ -7,6 +7,7 @@
 
 pub mod process;
 mod redis;
+pub mod sessions;
 pub mod signing_keys;
 pub mod tls;
 
