@@ -110,17 +110,19 @@ impl Sealer {
         if value.len() > MAX_SEALED_BYTES {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(value.strip_prefix(PREFIX)?).ok()?;
-        if raw.len() < KEY_ID_LEN + NONCE_LEN + CHACHA20_POLY1305.tag_len() {
+        const HEADER: usize = KEY_ID_LEN + NONCE_LEN;
+        let mut raw = URL_SAFE_NO_PAD.decode(value.strip_prefix(PREFIX)?).ok()?;
+        if raw.len() < HEADER + CHACHA20_POLY1305.tag_len() {
             return None;
         }
-        let (id, rest) = raw.split_at(KEY_ID_LEN);
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let (id, key) = self.keys.iter().find(|(k, _)| k == id)?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut sealed = sealed.to_vec();
-        let plain = key.open_in_place(nonce, aad(purpose, name, id), &mut sealed).ok()?;
-        Some(plain.to_vec())
+        let (head, sealed) = raw.split_at_mut(HEADER);
+        let (id, key) = self.keys.iter().find(|(k, _)| k[..] == head[..KEY_ID_LEN])?;
+        let nonce = Nonce::try_assume_unique_for_key(&head[KEY_ID_LEN..]).ok()?;
+        // Opened where it was decoded: the plaintext is the front of `sealed`.
+        let plain = key.open_in_place(nonce, aad(purpose, name, id), sealed).ok()?.len();
+        raw.drain(..HEADER);
+        raw.truncate(plain);
+        Some(raw)
     }
 
     /// The cookie value of a session.

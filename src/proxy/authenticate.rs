@@ -56,11 +56,10 @@ pub async fn authenticate<B>(
 async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<Cached, ProxyError> {
     let sessions =
         ctx.state.sessions.as_ref().ok_or(ProxyError::Internal("a session route without a session configuration"))?;
-    let bearer = access_token_credential(req, RouteAuth::Session)?;
-    match (bearer, sessions.presented(req.headers())) {
-        (Some(_), true) => Err(ProxyError::Client(ClientError::TwoCredentials)),
-        (Some(token), false) => access_token(ctx, token).await,
-        (None, _) => {
+    match access_token_credential(req, RouteAuth::Session)? {
+        Some(_) if sessions.presented(req.headers()) => Err(ProxyError::Client(ClientError::TwoCredentials)),
+        Some(token) => access_token(ctx, token).await,
+        None => {
             let now = ctx.state.clock.unix_seconds();
             let session =
                 sessions.session(req.headers(), now).ok_or(ProxyError::Client(ClientError::MissingCredential))?;

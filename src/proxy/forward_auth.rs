@@ -91,23 +91,16 @@ fn original(
     }
     let headers = req.headers();
     let named = |name: &'static str| headers.get_all(name).into_iter();
-    let mut uris = named("x-forwarded-uri").chain(named("x-original-uri")).map(|v| target(v.as_bytes()));
-    let uri = match uris.next().transpose()? {
-        Some(first) => first,
-        None => match envoy_suffix(own, path)? {
-            Some(suffix) => suffix,
-            None => return Ok(None),
-        },
+    let suffix = envoy_suffix(own, path)?;
+    let mut uris =
+        named("x-forwarded-uri").chain(named("x-original-uri")).map(|v| target(v.as_bytes())).chain(suffix.map(Ok));
+    let Some(uri) = uris.next().transpose()? else {
+        return Ok(None);
     };
     for other in uris {
         if other?.path() != uri.path() {
             return Err(ProxyError::Client(ClientError::AmbiguousForwarded));
         }
-    }
-    if let Some(suffix) = envoy_suffix(own, path)?
-        && suffix.path() != uri.path()
-    {
-        return Err(ProxyError::Client(ClientError::AmbiguousForwarded));
     }
     let mut methods = named("x-forwarded-method").chain(named("x-original-method")).map(|m| parse_method(m.as_bytes()));
     let method = methods.next().transpose()?;
