@@ -139,7 +139,7 @@ fn session_path(c: &mut Criterion) {
         issued_at: now,
         expires_at: now + 86_400,
     };
-    let set_cookie = sessions.set_cookie(&session);
+    let set_cookie = sessions.set_cookie(&session, now);
     let pair = set_cookie.to_str().unwrap().split(';').next().unwrap().to_owned();
     let mut headers = client_headers();
     headers.remove("authorization");
@@ -163,7 +163,7 @@ fn session_path(c: &mut Criterion) {
         })
     });
     c.bench_function("session: seal a new cookie (once per exchange)", |b| {
-        b.iter(|| sessions.set_cookie(black_box(&session)))
+        b.iter(|| sessions.set_cookie(black_box(&session), now))
     });
 }
 

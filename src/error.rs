@@ -49,6 +49,22 @@ pub enum ClientError {
     /// A forward-auth check names two different original paths or methods
     /// (both header families, a header twice, or a header and Envoy's path).
     AmbiguousForwarded,
+    /// A web-login endpoint asked with another method (`allow` names the one).
+    LoginMethod {
+        allow: &'static str,
+    },
+    /// LINE came back with `error=access_denied`: the user did not log in.
+    LoginDenied,
+    /// LINE came back with another `error` (`invalid_request`, say).
+    LoginFailed,
+    /// The callback's `state` matches no login of this browser, after the
+    /// one restart LINE's auto-login failure is allowed.
+    LoginState,
+    /// The callback has no `code`, or names a parameter twice.
+    LoginCallback,
+    /// LINE's token endpoint refused the code (used, expired, or the PKCE
+    /// verifier does not match it).
+    LoginCodeRefused,
 }
 
 /// A failure on the way to, or waiting for, the upstream.
@@ -83,6 +99,10 @@ pub enum ProxyError {
     /// A per-client budget of `[limits]` is spent: 429 with `Retry-After`.
     #[error("limit {} reached", .limit.as_str())]
     Limited { limit: Limit, retry_after: std::time::Duration },
+    /// A browser navigation to a session route without a session: 302 to
+    /// `login.path` (the location, built by the proxy from the normalised path).
+    #[error("login required")]
+    LoginRedirect(String),
     #[error("internal: {0}")]
     Internal(&'static str),
 }
@@ -102,6 +122,12 @@ fn client_reason(e: &ClientError) -> &'static str {
         ClientError::BadBody => "bad_request_body",
         ClientError::BadForwardedMethod => "bad_forwarded_method",
         ClientError::AmbiguousForwarded => "ambiguous_forwarded_request",
+        ClientError::LoginMethod { .. } => "login_method",
+        ClientError::LoginDenied => "login_denied",
+        ClientError::LoginFailed => "login_failed",
+        ClientError::LoginState => "login_state_mismatch",
+        ClientError::LoginCallback => "login_callback_invalid",
+        ClientError::LoginCodeRefused => "login_code_refused",
     }
 }
 
@@ -126,20 +152,28 @@ impl ProxyError {
                 | ClientError::BadHost
                 | ClientError::BadBody
                 | ClientError::BadForwardedMethod
-                | ClientError::AmbiguousForwarded,
+                | ClientError::AmbiguousForwarded
+                | ClientError::LoginFailed
+                | ClientError::LoginState
+                | ClientError::LoginCallback,
             ) => class(StatusCode::BAD_REQUEST, Outcome::BadRequest, None),
             ProxyError::Client(ClientError::HeadersTooLarge) => {
                 class(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Outcome::BadRequest, None)
             }
-            ProxyError::Client(ClientError::NonceMethod | ClientError::SessionMethod) => {
-                class(StatusCode::METHOD_NOT_ALLOWED, Outcome::BadRequest, None)
-            }
+            ProxyError::Client(
+                ClientError::NonceMethod | ClientError::SessionMethod | ClientError::LoginMethod { .. },
+            ) => class(StatusCode::METHOD_NOT_ALLOWED, Outcome::BadRequest, None),
             ProxyError::Client(ClientError::CrossSite) => {
                 class(StatusCode::FORBIDDEN, Outcome::Rejected, Some(Refusal::Rejected))
             }
             ProxyError::Client(
-                ClientError::MissingCredential | ClientError::Credential(_) | ClientError::Rejected(_),
+                ClientError::MissingCredential
+                | ClientError::Credential(_)
+                | ClientError::Rejected(_)
+                | ClientError::LoginDenied
+                | ClientError::LoginCodeRefused,
             ) => class(StatusCode::UNAUTHORIZED, Outcome::Rejected, Some(Refusal::Rejected)),
+            ProxyError::LoginRedirect(_) => class(StatusCode::FOUND, Outcome::LoginRedirect, None),
             ProxyError::Line(_) | ProxyError::NonceStore | ProxyError::NonceStoreFull => {
                 class(StatusCode::SERVICE_UNAVAILABLE, Outcome::Unavailable, Some(Refusal::Unavailable))
             }
@@ -176,6 +210,7 @@ impl ProxyError {
             ProxyError::NonceStore => "nonce_store_unavailable",
             ProxyError::NonceStoreFull => "nonce_store_full",
             ProxyError::Limited { limit, .. } => limit.as_str(),
+            ProxyError::LoginRedirect(_) => "login_required",
             ProxyError::Internal(_) => "internal_error",
         }
     }
@@ -251,6 +286,27 @@ impl ProxyError {
             ProxyError::Limited { limit: Limit::LiveNonces, .. } => {
                 ("too_many_requests", "this client holds too many unused nonces; retry later")
             }
+            ProxyError::Client(ClientError::LoginMethod { allow: "POST" }) => {
+                ("invalid_request", "logging out takes POST (a link cannot log anyone out)")
+            }
+            ProxyError::Client(ClientError::LoginMethod { .. }) => ("invalid_request", "logging in takes GET"),
+            ProxyError::Client(ClientError::LoginDenied) => {
+                ("access_denied", "the login with LINE was cancelled or not allowed")
+            }
+            ProxyError::Client(ClientError::LoginFailed) => {
+                ("login_failed", "LINE could not complete the login; start it again")
+            }
+            ProxyError::Client(ClientError::LoginState) => (
+                "invalid_request",
+                "this login does not belong to this browser, or took longer than 10 minutes; start it again",
+            ),
+            ProxyError::Client(ClientError::LoginCallback) => {
+                ("invalid_request", "the login callback needs exactly one code and one state")
+            }
+            ProxyError::Client(ClientError::LoginCodeRefused) => {
+                ("access_denied", "LINE did not accept this login (used, expired or not ours); start it again")
+            }
+            ProxyError::LoginRedirect(_) => ("login_required", "this page needs a login with LINE"),
             ProxyError::Internal(_) => ("internal_error", "the proxy failed to handle the request"),
         }
     }
@@ -259,7 +315,7 @@ impl ProxyError {
     /// `grpc/doc/statuscodes.md`, chosen by meaning).
     pub fn grpc_status(&self) -> u16 {
         match self.class().status.as_u16() {
-            401 => 16,       // UNAUTHENTICATED
+            401 | 302 => 16, // UNAUTHENTICATED
             403 => 7,        // PERMISSION_DENIED
             405 => 12,       // UNIMPLEMENTED
             400 => 3,        // INVALID_ARGUMENT
@@ -278,6 +334,30 @@ impl ProxyError {
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.extra_headers(response.headers_mut());
+        response
+    }
+
+    /// The answer for a browser on the web-login endpoints (`Accept` names
+    /// `text/html`): the same status and headers as [`Self::into_response`],
+    /// with a page that says what happened and links to `retry` (a path of
+    /// the proxy's configuration). Nothing from the request is shown.
+    pub fn into_html_response(self, retry: &str) -> Response<Full<Bytes>> {
+        let (error, description) = self.body_fields();
+        let status = self.status();
+        let title = match status.as_u16() {
+            401 => "Not logged in",
+            503 => "LINE is not reachable right now",
+            _ => "The login did not work",
+        };
+        let page = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{}</p>\n<p><a href=\"{}\">Log in with LINE again</a></p>\n<p><small>{error}</small></p></body></html>\n",
+            html_escape(description),
+            html_escape(retry),
+        );
+        let mut response = Response::new(Full::new(Bytes::from(page)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         self.extra_headers(response.headers_mut());
         response
     }
@@ -324,9 +404,38 @@ impl ProxyError {
             ProxyError::Client(ClientError::SessionMethod) => {
                 headers.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
             }
+            ProxyError::Client(ClientError::LoginMethod { allow }) => {
+                headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ProxyError::Client(ClientError::LoginDenied | ClientError::LoginCodeRefused) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::LoginRedirect(location) => {
+                // Built by the proxy from an escaped path: always valid.
+                if let Ok(location) = HeaderValue::try_from(location.as_str()) {
+                    headers.insert(http::header::LOCATION, location);
+                }
+                headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
             _ => {}
         }
     }
+}
+
+/// Text for an HTML page: `& < > " '` escaped.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `Retry-After` is whole seconds: rounded up, and never 0 (that would invite
@@ -392,6 +501,14 @@ mod tests {
             ProxyError::Client(ClientError::BadBody),
             ProxyError::Client(ClientError::BadForwardedMethod),
             ProxyError::Client(ClientError::AmbiguousForwarded),
+            ProxyError::Client(ClientError::LoginMethod { allow: "GET" }),
+            ProxyError::Client(ClientError::LoginMethod { allow: "POST" }),
+            ProxyError::Client(ClientError::LoginDenied),
+            ProxyError::Client(ClientError::LoginFailed),
+            ProxyError::Client(ClientError::LoginState),
+            ProxyError::Client(ClientError::LoginCallback),
+            ProxyError::Client(ClientError::LoginCodeRefused),
+            ProxyError::LoginRedirect("/auth/login?return_to=%2F".into()),
             ProxyError::Line(LineError::Overloaded),
             ProxyError::NonceStore,
             ProxyError::NonceStoreFull,
@@ -407,6 +524,7 @@ mod tests {
             let expected = match c.status.as_u16() {
                 400 | 405 | 431 => (Outcome::BadRequest, None),
                 401 | 403 => (Outcome::Rejected, Some(Refusal::Rejected)),
+                302 => (Outcome::LoginRedirect, None),
                 503 => (Outcome::Unavailable, Some(Refusal::Unavailable)),
                 502 | 504 => (Outcome::UpstreamError, None),
                 500 => (Outcome::InternalError, None),
@@ -434,6 +552,14 @@ mod tests {
             ProxyError::Client(ClientError::BadBody),
             ProxyError::Client(ClientError::BadForwardedMethod),
             ProxyError::Client(ClientError::AmbiguousForwarded),
+            ProxyError::Client(ClientError::LoginMethod { allow: "GET" }),
+            ProxyError::Client(ClientError::LoginMethod { allow: "POST" }),
+            ProxyError::Client(ClientError::LoginDenied),
+            ProxyError::Client(ClientError::LoginFailed),
+            ProxyError::Client(ClientError::LoginState),
+            ProxyError::Client(ClientError::LoginCallback),
+            ProxyError::Client(ClientError::LoginCodeRefused),
+            ProxyError::LoginRedirect("/auth/login?return_to=%2F".into()),
             ProxyError::NonceStore,
             ProxyError::NonceStoreFull,
             ProxyError::Upstream(UpstreamError::Unreachable),
@@ -464,6 +590,7 @@ mod tests {
                 LineError::Overloaded,
                 LineError::BackingOff { retry_after: 1 },
                 LineError::JwksUnavailable,
+                LineError::LoginUnavailable,
             ]
             .map(ProxyError::Line),
         );

@@ -24,6 +24,7 @@ mod hangup;
 mod headers;
 mod identity;
 mod limits;
+mod login;
 mod panics;
 mod proxy;
 mod redis_conn;
@@ -193,6 +194,25 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         Some(a) => Some(Arc::new(assertion::Signer::new(a, clock.clone()).map_err(RunError::Assertion)?)),
     };
     let sessions = config.session.clone().map(proxy::session::Sessions::new);
+    // Web login's ID tokens are HS256 (the channel secret); should LINE issue
+    // an ES256 one, its key comes from the JWKS, fetched when first needed.
+    let login = config.login.clone().map(|c| proxy::login::Login {
+        verifier: id_token::IdTokenVerifier::for_login(
+            &c,
+            &config.line,
+            line.clone(),
+            Some(jwks.clone().unwrap_or_else(|| {
+                Arc::new(jwks::Jwks::new(
+                    line.clone(),
+                    config.line.jwks_url.as_str().to_owned(),
+                    clock.clone(),
+                    metrics.clone(),
+                ))
+            })),
+            clock.clone(),
+        ),
+        config: c,
+    });
     let cache = Arc::new(
         cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone())
             .with_assertions(signer.clone())
@@ -227,6 +247,7 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
         limits,
         clock: clock.clone(),
         sessions,
+        login,
     });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }

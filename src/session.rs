@@ -127,16 +127,31 @@ impl Sealer {
 
     /// The cookie value of a session.
     pub fn seal(&self, name: &str, session: &Session) -> String {
-        let plain = serde_json::to_vec(session).expect("a session serialises");
-        self.seal_bytes(SESSION_PURPOSE, name, &plain)
+        self.seal_json(SESSION_PURPOSE, name, session)
     }
 
     /// The session in a cookie value, if this ring sealed it and it has not
     /// expired at `now` (unix seconds).
     pub fn open(&self, name: &str, value: &str, now: u64) -> Option<Session> {
-        let plain = self.open_bytes(SESSION_PURPOSE, name, value)?;
-        let session: Session = serde_json::from_slice(&plain).ok()?;
+        let session: Session = self.open_json(SESSION_PURPOSE, name, value)?;
         (now < session.expires_at && session.issued_at <= now.saturating_add(60)).then_some(session)
+    }
+
+    /// The sealed JSON of `value`, for `purpose` (a label no other kind of
+    /// sealed value uses) under the cookie `name`.
+    pub(crate) fn seal_json<T: Serialize>(&self, purpose: &str, name: &str, value: &T) -> String {
+        let plain = serde_json::to_vec(value).expect("a sealed value serialises");
+        self.seal_bytes(purpose, name, &plain)
+    }
+
+    /// What [`Sealer::seal_json`] sealed for `purpose` and `name`, or `None`.
+    pub(crate) fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        purpose: &str,
+        name: &str,
+        value: &str,
+    ) -> Option<T> {
+        serde_json::from_slice(&self.open_bytes(purpose, name, value)?).ok()
     }
 }
 

@@ -81,8 +81,15 @@ pub enum Outcome {
     /// A CORS preflight let through without a credential.
     Preflight,
     NonceIssued,
-    /// The session exchange answered 204 with a session cookie.
+    /// The session exchange answered 204 with a session cookie, or the web
+    /// login's callback 302 with one.
     SessionIssued,
+    /// `login.path` sent the browser to LINE's authorize endpoint.
+    LoginStarted,
+    /// A browser navigation without a session was sent to `login.path`.
+    LoginRedirect,
+    /// `login.logout_path` ended the session.
+    LoggedOut,
     /// 401, and 403 for a cross-site request with the session cookie.
     Rejected,
     /// 503: verification could not run.
@@ -98,13 +105,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 12] = [
+    const ALL: [Outcome; 15] = [
         Outcome::Forwarded,
         Outcome::Allowed,
         Outcome::Anonymous,
         Outcome::Preflight,
         Outcome::NonceIssued,
         Outcome::SessionIssued,
+        Outcome::LoginStarted,
+        Outcome::LoginRedirect,
+        Outcome::LoggedOut,
         Outcome::Rejected,
         Outcome::Unavailable,
         Outcome::BadRequest,
@@ -121,6 +131,9 @@ impl Outcome {
             Outcome::Preflight => "preflight",
             Outcome::NonceIssued => "nonce_issued",
             Outcome::SessionIssued => "session_issued",
+            Outcome::LoginStarted => "login_started",
+            Outcome::LoginRedirect => "login_redirect",
+            Outcome::LoggedOut => "logged_out",
             Outcome::Rejected => "rejected",
             Outcome::Unavailable => "unavailable",
             Outcome::BadRequest => "bad_request",

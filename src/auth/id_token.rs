@@ -181,6 +181,27 @@ impl IdTokenVerifier {
         }
     }
 
+    /// The verifier of web login's ID tokens: local (HS256 with the login
+    /// channel's secret, ES256 should LINE issue one), for that channel only.
+    pub fn for_login(
+        login: &crate::config::LoginConfig,
+        line_section: &crate::config::LineSection,
+        line: Arc<LineClient>,
+        jwks: Option<Arc<Jwks>>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            clock,
+            line,
+            jwks,
+            verification: IdTokenVerification::Local,
+            secrets: [(login.channel_id.clone(), login.channel_secret.clone())].into(),
+            channel_ids: vec![login.channel_id.clone()],
+            skew: line_section.clock_skew_seconds.duration(),
+            max_age: line_section.max_id_token_age_seconds.duration(),
+        }
+    }
+
     /// The `source` label of the auth-duration metric for a verification.
     pub fn source(&self) -> &'static str {
         match self.verification {

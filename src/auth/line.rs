@@ -34,10 +34,6 @@ pub const MAX_ACCESS_TOKEN_LIFETIME_SECONDS: u64 = 30 * 24 * 60 * 60;
 /// After a 429 without `Retry-After`, new verifications wait this long (5 seconds).
 pub const DEFAULT_RATE_LIMIT_BACKOFF_SECONDS: u64 = 5;
 
-/// `application/x-www-form-urlencoded` values: everything but unreserved is escaped.
-const FORM_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
 /// Which LINE endpoint a call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -49,6 +45,10 @@ pub enum Endpoint {
     VerifyIdToken,
     /// `GET /oauth2/v2.1/certs`.
     Jwks,
+    /// `POST /oauth2/v2.1/token` (web login: the authorization code).
+    Token,
+    /// `POST /oauth2/v2.1/revoke` (logout).
+    Revoke,
 }
 
 impl Endpoint {
@@ -58,6 +58,8 @@ impl Endpoint {
             Endpoint::Profile => "profile",
             Endpoint::VerifyIdToken => "verify_id_token",
             Endpoint::Jwks => "jwks",
+            Endpoint::Token => "token",
+            Endpoint::Revoke => "revoke",
         }
     }
 }
@@ -84,6 +86,10 @@ pub enum LineError {
     /// No JWKS has loaded yet: ES256 ID tokens cannot be checked.
     #[error("LINE's JWKS has not been loaded")]
     JwksUnavailable,
+    /// LINE's login came back with `error=server_error` or
+    /// `temporarily_unavailable`: LINE could not log the user in right now.
+    #[error("LINE's login answered that it is unavailable")]
+    LoginUnavailable,
 }
 
 impl LineError {
@@ -99,6 +105,7 @@ impl LineError {
             LineError::Overloaded => "line_overloaded",
             LineError::BackingOff { .. } => "line_backoff",
             LineError::JwksUnavailable => "jwks_unavailable",
+            LineError::LoginUnavailable => "line_login_unavailable",
         }
     }
 
@@ -135,6 +142,9 @@ pub struct LineClient {
     http: reqwest::Client,
     verify_url: String,
     profile_url: String,
+    /// `{api_base_url}/oauth2/v2.1/token` and `…/revoke` (web login).
+    pub(crate) token_url: String,
+    pub(crate) revoke_url: String,
     channel_ids: Vec<String>,
     timeout: Duration,
     /// `line.max_concurrent_calls` verifications in flight at once.
@@ -162,6 +172,8 @@ impl LineClient {
             http,
             verify_url: format!("{api}/oauth2/v2.1/verify"),
             profile_url: format!("{api}/v2/profile"),
+            token_url: format!("{api}/oauth2/v2.1/token"),
+            revoke_url: format!("{api}/oauth2/v2.1/revoke"),
             channel_ids: config.channel_ids.clone(),
             timeout,
             permits: Semaphore::new(config.max_concurrent_calls.get()),
@@ -244,15 +256,15 @@ impl LineClient {
 
     /// A form POST to LINE's ID-token verify endpoint.
     pub(crate) fn post_verify_id_token(&self, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, FORM_VALUE)))
-            .collect::<Vec<_>>()
-            .join("&");
+        self.post_form(&self.verify_url, form)
+    }
+
+    /// A form POST (`application/x-www-form-urlencoded`) on the shared client.
+    pub(crate) fn post_form(&self, url: &str, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
         self.http
-            .post(&self.verify_url)
+            .post(url)
             .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body)
+            .body(crate::login::form(form))
     }
 
     /// Sends one request and reads its body (bounded). Maps transport failures to

@@ -10,6 +10,7 @@ pub mod id_token;
 pub mod jwks;
 pub mod line;
 pub mod nonce;
+pub mod token_endpoint;
 
 pub use crate::identity::{AuthMethod, Identity, is_line_user_id};
 

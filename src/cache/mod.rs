@@ -272,6 +272,18 @@ impl VerdictCache {
         }
     }
 
+    /// Forgets the verdict for `key` in this replica's memory and, with the
+    /// shared tier, in Redis (awaited: logout answers once it is gone; a Redis
+    /// failure is counted, and the entry ends with its TTL).
+    pub async fn remove(&self, key: &CacheKey) {
+        if self.lock(Self::home(key)).remove(key).is_some() {
+            self.forget(1);
+        }
+        if let Some(shared) = &self.shared {
+            shared.remove(key).await;
+        }
+    }
+
     /// Drops the expired entries of every shard, one shard lock at a time.
     pub fn sweep(&self) {
         let now = self.clock.now();

@@ -156,6 +156,14 @@ impl SharedTier {
         Some((verdict, ttl))
     }
 
+    /// Deletes the shared verdict for `key`; a failure is counted.
+    pub async fn remove(&self, key: &CacheKey) {
+        let del = redis::cmd("DEL").arg(self.redis_key(key)).clone();
+        if self.conn.run::<()>("cache_del", &del).await.is_err() {
+            self.metrics.cache_shared_errors.inc();
+        }
+    }
+
     /// Stores the verdict in the background: the request does not wait on Redis.
     pub fn put(&self, key: &CacheKey, verdict: &Verdict, ttl: Duration) {
         if ttl.is_zero() {

@@ -12,6 +12,7 @@ use super::identity::IdentitySection;
 use super::keys::{KeySpec, Kind, Section};
 use super::limits::LimitsSection;
 use super::line::LineSection;
+use super::login::LoginSection;
 use super::nonce::NonceSection;
 use super::routes::RouteSection;
 use super::server::ServerSection;
@@ -36,6 +37,7 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub forward_auth: ForwardAuthSection,
     pub assertion: AssertionSection,
+    pub login: LoginSection,
     pub session: SessionSection,
     pub routes: Vec<RouteSection>,
     /// Key paths set by the file or the environment (`nonce.ttl_seconds`,
@@ -45,7 +47,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// The sections with plain keys, in the order the reference lists them.
-    fn sections(&mut self) -> [&mut dyn Section; 10] {
+    fn sections(&mut self) -> [&mut dyn Section; 11] {
         [
             &mut self.server,
             &mut self.upstream,
@@ -56,6 +58,7 @@ impl FileConfig {
             &mut self.limits,
             &mut self.forward_auth,
             &mut self.assertion,
+            &mut self.login,
             &mut self.session,
         ]
     }

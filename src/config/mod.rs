@@ -20,6 +20,7 @@ pub(crate) mod key_ring;
 pub(crate) mod keys;
 mod limits;
 mod line;
+mod login;
 mod nonce;
 mod routes;
 mod secret;
@@ -44,6 +45,7 @@ pub(crate) use identity::IdentityConfig;
 pub(crate) use key_ring::KeyRing;
 pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
+pub(crate) use login::LoginConfig;
 pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
 pub(crate) use session::{DEFAULT_SESSION_COOKIE_NAME, SessionConfig};
@@ -72,8 +74,10 @@ pub struct Config {
     pub(crate) forward_auth: Option<ForwardAuthConfig>,
     /// Present when `assertion.enabled`.
     pub(crate) assertion: Option<AssertionConfig>,
-    /// Present when a route has `auth = "session"`.
+    /// Present when a route has `auth = "session"` or `login.enabled`.
     pub(crate) session: Option<SessionConfig>,
+    /// Present when `login.enabled`.
+    pub(crate) login: Option<LoginConfig>,
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -249,9 +253,30 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
     let assertion = file.assertion.validate(file, p);
     let routes = routes::validate(file, p);
     let id_token = id_token::validate(file, routes.has(crate::routes::RouteAuth::IdToken), p);
-    let session = file.session.validate(file, routes.has(crate::routes::RouteAuth::Session), p);
+    let session_routes = routes.has(crate::routes::RouteAuth::Session);
+    let login = file.login.validate(file, p);
+    if login.is_some() && !session_routes {
+        p.warn(
+            "login.enabled",
+            "no route has auth = \"session\": the sessions web login issues are accepted on such routes only",
+        );
+    }
+    let session = file.session.validate(file, session_routes || file.login.enabled, p);
     let limits = file.limits.clone();
-    Config { server, upstream, line, cache, identity, id_token, routes, limits, forward_auth, assertion, session }
+    Config {
+        server,
+        upstream,
+        line,
+        cache,
+        identity,
+        id_token,
+        routes,
+        limits,
+        forward_auth,
+        assertion,
+        session,
+        login,
+    }
 }
 
 /// Collapses a library's multi-line message into one line.

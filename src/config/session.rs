@@ -85,7 +85,7 @@ impl SessionSection {
         if self.key_files.is_empty() {
             p.error(
                 "session.key_files",
-                "is required with auth = \"session\" routes: files of 32 random bytes (`head -c 32 /dev/urandom > FILE`), the same on every replica",
+                "is required with auth = \"session\" routes and with login.enabled: files of 32 random bytes (`head -c 32 /dev/urandom > FILE`), the same on every replica",
             );
             return None;
         }

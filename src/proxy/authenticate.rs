@@ -61,10 +61,27 @@ async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<
         Some(token) => access_token(ctx, token).await,
         None => {
             let now = ctx.state.clock.unix_seconds();
-            let session =
-                sessions.session(req.headers(), now).ok_or(ProxyError::Client(ClientError::MissingCredential))?;
-            super::session::same_origin(&ctx.method, req, None)?;
-            session_verdict(ctx, session).await
+            let login = ctx.state.login.as_ref().map(|l| &l.config);
+            // A browser with no session (or one LINE no longer stands behind)
+            // is sent to log in; an API client gets the 401.
+            let to_login = |ctx: &RequestCtx<'_>, err| match login {
+                Some(login) if super::login::is_navigation(&ctx.method, req.headers()) => {
+                    let target = ctx.path.as_ref().map_or("/", |p| p.as_str());
+                    ProxyError::LoginRedirect(crate::login::login_location(login, target))
+                }
+                _ => err,
+            };
+            let Some(session) = sessions.session(req.headers(), now) else {
+                return Err(to_login(ctx, ProxyError::Client(ClientError::MissingCredential)));
+            };
+            super::session::same_origin(&ctx.method, req, login.map(|l| l.origin.as_str()))?;
+            match session_verdict(ctx, session).await {
+                Err(err @ ProxyError::Client(ClientError::Rejected(_))) => {
+                    ctx.set_cookies.push(super::session::clear_cookie(&sessions.config.cookie_name));
+                    Err(to_login(ctx, err))
+                }
+                verdict => verdict,
+            }
         }
     }
 }

@@ -114,6 +114,12 @@ pub struct RequestCtx<'a> {
     pub grpc_status: Option<u16>,
     /// A check of the forward-auth endpoint, not a proxied request.
     pub forward_auth: bool,
+    /// The proxy's own error answers are pages, not JSON (a browser on the
+    /// web-login endpoints).
+    pub html: bool,
+    /// `Set-Cookie` values for the answer, whatever it is (web login clears
+    /// its cookies on errors too).
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -148,6 +154,8 @@ impl<'a> RequestCtx<'a> {
             }),
             grpc_status: None,
             forward_auth: false,
+            html: false,
+            set_cookies: Vec::new(),
         }
     }
 

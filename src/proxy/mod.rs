@@ -22,6 +22,7 @@ mod authenticate;
 mod context;
 mod forward;
 mod forward_auth;
+pub mod login;
 mod nonce_endpoint;
 mod request;
 pub mod session;
@@ -67,8 +68,10 @@ pub struct State {
     pub limits: Arc<crate::limits::Limits>,
     /// The clock of expiring state, connection timers included.
     pub clock: crate::Clock,
-    /// Present when a route has `auth = "session"`.
+    /// Present when a route has `auth = "session"` or `login.enabled`.
     pub sessions: Option<session::Sessions>,
+    /// Present when `login.enabled`.
+    pub login: Option<login::Login>,
 }
 
 /// The nonce endpoint and its store.
@@ -86,7 +89,11 @@ pub async fn handle(state: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -
         Ok(response) => response,
         Err(err) => fail_to_proxy(&mut ctx, err),
     };
-    response.headers_mut().insert(RequestCtx::request_id_header(), ctx.request_id.clone());
+    let headers = response.headers_mut();
+    headers.insert(RequestCtx::request_id_header(), ctx.request_id.clone());
+    for cookie in ctx.set_cookies.drain(..) {
+        headers.append(header::SET_COOKIE, cookie);
+    }
     logging(&ctx, response.status());
     Ok(response.map(|body| Answer { body, _busy: busy }))
 }
@@ -130,6 +137,9 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     {
         return session::exchange(ctx, &req, sessions).await;
     }
+    if let Some(answer) = login::endpoints(ctx, &req, &path).await? {
+        return Ok(answer);
+    }
     if let Some(own) = forward_auth::endpoint(ctx, &path) {
         return forward_auth::check(ctx, req, own, &path).await;
     }
@@ -158,6 +168,8 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
     let mut response = if let Some(content_type) = &ctx.grpc {
         ctx.grpc_status = Some(err.grpc_status());
         err.into_grpc_response(content_type.clone())
+    } else if let (true, Some(login)) = (ctx.html, &ctx.state.login) {
+        err.into_html_response(&login.config.path)
     } else {
         err.into_response()
     };

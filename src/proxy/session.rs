@@ -42,15 +42,10 @@ impl Sessions {
         cookie_values(headers, name).find_map(|value| self.sealer.open(name, value, now))
     }
 
-    /// `Set-Cookie` for a new session.
-    pub fn set_cookie(&self, session: &Session) -> HeaderValue {
+    /// `Set-Cookie` for a new session, living as long as the session.
+    pub fn set_cookie(&self, session: &Session, now: u64) -> HeaderValue {
         let value = self.sealer.seal(&self.config.cookie_name, session);
-        let cookie = format!(
-            "{}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
-            self.config.cookie_name,
-            self.config.max_age.as_secs()
-        );
-        HeaderValue::try_from(cookie).expect("a sealed value and a cookie name are valid header text")
+        set_cookie(&self.config.cookie_name, &value, session.expires_at.saturating_sub(now))
     }
 }
 
@@ -80,21 +75,27 @@ fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Ite
     })
 }
 
-/// Removes the session cookie from the `Cookie` headers sent upstream; every
-/// other cookie passes as it came, and a header left empty is removed. A pair
-/// whose name is the session's once trimmed (`name =…`, which an upstream's
-/// parser may read as the session cookie) is removed too, though never read.
+/// Removes the session cookie, and the pre-login flow cookies of web login
+/// (`<name>.login.*`), from the `Cookie` headers sent upstream; every other
+/// cookie passes as it came, and a header left empty is removed. A pair whose
+/// name is one of those once trimmed (`name =…`, which an upstream's parser
+/// may read as the session cookie) is removed too, though never read.
 pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    let name = name.as_bytes();
-    let is_session = |pair: &[u8]| split_pair(pair).is_some_and(|(k, _)| k.trim_ascii() == name);
-    if !headers.get_all(header::COOKIE).iter().any(|v| cookie_pairs(v).any(is_session)) {
+    let flows = crate::login::flow_cookie_prefix(name);
+    let is_ours = |pair: &[u8]| {
+        split_pair(pair).is_some_and(|(k, _)| {
+            let k = k.trim_ascii();
+            k == name.as_bytes() || k.starts_with(flows.as_bytes())
+        })
+    };
+    if !headers.get_all(header::COOKIE).iter().any(|v| cookie_pairs(v).any(is_ours)) {
         return;
     }
     let kept: Vec<HeaderValue> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| {
-            let rest: Vec<&[u8]> = cookie_pairs(v).filter(|pair| !is_session(pair)).collect();
+            let rest: Vec<&[u8]> = cookie_pairs(v).filter(|pair| !is_ours(pair)).collect();
             (!rest.is_empty())
                 .then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).expect("pieces of a valid header"))
         })
@@ -103,6 +104,34 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     for value in kept {
         headers.append(header::COOKIE, value);
     }
+}
+
+/// The `(name, value)` of every cookie whose name starts with `prefix`, in
+/// the order they came (names and values that are not UTF-8 are skipped).
+pub fn cookies_with_prefix<'h>(headers: &'h HeaderMap, prefix: &'h str) -> impl Iterator<Item = (&'h str, &'h str)> {
+    headers.get_all(header::COOKIE).iter().flat_map(cookie_pairs).filter_map(move |pair| {
+        let (k, v) = split_pair(pair)?;
+        if !k.starts_with(prefix.as_bytes()) {
+            return None;
+        }
+        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v.trim_ascii()).ok()?))
+    })
+}
+
+/// The value of the first cookie named exactly `name`.
+pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h str> {
+    cookie_values(headers, name).next()
+}
+
+/// `Set-Cookie` with the attributes every cookie of the proxy carries.
+pub fn set_cookie(name: &str, value: &str, max_age: u64) -> HeaderValue {
+    let cookie = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
+    HeaderValue::try_from(cookie).expect("a sealed value and a cookie name are valid header text")
+}
+
+/// `Set-Cookie` that makes the browser drop the cookie `name`.
+pub fn clear_cookie(name: &str) -> HeaderValue {
+    set_cookie(name, "", 0)
 }
 
 /// An unsafe method authenticated by the cookie must come from the app's own
@@ -161,7 +190,7 @@ pub async fn exchange<B>(
     let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
-    headers.insert(header::SET_COOKIE, sessions.set_cookie(&session));
+    headers.insert(header::SET_COOKIE, sessions.set_cookie(&session, now));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     ctx.outcome = Outcome::SessionIssued;
     Ok(response)
@@ -198,6 +227,11 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_bytes(b"n=Jos\xc3\xa9; __Host-line-auth-session=v1.A").unwrap());
         strip_cookie(&mut h, name);
         assert_eq!(h[header::COOKIE].as_bytes(), b"n=Jos\xc3\xa9");
+        // Web login's pre-login flow cookies never reach the upstream either.
+        let mut h =
+            cookies(&["__Host-line-auth-session.login.0123456789abcdef=v1.A; a=1; __Host-line-auth-session.loginx=2"]);
+        strip_cookie(&mut h, name);
+        assert_eq!(h[header::COOKIE], "a=1; __Host-line-auth-session.loginx=2");
         // A name that is the session's once trimmed is removed, though never read.
         let mut h = cookies(&["__Host-line-auth-session =v1.A; a=1"]);
         assert_eq!(cookie_values(&h, name).count(), 0);
