@@ -112,6 +112,18 @@ pub async fn bind(config: Config) -> Result<Bound, RunError> {
 /// [`bind`] with the clock that expiring state (cache, nonces, JWKS, LINE
 /// back-off) reads: tests pass a manual one and advance it.
 pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> {
+    bind_inner(config, None, clock).await
+}
+
+/// [`bind_with`] serving the proxy on `listener`, bound already (a caller that
+/// must know the proxy's address before writing its configuration: the web
+/// login's `redirect_uri` of `dev` and of the browser tests);
+/// `server.listen` is not bound.
+pub async fn bind_on(config: Config, listener: TcpListener, clock: Clock) -> Result<Bound, RunError> {
+    bind_inner(config, Some(listener), clock).await
+}
+
+async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock) -> Result<Bound, RunError> {
     use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
     let metrics = Arc::new(telemetry::Metrics::new());
@@ -122,7 +134,10 @@ pub async fn bind_with(config: Config, clock: Clock) -> Result<Bound, RunError> 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
     };
-    let proxy_listener = bind(config.server.keys.listen).await?;
+    let proxy_listener = match listener {
+        Some(listener) => listener,
+        None => bind(config.server.keys.listen).await?,
+    };
     let admin_listener = bind(config.server.keys.admin_listen).await?;
     let line = Arc::new(
         line::LineClient::new(&config.line, clock.clone(), metrics.clone())

@@ -235,8 +235,10 @@ fn session_keys_are_checked_at_load() {
     let twice = config_text("http://127.0.0.1:1", "http://127.0.0.1:2", &session_config(&[&key, &key], ""));
     let problems = line_auth_proxy::config::load_str(&twice, std::iter::empty()).unwrap_err().to_string();
     assert!(problems.contains("the same key twice"), "{problems}");
-    // Web login is not built: its section is refused, never silently ignored.
+    // Web login switched on with nothing else: every key it needs is named.
     let login = config_text("http://127.0.0.1:1", "http://127.0.0.1:2", "[login]\nenabled = true\n");
     let problems = line_auth_proxy::config::load_str(&login, std::iter::empty()).unwrap_err().to_string();
-    assert!(problems.contains("login") && problems.contains("unknown section"), "{problems}");
+    for key in ["login.channel_id", "login.channel_secret_file", "login.redirect_uri", "session.key_files"] {
+        assert!(problems.contains(&format!("{key}: is required")), "{key}: {problems}");
+    }
 }

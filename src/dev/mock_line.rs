@@ -5,7 +5,10 @@
 //! keys, with LINE's status codes and error bodies. It signs ID tokens (ES256
 //! with its keys, HS256 with a channel secret) for the tests and `dev`. Tokens,
 //! faults (status codes, unreadable bodies, delays, held answers) and call
-//! counters are programmable, and its notion of now is a [`Clock`] the tests
+//! counters are programmable. For web login it has LINE's authorize page
+//! (which logs a chosen user in at once, or cancels for them), the token
+//! endpoint (codes bound to the client, the redirect URI and the PKCE
+//! challenge, single use, ten minutes) and revoke, and its notion of now is a [`Clock`] the tests
 //! can share with the proxy. It listens on loopback only: the real LINE
 //! Platform must never receive test or load traffic.
 
@@ -86,7 +89,53 @@ pub struct Faults {
     pub profile: Option<Fault>,
     pub jwks: Option<Fault>,
     pub verify_id_token: Option<Fault>,
+    /// `POST /oauth2/v2.1/token`.
+    pub token: Option<Fault>,
+    /// `POST /oauth2/v2.1/revoke`.
+    pub revoke: Option<Fault>,
 }
+
+/// The user LINE's authorize page logs in (the mock asks nothing: it approves
+/// at once, as LINE's auto-login does).
+#[derive(Clone, Debug)]
+pub struct MockLoginUser {
+    pub user_id: String,
+    pub display_name: String,
+    /// In the ID token when the `email` scope was asked for.
+    pub email: Option<String>,
+    /// The ID token's `amr`.
+    pub amr: Vec<String>,
+    /// Cancels at LINE: back to the callback with `error=access_denied`.
+    pub deny: bool,
+}
+
+impl MockLoginUser {
+    /// A user who approves, logged in by LINE's single sign-on.
+    pub fn new(user_id: &str, display_name: &str) -> Self {
+        Self {
+            user_id: user_id.into(),
+            display_name: display_name.into(),
+            email: None,
+            amr: vec!["linesso".into()],
+            deny: false,
+        }
+    }
+}
+
+/// An authorization code LINE's authorize page issued.
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    /// `code_challenge` (S256).
+    challenge: String,
+    nonce: Option<String>,
+    email: bool,
+    user: MockLoginUser,
+    issued_at: u64,
+}
+
+/// LINE's codes live ten minutes.
+const CODE_LIFETIME_SECONDS: u64 = 600;
 
 /// The issuer LINE puts in every ID token.
 pub const ISSUER: &str = "https://access.line.me";
@@ -141,6 +190,19 @@ struct MockState {
     channel_secrets: Mutex<HashMap<String, Vec<u8>>>,
     /// Every token starting with this prefix is valid as this one (benchmarks).
     token_prefix: Mutex<Option<(String, MockToken)>>,
+    /// Who the authorize page logs in; `None` answers 400.
+    login_user: Mutex<Option<MockLoginUser>>,
+    /// The next authorize call comes back with a state that is not the one
+    /// sent, as LINE's auto-login failure does.
+    fail_auto_login: std::sync::atomic::AtomicBool,
+    codes: Mutex<HashMap<String, IssuedCode>>,
+    /// Access tokens the token endpoint issued, in order.
+    issued: Mutex<Vec<String>>,
+    revoked: Mutex<Vec<String>>,
+    last_authorize_query: Mutex<Option<String>>,
+    authorize_calls: AtomicUsize,
+    token_calls: AtomicUsize,
+    revoke_calls: AtomicUsize,
 }
 
 impl MockState {
@@ -201,6 +263,15 @@ impl MockLine {
             keys: Mutex::new(vec![Arc::new(SigningKey::generate())]),
             channel_secrets: Mutex::default(),
             token_prefix: Mutex::default(),
+            login_user: Mutex::default(),
+            fail_auto_login: Default::default(),
+            codes: Mutex::default(),
+            issued: Mutex::default(),
+            revoked: Mutex::default(),
+            last_authorize_query: Mutex::default(),
+            authorize_calls: AtomicUsize::default(),
+            token_calls: AtomicUsize::default(),
+            revoke_calls: AtomicUsize::default(),
         });
         let handler_state = state.clone();
         let server = LoopbackServer::start(move |req| handle(handler_state.clone(), req)).await?;
@@ -282,6 +353,50 @@ impl MockLine {
     /// Registers a channel secret, for HS256 tokens at the remote verify endpoint.
     pub fn set_channel_secret(&self, channel_id: &str, secret: &[u8]) {
         self.state.channel_secrets.lock().expect("poisoned").insert(channel_id.into(), secret.to_vec());
+    }
+
+    /// The value for `login.authorize_url`.
+    pub fn authorize_url(&self) -> String {
+        format!("{}/oauth2/v2.1/authorize", self.server.url())
+    }
+
+    /// The user the authorize page logs in from now on.
+    pub fn set_login_user(&self, user: MockLoginUser) {
+        *self.state.login_user.lock().expect("poisoned") = Some(user);
+    }
+
+    /// The next authorize call (without `disable_auto_login=true`) fails the
+    /// way LINE's auto-login does: back to the callback with a code that is
+    /// no good and a state that is not the one sent.
+    pub fn fail_next_auto_login(&self) {
+        self.state.fail_auto_login.store(true, Ordering::SeqCst);
+    }
+
+    pub fn authorize_calls(&self) -> usize {
+        self.state.authorize_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn token_calls(&self) -> usize {
+        self.state.token_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn revoke_calls(&self) -> usize {
+        self.state.revoke_calls.load(Ordering::SeqCst)
+    }
+
+    /// The query of the last authorize call.
+    pub fn last_authorize_query(&self) -> Option<String> {
+        self.state.last_authorize_query.lock().expect("poisoned").clone()
+    }
+
+    /// The access tokens the token endpoint issued, oldest first.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.state.issued.lock().expect("poisoned").clone()
+    }
+
+    /// The access tokens revoked, oldest first.
+    pub fn revoked_tokens(&self) -> Vec<String> {
+        self.state.revoked.lock().expect("poisoned").clone()
     }
 
     /// An ES256 ID token over `claims`, signed with the current key.
@@ -367,12 +482,28 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
         }
         (&Method::POST, "/oauth2/v2.1/verify") => match faults.verify_id_token {
             Some(fault) => fault_response(fault),
-            None => {
-                let body =
-                    Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                verify_id_token(&state, &String::from_utf8_lossy(&body))
-            }
+            None => verify_id_token(&state, &form_body(req).await),
         },
+        (&Method::GET, "/oauth2/v2.1/authorize") => {
+            state.authorize_calls.fetch_add(1, Ordering::SeqCst);
+            authorize(&state, req.uri().query().unwrap_or(""))
+        }
+        (&Method::POST, "/oauth2/v2.1/token") => {
+            state.token_calls.fetch_add(1, Ordering::SeqCst);
+            let form = form_body(req).await;
+            match faults.token {
+                Some(fault) => fault_response(fault),
+                None => token(&state, &form),
+            }
+        }
+        (&Method::POST, "/oauth2/v2.1/revoke") => {
+            state.revoke_calls.fetch_add(1, Ordering::SeqCst);
+            let form = form_body(req).await;
+            match faults.revoke {
+                Some(fault) => fault_response(fault),
+                None => revoke(&state, &form),
+            }
+        }
         // Mock only: mints an ES256 ID token, so that `dev` can show a login.
         (&Method::GET, "/mock/id_token") => {
             let query = req.uri().query().unwrap_or("");
@@ -393,6 +524,180 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
     };
     response.headers_mut().insert("x-line-request-id", HeaderValue::try_from(request_id).expect("hex"));
     Ok(response)
+}
+
+/// A form body, up to 64 KiB (an empty one past that).
+async fn form_body(req: Request<Incoming>) -> String {
+    let body = Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A random URL-safe string of `bytes` random bytes.
+fn random_string(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    SystemRandom::new().fill(&mut raw).expect("random");
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// `GET /oauth2/v2.1/authorize?…`: the login page, which approves at once
+/// (302 to `redirect_uri` with `code` and `state`), or cancels for a denying
+/// user (`error=access_denied`). A request LINE would refuse outright —
+/// without `client_id`, `redirect_uri`, `state`, the `openid` scope, or with
+/// a PKCE challenge that is not S256 — is a 400 page that redirects nowhere.
+fn authorize(state: &MockState, query: &str) -> Response<Full<Bytes>> {
+    *state.last_authorize_query.lock().expect("poisoned") = Some(query.to_owned());
+    let arg = |k| form_urlencoded_value(query, k);
+    let page = |status: StatusCode, text: &str| {
+        let mut r = Response::new(Full::new(Bytes::from(format!("<!doctype html><title>LINE</title><p>{text}</p>"))));
+        *r.status_mut() = status;
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        r
+    };
+    let (Some(client_id), Some(redirect_uri), Some(sent_state)) = (arg("client_id"), arg("redirect_uri"), arg("state"))
+    else {
+        return page(StatusCode::BAD_REQUEST, "400 Bad Request: client_id, redirect_uri and state are required");
+    };
+    let scope = arg("scope").unwrap_or_default();
+    let pkce_ok =
+        arg("code_challenge_method").as_deref() == Some("S256") && arg("code_challenge").is_some_and(|c| c.len() == 43);
+    if arg("response_type").as_deref() != Some("code")
+        || !scope.split(' ').any(|s| s == "openid")
+        || !pkce_ok
+        || !(redirect_uri.starts_with("https://") || redirect_uri.starts_with("http://"))
+    {
+        return page(StatusCode::BAD_REQUEST, "400 Bad Request: invalid authorization request");
+    }
+    let Some(user) = state.login_user.lock().expect("poisoned").clone() else {
+        return page(StatusCode::BAD_REQUEST, "400 Bad Request: the mock has no login user");
+    };
+    let separator = if redirect_uri.contains('?') { '&' } else { '?' };
+    let encode = |v: &str| form_urlencoded_encode(v);
+    let back = if user.deny {
+        format!(
+            "{redirect_uri}{separator}error=access_denied&error_description={}&state={}",
+            encode("The resource owner denied the request."),
+            encode(&sent_state)
+        )
+    } else if arg("disable_auto_login").as_deref() != Some("true")
+        && state.fail_auto_login.swap(false, Ordering::SeqCst)
+    {
+        // A code that is no good, and a state of the same shape that is not
+        // the one sent (it belongs to a login of another browser).
+        let mut other: Vec<u8> = sent_state.bytes().collect();
+        let mut noise = [0u8; 64];
+        SystemRandom::new().fill(&mut noise).expect("random");
+        for (b, n) in other.iter_mut().skip(1).zip(noise) {
+            if b.is_ascii_hexdigit() {
+                *b = b"0123456789abcdef"[usize::from(n % 16)];
+            }
+        }
+        let other = String::from_utf8(other).expect("ASCII stays ASCII");
+        format!("{redirect_uri}{separator}code={}&state={}", random_string(15), encode(&other))
+    } else {
+        let code = random_string(15);
+        let issued = IssuedCode {
+            client_id,
+            redirect_uri: redirect_uri.clone(),
+            challenge: arg("code_challenge").unwrap_or_default(),
+            nonce: arg("nonce"),
+            email: scope.split(' ').any(|s| s == "email"),
+            user,
+            issued_at: state.clock.unix_seconds(),
+        };
+        state.codes.lock().expect("poisoned").insert(code.clone(), issued);
+        format!("{redirect_uri}{separator}code={code}&state={}", encode(&sent_state))
+    };
+    let mut r = page(StatusCode::FOUND, "Redirecting");
+    match HeaderValue::try_from(back) {
+        Ok(location) => {
+            r.headers_mut().insert(http::header::LOCATION, location);
+            r
+        }
+        Err(_) => page(StatusCode::BAD_REQUEST, "400 Bad Request: redirect_uri"),
+    }
+}
+
+/// `POST /oauth2/v2.1/token` (`grant_type=authorization_code`): the code is
+/// used up by any try; it must be this client's, for this `redirect_uri`,
+/// younger than ten minutes, and `code_verifier` must hash to its challenge.
+/// The ID token is HS256 with the channel secret, as LINE signs web login's.
+fn token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
+    let arg = |k| form_urlencoded_value(form, k);
+    let error = |status: StatusCode, error: &str, description: &str| {
+        json(status, serde_json::json!({ "error": error, "error_description": description }))
+    };
+    if arg("grant_type").as_deref() != Some("authorization_code") {
+        return error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code");
+    }
+    let (Some(code), Some(client_id), Some(redirect_uri), Some(verifier)) =
+        (arg("code"), arg("client_id"), arg("redirect_uri"), arg("code_verifier"))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code, client_id, redirect_uri and code_verifier are required",
+        );
+    };
+    let Some(secret) = state.channel_secrets.lock().expect("poisoned").get(&client_id).cloned() else {
+        return error(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client");
+    };
+    if arg("client_secret").map(String::into_bytes).as_deref() != Some(secret.as_slice()) {
+        return error(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client_secret");
+    }
+    let Some(issued) = state.codes.lock().expect("poisoned").remove(&code) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_grant", "invalid authorization code");
+    };
+    let now = state.clock.unix_seconds();
+    let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    if issued.client_id != client_id
+        || issued.redirect_uri != redirect_uri
+        || now >= issued.issued_at + CODE_LIFETIME_SECONDS
+    {
+        return error(StatusCode::BAD_REQUEST, "invalid_grant", "invalid authorization code");
+    }
+    if issued.challenge != challenge {
+        return error(StatusCode::BAD_REQUEST, "invalid_grant", "invalid code_verifier");
+    }
+    let user = &issued.user;
+    let mut claims = id_claims(now, &client_id, &user.user_id, issued.nonce.as_deref());
+    claims["name"] = user.display_name.clone().into();
+    claims["amr"] = user.amr.clone().into();
+    if issued.email
+        && let Some(email) = &user.email
+    {
+        claims["email"] = email.clone().into();
+    }
+    let id_token = MockLine::sign_hs256(&secret, &claims);
+    let access_token = random_string(48);
+    let mut record = MockToken::new(&client_id, &user.user_id, &user.display_name);
+    record.picture_url = Some("https://profile.line-scdn.net/0hID".into());
+    state.tokens.lock().expect("poisoned").insert(access_token.clone(), record);
+    state.issued.lock().expect("poisoned").push(access_token.clone());
+    let scope = if issued.email { "openid profile email" } else { "openid profile" };
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "access_token": access_token, "expires_in": 2_592_000, "id_token": id_token,
+            "refresh_token": random_string(15), "scope": scope, "token_type": "Bearer",
+        }),
+    )
+}
+
+/// `POST /oauth2/v2.1/revoke`: 200 with an empty body; the token is dead
+/// (verify answers 400 for it from now on). LINE answers 200 for a token it
+/// does not know, too.
+fn revoke(state: &MockState, form: &str) -> Response<Full<Bytes>> {
+    let (Some(token), Some(_client_id)) =
+        (form_urlencoded_value(form, "access_token"), form_urlencoded_value(form, "client_id"))
+    else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "invalid_request", "error_description": "access_token and client_id are required" }),
+        );
+    };
+    state.tokens.lock().expect("poisoned").remove(&token);
+    state.revoked.lock().expect("poisoned").push(token);
+    Response::new(Full::new(Bytes::new()))
 }
 
 /// `GET /oauth2/v2.1/verify?access_token=…`
@@ -568,6 +873,11 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// `value` percent-encoded for a query.
+fn form_urlencoded_encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The decoded value of `key` in an `application/x-www-form-urlencoded` string.

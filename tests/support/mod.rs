@@ -10,6 +10,7 @@ mod redis;
 pub mod sessions;
 pub mod signing_keys;
 pub mod tls;
+pub mod web_login;
 
 use std::convert::Infallible;
 use std::future::Future;
