@@ -607,3 +607,40 @@ async fn logout_drops_the_shared_redis_verdict_and_other_replicas_follow_within_
     assert_eq!(e.line.verify_calls(), verifies + 1);
     assert_eq!(e.upstream.hits(), 3, "a, b, and b before its bound");
 }
+
+#[tokio::test]
+async fn forward_auth_answers_a_navigation_without_a_session_401_never_a_redirect() {
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    line.set_login_user(MockLoginUser::new(USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let extra =
+        format!("{}\n[forward_auth]\nenabled = true\n", web_login_config(&line, &format!("{APP}{CALLBACK}"), "", ""));
+    let text = config_text(&line.base_url(), &upstream.url(), &extra)
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\ntrusted_proxies = [\"127.0.0.1/32\"]");
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    let e = Env { clock, line, upstream, proxy };
+    let check = |cookie: Option<String>| {
+        let mut r = no_redirects()
+            .get(e.proxy.url("/_auth/verify"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/app/orders")
+            .header("accept", "text/html")
+            .header("sec-fetch-mode", "navigate");
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send()
+    };
+    // nginx's auth_request takes 2xx, 401 and 403 only: a 302 would be its 500.
+    let r = check(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("location").is_none());
+    let mut jar = Jar::default();
+    assert_eq!(log_in(&e, "", &mut jar).await.status(), 302);
+    let r = check(Some(jar.header())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-line-user-id"], USER);
+    assert_eq!(r.headers()["x-line-auth-method"], "session");
+    assert_eq!(e.upstream.hits(), 0);
+}

@@ -43,9 +43,17 @@ pub struct NonceConfig {
     pub redis: Option<RedisConfig>,
 }
 
+/// The `line.` keys web login's ID-token check reads as well.
+const LOGIN_ID_TOKEN_KEYS: [&str; 3] = ["line.jwks_url", "line.clock_skew_seconds", "line.max_id_token_age_seconds"];
+
 pub(super) fn validate(file: &FileConfig, id_token_routes: bool, p: &mut Problems) -> Option<IdTokenConfig> {
+    let login = file.login.enabled;
+    if login && !id_token_routes && !file.line.jwks_url.https_unless_loopback() {
+        p.error("line.jwks_url", "must be https (http is allowed for loopback test servers only)");
+    }
     if !id_token_routes {
-        let unused = LINE_ID_TOKEN_KEYS.iter().copied().filter(|k| file.wrote(k));
+        let unused =
+            LINE_ID_TOKEN_KEYS.iter().copied().filter(|k| file.wrote(k) && !(login && LOGIN_ID_TOKEN_KEYS.contains(k)));
         let nonce_keys: Vec<&str> = file
             .written
             .iter()

@@ -727,3 +727,42 @@ fn trusted_proxies_are_checked_entry_by_entry() {
     let c = load(MINIMAL, &env).unwrap().config;
     assert!(c.server.trusted_proxies.contains("fd00::1".parse().unwrap()));
 }
+
+/// A web-login configuration (its secret and key files written owner-only),
+/// with `line_extra` in `[line]`.
+fn web_login(line_extra: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("lap-login-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        path
+    };
+    let secret = write("secret", b"0123456789abcdef0123456789abcdef");
+    let key = write("key", &[3u8; 32]);
+    format!(
+        "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[line]\nchannel_ids = [\"1234567890\"]\n{line_extra}\n\
+         [login]\nenabled = true\nchannel_id = \"1234567890\"\nchannel_secret_file = {secret:?}\n\
+         redirect_uri = \"https://app.example/auth/callback\"\n\
+         [session]\nkey_files = [{key:?}]\n\
+         [[routes]]\npath_prefix = \"/\"\nauth = \"session\"\n"
+    )
+}
+
+#[test]
+fn the_id_token_settings_web_login_reads_are_not_called_unused() {
+    let read = "jwks_url = \"https://api.line.me/oauth2/v2.1/certs\"\nclock_skew_seconds = 30\nmax_id_token_age_seconds = 600\n\
+                id_token_verification = \"local\"";
+    // The check of web login's ID token reads the JWKS URL, the skew and the
+    // age; the remaining ID-token keys still have no effect without such routes.
+    assert_eq!(warning_keys(&web_login(read)), ["line.id_token_verification"]);
+    let mut loaded = config(&web_login("clock_skew_seconds = 30"));
+    assert!(loaded.login.take().is_some());
+    assert!(loaded.id_token.is_none());
+    // Its JWKS URL is held to https like the ID-token routes'.
+    assert_eq!(error_keys(&web_login("jwks_url = \"http://certs.example/keys\""), &[]), ["line.jwks_url"]);
+    // Without web login they are unused, as before.
+    let plain = format!("{MINIMAL}clock_skew_seconds = 30\n");
+    assert_eq!(warning_keys(&plain), ["line.clock_skew_seconds"]);
+}

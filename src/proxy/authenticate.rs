@@ -63,9 +63,11 @@ async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<
             let now = ctx.state.clock.unix_seconds();
             let login = ctx.state.login.as_ref().map(|l| &l.config);
             // A browser with no session (or one LINE no longer stands behind)
-            // is sent to log in; an API client gets the 401.
+            // is sent to log in; an API client gets the 401, and so does an
+            // ingress's forward-auth check (nginx `auth_request` turns any
+            // answer but 2xx/401/403 into a 500: the ingress redirects on 401).
             let to_login = |ctx: &RequestCtx<'_>, err| match login {
-                Some(login) if super::login::is_navigation(&ctx.method, req.headers()) => {
+                Some(login) if !ctx.forward_auth && super::login::is_navigation(&ctx.method, req.headers()) => {
                     let target = ctx.path.as_ref().map_or("/", |p| p.as_str());
                     ProxyError::LoginRedirect(crate::login::login_location(login, target))
                 }
