@@ -78,10 +78,13 @@ impl Attempt {
 
     /// The attempt a `state` of ours names; `None` for anything else.
     pub fn of(state: &str) -> Option<Self> {
-        if state.len() != 1 + STATE_RANDOM_LEN || !state[1..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Bytes, not characters: the state comes from the URL, and slicing
+        // a string at a byte that is not a character boundary panics.
+        let bytes = state.as_bytes();
+        if bytes.len() != 1 + STATE_RANDOM_LEN || !bytes[1..].iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
-        match state.as_bytes()[0] {
+        match bytes[0] {
             b'1' => Some(Attempt::First),
             b'2' => Some(Attempt::Retry),
             _ => None,
@@ -282,6 +285,15 @@ mod tests {
         assert_eq!(Attempt::of(&retry.state), Some(Attempt::Retry));
         assert!(first.state.bytes().all(|b| b.is_ascii_alphanumeric()), "LINE asks for an alphanumeric state");
         assert_ne!(first.state, Flow::new("/".into(), Attempt::First, 1_000).state);
+        // A character of several bytes where a digit or hex is expected, at
+        // the right length in bytes: none is ours, and none panics.
+        let multibyte =
+            [format!("é{}", "0".repeat(63)), format!("1{}é", "0".repeat(62)), format!("1ａ{}", "0".repeat(61))];
+        for junk in multibyte.iter().map(String::as_str) {
+            assert_eq!(junk.len(), 65);
+            assert_eq!(Attempt::of(junk), None, "{junk}");
+            assert_eq!(flow_cookie_name("s", junk), None);
+        }
         for junk in ["", "1", "3abc", &format!("1{}", "g".repeat(64)), &format!("1{}", "a".repeat(65))] {
             assert_eq!(Attempt::of(junk), None, "{junk}");
             assert_eq!(flow_id(junk), None);

@@ -288,7 +288,10 @@ async fn a_state_that_matches_no_flow_restarts_once_without_auto_login_then_fail
     let page = r.text().await.unwrap();
     assert!(page.starts_with("<!doctype html>") && page.contains("/auth/login"), "a page for the browser: {page}");
     // A state that is none of ours, or none at all: 400.
-    for query in ["code=x&state=forged", "code=x", "state=1&state=2", ""] {
+    // A state of the right length in bytes whose first character is not one
+    // byte (once a panic: slicing a string inside a character).
+    let multibyte = format!("code=x&state=%C3%A9{}", "0".repeat(63));
+    for query in ["code=x&state=forged", "code=x", "state=1&state=2", "", &multibyte] {
         let r = callback(&e, query, &mut Jar::default()).await;
         assert_eq!(r.status(), 400, "{query}");
     }
@@ -642,5 +645,37 @@ async fn forward_auth_answers_a_navigation_without_a_session_401_never_a_redirec
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-line-user-id"], USER);
     assert_eq!(r.headers()["x-line-auth-method"], "session");
+    assert_eq!(e.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn with_max_age_the_id_token_must_say_the_user_logged_in_within_it() {
+    let e = web_env("max_age = 600", "").await;
+    // The mock's authorize page logs the user in now and says so in auth_time.
+    let mut jar = Jar::default();
+    assert_eq!(log_in(&e, "", &mut jar).await.status(), 302);
+    assert!(jar.get(COOKIE).is_some());
+    assert!(e.line.last_authorize_query().unwrap().contains("max_age=600"));
+    // An ID token with no auth_time, or one of a login an hour ago: no session.
+    e.line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let mut jar = Jar::default();
+    let to = start(&e, "", &mut jar).await;
+    let nonce = param(&to, "nonce").unwrap();
+    let back = authorize(&to).await;
+    let now = e.clock.unix_seconds();
+    for (case, auth_time) in [("no auth_time", None), ("an hour ago", Some(now - 3600)), ("now", Some(now))] {
+        let mut claims = e.line.id_claims(CHANNEL, USER, Some(&nonce));
+        if let Some(t) = auth_time {
+            claims["auth_time"] = t.into();
+        }
+        e.line.set_faults(token_answer(&MockLine::sign_hs256(SECRET.as_bytes(), &claims)));
+        let mut copy = jar.clone();
+        let r = callback(&e, &back, &mut copy).await;
+        let expected = if case == "now" { 302 } else { 401 };
+        assert_eq!(r.status(), expected, "{case}");
+        assert_eq!(copy.get(COOKIE).is_some(), case == "now", "{case}");
+    }
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_auth_rejections_total{reason=\"id_token_too_old\"}"), 2.0, "{m}");
     assert_eq!(e.upstream.hits(), 0);
 }

@@ -72,6 +72,8 @@ pub struct LoginConfig {
     pub authorize_url: String,
     /// LINE's optional authorize parameters that are set, in a fixed order.
     pub extra: Vec<(&'static str, String)>,
+    /// `login.max_age`: the ID token's `auth_time` must be within it.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl LoginSection {
@@ -136,6 +138,7 @@ impl LoginSection {
             logout_path: self.logout_path.clone(),
             authorize_url: self.authorize_url.as_str().to_owned(),
             extra,
+            max_age: self.max_age.map(|s| s.duration()),
         })
     }
 
@@ -177,7 +180,23 @@ impl LoginSection {
             p.error(KEY, format!("has a path that {why}"));
             return None;
         }
-        let origin = format!("{}://{}", uri.scheme_str()?, uri.authority()?.as_str()).to_ascii_lowercase();
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@') {
+            p.error(KEY, "must not have a user name or password");
+            return None;
+        }
+        // The origin as a browser writes it in `Origin`: the scheme's default
+        // port is left out (`https://app.example:443` is `https://app.example`).
+        let scheme = uri.scheme_str()?;
+        let default_port = match scheme {
+            "https" => 443,
+            _ => 80,
+        };
+        let origin = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{scheme}://{}:{port}", authority.host()),
+            _ => format!("{scheme}://{}", authority.host()),
+        }
+        .to_ascii_lowercase();
         Some((url.as_str().to_owned(), origin, path))
     }
 

@@ -59,6 +59,11 @@ impl SessionSection {
         }
         if !is_cookie_name(&self.cookie_name) {
             p.error("session.cookie_name", "must be 1 to 64 letters, digits or -_.!#$%&'*+^`|~ (a cookie name)");
+        } else if !self.cookie_name.starts_with("__Host-") {
+            p.warn(
+                "session.cookie_name",
+                "does not start with __Host-: a sibling subdomain (or http:// on the same host) can then set a cookie                  of this name, such as its own valid session, and the browser sends it to this app",
+            );
         }
         if let Err(why) = crate::routes::check_path_prefix(&self.exchange_path) {
             p.error("session.exchange_path", format!("{why} (a path such as \"/auth/session\")"));

@@ -766,3 +766,24 @@ fn the_id_token_settings_web_login_reads_are_not_called_unused() {
     let plain = format!("{MINIMAL}clock_skew_seconds = 30\n");
     assert_eq!(warning_keys(&plain), ["line.clock_skew_seconds"]);
 }
+
+#[test]
+fn the_login_origin_is_written_as_browsers_write_origin() {
+    let with_uri = |uri: &str| web_login("").replace("https://app.example/auth/callback", uri);
+    for (uri, origin) in [
+        ("https://App.Example:443/auth/callback", "https://app.example"),
+        ("https://app.example:8443/auth/callback", "https://app.example:8443"),
+        ("http://127.0.0.1:80/auth/callback", "http://127.0.0.1"),
+        ("http://127.0.0.1:8080/auth/callback", "http://127.0.0.1:8080"),
+    ] {
+        assert_eq!(config(&with_uri(uri)).login.unwrap().origin, origin, "{uri}");
+    }
+    assert_eq!(error_keys(&with_uri("https://user:pw@app.example/auth/callback"), &[]), ["login.redirect_uri"]);
+}
+
+#[test]
+fn a_session_cookie_name_without_the_host_prefix_is_warned_about() {
+    assert!(warning_keys(&web_login("")).is_empty());
+    let named = web_login("").replace("[session]\n", "[session]\ncookie_name = \"sid\"\n");
+    assert_eq!(warning_keys(&named), ["session.cookie_name"]);
+}

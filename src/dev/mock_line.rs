@@ -130,6 +130,8 @@ struct IssuedCode {
     challenge: String,
     nonce: Option<String>,
     email: bool,
+    /// `max_age` was asked for: the ID token carries `auth_time`.
+    max_age: bool,
     user: MockLoginUser,
     issued_at: u64,
 }
@@ -601,6 +603,7 @@ fn authorize(state: &MockState, query: &str) -> Response<Full<Bytes>> {
             challenge: arg("code_challenge").unwrap_or_default(),
             nonce: arg("nonce"),
             email: scope.split(' ').any(|s| s == "email"),
+            max_age: arg("max_age").is_some(),
             user,
             issued_at: state.clock.unix_seconds(),
         };
@@ -662,6 +665,10 @@ fn token(state: &MockState, form: &str) -> Response<Full<Bytes>> {
     let mut claims = id_claims(now, &client_id, &user.user_id, issued.nonce.as_deref());
     claims["name"] = user.display_name.clone().into();
     claims["amr"] = user.amr.clone().into();
+    if issued.max_age {
+        // The mock's user has just logged in at its authorize page.
+        claims["auth_time"] = issued.issued_at.into();
+    }
     if issued.email
         && let Some(email) = &user.email
     {
