@@ -3,7 +3,8 @@
 # absent:
 #   Debian: redis-server and util-linux (prlimit) for the replica and limit
 #           tests; openssl (encrypted keys) for the TLS file tests; nginx,
-#           caddy, php-cli, nodejs, npm, python3-venv, chromium for tests/interop/
+#           caddy, php-cli, nodejs, npm, python3-venv, chromium for tests/interop/;
+#           chromium-driver (WebDriver) for tests/browser_login.rs
 #   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets, PyJWT,
 #           PyYAML (the YAML ingress examples)
 #           (pinned in tests/interop/requirements.txt)
@@ -25,6 +26,7 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v php >/dev/null 2>&1 || missing+=(php-cli)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
@@ -63,7 +65,7 @@ echo "  $(redis-server --version | cut -d' ' -f1-3)"
 echo "  $(prlimit --version)"
 echo "  nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 echo "  caddy $(caddy version | cut -d' ' -f1)"
-echo "  $(chromium --version 2>/dev/null | cut -d' ' -f1-2)"
+echo "  $(chromium --version 2>/dev/null | cut -d' ' -f1-2), $(chromedriver --version | cut -d' ' -f1-2)"
 echo "  $(php -r 'echo "php ", PHP_VERSION;')"
 echo "  node $(node --version), express $(node -e "console.log(require('$dir/node/node_modules/express/package.json').version)"), jose $(node -e "console.log(require('$dir/node/node_modules/jose/package.json').version)")"
 "$dir/venv/bin/python" - <<'EOF'

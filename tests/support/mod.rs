@@ -5,6 +5,7 @@
 //! tests; waiting for something to happen is [`eventually`], never a sleep.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod process;
 mod redis;
 pub mod sessions;
@@ -405,9 +406,21 @@ pub async fn spawn_proxy(config: Config) -> TestProxy {
     spawn_proxy_with(config, &Clock::manual()).await
 }
 
+/// [`spawn_proxy_with`] serving `listener` (bound by the test, which needed
+/// its port in the configuration: a browser's `login.redirect_uri`).
+pub async fn spawn_proxy_on(config: Config, listener: tokio::net::TcpListener, clock: &Clock) -> TestProxy {
+    let bound = line_auth_proxy::bind_on(config, listener, clock.clone()).await.expect("proxy binds");
+    let proxy = serve_bound(bound);
+    assert!(eventually_status(&proxy.admin_url("/readyz"), 200, 10).await, "proxy never became ready");
+    proxy
+}
+
 /// Binds and serves the proxy without waiting for readiness.
 pub async fn spawn_proxy_unready_with(config: Config, clock: &Clock) -> TestProxy {
-    let bound = line_auth_proxy::bind_with(config, clock.clone()).await.expect("proxy binds");
+    serve_bound(line_auth_proxy::bind_with(config, clock.clone()).await.expect("proxy binds"))
+}
+
+fn serve_bound(bound: line_auth_proxy::Bound) -> TestProxy {
     let addr = bound.proxy_addr();
     let admin = bound.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
