@@ -122,7 +122,7 @@ fn assertions(c: &mut Criterion) {
 
 /// What a session adds to a request: the bearer path is a cache hit on the
 /// `Authorization` token; the session path finds the cookie among others,
-/// opens it (ChaCha20-Poly1305) and hits the cache on the token inside.
+/// opens it (AES-256-GCM) and hits the cache on the key sealed inside.
 fn session_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cache = verdict_cache(100_000);
@@ -157,9 +157,8 @@ fn session_path(c: &mut Criterion) {
     });
     c.bench_function("session path: find + open the cookie, cache hit on its token", |b| {
         b.to_async(&rt).iter(|| async {
-            let session = sessions.session(black_box(&headers), now + 1).expect("the cookie opens");
-            let key = cache_key(CredentialKind::Session, &session.access_token);
-            cache.get_or_verify(key, async { unreachable!("a hit") }).await.0.unwrap()
+            let opened = sessions.session(black_box(&headers), now + 1).expect("the cookie opens");
+            cache.get_or_verify(opened.verdict_key(), async { unreachable!("a hit") }).await.0.unwrap()
         })
     });
     c.bench_function("session: seal a new cookie (once per exchange)", |b| {

@@ -108,15 +108,29 @@ print(round(n/1000 if u=='us' else n*1000 if u=='s' else n, 3))"; }
 
 echo "== fixtures, proxy ($PINNED)"
 fixtures 0
-proxy main ""
+# A session route beside the default access-token route: the session row.
+head -c 32 /dev/urandom > "$TMP/session.key"
+chmod 600 "$TMP/session.key"
+proxy main "[session]
+key_files = [\"$TMP/session.key\"]
+[[routes]]
+path_prefix = \"/app/\"
+auth = \"session\""
 IDLE_RSS=$(rss_kb "$PROXY_PID")
 TOKEN="bench-hot-token"
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PROXY_PORT/api/x"
+# The session cookie the exchange issues for the same token (a browser's).
+SESSION=$(curl -sf -D - -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PROXY_PORT/auth/session" \
+    | awk 'tolower($1) == "set-cookie:" {split($2, pair, ";"); print pair[1]}')
+[ -n "$SESSION" ] || { echo "the session exchange gave no cookie" >&2; exit 1; }
+curl -sf -o /dev/null -H "Cookie: theme=dark; $SESSION" "http://127.0.0.1:$PROXY_PORT/app/x"
 
 echo "== wrk: direct to the upstream"
 run_wrk direct "http://127.0.0.1:$UP_PORT/api/x" ""
 echo "== wrk: line-auth-proxy, cached access token"
 run_wrk proxy "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
+echo "== wrk: line-auth-proxy, session cookie (its token's verdict cached)"
+run_wrk session "http://127.0.0.1:$PROXY_PORT/app/x" "Cookie: theme=dark; $SESSION" "$PROXY_PID"
 
 NGINX=""
 if need nginx; then
@@ -165,7 +179,8 @@ FILL_RSS=$(rss_kb "$PROXY_PID")
 ENTRIES=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^line_auth_proxy_cache_entries / {print $2}')
 
 export DURATION CONNS PINNED IDLE_RSS FILL_RSS ENTRIES COLD COALESCE FILL_OUT NGINX
-export RPS_DIRECT=${RPS[direct]} RPS_PROXY=${RPS[proxy]} RPS_NGINX=${RPS[nginx]:-}
+export RPS_DIRECT=${RPS[direct]} RPS_PROXY=${RPS[proxy]} RPS_SESSION=${RPS[session]} RPS_NGINX=${RPS[nginx]:-}
+export P50_SESSION=$(to_ms "${P50[session]}") P99_SESSION=$(to_ms "${P99[session]}") CPU_SESSION=${CPU_US[session]}
 export P50_DIRECT=$(to_ms "${P50[direct]}") P99_DIRECT=$(to_ms "${P99[direct]}")
 export P50_PROXY=$(to_ms "${P50[proxy]}") P99_PROXY=$(to_ms "${P99[proxy]}")
 if [ -n "$NGINX" ]; then export P50_NGINX=$(to_ms "${P50[nginx]}") P99_NGINX=$(to_ms "${P99[nginx]}"); fi

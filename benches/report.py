@@ -13,10 +13,10 @@ r = {
     "date": datetime.date.today().isoformat(),
     "machine": f"{e['CORES']} cores, {e['CPU_MODEL']}; {e['PINNED']}",
     "command": f"DURATION={e['DURATION']} CONNS={e['CONNS']} benches/load.sh",
-    "rps": {"direct": num("RPS_DIRECT"), "proxy": num("RPS_PROXY"), "nginx": num("RPS_NGINX")},
-    "p50_ms": {"direct": num("P50_DIRECT"), "proxy": num("P50_PROXY"), "nginx": num("P50_NGINX")},
-    "p99_ms": {"direct": num("P99_DIRECT"), "proxy": num("P99_PROXY"), "nginx": num("P99_NGINX")},
-    "cpu_us_per_request": {"proxy": num("CPU_PROXY"), "nginx": num("CPU_NGINX")},
+    "rps": {"direct": num("RPS_DIRECT"), "proxy": num("RPS_PROXY"), "session": num("RPS_SESSION"), "nginx": num("RPS_NGINX")},
+    "p50_ms": {"direct": num("P50_DIRECT"), "proxy": num("P50_PROXY"), "session": num("P50_SESSION"), "nginx": num("P50_NGINX")},
+    "p99_ms": {"direct": num("P99_DIRECT"), "proxy": num("P99_PROXY"), "session": num("P99_SESSION"), "nginx": num("P99_NGINX")},
+    "cpu_us_per_request": {"proxy": num("CPU_PROXY"), "session": num("CPU_SESSION"), "nginx": num("CPU_NGINX")},
     "idle_rss_mb": round(int(e["IDLE_RSS"]) / 1024, 1),
     "rss_mb_filled": round(int(e["FILL_RSS"]) / 1024, 1),
     "cached_identities": int(float(e["ENTRIES"] or 0)),
@@ -38,13 +38,17 @@ if cpu_n:
     target("throughput >= nginx", r["rps"]["proxy"] >= r["rps"]["nginx"], f"{r['rps']['proxy']:.0f} vs {r['rps']['nginx']:.0f} req/s ({ratio(r['rps']['proxy'], r['rps']['nginx'])}x)")
 added = round(r["p99_ms"]["proxy"] - r["p99_ms"]["direct"], 3)
 target("p99 added over direct <= 0.5 ms", added <= 0.5, f"{added} ms")
+cpu_s = r["cpu_us_per_request"]["session"]
+if cpu_s is not None and cpu_p is not None:
+    extra = round(cpu_s - cpu_p, 2)
+    target("session cookie adds <= 2 us CPU over a cached token", extra <= 2.0, f"{cpu_s} us vs {cpu_p} us (+{extra} us)")
 target("idle RSS <= 10 MB", r["idle_rss_mb"] <= 10, f"{r['idle_rss_mb']} MB")
 target(f"{r['cached_identities']} cached identities <= 64 MB RSS", r["rss_mb_filled"] <= 64 and r["cached_identities"] >= 100000, f"{r['rss_mb_filled']} MB")
 target("cold login: one round trip (verify and profile concurrently)", cold["verify_per_login"] == 1 and cold["profile_per_login"] == 1 and cold["p50_ms"] < 40, f"{cold['verify_per_login']} verify + {cold['profile_per_login']} profile per login, p50 {cold['p50_ms']} ms with LINE at 20 ms")
 target("coalescing: 500 concurrent, one fresh token", coalesce["verify_calls"] == 1 and coalesce["profile_calls"] == 1 and coalesce["ok"] == coalesce["requests"], f"{coalesce['verify_calls']:.0f} verify, {coalesce['profile_calls']:.0f} profile, {coalesce['ok']}/{coalesce['requests']} ok")
 r["targets"] = [{"target": t, "result": res, "detail": d} for t, res, d in targets]
 
-rows = [("direct to upstream", "direct"), ("line-auth-proxy, cached token", "proxy")]
+rows = [("direct to upstream", "direct"), ("line-auth-proxy, cached token", "proxy"), ("line-auth-proxy, session cookie", "session")]
 if r["rps"]["nginx"]:
     rows.append(("nginx proxy_pass", "nginx"))
 lines = [
@@ -81,12 +85,12 @@ try:
     labels = [l for l, _ in rows]
     keys = [k for _, k in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    axes[0].bar(labels, [r["rps"][k] for k in keys], color=["#888", "#06c755", "#369"][: len(keys)])
+    axes[0].bar(labels, [r["rps"][k] for k in keys], color=["#888", "#06c755", "#0a5", "#369"][: len(keys)])
     axes[0].set_title("throughput (req/s, higher is better)")
-    axes[1].bar(labels, [r["p99_ms"][k] for k in keys], color=["#888", "#06c755", "#369"][: len(keys)])
+    axes[1].bar(labels, [r["p99_ms"][k] for k in keys], color=["#888", "#06c755", "#0a5", "#369"][: len(keys)])
     axes[1].set_title("p99 latency (ms, lower is better)")
     cpu_keys = [k for k in keys if r["cpu_us_per_request"].get(k)]
-    axes[2].bar([labels[keys.index(k)] for k in cpu_keys], [r["cpu_us_per_request"][k] for k in cpu_keys], color=["#06c755", "#369"][: len(cpu_keys)])
+    axes[2].bar([labels[keys.index(k)] for k in cpu_keys], [r["cpu_us_per_request"][k] for k in cpu_keys], color=["#06c755", "#0a5", "#369"][: len(cpu_keys)])
     axes[2].set_title("server CPU per request (µs, lower is better)")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=15, labelsize=8)

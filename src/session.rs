@@ -1,24 +1,29 @@
 //! Proxy-issued sessions (`[session]`): what a browser holds instead of a LINE
-//! token. The cookie value is sealed with ChaCha20-Poly1305 (ring) under the
-//! first key of `session.key_files`; every key of the ring opens. Nothing in it
-//! is readable or changeable by the client: a flipped bit, a cookie sealed
-//! under another ring, one past its expiry or one that is not ours at all is
-//! simply no session, never an error that says which.
+//! token. The cookie value is sealed with AES-256-GCM (ring) under the first
+//! key of `session.key_files`; every key of the ring opens. Nothing in it is
+//! readable or changeable by the client: a flipped bit, a cookie sealed under
+//! another ring, one past its expiry or one that is not ours at all is simply
+//! no session, never an error that says which.
 //!
 //! The value is `v1.` + base64url(key id (4) ‖ nonce (12) ‖ ciphertext ‖ tag),
 //! the key id being the first bytes of SHA-256 of the key so that opening tries
 //! one key, not the ring. The additional data binds the value to its purpose
-//! and cookie name.
+//! and cookie name. A session's plaintext starts with what every request
+//! needs — issue time, expiry (8 bytes each, big-endian) and the verdict-cache
+//! key of its access token (32) — followed by JSON of the rest, which is read
+//! only when the verdict is not cached: a request with a cached verdict costs
+//! one base64 decode, one AEAD open and no parsing.
 //! Stateless: replicas that share the key files share the sessions.
 
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheKey, CredentialKind, cache_key};
 use crate::config::key_ring::{KEY_BYTES, KeyRing};
 
 /// The version prefix of every sealed value.
@@ -29,27 +34,83 @@ const KEY_ID_LEN: usize = 4;
 pub const MAX_SEALED_BYTES: usize = 4096;
 
 /// What a session holds. Sealed; the client sees none of it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     /// The LINE access token, re-verified with LINE at most every
     /// `session.revalidate_seconds`.
-    #[serde(rename = "t")]
     pub access_token: String,
-    #[serde(rename = "u")]
     pub user_id: String,
-    #[serde(rename = "c")]
     pub channel_id: String,
     /// From the verified ID token (web login); empty after an exchange.
-    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
-    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Unix seconds.
-    #[serde(rename = "i")]
     pub issued_at: u64,
     /// Unix seconds: `issued_at + session.max_age_seconds`.
-    #[serde(rename = "x")]
     pub expires_at: u64,
+}
+
+/// The JSON part of a session's plaintext (after the fixed header).
+#[derive(Serialize, Deserialize)]
+struct Body<'a> {
+    #[serde(rename = "t", borrow)]
+    access_token: std::borrow::Cow<'a, str>,
+    #[serde(rename = "u", borrow)]
+    user_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "c", borrow)]
+    channel_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
+    amr: Vec<String>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+}
+
+/// issued_at (8) ‖ expires_at (8) ‖ verdict key (32).
+const HEADER_LEN: usize = 8 + 8 + 32;
+
+/// A session cookie that opened: its fixed header is read, the rest is
+/// parsed by [`Opened::session`] only when it is needed (a cache miss).
+pub struct Opened {
+    plain: Vec<u8>,
+}
+
+impl Opened {
+    fn read(plain: Vec<u8>) -> Option<Self> {
+        (plain.len() > HEADER_LEN).then_some(Self { plain })
+    }
+
+    fn number(&self, at: usize) -> u64 {
+        u64::from_be_bytes(self.plain[at..at + 8].try_into().expect("8 bytes of a checked header"))
+    }
+
+    pub fn issued_at(&self) -> u64 {
+        self.number(0)
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.number(8)
+    }
+
+    /// The verdict-cache key of the access token inside (computed when it
+    /// was sealed; authenticated with the rest).
+    pub fn verdict_key(&self) -> CacheKey {
+        self.plain[16..HEADER_LEN].try_into().expect("32 bytes of a checked header")
+    }
+
+    /// The whole session (`None` if the JSON part does not read, which a
+    /// value this ring sealed never does).
+    pub fn session(&self) -> Option<Session> {
+        let body: Body = serde_json::from_slice(&self.plain[HEADER_LEN..]).ok()?;
+        Some(Session {
+            access_token: body.access_token.into_owned(),
+            user_id: body.user_id.into_owned(),
+            channel_id: body.channel_id.into_owned(),
+            amr: body.amr,
+            email: body.email,
+            issued_at: self.issued_at(),
+            expires_at: self.expires_at(),
+        })
+    }
 }
 
 impl fmt::Debug for Session {
@@ -96,7 +157,7 @@ impl Sealer {
         self.rng.fill(&mut nonce).expect("the system random source works");
         let mut sealed = plain.to_vec();
         key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(purpose, name, id), &mut sealed)
-            .expect("a session fits ChaCha20-Poly1305's bounds");
+            .expect("a session fits AES-256-GCM's bounds");
         let mut out = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + sealed.len());
         out.extend_from_slice(id);
         out.extend_from_slice(&nonce);
@@ -106,13 +167,16 @@ impl Sealer {
 
     /// The plaintext of a value this ring sealed for `purpose` and `name`, or
     /// `None` for anything else.
-    fn open_bytes(&self, purpose: &str, name: &str, value: &str) -> Option<Vec<u8>> {
+    fn open_bytes(&self, purpose: &str, name: &str, value: &[u8]) -> Option<Vec<u8>> {
         if value.len() > MAX_SEALED_BYTES {
             return None;
         }
         const HEADER: usize = KEY_ID_LEN + NONCE_LEN;
-        let mut raw = URL_SAFE_NO_PAD.decode(value.strip_prefix(PREFIX)?).ok()?;
-        if raw.len() < HEADER + CHACHA20_POLY1305.tag_len() {
+        // base64-simd: a quarter of the base64 crate's time for a session's
+        // few hundred characters (75 vs 290 ns, measured); it refuses what
+        // the base64 crate refuses (padding, non-canonical trailing bits).
+        let mut raw = base64_simd::URL_SAFE_NO_PAD.decode_to_vec(value.strip_prefix(PREFIX.as_bytes())?).ok()?;
+        if raw.len() < HEADER + AES_256_GCM.tag_len() {
             return None;
         }
         let (head, sealed) = raw.split_at_mut(HEADER);
@@ -127,14 +191,26 @@ impl Sealer {
 
     /// The cookie value of a session.
     pub fn seal(&self, name: &str, session: &Session) -> String {
-        self.seal_json(SESSION_PURPOSE, name, session)
+        let body = Body {
+            access_token: session.access_token.as_str().into(),
+            user_id: session.user_id.as_str().into(),
+            channel_id: session.channel_id.as_str().into(),
+            amr: session.amr.clone(),
+            email: session.email.clone(),
+        };
+        let mut plain = Vec::with_capacity(HEADER_LEN + 64 + session.access_token.len());
+        plain.extend_from_slice(&session.issued_at.to_be_bytes());
+        plain.extend_from_slice(&session.expires_at.to_be_bytes());
+        plain.extend_from_slice(&cache_key(CredentialKind::Session, &session.access_token));
+        serde_json::to_writer(&mut plain, &body).expect("a session serialises");
+        self.seal_bytes(SESSION_PURPOSE, name, &plain)
     }
 
-    /// The session in a cookie value, if this ring sealed it and it has not
-    /// expired at `now` (unix seconds).
-    pub fn open(&self, name: &str, value: &str, now: u64) -> Option<Session> {
-        let session: Session = self.open_json(SESSION_PURPOSE, name, value)?;
-        (now < session.expires_at && session.issued_at <= now.saturating_add(60)).then_some(session)
+    /// The session in a cookie value, if this ring sealed it and it is live
+    /// at `now` (unix seconds); its JSON part is not read yet.
+    pub fn open(&self, name: &str, value: &[u8], now: u64) -> Option<Opened> {
+        let opened = Opened::read(self.open_bytes(SESSION_PURPOSE, name, value)?)?;
+        (now < opened.expires_at() && opened.issued_at() <= now.saturating_add(60)).then_some(opened)
     }
 
     /// The sealed JSON of `value`, for `purpose` (a label no other kind of
@@ -151,7 +227,7 @@ impl Sealer {
         name: &str,
         value: &str,
     ) -> Option<T> {
-        serde_json::from_slice(&self.open_bytes(purpose, name, value)?).ok()
+        serde_json::from_slice(&self.open_bytes(purpose, name, value.as_bytes())?).ok()
     }
 }
 
@@ -161,7 +237,7 @@ fn key_id(key: &[u8; KEY_BYTES]) -> [u8; KEY_ID_LEN] {
 }
 
 fn aead_key(key: &[u8; KEY_BYTES]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("32 bytes are a ChaCha20-Poly1305 key"))
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32 bytes are an AES-256 key"))
 }
 
 /// `purpose label ‖ 0 ‖ cookie name ‖ 0 ‖ key id`.
@@ -200,7 +276,10 @@ mod tests {
         let value = sealer.seal(NAME, &s);
         assert!(value.starts_with("v1."));
         assert!(!value.contains("access") && !value.contains("U1234"), "{value}");
-        assert_eq!(sealer.open(NAME, &value, 1_001), Some(s.clone()));
+        let opened = sealer.open(NAME, value.as_bytes(), 1_001).unwrap();
+        assert_eq!(opened.session(), Some(s.clone()));
+        assert_eq!(opened.verdict_key(), cache_key(CredentialKind::Session, &s.access_token));
+        assert_eq!((opened.issued_at(), opened.expires_at()), (1_000, 1_000 + 86_400));
         // Two seals of one session differ (a fresh nonce each).
         assert_ne!(sealer.seal(NAME, &s), value);
         // The cookie's value is valid in a Set-Cookie header and never needs quoting.
@@ -220,19 +299,22 @@ mod tests {
                 let mut flipped = raw.clone();
                 flipped[i] ^= 1 << bit;
                 let forged = format!("v1.{}", URL_SAFE_NO_PAD.encode(&flipped));
-                assert_eq!(sealer.open(NAME, &forged, 1_001), None, "byte {i} bit {bit}");
+                assert!(sealer.open(NAME, forged.as_bytes(), 1_001).is_none(), "byte {i} bit {bit}");
             }
         }
         let other = Sealer::new(&KeyRing::for_tests(&[[2; 32]]));
-        assert_eq!(other.open(NAME, &value, 1_001), None, "another key ring");
-        assert_eq!(sealer.open("other-cookie", &value, 1_001), None, "another cookie name");
-        let plain = serde_json::to_vec(&session(1_000)).unwrap();
+        assert!(other.open(NAME, value.as_bytes(), 1_001).is_none(), "another key ring");
+        assert!(sealer.open("other-cookie", value.as_bytes(), 1_001).is_none(), "another cookie name");
+        let plain = sealer.open_bytes(SESSION_PURPOSE, NAME, value.as_bytes()).unwrap();
         let other_purpose = sealer.seal_bytes("line-auth-proxy pre-login v1", NAME, &plain);
-        assert_eq!(sealer.open(NAME, &other_purpose, 1_001), None, "a value sealed for another purpose");
-        assert_eq!(sealer.open(NAME, &value, 1_000 + 86_400), None, "at its expiry");
-        assert_eq!(sealer.open(NAME, &value, 900), None, "issued in the future");
+        assert!(sealer.open(NAME, other_purpose.as_bytes(), 1_001).is_none(), "a value sealed for another purpose");
+        assert!(sealer.open(NAME, value.as_bytes(), 1_000 + 86_400).is_none(), "at its expiry");
+        assert!(sealer.open(NAME, value.as_bytes(), 900).is_none(), "issued in the future");
+        // Sealed by this ring but shorter than the header: no session.
+        let short = sealer.seal_bytes(SESSION_PURPOSE, NAME, &plain[..HEADER_LEN]);
+        assert!(sealer.open(NAME, short.as_bytes(), 1_001).is_none());
         for junk in ["", "v1.", "v2.AAAA", "v1.!!!!", &"A".repeat(5000)] {
-            assert_eq!(sealer.open(NAME, junk, 1_001), None, "{junk:.10}");
+            assert!(sealer.open(NAME, junk.as_bytes(), 1_001).is_none(), "{junk:.10}");
         }
     }
 
@@ -244,9 +326,9 @@ mod tests {
         let after = Sealer::new(&KeyRing::for_tests(&[new]));
         let old_cookie = before.seal(NAME, &session(1_000));
         let new_cookie = during.seal(NAME, &session(1_000));
-        assert!(during.open(NAME, &old_cookie, 1_001).is_some(), "the old key still opens");
-        assert!(after.open(NAME, &new_cookie, 1_001).is_some(), "the new key sealed");
-        assert!(before.open(NAME, &new_cookie, 1_001).is_none());
-        assert!(after.open(NAME, &old_cookie, 1_001).is_none(), "a dropped key opens nothing");
+        assert!(during.open(NAME, old_cookie.as_bytes(), 1_001).is_some(), "the old key still opens");
+        assert!(after.open(NAME, new_cookie.as_bytes(), 1_001).is_some(), "the new key sealed");
+        assert!(before.open(NAME, new_cookie.as_bytes(), 1_001).is_none());
+        assert!(after.open(NAME, old_cookie.as_bytes(), 1_001).is_none(), "a dropped key opens nothing");
     }
 }

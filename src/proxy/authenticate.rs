@@ -13,7 +13,7 @@ use crate::auth::id_token::{self, IdClaims, MAX_ID_TOKEN_BYTES};
 use crate::auth::line::LineError;
 use crate::auth::nonce::Consumed;
 use crate::auth::{Rejection, Verdict};
-use crate::cache::{Cached, CredentialKind, Lookup, Stored, cache_key};
+use crate::cache::{CacheKey, Cached, CredentialKind, Lookup, Stored, cache_key};
 use crate::clock::Stopwatch;
 use crate::error::{ClientError, ProxyError};
 use crate::limits::{ClientKey, Limit};
@@ -90,12 +90,17 @@ async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<
 
 /// The verdict of a session: its access token, verified with LINE through the
 /// cache (entries of their own kind, living at most
-/// `session.revalidate_seconds`), with the ID token's `email` and `amr` the
-/// session sealed. A token LINE now says belongs to someone else is no session.
-async fn session_verdict(ctx: &mut RequestCtx<'_>, session: crate::session::Session) -> Result<Cached, ProxyError> {
+/// `session.revalidate_seconds`, under the key sealed in the cookie), with the
+/// ID token's `email` and `amr` the session sealed. The session is read
+/// whole only on a miss. A token LINE now says belongs to someone else is no
+/// session.
+async fn session_verdict(ctx: &mut RequestCtx<'_>, opened: crate::session::Opened) -> Result<Cached, ProxyError> {
     let state = ctx.state;
-    let token = session.access_token.clone();
+    let key = opened.verdict_key();
     let verify = async move {
+        let Some(session) = opened.session() else {
+            return Ok(Verdict::Rejected(Rejection::Invalid));
+        };
         Ok(match state.line.verify_access_token(&session.access_token).await? {
             Verdict::Valid(mut identity) => {
                 if identity.user_id != session.user_id || identity.channel_id != session.channel_id {
@@ -109,7 +114,7 @@ async fn session_verdict(ctx: &mut RequestCtx<'_>, session: crate::session::Sess
             rejected => rejected,
         })
     };
-    cached(ctx, CredentialKind::Session, &token, verify, "line").await
+    cached(ctx, CredentialKind::Session, key, verify, "line").await
 }
 
 /// The access token of the request: `Authorization: Bearer`, or — on a
@@ -134,7 +139,7 @@ fn access_token_credential<B>(req: &Request<B>, auth: RouteAuth) -> Result<Optio
 async fn access_token(ctx: &mut RequestCtx<'_>, token: &str) -> Result<Cached, ProxyError> {
     let state = ctx.state;
     let verify = async move { state.line.verify_access_token(token).await };
-    cached(ctx, CredentialKind::AccessToken, token, verify, "line").await
+    cached(ctx, CredentialKind::AccessToken, cache_key(CredentialKind::AccessToken, token), verify, "line").await
 }
 
 /// Verdict for an ID token. With a nonce required: verified (never from the
@@ -155,7 +160,8 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     // require_nonce = false (LIFF) route until it expires.
     if !require_nonce && claimed_nonce.is_none() {
         let verify = async { Ok(verifier.verify(&jws).await?.map_or_else(Verdict::Rejected, valid)) };
-        return cached(ctx, CredentialKind::IdToken, &jws.cache_form(), verify, verifier.source()).await;
+        let key = cache_key(CredentialKind::IdToken, &jws.cache_form());
+        return cached(ctx, CredentialKind::IdToken, key, verify, verifier.source()).await;
     }
     let nonces = state.nonces.as_ref().ok_or(ProxyError::Internal("a nonce route without a nonce store"))?;
     // Refuse a missing, foreign, used or expired nonce before any signature work
@@ -204,7 +210,7 @@ pub(super) fn fresh_credential(state: &super::State, client: std::net::IpAddr) -
 async fn cached<F>(
     ctx: &mut RequestCtx<'_>,
     kind: CredentialKind,
-    token: &str,
+    key: CacheKey,
     verify: F,
     miss_source: &'static str,
 ) -> Result<Cached, ProxyError>
@@ -215,7 +221,6 @@ where
     let stopwatch = Stopwatch::start();
     let (state, client) = (ctx.state, ctx.client);
     let admit = || fresh_credential(state, client);
-    let key = cache_key(kind, token);
     let (result, lookup) = ctx.state.cache.get_or_verify_admitted(key, kind, admit, verify).await?;
     ctx.cache = Some(lookup);
     let source = match lookup {

@@ -244,7 +244,9 @@ async fn logout<B>(
     same_origin(&Method::POST, req, Some(&login.origin))?;
     let state = ctx.state;
     let now = state.clock.unix_seconds();
-    if let Some(session) = sessions.session(req.headers(), now) {
+    if let Some(opened) = sessions.session(req.headers(), now)
+        && let Some(session) = opened.session()
+    {
         let secret = (session.channel_id == login.channel_id).then_some(login.channel_secret.0.as_slice());
         let revoked = match super::authenticate::fresh_credential(state, ctx.client) {
             Ok(()) => {
@@ -259,8 +261,8 @@ async fn logout<B>(
                 "logout: LINE did not revoke the access token; the session is cleared here all the same"
             );
         }
-        for kind in [CredentialKind::Session, CredentialKind::AccessToken] {
-            state.cache.remove(&cache_key(kind, &session.access_token)).await;
+        for key in [opened.verdict_key(), cache_key(CredentialKind::AccessToken, &session.access_token)] {
+            state.cache.remove(&key).await;
         }
     }
     ctx.set_cookies.push(clear_cookie(&sessions.config.cookie_name));

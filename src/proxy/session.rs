@@ -15,7 +15,7 @@ use crate::auth::credential::{MAX_TOKEN_BYTES, bearer_token};
 use crate::config::SessionConfig;
 use crate::error::{ClientError, ProxyError};
 use crate::routes::RouteAuth;
-use crate::session::{Sealer, Session};
+use crate::session::{Opened, Sealer, Session};
 use crate::telemetry::Outcome;
 
 /// The session configuration and its sealer.
@@ -37,7 +37,7 @@ impl Sessions {
     }
 
     /// The first session cookie of the request that opens at `now`.
-    pub fn session(&self, headers: &HeaderMap, now: u64) -> Option<Session> {
+    pub fn session(&self, headers: &HeaderMap, now: u64) -> Option<Opened> {
         let name = &self.config.cookie_name;
         cookie_values(headers, name).find_map(|value| self.sealer.open(name, value, now))
     }
@@ -54,7 +54,19 @@ impl Sessions {
 /// bytes), and one cookie with such a value must neither hide the session nor
 /// keep the session cookie from being removed.
 fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value.as_bytes().split(|b| *b == b';').map(<[u8]>::trim_ascii).filter(|pair| !pair.is_empty())
+    // memchr finds the separators (the session's value is most of the
+    // header, a few hundred bytes): a byte-by-byte split was a quarter of
+    // the session path's cost.
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    memchr::memchr_iter(b';', bytes)
+        .chain(std::iter::once(bytes.len()))
+        .map(move |end| {
+            let pair = &bytes[start..end];
+            start = end + 1;
+            pair.trim_ascii()
+        })
+        .filter(|pair| !pair.is_empty())
 }
 
 /// A pair's name and value, split at the first `=`.
@@ -65,13 +77,10 @@ fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// The values of every `name=value` pair of the request's `Cookie` headers
 /// (HTTP/2 may split one into several).
-fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
     headers.get_all(header::COOKIE).iter().flat_map(cookie_pairs).filter_map(move |pair| {
         let (k, v) = split_pair(pair)?;
-        if k != name.as_bytes() {
-            return None;
-        }
-        std::str::from_utf8(v.trim_ascii()).ok()
+        (k == name.as_bytes()).then(|| v.trim_ascii())
     })
 }
 
@@ -120,7 +129,7 @@ pub fn cookies_with_prefix<'h>(headers: &'h HeaderMap, prefix: &'h str) -> impl 
 
 /// The value of the first cookie named exactly `name`.
 pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &'h str) -> Option<&'h str> {
-    cookie_values(headers, name).next()
+    cookie_values(headers, name).find_map(|v| std::str::from_utf8(v).ok())
 }
 
 /// `Set-Cookie` with the attributes every cookie of the proxy carries.
@@ -242,7 +251,7 @@ mod tests {
     #[test]
     fn cookie_values_are_found_by_exact_name_in_every_header() {
         let h = cookies(&["a=1; s=first", "s=second;t=3"]);
-        assert_eq!(cookie_values(&h, "s").collect::<Vec<_>>(), ["first", "second"]);
+        assert_eq!(cookie_values(&h, "s").collect::<Vec<_>>(), [b"first".as_slice(), b"second"]);
         assert_eq!(cookie_values(&h, "S").count(), 0);
     }
 }
