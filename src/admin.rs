@@ -36,12 +36,116 @@ pub struct Admin {
     pub signer: Option<Arc<crate::assertion::Signer>>,
 }
 
+/// One dependency's state, as `/readyz` and `line_auth_proxy_dependency_ready` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub name: &'static str,
+    pub ready: bool,
+    /// What is wrong when it is not ready.
+    pub why: &'static str,
+    /// Whether `/readyz` waits for it (the shared cache never holds it back:
+    /// without Redis the proxy degrades to memory + LINE).
+    pub gates: bool,
+}
+
 impl Admin {
-    /// Listeners up, not shutting down, and (local ID-token mode) JWKS loaded.
+    /// Every dependency this configuration has, in a fixed order.
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        let mut out = vec![Dependency {
+            name: "draining",
+            ready: self.ready.load(Ordering::Acquire),
+            why: "not serving yet, or shutting down",
+            gates: true,
+        }];
+        if let Some(jwks) = &self.jwks {
+            out.push(Dependency {
+                name: "jwks",
+                ready: jwks.is_loaded(),
+                why: "no key set from LINE's JWKS yet (line.jwks_url)",
+                gates: true,
+            });
+        }
+        if let Some(redis) = &self.nonce_redis {
+            out.push(Dependency {
+                name: "nonce_store",
+                ready: redis.is_healthy(),
+                why: "Redis (nonce.redis_url) is unreachable",
+                gates: true,
+            });
+        }
+        if let Some(redis) = self.cache.shared_redis() {
+            out.push(Dependency {
+                name: "shared_cache",
+                ready: redis.is_healthy(),
+                why: "Redis (cache.redis_url) is unreachable; verdicts come from memory and LINE meanwhile",
+                gates: false,
+            });
+        }
+        out
+    }
+
+    /// Listeners up, not shutting down, (local ID-token mode) JWKS loaded and
+    /// (Redis nonces) Redis reachable.
+    #[cfg(test)]
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self.jwks.as_ref().is_none_or(|j| j.is_loaded())
-            && self.nonce_redis.as_ref().is_none_or(|r| r.is_healthy())
+        gates_open(&self.dependencies())
+    }
+
+    /// `/readyz`'s body: `ready`, or `not ready:` and what waits, one per line.
+    fn readiness(&self) -> (StatusCode, String) {
+        let dependencies = self.dependencies();
+        let waiting: Vec<String> =
+            dependencies.iter().filter(|d| !d.ready && d.gates).map(|d| format!("{}: {}", d.name, d.why)).collect();
+        let degraded = dependencies.iter().filter(|d| !d.ready && !d.gates).map(|d| format!("{}: {}", d.name, d.why));
+        let mut body = if waiting.is_empty() { "ready\n".to_owned() } else { "not ready\n".to_owned() };
+        for line in waiting.iter().cloned().chain(degraded) {
+            body.push_str(&line);
+            body.push('\n');
+        }
+        let status = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, body)
+    }
+}
+
+/// Every dependency `/readyz` waits for is ready.
+fn gates_open(dependencies: &[Dependency]) -> bool {
+    dependencies.iter().all(|d| d.ready || !d.gates)
+}
+
+/// How often [`watch_readiness`] looks.
+const READINESS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Logs readiness as it changes: `line-auth-proxy ready` (with the
+/// addresses) the first time `/readyz` would answer 200; what it waits for
+/// at start (INFO); a dependency that stops being ready (WARN, with why) and
+/// one that is ready again (INFO). Runs until aborted at shutdown.
+pub async fn watch_readiness(
+    admin: Arc<Admin>,
+    listen: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
+    upstream: String,
+) {
+    let mut last: Option<Vec<Dependency>> = None;
+    let mut announced = false;
+    loop {
+        let now = admin.dependencies();
+        for d in &now {
+            let before = last.as_ref().and_then(|l| l.iter().find(|b| b.name == d.name));
+            match (before, d.ready) {
+                (None, false) => tracing::info!(dependency = d.name, why = d.why, "waiting for a dependency"),
+                (Some(b), false) if b.ready => {
+                    tracing::warn!(dependency = d.name, why = d.why, gates_readyz = d.gates, "dependency not ready")
+                }
+                (Some(b), true) if !b.ready => tracing::info!(dependency = d.name, "dependency ready again"),
+                _ => {}
+            }
+        }
+        if !announced && gates_open(&now) {
+            tracing::info!(listen = %listen, admin = %admin_addr, upstream = %upstream, "line-auth-proxy ready");
+            announced = true;
+        }
+        last = Some(now);
+        tokio::time::sleep(READINESS_POLL).await;
     }
 }
 
@@ -73,13 +177,16 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Fu
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if admin.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
+            let (status, body) = admin.readiness();
+            let mut r = text(status, "");
+            *r.body_mut() = Full::new(Bytes::from(body));
+            r
         }
         "/metrics" => {
+            for d in admin.dependencies() {
+                let labels = crate::telemetry::DependencyLabels { dependency: d.name };
+                admin.metrics.dependency_ready.get_or_create(&labels).set(i64::from(d.ready));
+            }
             // A number kept as entries come and go: a scrape never walks the cache.
             admin.metrics.cache_entries.set(admin.cache.entry_count() as i64);
             admin.metrics.verifications_in_flight.set(admin.cache.inflight_count() as i64);

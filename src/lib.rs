@@ -26,6 +26,7 @@ mod identity;
 mod limits;
 mod login;
 mod panics;
+mod process_metrics;
 mod proxy;
 mod redis_conn;
 mod redis_entry;
@@ -126,7 +127,8 @@ pub async fn bind_on(config: Config, listener: TcpListener, clock: Clock) -> Res
 async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock) -> Result<Bound, RunError> {
     use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
-    let metrics = Arc::new(telemetry::Metrics::new());
+    let prefixes: Vec<&str> = config.routes.routes().iter().map(|r| r.path_prefix.as_str()).collect();
+    let metrics = Arc::new(telemetry::Metrics::new().with_config(&config.fingerprint, &prefixes));
     let tls = match &config.server.tls {
         None => None,
         Some(files) => Some(Arc::new(tls::Tls::new(files, metrics.clone(), clock.clone())?)),
@@ -302,12 +304,9 @@ impl Bound {
         let requested = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
         self.admin.ready.store(true, Ordering::Release);
         let upstream = &self.state.config.upstream;
-        tracing::info!(
-            listen = %proxy_addr,
-            admin = %admin_addr,
-            upstream = %format!("{}://{}", upstream.scheme, upstream.authority),
-            "line-auth-proxy ready"
-        );
+        let upstream = format!("{}://{}", upstream.scheme, upstream.authority);
+        tracing::info!(listen = %proxy_addr, admin = %admin_addr, upstream = %upstream, "line-auth-proxy listening");
+        let readiness = tokio::spawn(admin::watch_readiness(self.admin.clone(), proxy_addr, admin_addr, upstream));
         let failure = tokio::select! {
             () = &mut shutdown, if !requested => None,
             () = std::future::ready(()), if requested => None,
@@ -323,6 +322,7 @@ impl Bound {
             message = panics::panicked() => Some(("process (a task panicked)", message)),
         };
         self.admin.ready.store(false, Ordering::Release);
+        readiness.abort();
         if let Some((task, why)) = failure {
             tracing::error!(task, why = %why, "a task of the proxy failed; exiting");
             proxy_task.abort();

@@ -221,6 +221,38 @@ pub struct StatusClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteClassLabels {
+    /// A configured `path_prefix`, [`ROUTE_DEFAULT`] or [`ROUTE_ENDPOINT`]:
+    /// never the request's own path, so the series are as many as the routes.
+    pub route: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub revision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: &'static str,
+}
+
+/// The `route` label of a request no route matched (the default route).
+pub const ROUTE_DEFAULT: &str = "default";
+/// The `route` label of a request one of the proxy's own endpoints answered
+/// (nonce, session exchange, web login) before routing.
+pub const ROUTE_ENDPOINT: &str = "proxy_endpoint";
+/// The git revision this binary was built from (`build.rs`).
+pub const REVISION: &str = env!("LINE_AUTH_PROXY_REVISION");
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsReloadLabels {
     /// `ok` (the new pair serves new handshakes) or `error` (the old one stays).
     pub outcome: &'static str,
@@ -265,8 +297,15 @@ impl EncodeMetric for UnsetGauge {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
-    // 100 µs … ~6.5 s.
+    // 100 µs … ~6.5 s: calls that leave the process (LINE, Redis, the upstream).
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// The proxy's own times: a verdict from the cache takes about a microsecond,
+/// a whole hop tens of microseconds, so the 100 µs first bucket of
+/// [`latency_histogram`] would hold nearly everything. 5 µs … ~10.5 s.
+fn hop_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000005, 2.0, 22))
 }
 
 /// All metric families, registered once.
@@ -297,6 +336,15 @@ pub struct Metrics {
     /// Upstream responses by status `class` (2xx, 4xx, …).
     pub upstream_responses: Family<StatusClassLabels, Counter>,
     pub open_connections: Gauge,
+    /// `line_auth_proxy_request_duration_seconds{route,class}`: first byte
+    /// of the request to the answer's head, the proxy's own answers included.
+    pub request_duration: HistogramFamily<RouteClassLabels>,
+    /// `line_auth_proxy_dependency_ready{dependency}`: 1 ready, 0 not; set
+    /// at each scrape (a dependency the configuration does not use has no series).
+    pub dependency_ready: Family<DependencyLabels, Gauge>,
+    config_info: Family<ConfigLabels, Gauge>,
+    /// The `process_*` metrics (no prefix), encoded after the proxy's own.
+    process: Registry,
     /// Nonce events: issued, consumed, expired, rejected, store_full.
     pub nonces: Family<NonceLabels, Counter>,
     /// ES256 keys currently loaded from LINE's JWKS.
@@ -340,6 +388,9 @@ struct Hot {
     requests: Vec<Counter>,
     auth_duration: Vec<Histogram>,
     upstream_responses: Vec<Counter>,
+    /// `[route slot][class]`: slot 0 [`ROUTE_ENDPOINT`], 1 [`ROUTE_DEFAULT`],
+    /// then the configured routes in order.
+    request_duration: Vec<[Histogram; 5]>,
 }
 
 impl Default for Metrics {
@@ -367,8 +418,7 @@ impl Metrics {
             "503 answers (verification could not run) by reason",
             unavailable.clone(),
         );
-        let auth_duration =
-            HistogramFamily::<SourceLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let auth_duration = HistogramFamily::<SourceLabels>::new_with_constructor(hop_histogram as fn() -> Histogram);
         registry.register("auth_duration_seconds", "Time to a verdict by source (cache, line)", auth_duration.clone());
         let line_requests = Family::<LineCallLabels, Counter>::default();
         registry.register("line_requests", "Calls to the LINE Platform by endpoint and outcome", line_requests.clone());
@@ -477,6 +527,30 @@ impl Metrics {
             "Re-reads of the TLS certificate and key (SIGHUP or a file change) by outcome",
             tls_reloads.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register("build_info", "Always 1: the version and git revision of this binary", build_info.clone());
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), revision: REVISION }).set(1);
+        let config_info = Family::<ConfigLabels, Gauge>::default();
+        registry.register(
+            "config_info",
+            "Always 1: the hash of the configuration in force (its settings, not its comments; URL passwords left out)",
+            config_info.clone(),
+        );
+        let dependency_ready = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "dependency_ready",
+            "1 when the dependency is ready, 0 when not (draining: 1 until shutdown begins); shared_cache never holds /readyz back",
+            dependency_ready.clone(),
+        );
+        let request_duration =
+            HistogramFamily::<RouteClassLabels>::new_with_constructor(hop_histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer's head, by route (the configured path_prefix) and status class",
+            request_duration.clone(),
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         let hot = Hot {
             requests: Outcome::ALL
                 .iter()
@@ -490,6 +564,10 @@ impl Metrics {
             upstream_responses: CLASSES
                 .iter()
                 .map(|class| upstream_responses.get_or_create(&StatusClassLabels { class }).clone())
+                .collect(),
+            request_duration: [ROUTE_ENDPOINT, ROUTE_DEFAULT]
+                .iter()
+                .map(|route| route_histograms(&request_duration, route))
                 .collect(),
         };
         Self {
@@ -524,14 +602,47 @@ impl Metrics {
             upstream_duration,
             upstream_responses,
             open_connections,
+            request_duration,
+            dependency_ready,
+            config_info,
+            process,
             request_ids: AtomicU64::new(rand::random()),
         }
     }
 
-    /// The OpenMetrics text exposition of every family.
+    /// The configuration's hash (`line_auth_proxy_config_info`) and its
+    /// routes' `path_prefix`es, in order, for the request-duration series.
+    pub fn with_config(mut self, fingerprint: &str, route_prefixes: &[&str]) -> Self {
+        self.config_info.get_or_create(&ConfigLabels { hash: fingerprint.to_owned() }).set(1);
+        self.hot.request_duration.truncate(2);
+        for prefix in route_prefixes {
+            self.hot.request_duration.push(route_histograms(&self.request_duration, prefix));
+        }
+        self
+    }
+
+    /// Records one request's time: `route_slot` 0 for the proxy's own
+    /// endpoints, 1 for the default route, `2 + i` for the configured route `i`.
+    pub fn observe_request(&self, route_slot: usize, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        if let Some(histograms) = self.hot.request_duration.get(route_slot) {
+            histograms[class].observe(seconds);
+        }
+    }
+
+    /// The OpenMetrics text exposition of every family, the `process_*` ones last.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        use prometheus_client::encoding::text;
+        let mut out = String::with_capacity(16384);
+        text::encode_registry(&mut out, &self.registry).expect("writing to a String cannot fail");
+        text::encode_registry(&mut out, &self.process).expect("writing to a String cannot fail");
+        text::encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
 
@@ -583,6 +694,11 @@ impl Metrics {
     pub fn next_request_id(&self) -> u64 {
         self.request_ids.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// The five status-class series of one route, created up front.
+fn route_histograms(family: &HistogramFamily<RouteClassLabels>, route: &str) -> [Histogram; 5] {
+    CLASSES.map(|class| family.get_or_create(&RouteClassLabels { route: route.to_owned(), class }).clone())
 }
 
 /// `2xx`-style class of a status code, for labels.

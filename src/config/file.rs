@@ -28,6 +28,8 @@ const ROUTES: &str = "routes";
 /// Every section, defaults filled in where the file and environment said nothing.
 #[derive(Clone, Debug, Default)]
 pub struct FileConfig {
+    /// What the configuration hash metric shows; see [`fingerprint`].
+    pub fingerprint: String,
     pub server: ServerSection,
     pub upstream: UpstreamSection,
     pub line: LineSection,
@@ -90,7 +92,7 @@ impl FileConfig {
             }
         };
         apply_env(&mut tree, env, p);
-        let mut file = FileConfig::default();
+        let mut file = FileConfig { fingerprint: fingerprint(&tree), ..FileConfig::default() };
         let mut written = BTreeSet::new();
         for (name, value) in tree {
             if name == ROUTES {
@@ -113,6 +115,37 @@ impl FileConfig {
         file.written = written;
         Some(file)
     }
+}
+
+/// The first 16 hex digits of SHA-256 over the configuration as it applies
+/// (the file's tree after the environment's overrides, written back as TOML
+/// in key order): comments and layout do not change it, any setting does.
+/// The user name and password of a URL (`redis://:password@host`) are left
+/// out first: the hash is shown in a metric, and a weak password must not be
+/// found by hashing guesses with the rest of a known configuration.
+fn fingerprint(tree: &toml::Table) -> String {
+    fn without_userinfo(value: &toml::Value) -> toml::Value {
+        match value {
+            toml::Value::String(s) => match s.split_once("://") {
+                Some((scheme, rest)) => {
+                    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                    match rest[..authority_end].rfind('@') {
+                        Some(at) => toml::Value::String(format!("{scheme}://{}", &rest[at + 1..])),
+                        None => value.clone(),
+                    }
+                }
+                None => value.clone(),
+            },
+            toml::Value::Array(items) => toml::Value::Array(items.iter().map(without_userinfo).collect()),
+            toml::Value::Table(table) => {
+                toml::Value::Table(table.iter().map(|(k, v)| (k.clone(), without_userinfo(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let canonical = without_userinfo(&toml::Value::Table(tree.clone())).to_string();
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads one table into `section`, reporting unknown keys and bad values by path.

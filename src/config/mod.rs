@@ -78,6 +78,9 @@ pub struct Config {
     pub(crate) session: Option<SessionConfig>,
     /// Present when `login.enabled`.
     pub(crate) login: Option<LoginConfig>,
+    /// The hash `line_auth_proxy_config_info` shows (comments and layout do
+    /// not change it; URL passwords are left out of it).
+    pub(crate) fingerprint: String,
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -276,6 +279,7 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
         assertion,
         session,
         login,
+        fingerprint: file.fingerprint.clone(),
     }
 }
 

@@ -787,3 +787,20 @@ fn a_session_cookie_name_without_the_host_prefix_is_warned_about() {
     let named = web_login("").replace("[session]\n", "[session]\ncookie_name = \"sid\"\n");
     assert_eq!(warning_keys(&named), ["session.cookie_name"]);
 }
+
+#[test]
+fn the_configuration_hash_follows_settings_not_layout_or_passwords() {
+    let hash = |toml: &str, env: &[(&str, &str)]| load(toml, env).unwrap_or_else(|p| panic!("{p}")).config.fingerprint;
+    let base = hash(MINIMAL, &[]);
+    assert_eq!(base.len(), 16);
+    assert!(base.bytes().all(|b| b.is_ascii_hexdigit()));
+    let commented = format!("# the app\n\n{}", MINIMAL.replace("url = ", "url   =   "));
+    assert_eq!(hash(&commented, &[]), base, "comments and layout");
+    assert_ne!(hash(&format!("{MINIMAL}timeout_ms = 900\n"), &[]), base, "a setting");
+    assert_ne!(hash(MINIMAL, &[("LINE_AUTH_PROXY__LINE__TIMEOUT_MS", "900")]), base, "an override");
+    let mac = mac_key_line();
+    let redis = |url: &str| format!("{MINIMAL}[cache]\nshared = \"redis\"\n{mac}redis_url = \"{url}\"\n");
+    let a = hash(&redis("redis://:first-password@cache.internal:6379/0"), &[]);
+    assert_eq!(a, hash(&redis("redis://:another-one@cache.internal:6379/0"), &[]), "the hash hides passwords");
+    assert_ne!(a, hash(&redis("redis://other.internal:6379/0"), &[]));
+}

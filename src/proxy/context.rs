@@ -114,6 +114,9 @@ pub struct RequestCtx<'a> {
     pub grpc_status: Option<u16>,
     /// A check of the forward-auth endpoint, not a proxied request.
     pub forward_auth: bool,
+    /// Answered at one of the proxy's own endpoints (nonce, session
+    /// exchange, web login) before routing.
+    pub endpoint: bool,
     /// The proxy's own error answers are pages, not JSON (a browser on the
     /// web-login endpoints).
     pub html: bool,
@@ -154,6 +157,7 @@ impl<'a> RequestCtx<'a> {
             }),
             grpc_status: None,
             forward_auth: false,
+            endpoint: false,
             html: false,
             set_cookies: Vec::new(),
         }

@@ -129,6 +129,8 @@ impl http_body::Body for Answer {
 async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     request::bound_head(ctx, &req)?;
     let path = request::normalise(ctx, &req)?;
+    // Until routing, an answer (or an error) is one of the proxy's own endpoints'.
+    ctx.endpoint = true;
     if let Some(answer) = nonce_endpoint::own_endpoints(ctx, &req, &path).await? {
         return Ok(answer);
     }
@@ -140,6 +142,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     if let Some(answer) = login::endpoints(ctx, &req, &path).await? {
         return Ok(answer);
     }
+    ctx.endpoint = false;
     if let Some(own) = forward_auth::endpoint(ctx, &path) {
         return forward_auth::check(ctx, req, own, &path).await;
     }
@@ -197,6 +200,15 @@ fn logging(ctx: &RequestCtx<'_>, status: StatusCode) {
         ctx.state.metrics.count_request(ctx.outcome, ctx.auth.as_str());
         "proxy"
     };
+    let route_slot = match ctx.route {
+        _ if ctx.endpoint => 0,
+        None => 1,
+        Some(route) => {
+            let routes = ctx.state.config.routes.routes();
+            2 + routes.iter().position(|r| std::ptr::eq(r, route)).unwrap_or(usize::MAX - 2)
+        }
+    };
+    ctx.state.metrics.observe_request(route_slot, status.as_u16(), ctx.stopwatch.elapsed().as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or("-"),

@@ -1,0 +1,152 @@
+//! What an operator's Prometheus and probes see: build and configuration
+//! info, the standard process metrics, the request-duration histogram by
+//! route (never by raw path) and status class, readiness per dependency,
+//! and a `/readyz` body that says what it waits for.
+#![cfg(feature = "dev")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn series_value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn metrics_show_build_config_process_and_request_durations_by_route() {
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let routes = "[[routes]]\npath_prefix = \"/api/\"\nauth = \"access_token\"\n\
+                  [[routes]]\npath_prefix = \"/public/\"\nauth = \"none\"\n\
+                  [[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
+    let jwks = format!("jwks_url = \"{}\"\n", line.jwks_url());
+    let text = config_text_line(&line.base_url(), &upstream.url(), &jwks, routes);
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    let c = client();
+    for path in ["/api/orders/1", "/api/orders/2", "/api/orders/3"] {
+        assert_eq!(c.get(proxy.url(path)).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(c.get(proxy.url("/api/x")).send().await.unwrap().status(), 401);
+    assert_eq!(c.get(proxy.url("/public/a")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(proxy.url("/elsewhere")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(proxy.url("/auth/nonce")).send().await.unwrap().status(), 200);
+    let m = proxy.metrics().await;
+
+    let build = m.lines().find(|l| l.starts_with("line_auth_proxy_build_info{")).expect(&m);
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    let revision = build.split("revision=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert!(
+        revision == "unknown" || (revision.len() == 12 && revision.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{build}"
+    );
+    assert!(build.ends_with(" 1"), "{build}");
+    let config_line = m.lines().find(|l| l.starts_with("line_auth_proxy_config_info{hash=\"")).expect(&m);
+    let hash = config_line.split('"').nth(1).unwrap();
+    assert!(hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{config_line}");
+
+    // Process metrics under their standard names, with plausible values.
+    assert!(series_value(&m, "process_cpu_seconds_total").unwrap() > 0.0, "{m}");
+    assert!(series_value(&m, "process_resident_memory_bytes").unwrap() > 1_000_000.0);
+    assert!(series_value(&m, "process_open_fds").unwrap() >= 3.0);
+    assert!(series_value(&m, "process_max_fds").unwrap() >= 64.0);
+    let started = series_value(&m, "process_start_time_seconds").unwrap();
+    let now = Clock::system().unix_seconds() as f64;
+    assert!(started <= now + 1.0 && started > now - 3600.0 * 24.0, "{started}");
+    assert!(m.trim_end().ends_with("# EOF"), "one EOF, at the end");
+    assert_eq!(m.matches("# EOF").count(), 1);
+
+    // The request histogram: by configured prefix, never by path.
+    let count = |route: &str, class: &str| {
+        metric(&m, &format!("line_auth_proxy_request_duration_seconds_count{{route=\"{route}\",class=\"{class}\"}}"))
+    };
+    assert_eq!(count("/api/", "2xx"), 3.0, "{m}");
+    assert_eq!(count("/api/", "4xx"), 1.0);
+    assert_eq!(count("/public/", "2xx"), 1.0);
+    assert_eq!(count("default", "2xx"), 1.0);
+    assert_eq!(count("proxy_endpoint", "2xx"), 1.0, "the nonce endpoint");
+    assert!(!m.contains("/api/orders"), "a raw path became a label");
+    // Its first bucket is below a cached hop (5 µs), not the 100 µs of the LINE histograms.
+    let first = "line_auth_proxy_request_duration_seconds_bucket{le=\"0.000005\",route=\"/api/\",class=\"2xx\"}";
+    assert!(m.contains(first), "{m}");
+    // Every series of a route exists before its first request (no gaps in a dashboard).
+    assert!(m.contains("line_auth_proxy_request_duration_seconds_count{route=\"/public/\",class=\"5xx\"} 0"), "{m}");
+    // Draining is a dependency of every proxy, the JWKS of this one (local
+    // ID-token checks); no Redis is configured, so no Redis series.
+    assert_eq!(metric(&m, "line_auth_proxy_dependency_ready{dependency=\"draining\"}"), 1.0);
+    assert_eq!(metric(&m, "line_auth_proxy_dependency_ready{dependency=\"jwks\"}"), 1.0);
+    assert!(!m.contains("dependency=\"nonce_store\"") && !m.contains("dependency=\"shared_cache\""), "{m}");
+}
+
+#[tokio::test]
+async fn readyz_names_what_it_waits_for_and_the_gauge_follows() {
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    line.set_faults(Faults { jwks: Some(Fault::Status(500)), ..Faults::default() });
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text_line(
+        &line.base_url(),
+        &upstream.url(),
+        &format!("jwks_url = \"{}\"\n", line.jwks_url()),
+        "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
+    );
+    let proxy = spawn_proxy_unready_with(config(&text), &clock).await;
+    assert!(eventually(Duration::from_secs(5), || async { line.jwks_calls() >= 1 }).await, "no first fetch");
+    let r = client().get(proxy.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.starts_with("not ready\n") && body.contains("jwks: no key set from LINE's JWKS yet"), "{body}");
+    assert!(!body.contains("draining"), "{body}");
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_dependency_ready{dependency=\"jwks\"}"), 0.0, "{m}");
+    assert!(m.contains("line_auth_proxy_dependency_ready{dependency=\"jwks\"} 0"), "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_dependency_ready{dependency=\"draining\"}"), 1.0);
+    // LINE recovers: the next fetch (5 s later on the proxy's clock) loads the set.
+    line.set_faults(Faults::default());
+    clock.advance(Duration::from_secs(6));
+    assert!(eventually_status(&proxy.admin_url("/readyz"), 200, 10).await, "never ready");
+    let body = client().get(proxy.admin_url("/readyz")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "ready\n");
+    assert_eq!(proxy.metric("line_auth_proxy_dependency_ready{dependency=\"jwks\"}").await, 1.0);
+}
+
+/// The real binary, LINE's JWKS out of reach (nothing listens there): it says
+/// it listens, says what it waits for, and never that it is ready.
+#[tokio::test]
+async fn a_proxy_that_cannot_load_the_jwks_logs_listening_and_what_it_waits_for_never_ready() {
+    use support::process::{spawn_binary, stderr_lines, wait_for_line, wait_for_message};
+    // A port that refuses: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text_line(
+        &format!("http://{closed}"),
+        &upstream.url(),
+        &format!("jwks_url = \"http://{closed}/oauth2/v2.1/certs\"\n"),
+        "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
+    );
+    let path = std::env::temp_dir().join(format!("lap-observability-{}.toml", rand::random::<u64>()));
+    std::fs::write(&path, text).unwrap();
+    let mut child = spawn_binary(&path);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let listening = wait_for_message(&mut lines, &mut seen, "line-auth-proxy listening").await;
+    let admin = listening["admin"].as_str().unwrap().to_owned();
+    let waiting = wait_for_line(&mut lines, &mut seen, "waiting for a dependency", |v| v["dependency"] == "jwks").await;
+    assert!(waiting["why"].as_str().unwrap().contains("JWKS"), "{waiting}");
+    // A second later: still not ready, and never said to be.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = client().get(format!("http://{admin}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("jwks:"));
+    support::process::kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code.code(), Some(0));
+    assert!(!seen.iter().any(|l| l.contains("\"line-auth-proxy ready\"")), "{seen:#?}");
+}
