@@ -732,6 +732,48 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_the_grafana_dashboard_names_is_exported_with_its_type() {
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!("../deploy/grafana/line-auth-proxy.json"))
+            .expect("the dashboard is JSON");
+        let exposition = Metrics::new().encode();
+        let types: std::collections::HashMap<&str, &str> =
+            exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' ')).collect();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10, "{} panels", panels.len());
+        let mut expressions: Vec<&str> = Vec::new();
+        for panel in panels {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{panel}");
+            expressions.extend(targets.iter().map(|t| t["expr"].as_str().expect("expr")));
+        }
+        expressions
+            .extend(dashboard["templating"]["list"].as_array().unwrap().iter().filter_map(|v| v["query"].as_str()));
+        let mut named = 0;
+        for expr in expressions {
+            let identifiers = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+            for name in identifiers.filter(|n| n.starts_with("line_auth_proxy_") || n.starts_with("process_")) {
+                named += 1;
+                let (family, wanted) =
+                    [("_bucket", "histogram"), ("_sum", "histogram"), ("_count", "histogram"), ("_total", "counter")]
+                        .iter()
+                        .find_map(|(suffix, kind)| Some((name.strip_suffix(suffix)?, Some(*kind))))
+                        .filter(|(family, _)| types.contains_key(family))
+                        .unwrap_or((name, None));
+                let kind = types
+                    .get(family)
+                    .unwrap_or_else(|| panic!("the dashboard names {name}, which is not exported: {expr}"));
+                match wanted {
+                    Some(wanted) => assert_eq!(*kind, wanted, "{name} in {expr}"),
+                    None => {
+                        assert!(*kind == "gauge", "{name} is a {kind}: read it as {name}_total or _bucket ({expr})")
+                    }
+                }
+            }
+        }
+        assert!(named >= 20, "{named} metric names");
+    }
+
+    #[test]
     fn every_outcome_is_in_the_reference() {
         let reference = include_str!("../docs/reference.md");
         for outcome in Outcome::ALL {
