@@ -391,6 +391,8 @@ struct Hot {
     /// `[route slot][class]`: slot 0 [`ROUTE_ENDPOINT`], 1 [`ROUTE_DEFAULT`],
     /// then the configured routes in order.
     request_duration: Vec<[Histogram; 5]>,
+    /// The `route` label of each slot, for the access line too.
+    route_labels: Vec<Arc<str>>,
 }
 
 impl Default for Metrics {
@@ -569,6 +571,7 @@ impl Metrics {
                 .iter()
                 .map(|route| route_histograms(&request_duration, route))
                 .collect(),
+            route_labels: vec![Arc::from(ROUTE_ENDPOINT), Arc::from(ROUTE_DEFAULT)],
         };
         Self {
             hot,
@@ -615,10 +618,17 @@ impl Metrics {
     pub fn with_config(mut self, fingerprint: &str, route_prefixes: &[&str]) -> Self {
         self.config_info.get_or_create(&ConfigLabels { hash: fingerprint.to_owned() }).set(1);
         self.hot.request_duration.truncate(2);
+        self.hot.route_labels.truncate(2);
         for prefix in route_prefixes {
             self.hot.request_duration.push(route_histograms(&self.request_duration, prefix));
+            self.hot.route_labels.push(Arc::from(*prefix));
         }
         self
+    }
+
+    /// The `route` label of a route slot (see [`Metrics::observe_request`]).
+    pub fn route_label(&self, route_slot: usize) -> Arc<str> {
+        self.hot.route_labels.get(route_slot).cloned().unwrap_or_else(|| Arc::from(ROUTE_DEFAULT))
     }
 
     /// Records one request's time: `route_slot` 0 for the proxy's own

@@ -150,3 +150,103 @@ async fn a_proxy_that_cannot_load_the_jwks_logs_listening_and_what_it_waits_for_
     assert_eq!(code.code(), Some(0));
     assert!(!seen.iter().any(|l| l.contains("\"line-auth-proxy ready\"")), "{seen:#?}");
 }
+
+/// Every access line of a real process, JSON, for `text` with `requests` run against it.
+async fn access_lines(text: &str, requests: impl AsyncFnOnce(String)) -> Vec<serde_json::Value> {
+    use support::process::{spawn_binary, stderr_lines, wait_for_message};
+    let path = std::env::temp_dir().join(format!("lap-access-{}.toml", rand::random::<u64>()));
+    std::fs::write(&path, text).unwrap();
+    let mut child = spawn_binary(&path);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    requests(format!("http://{}", ready["listen"].as_str().unwrap())).await;
+    support::process::kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(code.code(), Some(0));
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    let _ = std::fs::remove_file(&path);
+    seen.iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["target"] == "access")
+        .collect()
+}
+
+#[tokio::test]
+async fn access_lines_carry_client_route_agent_bytes_latencies_and_a_hashed_user() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let routes = "[[routes]]\npath_prefix = \"/echo-body\"\nauth = \"access_token\"\n";
+    let text = config_text(&line.base_url(), &upstream.url(), routes)
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\ntrusted_proxies = [\"127.0.0.1/32\"]");
+    let lines = access_lines(&text, async |proxy| {
+        let c = client();
+        let r = c
+            .post(format!("{proxy}/echo-body/x"))
+            .bearer_auth(TOKEN)
+            .header("user-agent", format!("LineApp/13.0 {}", "x".repeat(400)))
+            .header("x-forwarded-for", "203.0.113.9")
+            .body("0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "0123456789");
+        assert_eq!(c.get(format!("{proxy}/echo-body/y")).send().await.unwrap().status(), 401);
+    })
+    .await;
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let ok = &lines[0];
+    assert_eq!(ok["route"], "/echo-body");
+    assert_eq!(ok["path"], "/echo-body/x");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["client"], "203.0.113.9", "the trusted peer's X-Forwarded-For hop");
+    assert!(ok["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{ok}");
+    let agent = ok["user_agent"].as_str().unwrap();
+    assert!(agent.starts_with("LineApp/13.0 ") && agent.chars().count() == 256, "{agent}");
+    assert_eq!(ok["request_bytes"], 10);
+    assert_eq!(ok["response_bytes"], 10);
+    let hashed = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(USER.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert_eq!(ok["user_id"], hashed.as_str(), "log.user_id defaults to hashed");
+    for key in ["duration_s", "upstream_s"] {
+        let v = ok[key].as_f64().unwrap_or_else(|| panic!("{key}: {ok}"));
+        assert!(v > 0.0 && v < 5.0, "{key}: {v}");
+        let text = ok[key].to_string();
+        assert!(text.split('.').nth(1).is_none_or(|d| d.len() <= 6), "{key} has more than microseconds: {text}");
+    }
+    assert!(ok["duration_s"].as_f64() >= ok["upstream_s"].as_f64());
+    assert!(ok["latency_us"].as_u64().is_some());
+    // A refused request: no user, no upstream time, nothing read of its body.
+    let refused = &lines[1];
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["outcome"], "missing_credential");
+    assert!(refused.get("user_id").is_none() && refused.get("upstream_s").is_none(), "{refused}");
+    assert_eq!(refused["request_bytes"], 0);
+    assert!(refused["response_bytes"].as_u64().unwrap() > 0, "the JSON error body");
+    let text_user = serde_json::to_string(&lines).unwrap();
+    assert!(!text_user.contains(USER), "the plain user id is in a line: {text_user}");
+    assert!(!text_user.contains(TOKEN));
+}
+
+#[tokio::test]
+async fn log_user_id_plain_and_off() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    for (mode, expected) in [("plain", Some(USER)), ("off", None)] {
+        let text = format!("{}\n[log]\nuser_id = \"{mode}\"\n", config_text(&line.base_url(), &upstream.url(), ""));
+        let lines = access_lines(&text, async |proxy| {
+            assert_eq!(client().get(format!("{proxy}/a")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+        })
+        .await;
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["user_id"].as_str(), expected, "{mode}: {}", lines[0]);
+    }
+}

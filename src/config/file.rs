@@ -12,6 +12,7 @@ use super::identity::IdentitySection;
 use super::keys::{KeySpec, Kind, Section};
 use super::limits::LimitsSection;
 use super::line::LineSection;
+use super::log::LogSection;
 use super::login::LoginSection;
 use super::nonce::NonceSection;
 use super::routes::RouteSection;
@@ -38,6 +39,7 @@ pub struct FileConfig {
     pub nonce: NonceSection,
     pub limits: LimitsSection,
     pub forward_auth: ForwardAuthSection,
+    pub log: LogSection,
     pub assertion: AssertionSection,
     pub login: LoginSection,
     pub session: SessionSection,
@@ -49,7 +51,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// The sections with plain keys, in the order the reference lists them.
-    fn sections(&mut self) -> [&mut dyn Section; 11] {
+    fn sections(&mut self) -> [&mut dyn Section; 12] {
         [
             &mut self.server,
             &mut self.upstream,
@@ -58,6 +60,7 @@ impl FileConfig {
             &mut self.identity,
             &mut self.nonce,
             &mut self.limits,
+            &mut self.log,
             &mut self.forward_auth,
             &mut self.assertion,
             &mut self.login,

@@ -20,6 +20,7 @@ pub(crate) mod key_ring;
 pub(crate) mod keys;
 mod limits;
 mod line;
+mod log;
 mod login;
 mod nonce;
 mod routes;
@@ -45,6 +46,7 @@ pub(crate) use identity::IdentityConfig;
 pub(crate) use key_ring::KeyRing;
 pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
+pub(crate) use log::UserIdLogging;
 pub(crate) use login::LoginConfig;
 pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
@@ -78,6 +80,8 @@ pub struct Config {
     pub(crate) session: Option<SessionConfig>,
     /// Present when `login.enabled`.
     pub(crate) login: Option<LoginConfig>,
+    /// `log.user_id`.
+    pub(crate) log_user_id: log::UserIdLogging,
     /// The hash `line_auth_proxy_config_info` shows (comments and layout do
     /// not change it; URL passwords are left out of it).
     pub(crate) fingerprint: String,
@@ -279,6 +283,7 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
         assertion,
         session,
         login,
+        log_user_id: file.log.user_id,
         fingerprint: file.fingerprint.clone(),
     }
 }

@@ -101,6 +101,7 @@ impl IdentityHeaderNames {
             blob: Bytes::from(blob.into_boxed_slice()),
             ends,
             expires_at: identity.expires_at,
+            user_hash: user_hash(&identity.user_id),
             subject: None,
         }
     }
@@ -133,6 +134,25 @@ impl IdentityHeaderNames {
     }
 }
 
+/// The first 16 hex digits of SHA-256 of `user_id`.
+pub fn user_hash(user_id: &str) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = ring::digest::digest(&ring::digest::SHA256, user_id.as_bytes());
+    let mut out = [0u8; 16];
+    for (i, b) in digest.as_ref()[..8].iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    out
+}
+
+impl EncodedIdentity {
+    /// The user id as the `X-Line-User-Id` header carries it (a zero-copy slice).
+    pub fn user_id(&self) -> Bytes {
+        self.blob.slice(..self.ends[0] as usize)
+    }
+}
+
 /// How many identity headers there are.
 const IDENTITY_HEADERS: usize = 7;
 
@@ -146,6 +166,9 @@ pub struct EncodedIdentity {
     ends: [u32; IDENTITY_HEADERS],
     /// Token expiry, unix seconds.
     pub expires_at: u64,
+    /// The first 16 hex digits of SHA-256 of the user id (`log.user_id =
+    /// "hashed"`), computed once per verdict rather than per access line.
+    pub user_hash: [u8; 16],
     /// With `[assertion]`: the claims of this identity's assertion, and the
     /// assertion last signed for it (reused for its lifetime).
     pub subject: Option<std::sync::Arc<crate::assertion::Subject>>,

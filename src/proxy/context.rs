@@ -117,6 +117,15 @@ pub struct RequestCtx<'a> {
     /// Answered at one of the proxy's own endpoints (nonce, session
     /// exchange, web login) before routing.
     pub endpoint: bool,
+    /// The verified user (a slice of the cached identity) and its hash, for
+    /// the access line.
+    pub user: Option<(bytes::Bytes, [u8; 16])>,
+    /// The upstream's time to its answer's head.
+    pub upstream_latency: Option<std::time::Duration>,
+    /// The request body's passage to the upstream (its bytes).
+    pub request_body: Option<Arc<crate::upstream::BodyProgress>>,
+    /// The request's `User-Agent`, for the access line.
+    pub user_agent: Option<HeaderValue>,
     /// The proxy's own error answers are pages, not JSON (a browser on the
     /// web-login endpoints).
     pub html: bool,
@@ -158,8 +167,19 @@ impl<'a> RequestCtx<'a> {
             grpc_status: None,
             forward_auth: false,
             endpoint: false,
+            user: None,
+            upstream_latency: None,
+            request_body: None,
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             html: false,
             set_cookies: Vec::new(),
+        }
+    }
+
+    /// Keeps the verified user of `verdict` for the access line.
+    pub fn note_user(&mut self, verdict: Option<&crate::cache::Cached>) {
+        if let Some(crate::cache::Cached { stored: crate::cache::Stored::Valid(identity), .. }) = verdict {
+            self.user = Some((identity.user_id(), identity.user_hash));
         }
     }
 

@@ -52,6 +52,7 @@ pub async fn check(
         None => strictest(ctx),
     };
     let verdict = authenticate::authenticate(ctx, &req, policy).await?;
+    ctx.note_user(verdict.as_ref());
     let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
     if let Some(cached) = &verdict {
         let Stored::Valid(encoded) = &cached.stored else {

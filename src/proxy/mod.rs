@@ -18,6 +18,7 @@
 //! log fields, and [`logging`] writes the access line and the request counter for
 //! every request. A request that fails any phase is never forwarded.
 
+mod access;
 mod authenticate;
 mod context;
 mod forward;
@@ -41,7 +42,7 @@ pub use context::{ConnInfo, ConnectionSlot, Grpc, RequestCtx, grpc_kind};
 use crate::auth::id_token::IdTokenVerifier;
 use crate::auth::line::LineClient;
 use crate::auth::nonce::NonceStore;
-use crate::cache::{Lookup, VerdictCache};
+use crate::cache::VerdictCache;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::telemetry::Metrics;
@@ -94,15 +95,27 @@ pub async fn handle(state: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -
     for cookie in ctx.set_cookies.drain(..) {
         headers.append(header::SET_COOKIE, cookie);
     }
-    logging(&ctx, response.status());
-    Ok(response.map(|body| Answer { body, _busy: busy }))
+    let log = logging(&ctx, response.status());
+    Ok(response.map(|body| Answer { body, _busy: busy, log, sent: 0 }))
 }
 
 /// What hyper sends: the answer's body, holding its request in flight (for
-/// `server.idle_timeout_ms`) until the body is done or dropped.
+/// `server.idle_timeout_ms`) until the body is done or dropped, and its
+/// access line until then.
 pub struct Answer {
     body: ProxyBody,
     _busy: crate::activity::Busy,
+    log: Option<access::AccessRecord>,
+    /// Data bytes of the body sent so far.
+    sent: u64,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.write(self.sent);
+        }
+    }
 }
 
 impl http_body::Body for Answer {
@@ -110,10 +123,17 @@ impl http_body::Body for Answer {
     type Error = <ProxyBody as http_body::Body>::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -149,9 +169,13 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     request::strip_identity(ctx, &mut req);
     let policy = request::route(ctx, &req, &path);
     let verdict = authenticate::authenticate(ctx, &req, policy).await?;
+    ctx.note_user(verdict.as_ref());
     let (req, upgrade) = forward::upstream_request(ctx, req, path, verdict)?;
-    let response = forward::forward(ctx, req).await?;
-    forward::respond(ctx, response, upgrade)
+    ctx.request_body = req.body().progress();
+    let started = crate::clock::Stopwatch::start();
+    let response = forward::forward(ctx, req).await;
+    ctx.upstream_latency = Some(started.elapsed());
+    forward::respond(ctx, response?, upgrade)
 }
 
 /// What a page may read of the proxy's own answers (`cors_allow_origins`).
@@ -191,8 +215,9 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
     response.map(Either::Right)
 }
 
-/// Every request: one access line (target `access`) and one count by outcome.
-fn logging(ctx: &RequestCtx<'_>, status: StatusCode) {
+/// Every request: one count by outcome, its time by route, and the record
+/// of its access line (target `access`), written when its body is done.
+fn logging(ctx: &RequestCtx<'_>, status: StatusCode) -> Option<access::AccessRecord> {
     let mode = if ctx.forward_auth {
         ctx.state.metrics.count_forward_auth(ctx.outcome, ctx.auth.as_str());
         "forward_auth"
@@ -208,18 +233,7 @@ fn logging(ctx: &RequestCtx<'_>, status: StatusCode) {
             2 + routes.iter().position(|r| std::ptr::eq(r, route)).unwrap_or(usize::MAX - 2)
         }
     };
-    ctx.state.metrics.observe_request(route_slot, status.as_u16(), ctx.stopwatch.elapsed().as_secs_f64());
-    tracing::info!(
-        target: "access",
-        request_id = ctx.request_id.to_str().unwrap_or("-"),
-        mode,
-        method = ctx.method.as_str(),
-        path = ctx.path.as_ref().map_or("-", |p| p.path()),
-        status = status.as_u16(),
-        auth = ctx.auth.as_str(),
-        outcome = ctx.reason.unwrap_or(ctx.outcome.as_str()),
-        cache = ctx.cache.map_or("-", Lookup::as_str),
-        grpc_status = ctx.grpc_status,
-        latency_us = ctx.stopwatch.elapsed().as_micros() as u64,
-    );
+    let metrics = &ctx.state.metrics;
+    metrics.observe_request(route_slot, status.as_u16(), ctx.stopwatch.elapsed().as_secs_f64());
+    access::AccessRecord::of(ctx, status.as_u16(), mode, metrics.route_label(route_slot))
 }

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -23,11 +23,19 @@ pub struct StripRule {
     pub assertion: HeaderName,
 }
 
-/// Which trailers rule a body's trailers are held to.
-enum Direction {
+/// How a request body's passage went, shared with the request's context.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
     /// Set when the client's body fails (bad chunk framing, a connection cut):
     /// the request to the upstream then fails by the client's fault.
-    ToUpstream(Arc<StripRule>, Arc<AtomicBool>),
+    pub failed: AtomicBool,
+    /// Data bytes passed to the upstream so far (the access line's `request_bytes`).
+    pub bytes: AtomicU64,
+}
+
+/// Which trailers rule a body's trailers are held to.
+enum Direction {
+    ToUpstream(Arc<StripRule>, Arc<BodyProgress>),
     ToClient,
 }
 
@@ -46,10 +54,11 @@ impl FilteredBody {
         Self { inner, direction: Direction::ToUpstream(rule, Arc::default()) }
     }
 
-    /// For a request body: turns true if reading the client's body failed.
-    pub fn client_failure(&self) -> Option<Arc<AtomicBool>> {
+    /// For a request body: whether reading the client's body failed, and
+    /// how many bytes of it went through.
+    pub fn progress(&self) -> Option<Arc<BodyProgress>> {
         match &self.direction {
-            Direction::ToUpstream(_, failed) => Some(failed.clone()),
+            Direction::ToUpstream(_, progress) => Some(progress.clone()),
             Direction::ToClient => None,
         }
     }
@@ -77,8 +86,16 @@ impl Body for FilteredBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Err(_))), Direction::ToUpstream(_, failed)) = (&polled, &this.direction) {
-            failed.store(true, Ordering::Release);
+        if let Direction::ToUpstream(_, progress) = &this.direction {
+            match &polled {
+                Poll::Ready(Some(Err(_))) => progress.failed.store(true, Ordering::Release),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                _ => {}
+            }
         }
         polled.map(|frame| {
             frame.map(|frame| {

@@ -23,7 +23,7 @@ use crate::clock::Stopwatch;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::UpstreamError;
 use crate::telemetry::Metrics;
-pub use body::{FilteredBody, StripRule, UpstreamBody};
+pub use body::{BodyProgress, FilteredBody, StripRule, UpstreamBody};
 
 mod body;
 
@@ -132,7 +132,7 @@ impl Upstream {
     /// speak our protocol, 504 when its response head does not arrive within
     /// `upstream.timeout_ms`.
     pub async fn send(&self, req: Request<UpstreamBody>, metrics: &Metrics) -> Result<Response<Incoming>, SendFailure> {
-        let client_failed = req.body().client_failure();
+        let client_failed = req.body().progress();
         let stopwatch = Stopwatch::start();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         metrics.upstream_duration.observe(stopwatch.seconds());
@@ -141,7 +141,7 @@ impl Upstream {
                 tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "upstream did not answer in time");
                 Err(SendFailure::Upstream(UpstreamError::Timeout))
             }
-            Ok(Err(_)) if client_failed.is_some_and(|failed| failed.load(Ordering::Acquire)) => {
+            Ok(Err(_)) if client_failed.is_some_and(|p| p.failed.load(Ordering::Acquire)) => {
                 tracing::debug!("the client's request body failed while it was forwarded");
                 Err(SendFailure::ClientBody)
             }
