@@ -10,6 +10,16 @@ use std::time::Duration;
 
 use support::*;
 
+/// Kills a child process when dropped: a failed assertion must not leave a
+/// proxy running after its test.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+    }
+}
+
 fn series_value(metrics: &str, prefix: &str) -> Option<f64> {
     metrics.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
 }
@@ -130,6 +140,7 @@ async fn a_proxy_that_cannot_load_the_jwks_logs_listening_and_what_it_waits_for_
     let path = std::env::temp_dir().join(format!("lap-observability-{}.toml", rand::random::<u64>()));
     std::fs::write(&path, text).unwrap();
     let mut child = spawn_binary(&path);
+    let guard = KillOnDrop(child.id());
     let mut lines = stderr_lines(&mut child);
     let mut seen = Vec::new();
     let listening = wait_for_message(&mut lines, &mut seen, "line-auth-proxy listening").await;
@@ -143,6 +154,7 @@ async fn a_proxy_that_cannot_load_the_jwks_logs_listening_and_what_it_waits_for_
     assert!(r.text().await.unwrap().contains("jwks:"));
     support::process::kill(&child, "TERM");
     let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    std::mem::forget(guard); // reaped: its pid may belong to another process now
     while let Some(line) = lines.recv().await {
         seen.push(line);
     }
@@ -157,12 +169,14 @@ async fn access_lines(text: &str, requests: impl AsyncFnOnce(String)) -> Vec<ser
     let path = std::env::temp_dir().join(format!("lap-access-{}.toml", rand::random::<u64>()));
     std::fs::write(&path, text).unwrap();
     let mut child = spawn_binary(&path);
+    let guard = KillOnDrop(child.id());
     let mut lines = stderr_lines(&mut child);
     let mut seen = Vec::new();
     let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
     requests(format!("http://{}", ready["listen"].as_str().unwrap())).await;
     support::process::kill(&child, "TERM");
     let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    std::mem::forget(guard); // reaped: its pid may belong to another process now
     assert_eq!(code.code(), Some(0));
     while let Some(line) = lines.recv().await {
         seen.push(line);
