@@ -264,3 +264,47 @@ async fn log_user_id_plain_and_off() {
         assert_eq!(lines[0]["user_id"].as_str(), expected, "{mode}: {}", lines[0]);
     }
 }
+
+/// LINE out of reach: the 503's WARN line names the host, the class of the
+/// failure and the request it was for, and no token.
+#[tokio::test]
+async fn a_failed_line_call_names_its_host_cause_and_request() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    line_down(&format!("http://{closed}"), &closed.to_string(), "connect_refused").await;
+    // A name that resolves nowhere (`.invalid` never does): the DNS failure
+    // the operator could not see.
+    line_down("https://lap-test.invalid", "lap-test.invalid", "dns").await;
+}
+
+async fn line_down(api_base_url: &str, host: &str, cause: &str) {
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text(api_base_url, &upstream.url(), "");
+    let mut request_id = String::new();
+    let path = std::env::temp_dir().join(format!("lap-line-down-{}.toml", rand::random::<u64>()));
+    std::fs::write(&path, &text).unwrap();
+    use support::process::{spawn_binary, stderr_lines, wait_for_line, wait_for_message};
+    let mut child = spawn_binary(&path);
+    let guard = KillOnDrop(child.id());
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    let proxy = ready["listen"].as_str().unwrap().to_owned();
+    let r = client().get(format!("http://{proxy}/x")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    request_id.push_str(r.headers()["x-request-id"].to_str().unwrap());
+    let failed = wait_for_line(&mut lines, &mut seen, "LINE Platform call failed", |_| true).await;
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    assert_eq!(failed["host"], host, "{failed}");
+    assert_eq!(failed["cause"], cause, "{failed}");
+    assert_eq!(failed["spans"][0]["name"], "line", "{failed}");
+    assert_eq!(failed["spans"][0]["request_id"], request_id.as_str(), "{failed}");
+    support::process::kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    std::mem::forget(guard);
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code.code(), Some(0));
+    assert!(!seen.iter().any(|l| l.contains(TOKEN)), "{seen:#?}");
+}

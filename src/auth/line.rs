@@ -275,7 +275,13 @@ impl LineClient {
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Bytes), LineError> {
         let stopwatch = Stopwatch::start();
-        let result = send(endpoint, request).await;
+        let (host, result) = send(endpoint, request).await;
+        let result = result.map_err(|(error, cause)| {
+            // The host and the class of failure, never reqwest's error: its
+            // text holds the URL, and the verify URL holds the token.
+            tracing::warn!(endpoint = endpoint.as_str(), host = %host, cause, "LINE Platform call failed");
+            error
+        });
         let elapsed = stopwatch.seconds();
         self.metrics.line_duration.get_or_create(&EndpointLabels { endpoint: endpoint.as_str() }).observe(elapsed);
         let outcome = match &result {
@@ -295,10 +301,11 @@ impl LineClient {
             Ok((status, request_id, body)) => {
                 if status != 200 {
                     let level_warn = status >= 429 || status == 403 || status == 404;
+                    let cause = format!("status {status}");
                     if level_warn {
-                        tracing::warn!(endpoint = endpoint.as_str(), status, line_request_id = %request_id, "LINE Platform answered an error");
+                        tracing::warn!(endpoint = endpoint.as_str(), host = %host, status, cause, line_request_id = %request_id, "LINE Platform answered an error");
                     } else {
-                        tracing::debug!(endpoint = endpoint.as_str(), status, line_request_id = %request_id, "LINE Platform refused the credential");
+                        tracing::debug!(endpoint = endpoint.as_str(), host = %host, status, line_request_id = %request_id, "LINE Platform refused the credential");
                     }
                 }
                 if status == 429 {
@@ -310,10 +317,7 @@ impl LineClient {
                 }
                 Ok((status, body.0))
             }
-            Err(e) => {
-                tracing::warn!(endpoint = endpoint.as_str(), error = %e, "LINE Platform call failed");
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -321,17 +325,78 @@ impl LineClient {
 /// The body plus LINE's `Retry-After` header value (if any).
 type BodyAndRetry = (Bytes, Option<String>);
 
-async fn send(endpoint: Endpoint, request: reqwest::RequestBuilder) -> Result<(u16, String, BodyAndRetry), LineError> {
+/// A failed call: the error, and the class of its cause for the log.
+type Failure = (LineError, &'static str);
+
+/// The call; its host (`host[:port]`, for the log) comes first, whatever happens.
+async fn send(
+    endpoint: Endpoint,
+    request: reqwest::RequestBuilder,
+) -> (String, Result<(u16, String, BodyAndRetry), Failure>) {
+    let (client, request) = request.build_split();
+    let request = match request {
+        Ok(request) => request,
+        Err(_) => return ("-".to_owned(), Err((LineError::Connect(endpoint), "request"))),
+    };
+    let url = request.url();
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or("-")),
+        None => url.host_str().unwrap_or("-").to_owned(),
+    };
+    (host, receive(endpoint, client.execute(request).await).await)
+}
+
+/// The class of a failed call's cause: `timeout`, `dns`, `connect_refused`,
+/// `connection_reset`, `tls`, `connect` (another connection failure), or
+/// `bad_body` (the answer broke off). Read from the error's sources by type
+/// and kind; nothing of its text is kept (it holds the URL).
+fn cause_of(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        return "timeout";
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if inner.downcast_ref::<rustls::Error>().is_some() {
+            return "tls";
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connect_refused",
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    return "connection_reset";
+                }
+                std::io::ErrorKind::TimedOut => return "timeout",
+                _ => {}
+            }
+            if io.get_ref().is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some()) {
+                return "tls";
+            }
+        }
+        // hyper-util's connector names a failed lookup "dns error".
+        if inner.to_string() == "dns error" {
+            return "dns";
+        }
+        source = inner.source();
+    }
+    if e.is_connect() || e.is_request() { "connect" } else { "bad_body" }
+}
+
+async fn receive(
+    endpoint: Endpoint,
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(u16, String, BodyAndRetry), Failure> {
     let classify = |e: reqwest::Error| {
-        if e.is_timeout() {
+        let cause = cause_of(&e);
+        let error = if e.is_timeout() {
             LineError::Timeout(endpoint)
         } else if e.is_connect() || e.is_request() {
             LineError::Connect(endpoint)
         } else {
             LineError::BadResponse(endpoint)
-        }
+        };
+        (error, cause)
     };
-    let mut response = request.send().await.map_err(classify)?;
+    let mut response = response.map_err(classify)?;
     let status = response.status().as_u16();
     let request_id = response
         .headers()
@@ -344,12 +409,12 @@ async fn send(endpoint: Endpoint, request: reqwest::RequestBuilder) -> Result<(u
     let retry_after =
         response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
-        return Err(LineError::BadResponse(endpoint));
+        return Err((LineError::BadResponse(endpoint), "body_too_large"));
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = response.chunk().await.map_err(classify)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(LineError::BadResponse(endpoint));
+            return Err((LineError::BadResponse(endpoint), "body_too_large"));
         }
         body.extend_from_slice(&chunk);
     }

@@ -5,6 +5,8 @@
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use http::Request;
 
 use super::RequestCtx;
@@ -97,11 +99,13 @@ async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<
 async fn session_verdict(ctx: &mut RequestCtx<'_>, opened: crate::session::Opened) -> Result<Cached, ProxyError> {
     let state = ctx.state;
     let key = opened.verdict_key();
+    let request_id = ctx.request_id.clone();
     let verify = async move {
         let Some(session) = opened.session() else {
             return Ok(Verdict::Rejected(Rejection::Invalid));
         };
-        Ok(match state.line.verify_access_token(&session.access_token).await? {
+        let verified = state.line.verify_access_token(&session.access_token).instrument(line_span(&request_id)).await;
+        Ok(match verified? {
             Verdict::Valid(mut identity) => {
                 if identity.user_id != session.user_id || identity.channel_id != session.channel_id {
                     return Ok(Verdict::Rejected(Rejection::Invalid));
@@ -115,6 +119,14 @@ async fn session_verdict(ctx: &mut RequestCtx<'_>, opened: crate::session::Opene
         })
     };
     cached(ctx, CredentialKind::Session, key, verify, "line").await
+}
+
+/// The span the LINE calls of a verification run in: their log lines name
+/// the request that started it (requests that joined it are not named).
+/// Made when the verification runs, never for a cache hit; at `warn`, so
+/// that it is there whenever a failure is logged.
+pub(super) fn line_span(request_id: &http::HeaderValue) -> tracing::Span {
+    tracing::warn_span!("line", request_id = request_id.to_str().unwrap_or("-"))
 }
 
 /// The access token of the request: `Authorization: Bearer`, or — on a
@@ -138,7 +150,8 @@ fn access_token_credential<B>(req: &Request<B>, auth: RouteAuth) -> Result<Optio
 /// Verdict for an access token: cache first, then the LINE Platform.
 async fn access_token(ctx: &mut RequestCtx<'_>, token: &str) -> Result<Cached, ProxyError> {
     let state = ctx.state;
-    let verify = async move { state.line.verify_access_token(token).await };
+    let request_id = ctx.request_id.clone();
+    let verify = async move { state.line.verify_access_token(token).instrument(line_span(&request_id)).await };
     cached(ctx, CredentialKind::AccessToken, cache_key(CredentialKind::AccessToken, token), verify, "line").await
 }
 
@@ -159,7 +172,12 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     // native-login token, its nonce spent at /login, would replay on a
     // require_nonce = false (LIFF) route until it expires.
     if !require_nonce && claimed_nonce.is_none() {
-        let verify = async { Ok(verifier.verify(&jws).await?.map_or_else(Verdict::Rejected, valid)) };
+        let request_id = ctx.request_id.clone();
+        let jws = &jws;
+        let verify = async move {
+            let checked = verifier.verify(jws).instrument(line_span(&request_id)).await;
+            Ok(checked?.map_or_else(Verdict::Rejected, valid))
+        };
         let key = cache_key(CredentialKind::IdToken, &jws.cache_form());
         return cached(ctx, CredentialKind::IdToken, key, verify, verifier.source()).await;
     }
@@ -178,7 +196,7 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     // Never cached: every presentation is a fresh credential.
     fresh_credential(state, ctx.client)?;
     let stopwatch = Stopwatch::start();
-    let checked = verifier.verify(&jws).await;
+    let checked = verifier.verify(&jws).instrument(line_span(&ctx.request_id)).await;
     state.metrics.observe_auth(verifier.source(), stopwatch.seconds());
     let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
     // The nonce consumed is the one peeked in the token, now vouched for by its

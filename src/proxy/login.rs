@@ -17,6 +17,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
+use tracing::Instrument;
 
 use super::session::{Sessions, clear_cookie, cookie_value, cookies_with_prefix, same_origin, set_cookie};
 use super::{ProxyBody, RequestCtx};
@@ -207,7 +208,8 @@ async fn log_in(
         client_secret: &config.channel_secret.0,
         verifier: &flow.verifier,
     };
-    let tokens = match ctx.state.line.exchange_code(&grant).await.map_err(ProxyError::Line)? {
+    let span = super::authenticate::line_span(&ctx.request_id);
+    let tokens = match ctx.state.line.exchange_code(&grant).instrument(span).await.map_err(ProxyError::Line)? {
         Ok(tokens) => tokens,
         Err(CodeRefused) => return Err(ProxyError::Client(ClientError::LoginCodeRefused)),
     };
@@ -250,7 +252,9 @@ async fn logout<B>(
         let secret = (session.channel_id == login.channel_id).then_some(login.channel_secret.0.as_slice());
         let revoked = match super::authenticate::fresh_credential(state, ctx.client) {
             Ok(()) => {
-                state.line.revoke(&session.access_token, &session.channel_id, secret).await.map_err(|e| e.reason())
+                let span = super::authenticate::line_span(&ctx.request_id);
+                let revoked = state.line.revoke(&session.access_token, &session.channel_id, secret).instrument(span);
+                revoked.await.map_err(|e| e.reason())
             }
             Err(e) => Err(e.reason()),
         };
