@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 
 use line_auth_proxy::dev::{DEMO_USER_ID, LoopbackServer, MockLoginUser};
 use support::browser::Browser;
+use support::process::dev_banner;
 use support::sessions::COOKIE;
 use support::web_login::web_login_config;
 use support::*;
@@ -121,28 +122,13 @@ async fn chromium_logs_in_with_line_reloads_without_line_and_logs_out() {
 
 #[tokio::test]
 async fn the_url_dev_prints_ends_on_the_echo_upstream_as_the_demo_user_and_its_logout_line_works() {
-    use std::io::BufRead;
     let mut child = Command::new(process::BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("Ctrl-C stops all three");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    })
-    .await
-    .unwrap();
+    let lines = dev_banner(&mut child).await;
     let open = lines.iter().find_map(|l| l.strip_prefix("open ")).unwrap_or_else(|| panic!("{lines:#?}"));
     let logout = lines.iter().find(|l| l.starts_with("fetch('/auth/logout'")).unwrap_or_else(|| panic!("{lines:#?}"));
     let browser = Browser::start().await;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::process::{BIN, stderr_lines, wait_for_message};
+use support::process::{BIN, dev_banner, stderr_lines, wait_for_message};
 use support::*;
 
 fn write_config(text: &str) -> tempfile_like::TempFile {
@@ -297,7 +297,6 @@ fn parse_curl(line: &str) -> (String, Vec<(String, String)>) {
 
 #[tokio::test]
 async fn dev_prints_curl_lines_that_work_as_pasted() {
-    use std::io::BufRead;
     let mut child = Command::new(BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -305,21 +304,7 @@ async fn dev_prints_curl_lines_that_work_as_pasted() {
         .spawn()
         .unwrap();
     let mut stderr = stderr_lines(&mut child);
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("Ctrl-C stops all three");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    })
-    .await
-    .unwrap();
+    let lines = dev_banner(&mut child).await;
     // The banner names the ports the kernel gave.
     let banner = lines.iter().find(|l| l.starts_with("line-auth-proxy dev: proxy http://")).expect("banner");
     let proxy = banner.split_whitespace().nth(3).unwrap().trim_start_matches("http://").to_string();

@@ -10,13 +10,49 @@ use std::time::Duration;
 
 use support::*;
 
-/// Kills a child process when dropped: a failed assertion must not leave a
-/// proxy running after its test.
-struct KillOnDrop(u32);
+/// The real binary on a configuration, JSON logs at `info`, its stderr read
+/// line by line; killed if the test fails before [`Binary::stop`].
+struct Binary {
+    child: Option<std::process::Child>,
+    path: std::path::PathBuf,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
 
-impl Drop for KillOnDrop {
+impl Binary {
+    fn start(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("lap-observability-{}.toml", rand::random::<u64>()));
+        std::fs::write(&path, text).unwrap();
+        let mut child = support::process::spawn_binary(&path);
+        let lines = support::process::stderr_lines(&mut child);
+        Self { child: Some(child), path, lines, seen: Vec::new() }
+    }
+
+    /// The next line with `message` that passes `also`.
+    async fn line(&mut self, message: &str, also: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        support::process::wait_for_line(&mut self.lines, &mut self.seen, message, also).await
+    }
+
+    /// SIGTERM; asserts exit 0; every line the process wrote.
+    async fn stop(mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("running");
+        support::process::kill(&child, "TERM");
+        let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert_eq!(code.code(), Some(0));
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Binary {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -127,7 +163,6 @@ async fn readyz_names_what_it_waits_for_and_the_gauge_follows() {
 /// it listens, says what it waits for, and never that it is ready.
 #[tokio::test]
 async fn a_proxy_that_cannot_load_the_jwks_logs_listening_and_what_it_waits_for_never_ready() {
-    use support::process::{spawn_binary, stderr_lines, wait_for_line, wait_for_message};
     // A port that refuses: bound, then closed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let upstream = RecordingUpstream::start().await;
@@ -137,51 +172,26 @@ async fn a_proxy_that_cannot_load_the_jwks_logs_listening_and_what_it_waits_for_
         &format!("jwks_url = \"http://{closed}/oauth2/v2.1/certs\"\n"),
         "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
     );
-    let path = std::env::temp_dir().join(format!("lap-observability-{}.toml", rand::random::<u64>()));
-    std::fs::write(&path, text).unwrap();
-    let mut child = spawn_binary(&path);
-    let guard = KillOnDrop(child.id());
-    let mut lines = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    let listening = wait_for_message(&mut lines, &mut seen, "line-auth-proxy listening").await;
+    let mut proxy = Binary::start(&text);
+    let listening = proxy.line("line-auth-proxy listening", |_| true).await;
     let admin = listening["admin"].as_str().unwrap().to_owned();
-    let waiting = wait_for_line(&mut lines, &mut seen, "waiting for a dependency", |v| v["dependency"] == "jwks").await;
+    let waiting = proxy.line("waiting for a dependency", |v| v["dependency"] == "jwks").await;
     assert!(waiting["why"].as_str().unwrap().contains("JWKS"), "{waiting}");
-    // A second later: still not ready, and never said to be.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // After the fetch has failed: still not ready, and never said to be.
+    proxy.line("LINE Platform call failed", |v| v["endpoint"] == "jwks").await;
     let r = client().get(format!("http://{admin}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("jwks:"));
-    support::process::kill(&child, "TERM");
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    std::mem::forget(guard); // reaped: its pid may belong to another process now
-    while let Some(line) = lines.recv().await {
-        seen.push(line);
-    }
-    let _ = std::fs::remove_file(&path);
-    assert_eq!(code.code(), Some(0));
+    let seen = proxy.stop().await;
     assert!(!seen.iter().any(|l| l.contains("\"line-auth-proxy ready\"")), "{seen:#?}");
 }
 
 /// Every access line of a real process, JSON, for `text` with `requests` run against it.
 async fn access_lines(text: &str, requests: impl AsyncFnOnce(String)) -> Vec<serde_json::Value> {
-    use support::process::{spawn_binary, stderr_lines, wait_for_message};
-    let path = std::env::temp_dir().join(format!("lap-access-{}.toml", rand::random::<u64>()));
-    std::fs::write(&path, text).unwrap();
-    let mut child = spawn_binary(&path);
-    let guard = KillOnDrop(child.id());
-    let mut lines = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    let mut proxy = Binary::start(text);
+    let ready = proxy.line("line-auth-proxy ready", |_| true).await;
     requests(format!("http://{}", ready["listen"].as_str().unwrap())).await;
-    support::process::kill(&child, "TERM");
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    std::mem::forget(guard); // reaped: its pid may belong to another process now
-    assert_eq!(code.code(), Some(0));
-    while let Some(line) = lines.recv().await {
-        seen.push(line);
-    }
-    let _ = std::fs::remove_file(&path);
+    let seen = proxy.stop().await;
     seen.iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|l| l["target"] == "access")
@@ -278,33 +288,18 @@ async fn a_failed_line_call_names_its_host_cause_and_request() {
 
 async fn line_down(api_base_url: &str, host: &str, cause: &str) {
     let upstream = RecordingUpstream::start().await;
-    let text = config_text(api_base_url, &upstream.url(), "");
-    let mut request_id = String::new();
-    let path = std::env::temp_dir().join(format!("lap-line-down-{}.toml", rand::random::<u64>()));
-    std::fs::write(&path, &text).unwrap();
-    use support::process::{spawn_binary, stderr_lines, wait_for_line, wait_for_message};
-    let mut child = spawn_binary(&path);
-    let guard = KillOnDrop(child.id());
-    let mut lines = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
-    let proxy = ready["listen"].as_str().unwrap().to_owned();
-    let r = client().get(format!("http://{proxy}/x")).bearer_auth(TOKEN).send().await.unwrap();
+    let mut proxy = Binary::start(&config_text(api_base_url, &upstream.url(), ""));
+    let ready = proxy.line("line-auth-proxy ready", |_| true).await;
+    let listen = ready["listen"].as_str().unwrap().to_owned();
+    let r = client().get(format!("http://{listen}/x")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    request_id.push_str(r.headers()["x-request-id"].to_str().unwrap());
-    let failed = wait_for_line(&mut lines, &mut seen, "LINE Platform call failed", |_| true).await;
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let failed = proxy.line("LINE Platform call failed", |_| true).await;
     assert_eq!(failed["level"], "WARN", "{failed}");
     assert_eq!(failed["host"], host, "{failed}");
     assert_eq!(failed["cause"], cause, "{failed}");
     assert_eq!(failed["spans"][0]["name"], "line", "{failed}");
     assert_eq!(failed["spans"][0]["request_id"], request_id.as_str(), "{failed}");
-    support::process::kill(&child, "TERM");
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    std::mem::forget(guard);
-    while let Some(line) = lines.recv().await {
-        seen.push(line);
-    }
-    let _ = std::fs::remove_file(&path);
-    assert_eq!(code.code(), Some(0));
+    let seen = proxy.stop().await;
     assert!(!seen.iter().any(|l| l.contains(TOKEN)), "{seen:#?}");
 }

@@ -68,3 +68,24 @@ pub fn kill(child: &Child, signal: &str) {
     let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(status.success(), "kill -{signal} failed");
 }
+
+/// The lines `line-auth-proxy dev` prints on stdout, up to its last
+/// ("Ctrl-C stops all three").
+pub async fn dev_banner(child: &mut Child) -> Vec<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Ctrl-C stops all three");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap()
+}
