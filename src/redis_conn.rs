@@ -111,6 +111,40 @@ fn certificate_failure(e: &redis::RedisError) -> Option<String> {
     text.find(prefix).map(|at| text[at..].to_owned())
 }
 
+/// The class of a failed call for the WARN line, as for LINE calls:
+/// `connect_refused`, `connection_reset`, `timeout`, `dns`, `tls`, `auth`
+/// (the password or ACL user was refused), `server_error` (Redis answered
+/// with an error), `bad_reply`, or `io`. Read from the error's kind and its
+/// I/O error; the lookup failure is recognised by the text the standard
+/// library writes for it, which is read here and never logged.
+fn cause_of(e: &redis::RedisError) -> &'static str {
+    use redis::ErrorKind;
+    if e.is_connection_refusal() {
+        return "connect_refused";
+    }
+    if e.is_timeout() {
+        return "timeout";
+    }
+    if let Some(io) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        return match io.kind() {
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof => "connection_reset",
+            _ if io.to_string().contains("failed to lookup address") => "dns",
+            _ if certificate_failure(e).is_some() => "tls",
+            _ => "io",
+        };
+    }
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => "auth",
+        ErrorKind::Server(_) => "server_error",
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => "bad_reply",
+        _ if e.to_string().contains("failed to lookup address") => "dns",
+        _ => "io",
+    }
+}
+
 /// How often the health probe PINGs (1 second).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -246,15 +280,20 @@ impl RedisConn {
                         ),
                         "Redis TLS certificate verification failed"
                     ),
-                    // The kind only: a RedisError's text can carry server detail.
-                    None => {
-                        tracing::warn!(purpose = self.purpose, redis = %self.redacted, op, kind = ?e.kind(), "Redis call failed")
-                    }
+                    // The kind and cause class only: a RedisError's text can carry server detail.
+                    None => tracing::warn!(
+                        purpose = self.purpose,
+                        redis = %self.redacted,
+                        op,
+                        cause = cause_of(&e),
+                        kind = ?e.kind(),
+                        "Redis call failed"
+                    ),
                 }
                 Err(RedisFailure::Failed)
             }
             Err(_) => {
-                tracing::warn!(purpose = self.purpose, redis = %self.redacted, op, timeout_ms = self.timeout.as_millis() as u64, "Redis call timed out");
+                tracing::warn!(purpose = self.purpose, redis = %self.redacted, op, cause = "timeout", timeout_ms = self.timeout.as_millis() as u64, "Redis call timed out");
                 Err(RedisFailure::Timeout)
             }
         };

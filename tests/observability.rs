@@ -303,3 +303,34 @@ async fn line_down(api_base_url: &str, host: &str, cause: &str) {
     let seen = proxy.stop().await;
     assert!(!seen.iter().any(|l| l.contains(TOKEN)), "{seen:#?}");
 }
+
+/// Redis out of reach: a nonce request's 503 WARN line names the Redis
+/// address (without credentials), the cause class and the request.
+#[tokio::test]
+async fn a_failed_redis_call_names_its_cause_and_request() {
+    let line = MockLine::start().await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let extra = format!(
+        "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n[nonce]\nstore = \"redis\"\nredis_url = \"redis://:pw-secret@{closed}\"\nredis_timeout_ms = 2000\n{}",
+        mac_key_line()
+    );
+    let text =
+        config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
+    let mut proxy = Binary::start(&text);
+    let listening = proxy.line("line-auth-proxy listening", |_| true).await;
+    let listen = listening["listen"].as_str().unwrap().to_owned();
+    let r = client().get(format!("http://{listen}/auth/nonce")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let failed = proxy
+        .line("Redis call failed", |v| v["op"] == "nonce_issue" && v["spans"][0]["request_id"] == request_id.as_str())
+        .await;
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    assert_eq!(failed["cause"], "connect_refused", "{failed}");
+    assert_eq!(failed["spans"][0]["name"], "redis", "{failed}");
+    assert!(failed["redis"].as_str().unwrap().contains(&closed.port().to_string()), "{failed}");
+    let seen = proxy.stop().await;
+    assert!(!seen.iter().any(|l| l.contains("pw-secret")), "{seen:#?}");
+    assert!(upstream.requests().is_empty(), "the upstream was reached");
+}

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 pub use shared::SharedTier;
 
@@ -310,7 +311,7 @@ impl VerdictCache {
     where
         F: Future<Output = Result<Verdict, LineError>>,
     {
-        let admit = || Ok::<(), std::convert::Infallible>(());
+        let admit = || Ok::<_, std::convert::Infallible>(tracing::Span::none());
         match self.get_or_verify_admitted(key, CredentialKind::AccessToken, admit, verify).await {
             Ok(found) => found,
         }
@@ -320,7 +321,9 @@ impl VerdictCache {
     /// verification would start (not for a hit, nor for joining one already in
     /// flight): its `Err` is returned and nothing is verified. Per-client
     /// budgets hook in here, so that only the client that causes a verification
-    /// pays for it.
+    /// pays for it. Its `Ok` is the span the flight (shared-tier lookup and
+    /// verification) runs in: the request that started it names the Redis
+    /// and LINE calls' log lines, and no span is made for a hit.
     pub async fn get_or_verify_admitted<F, A, E>(
         &self,
         key: CacheKey,
@@ -330,7 +333,7 @@ impl VerdictCache {
     ) -> Result<(FlightResult, Lookup), E>
     where
         F: Future<Output = Result<Verdict, LineError>>,
-        A: FnOnce() -> Result<(), E>,
+        A: FnOnce() -> Result<tracing::Span, E>,
     {
         let (result, lookup) = match self.lookup(&key) {
             Some(hit) => (Ok(hit), Lookup::Hit),
@@ -362,14 +365,15 @@ impl VerdictCache {
     ) -> Result<(FlightResult, Lookup), E>
     where
         F: Future<Output = Result<Verdict, LineError>>,
-        A: FnOnce() -> Result<(), E>,
+        A: FnOnce() -> Result<tracing::Span, E>,
     {
+        let mut span = tracing::Span::none();
         let flight = {
             let mut inflight = crate::sync::lock(&self.inflight);
             match inflight.get(&key) {
                 Some(flight) => flight.clone(),
                 None => {
-                    admit()?;
+                    span = admit()?;
                     inflight.entry(key).or_default().clone()
                 }
             }
@@ -381,29 +385,32 @@ impl VerdictCache {
         let mut ran = None;
         let result = guard
             .flight()
-            .get_or_init(|| async {
-                // The flight before this one may have filled the cache.
-                if let Some(hit) = self.lookup(&key) {
-                    ran = Some(Lookup::Hit);
-                    return Ok(hit);
-                }
-                if let Some(shared) = &self.shared
-                    && let Some((verdict, ttl)) = shared.get(&key, kind, self.max_age(kind)).await
-                {
-                    ran = Some(Lookup::Shared);
+            .get_or_init(|| {
+                async {
+                    // The flight before this one may have filled the cache.
+                    if let Some(hit) = self.lookup(&key) {
+                        ran = Some(Lookup::Hit);
+                        return Ok(hit);
+                    }
+                    if let Some(shared) = &self.shared
+                        && let Some((verdict, ttl)) = shared.get(&key, kind, self.max_age(kind)).await
+                    {
+                        ran = Some(Lookup::Shared);
+                        let cached = Cached { stored: self.store(&verdict), ttl };
+                        self.insert(key, &cached);
+                        return Ok(cached);
+                    }
+                    ran = Some(Lookup::Miss);
+                    let verdict = verify.await.map_err(Arc::new)?;
+                    let ttl = self.ttl_for(kind, &verdict);
+                    if let Some(shared) = &self.shared {
+                        shared.put(&key, &verdict, ttl);
+                    }
                     let cached = Cached { stored: self.store(&verdict), ttl };
                     self.insert(key, &cached);
-                    return Ok(cached);
+                    Ok(cached)
                 }
-                ran = Some(Lookup::Miss);
-                let verdict = verify.await.map_err(Arc::new)?;
-                let ttl = self.ttl_for(kind, &verdict);
-                if let Some(shared) = &self.shared {
-                    shared.put(&key, &verdict, ttl);
-                }
-                let cached = Cached { stored: self.store(&verdict), ttl };
-                self.insert(key, &cached);
-                Ok(cached)
+                .instrument(span)
             })
             .await
             .clone();

@@ -129,6 +129,13 @@ pub(super) fn line_span(request_id: &http::HeaderValue) -> tracing::Span {
     tracing::warn_span!("line", request_id = request_id.to_str().unwrap_or("-"))
 }
 
+/// The span of a request's Redis calls (shared-cache lookup, nonce issue or
+/// consumption): a failure's WARN line names the request. Made only where a
+/// call to Redis follows.
+pub(super) fn redis_span(request_id: &http::HeaderValue) -> tracing::Span {
+    tracing::warn_span!("redis", request_id = request_id.to_str().unwrap_or("-"))
+}
+
 /// The access token of the request: `Authorization: Bearer`, or — on a
 /// WebSocket handshake to an `access_token` route, where browsers cannot set
 /// `Authorization` — a `Sec-WebSocket-Protocol` entry
@@ -205,7 +212,11 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
         return Err(rejected(Rejection::NonceMismatch));
     }
     // Consumed only now: a token that failed verification never burns a nonce.
-    match nonces.store.consume(nonce).await.map_err(|_| ProxyError::NonceStore)? {
+    let consumed = match nonces.store.redis() {
+        Some(_) => nonces.store.consume(nonce).instrument(redis_span(&ctx.request_id)).await,
+        None => nonces.store.consume(nonce).await,
+    };
+    match consumed.map_err(|_| ProxyError::NonceStore)? {
         Consumed::Fresh => Ok(Cached::uncached(state.cache.store(&valid(claims)))),
         Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
         Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
@@ -238,7 +249,16 @@ where
     let metrics = &ctx.state.metrics;
     let stopwatch = Stopwatch::start();
     let (state, client) = (ctx.state, ctx.client);
-    let admit = || fresh_credential(state, client);
+    let request_id = &ctx.request_id;
+    let admit = || {
+        fresh_credential(state, client)?;
+        // With a shared tier the flight starts with Redis calls: their
+        // failures name this request (as `line_span` does for LINE's).
+        Ok(match state.cache.shared_redis() {
+            Some(_) => redis_span(request_id),
+            None => tracing::Span::none(),
+        })
+    };
     let (result, lookup) = ctx.state.cache.get_or_verify_admitted(key, kind, admit, verify).await?;
     ctx.cache = Some(lookup);
     let source = match lookup {

@@ -7,6 +7,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
+use tracing::Instrument;
 
 use super::{ProxyBody, RequestCtx};
 use crate::auth::nonce::{NonceError, NonceStore};
@@ -48,7 +49,11 @@ async fn issue_nonce(
             .take(client)
             .map_err(|spent| ProxyError::Limited { limit: Limit::Nonces, retry_after: spent.retry_after })?;
     }
-    let nonce = store.issue(client).await.map_err(|e| match e {
+    let issued = match store.redis() {
+        Some(_) => store.issue(client).instrument(super::authenticate::redis_span(&ctx.request_id)).await,
+        None => store.issue(client).await,
+    };
+    let nonce = issued.map_err(|e| match e {
         // The nonces it holds free up as they are used or expire.
         NonceError::ClientShare => ProxyError::Limited { limit: Limit::LiveNonces, retry_after: store.ttl() },
         NonceError::Full => ProxyError::NonceStoreFull,
