@@ -112,11 +112,12 @@ fn certificate_failure(e: &redis::RedisError) -> Option<String> {
 }
 
 /// The class of a failed call for the WARN line, as for LINE calls:
-/// `connect_refused`, `connection_reset`, `timeout`, `dns`, `tls`, `auth`
-/// (the password or ACL user was refused), `server_error` (Redis answered
-/// with an error), `bad_reply`, or `io`. Read from the error's kind and its
-/// I/O error; the lookup failure is recognised by the text the standard
-/// library writes for it, which is read here and never logged.
+/// `connect_refused`, `connection_reset`, `timeout`, `dns`, `auth` (the
+/// password or ACL user was refused), `server_error` (Redis answered with an
+/// error), `bad_reply`, or `io`. (A refused TLS certificate has its own line,
+/// see [`certificate_failure`].) Read from the error's kind and its I/O
+/// error; a failed lookup is recognised by the text the standard library
+/// writes for it, which is read here and never logged.
 fn cause_of(e: &redis::RedisError) -> &'static str {
     use redis::ErrorKind;
     if e.is_connection_refusal() {
@@ -125,14 +126,13 @@ fn cause_of(e: &redis::RedisError) -> &'static str {
     if e.is_timeout() {
         return "timeout";
     }
+    if e.to_string().contains("failed to lookup address") {
+        return "dns";
+    }
     if let Some(io) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
         return match io.kind() {
-            std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::UnexpectedEof => "connection_reset",
-            _ if io.to_string().contains("failed to lookup address") => "dns",
-            _ if certificate_failure(e).is_some() => "tls",
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "connection_reset",
             _ => "io",
         };
     }
@@ -140,7 +140,6 @@ fn cause_of(e: &redis::RedisError) -> &'static str {
         ErrorKind::AuthenticationFailed => "auth",
         ErrorKind::Server(_) => "server_error",
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => "bad_reply",
-        _ if e.to_string().contains("failed to lookup address") => "dns",
         _ => "io",
     }
 }

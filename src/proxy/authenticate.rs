@@ -130,9 +130,12 @@ pub(super) fn line_span(request_id: &http::HeaderValue) -> tracing::Span {
 }
 
 /// The span of a request's Redis calls (shared-cache lookup, nonce issue or
-/// consumption): a failure's WARN line names the request. Made only where a
-/// call to Redis follows.
-pub(super) fn redis_span(request_id: &http::HeaderValue) -> tracing::Span {
+/// consumption): a failure's WARN line names the request. Made only when the
+/// store in question is Redis (`calls_redis`); otherwise no span at all.
+pub(super) fn redis_span(request_id: &http::HeaderValue, calls_redis: bool) -> tracing::Span {
+    if !calls_redis {
+        return tracing::Span::none();
+    }
     tracing::warn_span!("redis", request_id = request_id.to_str().unwrap_or("-"))
 }
 
@@ -212,11 +215,8 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
         return Err(rejected(Rejection::NonceMismatch));
     }
     // Consumed only now: a token that failed verification never burns a nonce.
-    let consumed = match nonces.store.redis() {
-        Some(_) => nonces.store.consume(nonce).instrument(redis_span(&ctx.request_id)).await,
-        None => nonces.store.consume(nonce).await,
-    };
-    match consumed.map_err(|_| ProxyError::NonceStore)? {
+    let span = redis_span(&ctx.request_id, nonces.store.redis().is_some());
+    match nonces.store.consume(nonce).instrument(span).await.map_err(|_| ProxyError::NonceStore)? {
         Consumed::Fresh => Ok(Cached::uncached(state.cache.store(&valid(claims)))),
         Consumed::Unknown => Err(rejected(Rejection::NonceUnknown)),
         Consumed::Expired => Err(rejected(Rejection::NonceExpired)),
@@ -254,10 +254,7 @@ where
         fresh_credential(state, client)?;
         // With a shared tier the flight starts with Redis calls: their
         // failures name this request (as `line_span` does for LINE's).
-        Ok(match state.cache.shared_redis() {
-            Some(_) => redis_span(request_id),
-            None => tracing::Span::none(),
-        })
+        Ok(redis_span(request_id, state.cache.shared_redis().is_some()))
     };
     let (result, lookup) = ctx.state.cache.get_or_verify_admitted(key, kind, admit, verify).await?;
     ctx.cache = Some(lookup);

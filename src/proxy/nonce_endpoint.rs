@@ -49,11 +49,8 @@ async fn issue_nonce(
             .take(client)
             .map_err(|spent| ProxyError::Limited { limit: Limit::Nonces, retry_after: spent.retry_after })?;
     }
-    let issued = match store.redis() {
-        Some(_) => store.issue(client).instrument(super::authenticate::redis_span(&ctx.request_id)).await,
-        None => store.issue(client).await,
-    };
-    let nonce = issued.map_err(|e| match e {
+    let span = super::authenticate::redis_span(&ctx.request_id, store.redis().is_some());
+    let nonce = store.issue(client).instrument(span).await.map_err(|e| match e {
         // The nonces it holds free up as they are used or expire.
         NonceError::ClientShare => ProxyError::Limited { limit: Limit::LiveNonces, retry_after: store.ttl() },
         NonceError::Full => ProxyError::NonceStoreFull,
