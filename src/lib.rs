@@ -13,6 +13,7 @@
 mod activity;
 mod admin;
 mod assertion;
+pub mod audit;
 mod auth;
 mod cache;
 pub mod clock;
@@ -58,7 +59,7 @@ use tokio_rustls::TlsAcceptor;
 pub use clock::Clock;
 pub use config::Config;
 pub use panics::install_panic_hook;
-pub use telemetry::{LogFormat, init_tracing, init_tracing_with};
+pub use telemetry::{LogFormat, init_tracing, init_tracing_audited, init_tracing_with};
 
 /// Why the proxy could not start or run (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,9 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
     let hangups = hangup::Hangups::install();
     if let Some(tls) = &tls {
         background.push(("TLS reloader", Box::pin(tls.clone().run_reloader(hangups.subscribe()))));
+    }
+    if let Some(audit) = audit::AuditFile::installed() {
+        background.push(("audit file upkeep", Box::pin(audit.clone().run_upkeep(hangups.subscribe()))));
     }
     background.push(("SIGHUP listener", Box::pin(hangups.run())));
     let tls = tls.map(|tls| tls.acceptor());
@@ -325,6 +329,9 @@ impl Bound {
         readiness.abort();
         if let Some((task, why)) = failure {
             tracing::error!(task, why = %why, "a task of the proxy failed; exiting");
+            if let Some(audit) = audit::AuditFile::installed() {
+                audit.flush();
+            }
             proxy_task.abort();
             admin_task.abort();
             return Err(RunError::TaskFailed { task, why });
@@ -341,6 +348,9 @@ impl Bound {
         let _ = admin_task.await;
         background.abort_all();
         tracing::info!("stopped");
+        if let Some(audit) = audit::AuditFile::installed() {
+            audit.flush();
+        }
         Ok(())
     }
 

@@ -65,7 +65,11 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded.config,
                 Err(code) => return code,
             };
-            init_tracing(cli.log_format);
+            if let Err(e) = init_tracing(cli.log_format, config.audit_file()) {
+                let path = config.audit_file().map_or(String::new(), |p| p.display().to_string());
+                eprintln!("error: log.audit_file: cannot open {path}: {e}");
+                return ExitCode::from(2);
+            }
             line_auth_proxy::install_panic_hook();
             runtime(line_auth_proxy::run(config, line_auth_proxy::shutdown_signals()))
         }
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
 
 #[cfg(feature = "dev")]
 fn dev(format: LogFormat, listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> ExitCode {
-    init_tracing(format);
+    if let Err(e) = init_tracing(format, None) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     line_auth_proxy::install_panic_hook();
     runtime(line_auth_proxy::dev::run(listen, admin_listen))
 }

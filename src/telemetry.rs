@@ -32,28 +32,62 @@ pub enum LogFormat {
 /// filter of their own that no `RUST_LOG` directive can outrank.
 const DEPENDENCY_CAPS: &[&str] = &["hyper", "hyper_util", "reqwest", "h2", "rustls", "tokio_rustls", "hyper_rustls"];
 
-/// Installs the global subscriber on stderr. `RUST_LOG` sets the level (default `info`).
-pub fn init_tracing(format: LogFormat) {
+/// Installs the global subscriber on stderr. `RUST_LOG` sets the level
+/// (default `info`); the audit stream goes to `audit_file` when one is named
+/// (opened here: an error is returned before anything is installed).
+pub fn init_tracing(format: LogFormat, audit_file: Option<&std::path::Path>) -> std::io::Result<()> {
     let directives = std::env::var("RUST_LOG").ok();
-    init_tracing_with(format, directives.as_deref(), std::io::stderr);
+    let audit = audit_file.map(crate::audit::AuditFile::open).transpose()?;
+    init_tracing_audited(format, directives.as_deref(), std::io::stderr, audit);
+    Ok(())
 }
 
 /// Installs the global subscriber with explicit directives and writer (tests
-/// capture the output this way). Does nothing if one is already installed.
+/// capture the output this way), the audit stream with the rest. Does
+/// nothing if one is already installed.
 pub fn init_tracing_with<W>(format: LogFormat, directives: Option<&str>, writer: W)
 where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    let env_filter = match directives {
+    init_tracing_audited(format, directives, writer, None);
+}
+
+/// [`init_tracing_with`] and the audit stream's own file, when there is one.
+/// The audit target is at `info` unless `directives` name it; in its own
+/// file or in JSON logs it is written by [`crate::audit::AuditLayer`].
+pub fn init_tracing_audited<W>(
+    format: LogFormat,
+    directives: Option<&str>,
+    writer: W,
+    audit_file: Option<Arc<crate::audit::AuditFile>>,
+) where
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
+    use crate::audit::{AuditLayer, TARGET};
+    let mut env_filter = match directives {
         None => EnvFilter::new("info"),
         Some(d) => EnvFilter::try_new(d).unwrap_or_else(|e| {
             eprintln!("warning: RUST_LOG={d:?} is not a valid filter ({e}); logging at info");
             EnvFilter::new("info")
         }),
     };
-    let caps = DEPENDENCY_CAPS
+    if !directives.is_some_and(|d| d.contains(TARGET)) {
+        env_filter = env_filter.add_directive(format!("{TARGET}=info").parse().expect("a valid directive"));
+    }
+    let audit = match (&audit_file, format) {
+        (Some(file), _) => {
+            file.install();
+            Some(AuditLayer::to_file(file.clone()))
+        }
+        (None, LogFormat::Json) => Some(AuditLayer::to_writer(writer.clone())),
+        (None, LogFormat::Text) => None,
+    };
+    let mut caps = DEPENDENCY_CAPS
         .iter()
         .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| t.with_target(*target, LevelFilter::WARN));
+    if audit.is_some() {
+        caps = caps.with_target(TARGET, LevelFilter::OFF);
+    }
     let layer = match format {
         // Colour codes only for a terminal: in a file or a log pipeline they are noise (and cost).
         LogFormat::Text => {
@@ -66,7 +100,19 @@ where
             .with_writer(writer)
             .boxed(),
     };
-    let _ = tracing_subscriber::registry().with(layer.with_filter(env_filter).with_filter(caps)).try_init();
+    // The audit layer's filter: its events at info and above (unless the
+    // directives turn the target off), and the spans it reads request ids from.
+    let audit_level = if directives.is_some_and(|d| d.contains(&format!("{TARGET}=off"))) {
+        LevelFilter::OFF
+    } else {
+        LevelFilter::INFO
+    };
+    let audit = audit.map(|layer| {
+        layer.with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+            AuditLayer::wants(m) && (m.is_span() || *m.level() <= audit_level)
+        }))
+    });
+    let _ = tracing_subscriber::registry().with(layer.with_filter(env_filter).with_filter(caps)).with(audit).try_init();
 }
 
 /// What the proxy decided about one request: the `outcome` label of

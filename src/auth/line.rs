@@ -152,6 +152,8 @@ pub struct LineClient {
     /// Unix milliseconds before which no new verification is sent (after a 429):
     /// hammering a rate-limited API only extends the limit for every user.
     backoff_until_ms: AtomicU64,
+    /// Outage start and end, for the audit stream.
+    health: crate::audit::LineHealth,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -178,6 +180,7 @@ impl LineClient {
             timeout,
             permits: Semaphore::new(config.max_concurrent_calls.get()),
             backoff_until_ms: AtomicU64::new(0),
+            health: crate::audit::LineHealth::default(),
             clock,
             metrics,
         })
@@ -297,6 +300,15 @@ impl LineClient {
             Err(_) => "bad_response",
         };
         self.metrics.line_requests.get_or_create(&LineCallLabels { endpoint: endpoint.as_str(), outcome }).inc();
+        // An answer LINE stands behind (a refusal of the credential too), or
+        // a failure: the outage state of the audit stream.
+        let failure = match &result {
+            Ok((429, _, _)) => Some("line_rate_limited"),
+            Ok((500..=599, _, _)) => Some("line_server_error"),
+            Ok(_) => None,
+            Err(e) => Some(e.reason()),
+        };
+        self.health.note(endpoint.as_str(), failure);
         match result {
             Ok((status, request_id, body)) => {
                 if status != 200 {

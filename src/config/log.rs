@@ -1,7 +1,11 @@
-//! `[log]`: what the access (and audit) lines say about the user.
+//! `[log]`: what the access (and audit) lines say about the user, and where
+//! the audit stream goes.
+
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::Problems;
 use super::keys::{choice, section};
 
 /// `log.user_id`: how the LINE user id appears in access lines. User ids are
@@ -35,7 +39,31 @@ choice!(UserIdLogging);
 section! {
     /// `[log]`
     pub struct LogSection("log") {
-        /// The LINE user id in access lines: hashed, plain or off.
+        /// The LINE user id in access and audit lines: hashed, plain or off.
         user_id: UserIdLogging,
+        /// The audit stream's own file (JSON lines); unset: with the rest on stderr.
+        audit_file: Option<PathBuf>,
+    }
+}
+
+impl LogSection {
+    /// `log.audit_file`, checked: a file name in a directory that exists
+    /// (the file itself is created at start, and again after SIGHUP).
+    pub(super) fn audit_file(&self, p: &mut Problems) -> Option<PathBuf> {
+        let path = self.audit_file.as_ref()?;
+        if path.as_os_str().is_empty() || path.file_name().is_none() {
+            p.error("log.audit_file", "must name a file");
+            return None;
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            p.error("log.audit_file", format!("the directory {} does not exist", dir.display()));
+            return None;
+        }
+        if path.is_dir() {
+            p.error("log.audit_file", format!("{} is a directory", path.display()));
+            return None;
+        }
+        Some(path.clone())
     }
 }

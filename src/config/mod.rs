@@ -34,7 +34,7 @@ mod url;
 mod tests;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub(crate) use assertion::AssertionConfig;
 pub(crate) use cache::CacheConfig;
@@ -82,9 +82,18 @@ pub struct Config {
     pub(crate) login: Option<LoginConfig>,
     /// `log.user_id`.
     pub(crate) log_user_id: log::UserIdLogging,
+    /// `log.audit_file`.
+    pub(crate) audit_file: Option<PathBuf>,
     /// The hash `line_auth_proxy_config_info` shows (comments and layout do
     /// not change it; URL passwords are left out of it).
     pub(crate) fingerprint: String,
+}
+
+impl Config {
+    /// `log.audit_file`: where the audit stream goes, when not with the rest.
+    pub fn audit_file(&self) -> Option<&Path> {
+        self.audit_file.as_deref()
+    }
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -284,6 +293,7 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
         session,
         login,
         log_user_id: file.log.user_id,
+        audit_file: file.log.audit_file(p),
         fingerprint: file.fingerprint.clone(),
     }
 }

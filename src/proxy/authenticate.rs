@@ -82,6 +82,10 @@ async fn session_route<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>) -> Result<
             match session_verdict(ctx, session).await {
                 Err(err @ ProxyError::Client(ClientError::Rejected(_))) => {
                     ctx.set_cookies.push(super::session::clear_cookie(&sessions.config.cookie_name));
+                    // Opened again (the verdict took the first): whose session ended.
+                    let ended = sessions.session(req.headers(), now).and_then(|opened| opened.session());
+                    ctx.audit = super::audit::note(crate::audit::Decision::SessionEnded, ended.as_ref())
+                        .map(|note| crate::audit::Note { reason: Some(err.reason()), ..note });
                     Err(to_login(ctx, err))
                 }
                 verdict => verdict,

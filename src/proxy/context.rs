@@ -132,6 +132,9 @@ pub struct RequestCtx<'a> {
     /// `Set-Cookie` values for the answer, whatever it is (web login clears
     /// its cookies on errors too).
     pub set_cookies: Vec<HeaderValue>,
+    /// A decision for the audit stream that the outcome alone does not
+    /// name (a session made or ended, a logout), and whom it was about.
+    pub audit: Option<crate::audit::Note>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -173,6 +176,7 @@ impl<'a> RequestCtx<'a> {
             user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             html: false,
             set_cookies: Vec::new(),
+            audit: None,
         }
     }
 

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::session::{Sessions, clear_cookie, cookie_value, cookies_with_prefix, same_origin, set_cookie};
 use super::{ProxyBody, RequestCtx};
+use crate::audit::Decision;
 use crate::auth::id_token::{self, IdTokenVerifier};
 use crate::auth::token_endpoint::{CodeGrant, CodeRefused};
 use crate::auth::{Rejection, line::LineError};
@@ -187,6 +188,7 @@ async fn callback<B>(
     let session = log_in(ctx, login, sessions, &flow, &code, now).await?;
     ctx.set_cookies.push(sessions.set_cookie(&session, now));
     ctx.outcome = Outcome::SessionIssued;
+    ctx.audit = super::audit::note(Decision::Login, Some(&session));
     Ok(redirect(StatusCode::FOUND, &return_to(Some(&flow.return_to))))
 }
 
@@ -246,9 +248,11 @@ async fn logout<B>(
     same_origin(&Method::POST, req, Some(&login.origin))?;
     let state = ctx.state;
     let now = state.clock.unix_seconds();
+    ctx.audit = super::audit::note(Decision::Logout, None);
     if let Some(opened) = sessions.session(req.headers(), now)
         && let Some(session) = opened.session()
     {
+        ctx.audit = super::audit::note(Decision::Logout, Some(&session));
         let secret = (session.channel_id == login.channel_id).then_some(login.channel_secret.0.as_slice());
         let revoked = match super::authenticate::fresh_credential(state, ctx.client) {
             Ok(()) => {

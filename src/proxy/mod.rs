@@ -19,6 +19,7 @@
 //! every request. A request that fails any phase is never forwarded.
 
 mod access;
+mod audit;
 mod authenticate;
 mod context;
 mod forward;
@@ -235,5 +236,7 @@ fn logging(ctx: &RequestCtx<'_>, status: StatusCode) -> Option<access::AccessRec
     };
     let metrics = &ctx.state.metrics;
     metrics.observe_request(route_slot, status.as_u16(), ctx.stopwatch.elapsed().as_secs_f64());
-    access::AccessRecord::of(ctx, status.as_u16(), mode, metrics.route_label(route_slot))
+    let route = metrics.route_label(route_slot);
+    audit::record(ctx, status.as_u16(), &route);
+    access::AccessRecord::of(ctx, status.as_u16(), mode, route)
 }

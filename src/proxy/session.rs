@@ -202,6 +202,7 @@ pub async fn exchange<B>(
     headers.insert(header::SET_COOKIE, sessions.set_cookie(&session, now));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     ctx.outcome = Outcome::SessionIssued;
+    ctx.audit = super::audit::note(crate::audit::Decision::SessionCreated, Some(&session));
     Ok(response)
 }
 
