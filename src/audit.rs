@@ -99,25 +99,34 @@ pub struct Note {
     pub reason: Option<&'static str>,
 }
 
-/// The LINE Platform's health as the calls to it saw it: the first failed
-/// call after an answered one starts an outage, the first answered call
-/// after a failed one ends it. Each change is one audit event.
+/// The LINE Platform's health as the calls to each endpoint saw it: the
+/// first failed call after an answered one starts an outage of that
+/// endpoint, the first answered call after a failed one ends it. Each
+/// change is one audit event. (Per endpoint: verify and profile run at
+/// once, and one answering while the other fails is no recovery.)
 #[derive(Default)]
-pub struct LineHealth {
-    down: AtomicBool,
+pub(crate) struct LineHealth {
+    down: [AtomicBool; crate::auth::line::Endpoint::COUNT],
 }
 
 impl LineHealth {
     /// Notes one call: `failure` is the reason code of a call that had no
     /// answer, `None` for one LINE answered.
-    pub fn note(&self, endpoint: &'static str, failure: Option<&'static str>) {
+    pub(crate) fn note(&self, endpoint: crate::auth::line::Endpoint, failure: Option<&'static str>) {
         let down = failure.is_some();
+        let state = &self.down[endpoint as usize];
         // A load first: in steady state no call writes the shared line.
-        if self.down.load(Ordering::Relaxed) == down || self.down.swap(down, Ordering::Relaxed) == down {
+        if state.load(Ordering::Relaxed) == down || state.swap(down, Ordering::Relaxed) == down {
             return;
         }
         let event = if down { Decision::LineOutageStarted } else { Decision::LineOutageEnded };
-        tracing::info!(target: TARGET, event = event.as_str(), reason = failure, endpoint, "LINE Platform health changed");
+        tracing::info!(
+            target: TARGET,
+            event = event.as_str(),
+            reason = failure,
+            endpoint = endpoint.as_str(),
+            "LINE Platform health changed"
+        );
     }
 }
 
@@ -266,8 +275,8 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = JsonFields::default();
         attrs.record(&mut fields);
-        if let (Some(serde_json::Value::String(request_id)), Some(span)) = (fields.0.remove("request_id"), ctx.span(id))
-        {
+        let request_id = fields.0.into_iter().find(|(name, _)| *name == "request_id");
+        if let (Some((_, serde_json::Value::String(request_id))), Some(span)) = (request_id, ctx.span(id)) {
             span.extensions_mut().insert(SpanRequestId(request_id));
         }
     }
@@ -279,50 +288,69 @@ where
         let mut timestamp = String::new();
         let _ = tracing_subscriber::fmt::time::SystemTime
             .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp));
-        let mut line = serde_json::Map::new();
-        line.insert("timestamp".into(), timestamp.into());
-        line.insert("level".into(), event.metadata().level().as_str().into());
-        line.insert("target".into(), TARGET.into());
-        let mut fields = JsonFields(line);
+        let mut fields = JsonFields::default();
+        fields.push("timestamp", timestamp.into());
+        fields.push("level", event.metadata().level().as_str().into());
+        fields.push("target", TARGET.into());
         event.record(&mut fields);
-        let mut line = fields.0;
-        if !line.contains_key("request_id")
+        // The message last: `event` is what a reader looks for first.
+        if let Some(at) = fields.0.iter().position(|(name, _)| *name == "message") {
+            let message = fields.0.remove(at);
+            fields.0.push(message);
+        }
+        if !fields.0.iter().any(|(name, _)| *name == "request_id")
             && let Some(request_id) = ctx
                 .event_scope(event)
                 .into_iter()
                 .flatten()
                 .find_map(|span| span.extensions().get::<SpanRequestId>().map(|r| r.0.clone()))
         {
-            line.insert("request_id".into(), request_id.into());
+            fields.push("request_id", request_id.into());
         }
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
+        // In the order written (`event` first after the header), not sorted.
+        let mut bytes = Vec::with_capacity(256);
+        bytes.push(b'{');
+        for (i, (name, value)) in fields.0.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut bytes, name);
+            bytes.push(b':');
+            let _ = serde_json::to_writer(&mut bytes, value);
+        }
+        bytes.extend_from_slice(b"}\n");
         (self.out)(&bytes);
     }
 }
 
-/// An event's or span's fields as JSON values.
+/// An event's or span's fields as JSON values, in the order recorded.
 #[derive(Default)]
-struct JsonFields(serde_json::Map<String, serde_json::Value>);
+struct JsonFields(Vec<(&'static str, serde_json::Value)>);
+
+impl JsonFields {
+    fn push(&mut self, name: &'static str, value: serde_json::Value) {
+        self.0.push((name, value));
+    }
+}
 
 impl Visit for JsonFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.push(field.name(), value.into());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.push(field.name(), value.into());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.push(field.name(), value.into());
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.push(field.name(), value.into());
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.push(field.name(), value.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}").into());
+        self.push(field.name(), format!("{value:?}").into());
     }
 }
 

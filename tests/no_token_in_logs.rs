@@ -23,6 +23,7 @@ const SECRETS: &[&str] = &[
     "SECRETunreachableTOKEN0008",
     "SECRETupstreamDownTOKEN0009",
     "SECRETscopeTOKEN0010",
+    "SECRETsessionTOKEN0011",
 ];
 
 #[tokio::test]
@@ -74,6 +75,18 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     let r = c.get(dead_up.url("/a")).bearer_auth(SECRETS[8]).send().await.unwrap();
     assert_eq!(r.status(), 502);
     bodies.push_str(&r.text().await.unwrap());
+    // A session made from a token, and its cookie refused on a cross-site
+    // POST: audit lines that must name neither.
+    let key = support::sessions::key_file([7; 32]);
+    line.add_token(SECRETS[10], MockToken::new(CHANNEL, USER, "Brown"));
+    let sessions = config_text(&line.base_url(), &upstream.url(), &support::sessions::session_config(&[&key], ""));
+    let sessions = spawn_proxy(config(&sessions)).await;
+    let r = c.post(sessions.url("/auth/session")).bearer_auth(SECRETS[10]).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let cookie = support::sessions::cookie_pair(r.headers()["set-cookie"].to_str().unwrap());
+    let r = c.post(sessions.url("/app/x")).header("cookie", &cookie).header("sec-fetch-site", "cross-site");
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    sessions.stop().await;
     let metrics2 = dead_line.metrics().await + &dead_up.metrics().await;
     dead_line.stop().await;
     dead_up.stop().await;
@@ -82,6 +95,15 @@ async fn no_token_reaches_logs_metrics_or_bodies_even_at_trace() {
     // The capture works: access lines and LINE failure lines are there.
     assert!(logs.contains("\"target\":\"access\""), "no access log captured:\n{logs}");
     assert!(logs.contains("LINE Platform"), "no LINE failure line captured");
+    // The audit stream is captured too (JSON logs: the same writer).
+    for event in ["rejected", "session_created", "csrf_refused", "line_outage_started", "line_outage_ended"] {
+        assert!(
+            logs.contains(&format!("\"target\":\"audit\",\"event\":\"{event}\"")),
+            "no {event} audit line:\n{logs}"
+        );
+    }
+    let cookie_value = cookie.split_once('=').unwrap().1;
+    assert!(!logs.contains(cookie_value), "a session cookie reached the logs");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "a token reached the logs: {secret}");
         assert!(!metrics.contains(secret) && !metrics2.contains(secret), "a token reached the metrics: {secret}");

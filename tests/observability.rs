@@ -33,6 +33,10 @@ impl Binary {
         support::process::wait_for_line(&mut self.lines, &mut self.seen, message, also).await
     }
 
+    fn signal(&self, signal: &str) {
+        support::process::kill(self.child.as_ref().expect("running"), signal);
+    }
+
     /// SIGTERM; asserts exit 0; every line the process wrote.
     async fn stop(mut self) -> Vec<String> {
         let mut child = self.child.take().expect("running");
@@ -333,4 +337,133 @@ async fn a_failed_redis_call_names_its_cause_and_request() {
     let seen = proxy.stop().await;
     assert!(!seen.iter().any(|l| l.contains("pw-secret")), "{seen:#?}");
     assert!(upstream.requests().is_empty(), "the upstream was reached");
+}
+
+/// The lines of an audit file, parsed.
+fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `log.audit_file` on the real binary: one JSON line per decision with its
+/// documented fields, nothing on stderr, no token or cookie; SIGHUP moves
+/// new lines to a fresh file at the path; the drain writes out the rest.
+#[tokio::test]
+async fn the_audit_file_has_a_line_per_decision_and_is_reopened_on_sighup() {
+    use support::sessions::{cookie_pair, key_file, session_config};
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let fresh = "FRESHtokenAFTERoutage01";
+    line.add_token(fresh, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let dir = std::env::temp_dir().join(format!("lap-audit-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let routes = format!(
+        "[log]\naudit_file = {:?}\n{}[[routes]]\npath_prefix = \"/api/\"\nauth = \"access_token\"\n",
+        audit.display().to_string(),
+        session_config(&[&key_file([3; 32])], "")
+    );
+    let mut proxy = Binary::start(&config_text(&line.base_url(), &upstream.url(), &routes));
+    let ready = proxy.line("line-auth-proxy ready", |_| true).await;
+    let base = format!("http://{}", ready["listen"].as_str().unwrap());
+    let c = client();
+    let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    let r = c.post(format!("{base}/auth/session")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let (created_id, cookie) = (id(&r), cookie_pair(r.headers()["set-cookie"].to_str().unwrap()));
+    let r = c.get(format!("{base}/api/a")).bearer_auth("NOTaTOKENlineKNOWS").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let rejected_id = id(&r);
+    let r = c
+        .post(format!("{base}/app/transfer"))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let csrf_id = id(&r);
+    line.set_faults(Faults {
+        verify: Some(Fault::Status(500)),
+        profile: Some(Fault::Status(500)),
+        ..Faults::default()
+    });
+    let r = c.get(format!("{base}/api/b")).bearer_auth("ANOTHERtokenDURINGoutage").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let outage_id = id(&r);
+    // Log rotation: the file moved away, then SIGHUP.
+    let rotated = dir.join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    proxy.signal("HUP");
+    proxy.line("audit file reopened", |_| true).await;
+    line.set_faults(Faults::default());
+    let r = c.get(format!("{base}/api/c")).bearer_auth(fresh).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let recovered_id = id(&r);
+    let stderr = proxy.stop().await;
+
+    let old = audit_lines(&rotated);
+    let events: Vec<&str> = old.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    // Verify and profile both failed: an outage of each (their order is the calls').
+    assert_eq!(events[..4], ["session_created", "rejected", "csrf_refused", "line_outage_started"], "{old:#?}");
+    assert_eq!(events[4..], ["line_outage_started"], "{old:#?}");
+    let hash = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(USER.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let created = &old[0];
+    assert_eq!(created["user_id"], hash.as_str(), "hashed by default: {created}");
+    assert_eq!(created["channel"], CHANNEL);
+    assert_eq!(created["request_id"], created_id.as_str());
+    assert_eq!(created["route"], "proxy_endpoint");
+    assert_eq!(created["client"], "127.0.0.1");
+    assert_eq!((created["target"].as_str(), created["level"].as_str()), (Some("audit"), Some("INFO")));
+    assert!(created["timestamp"].as_str().unwrap().ends_with('Z'), "{created}");
+    assert!(created.get("reason").is_none(), "{created}");
+    let rejected = &old[1];
+    assert_eq!((rejected["reason"].as_str(), rejected["route"].as_str()), (Some("token_invalid"), Some("/api/")));
+    assert_eq!((rejected["status"].as_u64(), rejected["request_id"].as_str()), (Some(401), Some(&*rejected_id)));
+    assert!(rejected.get("user_id").is_none() && rejected.get("channel").is_none(), "{rejected}");
+    let csrf = &old[2];
+    assert_eq!((csrf["reason"].as_str(), csrf["route"].as_str()), (Some("cross_site_request"), Some("/app/")));
+    assert_eq!(csrf["request_id"], csrf_id.as_str());
+    let mut endpoints = Vec::new();
+    for outage in &old[3..] {
+        assert_eq!(outage["reason"], "line_server_error");
+        assert_eq!(outage["request_id"], outage_id.as_str(), "the request whose verification noticed it");
+        endpoints.push(outage["endpoint"].as_str().unwrap());
+    }
+    endpoints.sort();
+    assert_eq!(endpoints, ["profile", "verify"]);
+    let new = audit_lines(&audit);
+    let mut ended: Vec<&str> = new
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                (l["event"].as_str(), l["request_id"].as_str()),
+                (Some("line_outage_ended"), Some(&*recovered_id))
+            );
+            l["endpoint"].as_str().unwrap()
+        })
+        .collect();
+    ended.sort();
+    assert_eq!(ended, ["profile", "verify"], "{new:#?}");
+    // The file alone has them; no token, cookie or user id anywhere in it.
+    assert!(!stderr.iter().any(|l| l.contains("\"target\":\"audit\"")), "audit lines on stderr");
+    let written = std::fs::read_to_string(&rotated).unwrap() + &std::fs::read_to_string(&audit).unwrap();
+    let cookie_value = cookie.split_once('=').unwrap().1;
+    for secret in [TOKEN, fresh, "NOTaTOKENlineKNOWS", "ANOTHERtokenDURINGoutage", cookie_value, USER] {
+        assert!(!written.contains(secret), "{secret} in the audit file");
+    }
+    // No refused request reached the upstream: only the one after the outage.
+    let forwarded: Vec<String> = upstream.requests().into_iter().map(|r| r.path_and_query).collect();
+    assert_eq!(forwarded, ["/api/c"]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

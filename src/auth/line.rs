@@ -52,6 +52,10 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// How many there are (an array indexed by `endpoint as usize`).
+    pub const COUNT: usize = 6;
+    const _LAST_IS_COUNT_MINUS_ONE: () = assert!(Endpoint::Revoke as usize + 1 == Endpoint::COUNT);
+
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Verify => "verify",
@@ -308,7 +312,7 @@ impl LineClient {
             Ok(_) => None,
             Err(e) => Some(e.reason()),
         };
-        self.health.note(endpoint.as_str(), failure);
+        self.health.note(endpoint, failure);
         match result {
             Ok((status, request_id, body)) => {
                 if status != 200 {
