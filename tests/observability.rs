@@ -467,3 +467,39 @@ async fn the_audit_file_has_a_line_per_decision_and_is_reopened_on_sighup() {
     assert_eq!(forwarded, ["/api/c"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// W3C trace context: a valid `traceparent` (and its `tracestate`) reaches
+/// the upstream unchanged and its trace id is in the access line; an invalid
+/// one is removed with its `tracestate`; none is made up when none came.
+#[tokio::test]
+async fn a_valid_traceparent_goes_upstream_unchanged_and_into_the_access_line() {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text(&line.base_url(), &upstream.url(), "");
+    let lines = access_lines(&text, async |proxy| {
+        let c = client();
+        let get = |traceparent: Option<&str>| {
+            let mut r = c.get(format!("{proxy}/api/x")).bearer_auth(TOKEN).header("tracestate", "congo=t61rcWkgMzE");
+            if let Some(t) = traceparent {
+                r = r.header("traceparent", t);
+            }
+            r.send()
+        };
+        assert_eq!(get(Some(PARENT)).await.unwrap().status(), 200);
+        assert_eq!(get(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01")).await.unwrap().status(), 200);
+        assert_eq!(c.get(format!("{proxy}/api/y")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    })
+    .await;
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].headers["traceparent"], PARENT);
+    assert_eq!(seen[0].headers["tracestate"], "congo=t61rcWkgMzE");
+    for r in &seen[1..] {
+        assert!(r.headers.get("traceparent").is_none() && r.headers.get("tracestate").is_none(), "{:?}", r.headers);
+    }
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(lines[1].get("trace_id").is_none() && lines[2].get("trace_id").is_none(), "{lines:#?}");
+}

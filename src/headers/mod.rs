@@ -10,6 +10,7 @@
 pub mod forwarding;
 pub mod hop;
 pub mod identity;
+pub mod trace;
 
 pub use hop::{
     connection_lists, strip_for_upstream, strip_request_trailers, strip_response_hop_by_hop, strip_response_trailers,

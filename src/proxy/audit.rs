@@ -37,6 +37,7 @@ pub fn record(ctx: &RequestCtx<'_>, status: u16, route: &str) {
         status,
         client = %ctx.client,
         request_id = ctx.request_id.to_str().unwrap_or("-"),
+        trace_id = ctx.trace.trace_id().and_then(|t| std::str::from_utf8(t).ok()),
         "audit"
     );
 }

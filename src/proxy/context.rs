@@ -135,6 +135,8 @@ pub struct RequestCtx<'a> {
     /// A decision for the audit stream that the outcome alone does not
     /// name (a session made or ended, a logout), and whom it was about.
     pub audit: Option<crate::audit::Note>,
+    /// The client's W3C `traceparent`, for the upstream and the log lines.
+    pub trace: crate::headers::trace::TraceParent,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -177,6 +179,7 @@ impl<'a> RequestCtx<'a> {
             html: false,
             set_cookies: Vec::new(),
             audit: None,
+            trace: crate::headers::trace::TraceParent::of(req.headers()),
         }
     }
 

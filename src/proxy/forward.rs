@@ -66,6 +66,7 @@ pub fn upstream_request(
         inject_identity(ctx, encoded, out);
     }
     out.insert(RequestCtx::request_id_header(), ctx.request_id.clone());
+    headers::trace::strip_invalid(ctx.trace, out);
     let mut req = req.map(|body| UpstreamBody::to_upstream(body, ctx.state.strip_rule.clone()));
     let upstream = &ctx.state.upstream;
     upstream.prepare(&mut req, path);
