@@ -804,3 +804,17 @@ fn the_configuration_hash_follows_settings_not_layout_or_passwords() {
     assert_eq!(a, hash(&redis("redis://:another-one@cache.internal:6379/0"), &[]), "the hash hides passwords");
     assert_ne!(a, hash(&redis("redis://other.internal:6379/0"), &[]));
 }
+
+#[test]
+fn log_audit_file_must_name_a_file_in_a_directory_that_exists() {
+    let with = |path: &str| format!("{MINIMAL}[log]\naudit_file = {path:?}\n");
+    let dir = std::env::temp_dir();
+    let good = dir.join("lap-audit-check.jsonl");
+    assert_eq!(config(&with(good.to_str().unwrap())).audit_file(), Some(good.as_path()));
+    assert_eq!(config(MINIMAL).audit_file(), None, "unset by default: stderr");
+    for bad in ["/nonexistent-dir-lap/audit.jsonl", dir.to_str().unwrap(), ""] {
+        assert_eq!(error_keys(&with(bad), &[]), ["log.audit_file"], "{bad:?}");
+    }
+    let message = load(&with("/nonexistent-dir-lap/audit.jsonl"), &[]).unwrap_err().to_string();
+    assert!(message.contains("/nonexistent-dir-lap does not exist"), "{message}");
+}
