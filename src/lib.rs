@@ -37,6 +37,7 @@ mod session;
 mod sync;
 mod telemetry;
 mod tls;
+mod traces;
 mod upstream;
 
 #[doc(hidden)]
@@ -80,6 +81,9 @@ pub enum RunError {
     /// The assertion keys (checked at load) could not be read again.
     #[error("cannot set up the assertion signer: {0}")]
     Assertion(String),
+    /// `otel.endpoint` is set and the exporter could not be built.
+    #[error("cannot set up OpenTelemetry export: {0}")]
+    Otel(String),
     /// A task of the proxy panicked or ended on its own: the process must not
     /// go on half-working.
     #[error("the {task} failed: {why}")]
@@ -215,6 +219,7 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         Some(a) => Some(Arc::new(assertion::Signer::new(a, clock.clone()).map_err(RunError::Assertion)?)),
     };
     let sessions = config.session.clone().map(proxy::session::Sessions::new);
+    let traces = config.otel.as_ref().map(traces::Traces::start).transpose().map_err(RunError::Otel)?;
     // Web login's ID tokens are HS256 (the channel secret); should LINE issue
     // an ES256 one, its key comes from the JWKS, fetched when first needed.
     let login = config.login.clone().map(|c| proxy::login::Login {
@@ -269,6 +274,7 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         clock: clock.clone(),
         sessions,
         login,
+        traces,
     });
     Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
 }
@@ -347,6 +353,9 @@ impl Bound {
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         background.abort_all();
+        if let Some(traces) = &self.state.traces {
+            traces.shutdown().await;
+        }
         tracing::info!("stopped");
         if let Some(audit) = audit::AuditFile::installed() {
             audit.flush();

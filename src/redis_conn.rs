@@ -13,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::clock::Stopwatch;
 use crate::telemetry::{Metrics, RedisLabels, RedisOpLabels};
+use crate::traces::{Kind, Span};
 
 /// Where and how to reach Redis for one use (nonces or the shared cache).
 #[derive(Clone)]
@@ -242,6 +243,10 @@ impl RedisConn {
     /// unreachable the retry fails like the first attempt, within the timeout.
     pub async fn run<T: redis::FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
         let stopwatch = Stopwatch::start();
+        let span = Span::child("redis", Kind::Client);
+        span.attr("db.system.name", "redis");
+        span.attr("db.operation.name", op);
+        span.attr("line_auth_proxy.redis_purpose", self.purpose);
         let mut conn = self.manager.clone();
         let attempts = async {
             match cmd.query_async::<T>(&mut conn).await {
@@ -259,6 +264,10 @@ impl RedisConn {
             Ok(Err(_)) => "error",
             Err(_) => "timeout",
         };
+        if outcome != "ok" {
+            span.error(outcome);
+        }
+        span.end();
         self.metrics.redis_requests.get_or_create(&RedisLabels { purpose: self.purpose, op, outcome }).inc();
         self.metrics
             .redis_duration

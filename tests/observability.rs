@@ -503,3 +503,51 @@ async fn a_valid_traceparent_goes_upstream_unchanged_and_into_the_access_line() 
     assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(lines[1].get("trace_id").is_none() && lines[2].get("trace_id").is_none(), "{lines:#?}");
 }
+
+/// A collector that refuses connections is named once (host and cause
+/// class), the requests go on, and its coming up is logged too.
+#[cfg(feature = "otel")]
+#[tokio::test]
+async fn an_otel_collector_that_is_down_is_logged_once_and_so_is_its_recovery() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let collector = closed_port();
+    let addr = collector.addr;
+    let extra = format!("[otel]\nendpoint = \"http://{addr}\"\nsampling_ratio = 1.0\n");
+    let mut proxy = Binary::start(&config_text(&line.base_url(), &upstream.url(), &extra));
+    let ready = proxy.line("line-auth-proxy ready", |_| true).await;
+    let listen = ready["listen"].as_str().unwrap().to_owned();
+    let get = || client().get(format!("http://{listen}/x")).bearer_auth(TOKEN).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let failing =
+        proxy.line("OpenTelemetry export failing; spans are dropped until the collector answers", |_| true).await;
+    assert_eq!(failing["level"], "WARN", "{failing}");
+    assert_eq!(failing["collector"], addr.to_string(), "{failing}");
+    assert_eq!(failing["cause"], "connect_refused", "{failing}");
+    // The collector comes up: every export answered 200.
+    let listener = collector.listen();
+    let served = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::new(),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    assert_eq!(get().await.unwrap().status(), 200);
+    let recovered = proxy.line("OpenTelemetry export recovered", |_| true).await;
+    assert_eq!(recovered["level"], "INFO", "{recovered}");
+    let seen = proxy.stop().await;
+    served.abort();
+    let failing = seen.iter().filter(|l| l.contains("OpenTelemetry export failing")).count();
+    assert_eq!(failing, 1, "one line per outage, not one per batch or retry: {seen:#?}");
+    assert_eq!(upstream.hits(), 2);
+}

@@ -21,6 +21,7 @@ use super::{AuthMethod, Identity, Rejection, Verdict, is_line_user_id};
 use crate::clock::{Clock, Stopwatch};
 use crate::config::LineSection;
 use crate::telemetry::{EndpointLabels, LineCallLabels, Metrics};
+use crate::traces::{Kind, Span};
 
 /// LINE's JSON answers are tiny; a longer body is treated as unreadable (64 KiB).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -64,6 +65,18 @@ impl Endpoint {
             Endpoint::Jwks => "jwks",
             Endpoint::Token => "token",
             Endpoint::Revoke => "revoke",
+        }
+    }
+
+    /// The name of a call's span.
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Endpoint::Verify => "line.verify",
+            Endpoint::Profile => "line.profile",
+            Endpoint::VerifyIdToken => "line.verify_id_token",
+            Endpoint::Jwks => "line.jwks",
+            Endpoint::Token => "line.token",
+            Endpoint::Revoke => "line.revoke",
         }
     }
 }
@@ -282,13 +295,24 @@ impl LineClient {
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Bytes), LineError> {
         let stopwatch = Stopwatch::start();
+        let span = Span::child(endpoint.span_name(), Kind::Client);
         let (host, result) = send(endpoint, request).await;
+        span.attr("server.address", &host);
         let result = result.map_err(|(error, cause)| {
             // The host and the class of failure, never reqwest's error: its
             // text holds the URL, and the verify URL holds the token.
             tracing::warn!(endpoint = endpoint.as_str(), host = %host, cause, "LINE Platform call failed");
+            span.error(cause);
             error
         });
+        if let Ok((status, request_id, _)) = &result {
+            span.attr_int("http.response.status_code", i64::from(*status));
+            span.attr("line.request_id", request_id);
+            if *status >= 500 || *status == 429 {
+                span.error("line_error_status");
+            }
+        }
+        span.end();
         let elapsed = stopwatch.seconds();
         self.metrics.line_duration.get_or_create(&EndpointLabels { endpoint: endpoint.as_str() }).observe(elapsed);
         let outcome = match &result {
@@ -366,7 +390,7 @@ async fn send(
 /// `connection_reset`, `tls`, `connect` (another connection failure), or
 /// `bad_body` (the answer broke off). Read from the error's sources by type
 /// and kind; nothing of its text is kept (it holds the URL).
-fn cause_of(e: &reqwest::Error) -> &'static str {
+pub(crate) fn cause_of(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         return "timeout";
     }

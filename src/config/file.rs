@@ -15,6 +15,7 @@ use super::line::LineSection;
 use super::log::LogSection;
 use super::login::LoginSection;
 use super::nonce::NonceSection;
+use super::otel::OtelSection;
 use super::routes::RouteSection;
 use super::server::ServerSection;
 use super::session::SessionSection;
@@ -40,6 +41,7 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub forward_auth: ForwardAuthSection,
     pub log: LogSection,
+    pub otel: OtelSection,
     pub assertion: AssertionSection,
     pub login: LoginSection,
     pub session: SessionSection,
@@ -51,7 +53,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// The sections with plain keys, in the order the reference lists them.
-    fn sections(&mut self) -> [&mut dyn Section; 12] {
+    fn sections(&mut self) -> [&mut dyn Section; 13] {
         [
             &mut self.server,
             &mut self.upstream,
@@ -61,6 +63,7 @@ impl FileConfig {
             &mut self.nonce,
             &mut self.limits,
             &mut self.log,
+            &mut self.otel,
             &mut self.forward_auth,
             &mut self.assertion,
             &mut self.login,
@@ -320,6 +323,13 @@ where
                 "false" => toml::Value::Boolean(false),
                 _ => {
                     p.refuse(path, format!("{name} must be true or false"));
+                    continue;
+                }
+            },
+            Kind::Number => match raw.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() => toml::Value::Float(n),
+                _ => {
+                    p.refuse(path, format!("{name} must be a number"));
                     continue;
                 }
             },

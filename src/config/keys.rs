@@ -27,6 +27,8 @@ pub enum Kind {
     List,
     /// A table of strings keyed by the operator (`LINE_AUTH_PROXY__S__K__ENTRY=text`).
     Map,
+    /// A number, with or without a fraction (`0.05`, `1`).
+    Number,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Bool => value.is_bool(),
             Kind::List => value.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str)),
             Kind::Map => value.as_table().is_some_and(|t| t.values().all(toml::Value::is_str)),
+            Kind::Number => value.is_float() || value.is_integer(),
         }
     }
 
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Bool => "true or false",
             Kind::List => "a list of strings, e.g. [\"1234567890\"]",
             Kind::Map => "a table of strings",
+            Kind::Number => "a number, e.g. 0.05",
         }
     }
 }
@@ -144,6 +148,33 @@ macro_rules! section {
     (@default $default:expr) => { ::core::convert::Into::into($default) };
 }
 pub(crate) use section;
+
+/// A share from 0 to 1 (`otel.sampling_ratio`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratio(pub f64);
+
+impl From<f64> for Ratio {
+    fn from(n: f64) -> Self {
+        Self(n)
+    }
+}
+
+impl Value for Ratio {
+    const KIND: Kind = Kind::Number;
+    fn read(value: toml::Value) -> Result<Self, String> {
+        let n = value.as_float().or_else(|| value.as_integer().map(|n| n as f64));
+        match n {
+            Some(n) if (0.0..=1.0).contains(&n) => Ok(Self(n)),
+            _ => Err("must be a number from 0 to 1".into()),
+        }
+    }
+    fn show(&self) -> String {
+        self.0.to_string()
+    }
+    fn allowed() -> String {
+        "0–1".into()
+    }
+}
 
 /// Implements [`Value`] for `serde` enums of unit variants: the valid values,
 /// and the message naming them, come from the enum itself.

@@ -23,6 +23,7 @@ mod line;
 mod log;
 mod login;
 mod nonce;
+mod otel;
 mod routes;
 mod secret;
 mod server;
@@ -48,6 +49,7 @@ pub(crate) use limits::LimitsSection;
 pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use log::UserIdLogging;
 pub(crate) use login::LoginConfig;
+pub(crate) use otel::OtelConfig;
 pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
 pub(crate) use session::{DEFAULT_SESSION_COOKIE_NAME, SessionConfig};
@@ -84,6 +86,8 @@ pub struct Config {
     pub(crate) log_user_id: log::UserIdLogging,
     /// `log.audit_file`.
     pub(crate) audit_file: Option<PathBuf>,
+    /// Present when `otel.endpoint` is set.
+    pub(crate) otel: Option<OtelConfig>,
     /// The hash `line_auth_proxy_config_info` shows (comments and layout do
     /// not change it; URL passwords are left out of it).
     pub(crate) fingerprint: String,
@@ -294,6 +298,7 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
         login,
         log_user_id: file.log.user_id,
         audit_file: file.log.audit_file(p),
+        otel: file.otel.validate(p),
         fingerprint: file.fingerprint.clone(),
     }
 }

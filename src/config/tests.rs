@@ -818,3 +818,35 @@ fn log_audit_file_must_name_a_file_in_a_directory_that_exists() {
     let message = load(&with("/nonexistent-dir-lap/audit.jsonl"), &[]).unwrap_err().to_string();
     assert!(message.contains("/nonexistent-dir-lap does not exist"), "{message}");
 }
+
+#[test]
+fn otel_exports_to_the_endpoints_v1_traces_at_a_ratio_from_0_to_1() {
+    let with = |otel: &str| format!("{MINIMAL}[otel]\n{otel}\n");
+    assert_eq!(config(MINIMAL).otel, None, "unset: nothing exported");
+    if cfg!(feature = "otel") {
+        let c = config(&with("endpoint = \"http://otel-collector:4318\""));
+        let otel = c.otel.unwrap();
+        assert_eq!(otel.traces_url, "http://otel-collector:4318/v1/traces");
+        assert_eq!(otel.sampling_ratio, 0.05);
+        let c = config(&with("endpoint = \"https://gateway.example/otlp/\"\nsampling_ratio = 1"));
+        let otel = c.otel.unwrap();
+        assert_eq!(otel.traces_url, "https://gateway.example/otlp/v1/traces");
+        assert_eq!(otel.sampling_ratio, 1.0, "a whole number is a ratio too");
+        let env = [("LINE_AUTH_PROXY__OTEL__SAMPLING_RATIO", "0.25")];
+        let loaded = load(&with("endpoint = \"http://127.0.0.1:4318\""), &env).unwrap();
+        assert_eq!(loaded.config.otel.unwrap().sampling_ratio, 0.25);
+        for bad in ["sampling_ratio = 1.5", "sampling_ratio = -0.1", "sampling_ratio = \"0.5\""] {
+            let text = with(&format!("endpoint = \"http://127.0.0.1:4318\"\n{bad}"));
+            assert_eq!(error_keys(&text, &[]), ["otel.sampling_ratio"], "{bad}");
+        }
+        let env = [("LINE_AUTH_PROXY__OTEL__SAMPLING_RATIO", "half")];
+        assert_eq!(error_keys(&with("endpoint = \"http://127.0.0.1:4318\""), &env), ["otel.sampling_ratio"]);
+    } else {
+        let message = load(&with("endpoint = \"http://otel-collector:4318\""), &[]).unwrap_err().to_string();
+        assert!(message.contains("built without the cargo feature otel"), "{message}");
+    }
+    for bad in ["otel-collector:4318", "ftp://collector", "http://collector:4318/?x=1", "http://u:p@collector:4318"] {
+        assert_eq!(error_keys(&with(&format!("endpoint = {bad:?}")), &[]), ["otel.endpoint"], "{bad}");
+    }
+    assert_eq!(warning_keys(&with("sampling_ratio = 0.5")), ["otel.sampling_ratio"], "no endpoint: no effect");
+}

@@ -1,6 +1,6 @@
 //! Development tooling, behind the default-on `dev` cargo feature, so that a
-//! production build (`--no-default-features`) carries no mock and no code that
-//! mints tokens.
+//! production build (`--no-default-features --features otel`) carries no mock
+//! and no code that mints tokens.
 //!
 //! `line-auth-proxy dev`: one command, no setup. Starts the [`mock_line`] LINE
 //! Platform, an [`echo`] upstream that answers with the headers it received, and

@@ -1,15 +1,16 @@
 //! W3C Trace Context (`traceparent`, `tracestate`): read from the client,
-//! passed to the upstream unchanged when valid, and its trace id written in
-//! the access and audit lines, so that a request can be followed from the
-//! client through the proxy to the backend.
+//! checked, and its trace id written in the access and audit lines, so that a
+//! request can be followed from the client through the proxy to the backend.
 //!
-//! The proxy records no spans of its own yet, so it never makes itself the
-//! parent: a valid `traceparent` goes on as it came. An invalid one (any
-//! field malformed, an all-zero id, version `ff`, or the header twice) is
-//! removed with its `tracestate` (W3C Trace Context §3.3: a `tracestate`
-//! is meaningless without the `traceparent` it belongs to), and none is
-//! made up: a backend's tracer then starts its own trace with its own
-//! sampling, where a proxy-made unsampled parent would turn its sampling off.
+//! Without OpenTelemetry export (`otel.endpoint` unset) the proxy records no
+//! spans, so it never makes itself the parent: a valid `traceparent` goes on
+//! as it came. An invalid one (any field malformed, an all-zero id, version
+//! `ff`, or the header twice) is removed with its `tracestate` (W3C Trace
+//! Context §3.3: a `tracestate` is meaningless without the `traceparent` it
+//! belongs to), and none is made up: a backend's tracer then starts its own
+//! trace with its own sampling, where a proxy-made unsampled parent would
+//! turn its sampling off. With export, `crate::traces` replaces both headers
+//! with the proxy's upstream span.
 
 use http::HeaderMap;
 use http::header::HeaderName;

@@ -21,13 +21,30 @@ use crate::error::{ClientError, ProxyError};
 use crate::limits::{ClientKey, Limit};
 use crate::routes::{Policy, RouteAuth};
 use crate::telemetry::Outcome;
+use crate::traces::{Kind, Span};
 
-/// The verdict the route needs (`None`: forward without identity).
+/// The verdict the route needs (`None`: forward without identity); traced
+/// as the request's `verdict` span when the route needs a credential.
 pub async fn authenticate<B>(
     ctx: &mut RequestCtx<'_>,
     req: &Request<B>,
     policy: Policy,
 ) -> Result<Option<Cached>, ProxyError> {
+    if policy.auth == RouteAuth::None || policy.preflight_pass {
+        return verdict(ctx, req, policy).await;
+    }
+    let span = Span::child("verdict", Kind::Internal);
+    let verdict = span.scope(verdict(ctx, req, policy)).await;
+    if let Err(err) = &verdict {
+        span.attr("line_auth_proxy.reason", err.reason());
+        if matches!(err, ProxyError::Line(_) | ProxyError::NonceStore | ProxyError::Internal(_)) {
+            span.error(err.reason());
+        }
+    }
+    verdict
+}
+
+async fn verdict<B>(ctx: &mut RequestCtx<'_>, req: &Request<B>, policy: Policy) -> Result<Option<Cached>, ProxyError> {
     if policy.preflight_pass {
         ctx.outcome = Outcome::Preflight;
         return Ok(None);
@@ -212,6 +229,7 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     let stopwatch = Stopwatch::start();
     let checked = verifier.verify(&jws).instrument(line_span(&ctx.request_id)).await;
     state.metrics.observe_auth(verifier.source(), stopwatch.seconds());
+    Span::current_attr("line_auth_proxy.verdict_source", verifier.source());
     let claims = checked.map_err(ProxyError::Line)?.map_err(rejected)?;
     // The nonce consumed is the one peeked in the token, now vouched for by its
     // signature (local) or by LINE's matching answer (remote).
@@ -281,6 +299,7 @@ where
         }
     };
     metrics.observe_auth(source, stopwatch.seconds());
+    Span::current_attr("line_auth_proxy.verdict_source", source);
     let cached = result.map_err(|e| ProxyError::Line((*e).clone()))?;
     match &cached.stored {
         Stored::Valid(_) => Ok(cached),

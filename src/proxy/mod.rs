@@ -46,7 +46,9 @@ use crate::auth::nonce::NonceStore;
 use crate::cache::VerdictCache;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::headers::trace::TraceParent;
 use crate::telemetry::Metrics;
+use crate::traces::{Kind, Span};
 use crate::upstream::Upstream;
 
 /// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
@@ -74,6 +76,8 @@ pub struct State {
     pub sessions: Option<session::Sessions>,
     /// Present when `login.enabled`.
     pub login: Option<login::Login>,
+    /// Present when `otel.endpoint` is set.
+    pub traces: Option<crate::traces::Traces>,
 }
 
 /// The nonce endpoint and its store.
@@ -87,10 +91,12 @@ pub async fn handle(state: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -
     // In flight from here until the answer's body is sent or dropped.
     let busy = conn.activity.begin();
     let mut ctx = RequestCtx::new(&state, &conn, &req);
-    let mut response = match pipeline(&mut ctx, req).await {
+    let span = request_span(&mut ctx, req.headers());
+    let mut response = match span.scope(pipeline(&mut ctx, req)).await {
         Ok(response) => response,
         Err(err) => fail_to_proxy(&mut ctx, err),
     };
+    end_request_span(span, &ctx, response.status());
     let headers = response.headers_mut();
     headers.insert(RequestCtx::request_id_header(), ctx.request_id.clone());
     for cookie in ctx.set_cookies.drain(..) {
@@ -98,6 +104,58 @@ pub async fn handle(state: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -
     }
     let log = logging(&ctx, response.status());
     Ok(response.map(|body| Answer { body, _busy: busy, log, sent: 0 }))
+}
+
+/// The request's span when traces are exported; the trace it is in becomes
+/// the request's trace id (the client's, when its parent is accepted).
+fn request_span(ctx: &mut RequestCtx<'_>, headers: &http::HeaderMap) -> Span {
+    let Some(traces) = &ctx.state.traces else {
+        return Span::none();
+    };
+    let trusted = ctx.state.config.server.trusted_proxies.is_empty() || ctx.conn.trusted;
+    let accept_parent = trusted && matches!(ctx.trace, TraceParent::Valid(_));
+    let (span, trace_id) = traces.request(headers, accept_parent);
+    if let Some(trace_id) = trace_id {
+        ctx.trace = TraceParent::Valid(trace_id);
+    }
+    span
+}
+
+/// The request span's name (`GET /api/`, by route, never the raw path) and
+/// what the access line says of the answer.
+fn end_request_span(span: Span, ctx: &RequestCtx<'_>, status: StatusCode) {
+    if !span.is_recording() {
+        return;
+    }
+    // An own endpoint answers only at its own paths; an unrouted path is
+    // anything a client sent (OpenTelemetry: the method alone then).
+    let route = match (ctx.endpoint, ctx.route) {
+        (true, _) => ctx.path.as_ref().map(|p| p.path()),
+        (false, Some(route)) => Some(route.path_prefix.as_str()),
+        (false, None) => None,
+    };
+    match route {
+        Some(route) => {
+            span.set_name(format!("{} {route}", ctx.method));
+            span.attr("http.route", route);
+        }
+        None => span.set_name(ctx.method.to_string()),
+    }
+    span.attr("http.request.method", ctx.method.as_str());
+    span.attr("line_auth_proxy.route", &ctx.state.metrics.route_label(route_slot(ctx)));
+    span.attr_int("http.response.status_code", i64::from(status.as_u16()));
+    span.attr("client.address", &ctx.client.to_string());
+    span.attr("line_auth_proxy.outcome", ctx.outcome.as_str());
+    span.attr("line_auth_proxy.auth", ctx.auth.as_str());
+    if let Ok(id) = ctx.request_id.to_str() {
+        span.attr("line_auth_proxy.request_id", id);
+    }
+    if let Some(reason) = ctx.reason {
+        span.attr("line_auth_proxy.reason", reason);
+    }
+    if status.is_server_error() {
+        span.error(ctx.reason.unwrap_or("server_error"));
+    }
 }
 
 /// What hyper sends: the answer's body, holding its request in flight (for
@@ -171,11 +229,19 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     let policy = request::route(ctx, &req, &path);
     let verdict = authenticate::authenticate(ctx, &req, policy).await?;
     ctx.note_user(verdict.as_ref());
-    let (req, upgrade) = forward::upstream_request(ctx, req, path, verdict)?;
+    let (mut req, upgrade) = forward::upstream_request(ctx, req, path, verdict)?;
     ctx.request_body = req.body().progress();
+    // Exporting, the proxy is the upstream's parent.
+    let span = Span::child("upstream", Kind::Client);
+    span.inject(req.headers_mut());
     let started = crate::clock::Stopwatch::start();
     let response = forward::forward(ctx, req).await;
     ctx.upstream_latency = Some(started.elapsed());
+    match &response {
+        Ok(answer) => span.attr_int("http.response.status_code", i64::from(answer.status().as_u16())),
+        Err(err) => span.error(err.reason()),
+    }
+    span.end();
     forward::respond(ctx, response?, upgrade)
 }
 
@@ -216,6 +282,19 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
     response.map(Either::Right)
 }
 
+/// The request's route for the metrics and the log lines (see
+/// [`Metrics::observe_request`]).
+fn route_slot(ctx: &RequestCtx<'_>) -> usize {
+    match ctx.route {
+        _ if ctx.endpoint => 0,
+        None => 1,
+        Some(route) => {
+            let routes = ctx.state.config.routes.routes();
+            2 + routes.iter().position(|r| std::ptr::eq(r, route)).unwrap_or(usize::MAX - 2)
+        }
+    }
+}
+
 /// Every request: one count by outcome, its time by route, and the record
 /// of its access line (target `access`), written when its body is done.
 fn logging(ctx: &RequestCtx<'_>, status: StatusCode) -> Option<access::AccessRecord> {
@@ -226,14 +305,7 @@ fn logging(ctx: &RequestCtx<'_>, status: StatusCode) -> Option<access::AccessRec
         ctx.state.metrics.count_request(ctx.outcome, ctx.auth.as_str());
         "proxy"
     };
-    let route_slot = match ctx.route {
-        _ if ctx.endpoint => 0,
-        None => 1,
-        Some(route) => {
-            let routes = ctx.state.config.routes.routes();
-            2 + routes.iter().position(|r| std::ptr::eq(r, route)).unwrap_or(usize::MAX - 2)
-        }
-    };
+    let route_slot = route_slot(ctx);
     let metrics = &ctx.state.metrics;
     metrics.observe_request(route_slot, status.as_u16(), ctx.stopwatch.elapsed().as_secs_f64());
     let route = metrics.route_label(route_slot);

@@ -545,6 +545,13 @@ pub struct ClosedPort {
     pub addr: SocketAddr,
 }
 
+impl ClosedPort {
+    /// Starts listening at the address (a server that comes up).
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.socket.listen(64).unwrap()
+    }
+}
+
 pub fn closed_port() -> ClosedPort {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
