@@ -150,6 +150,7 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         line::LineClient::new(&config.line, clock.clone(), metrics.clone())
             .map_err(|e| RunError::LineClient(e.without_url()))?,
     );
+    let traces = config.otel.as_ref().map(traces::Traces::start).transpose().map_err(RunError::Otel)?;
     let mut background: Vec<(&'static str, Task)> = Vec::new();
     // Installed here, before the ready line: a SIGHUP right after start-up
     // must not meet the default action, which ends the process.
@@ -168,7 +169,7 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         .filter(|c| c.verification == config::IdTokenVerification::Local)
         .map(|c| Arc::new(jwks::Jwks::new(line.clone(), c.jwks_url.clone(), clock.clone(), metrics.clone())));
     if let Some(jwks) = &jwks {
-        background.push(("JWKS refresher", Box::pin(jwks.clone().run_refresher())));
+        background.push(("JWKS refresher", traces::background(traces.as_ref(), jwks.clone().run_refresher())));
     }
     let id_tokens = config.id_token.as_ref().map(|c| {
         id_token::IdTokenVerifier::new(c, config.line.channel_ids.clone(), line.clone(), jwks.clone(), clock.clone())
@@ -219,7 +220,6 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         Some(a) => Some(Arc::new(assertion::Signer::new(a, clock.clone()).map_err(RunError::Assertion)?)),
     };
     let sessions = config.session.clone().map(proxy::session::Sessions::new);
-    let traces = config.otel.as_ref().map(traces::Traces::start).transpose().map_err(RunError::Otel)?;
     // Web login's ID tokens are HS256 (the channel secret); should LINE issue
     // an ES256 one, its key comes from the JWKS, fetched when first needed.
     let login = config.login.clone().map(|c| proxy::login::Login {

@@ -29,6 +29,19 @@ pub use export::{Span, Traces};
 #[cfg(not(feature = "otel"))]
 pub use off::{Span, Traces};
 
+/// A background task's future, its LINE calls traced as traces of their
+/// own when `traces` exports.
+pub fn background<F>(traces: Option<&Traces>, fut: F) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match traces {
+        #[cfg(feature = "otel")]
+        Some(traces) => Box::pin(traces.background(fut)),
+        _ => Box::pin(fut),
+    }
+}
+
 /// What a span is of, for its kind (OpenTelemetry's `SpanKind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

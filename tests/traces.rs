@@ -308,3 +308,25 @@ async fn a_shared_cache_lookup_is_a_redis_span_beneath_the_verdict() {
     let verify = spans.iter().find(|s| s.name() == "line.verify").expect("line.verify");
     assert_eq!(verify.span.parent_span_id, verdict.span.span_id);
 }
+
+#[tokio::test]
+async fn the_background_jwks_fetch_is_a_trace_of_its_own() {
+    let receiver = Receiver::start().await;
+    let clock = line_auth_proxy::clock::Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let extra = format!(
+        "[otel]\nendpoint = \"{}\"\nsampling_ratio = 1.0\n\n[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n",
+        receiver.url()
+    );
+    let text =
+        config_text_line(&line.base_url(), &upstream.url(), &format!("jwks_url = \"{}\"\n", line.jwks_url()), &extra);
+    // Ready only once the key set is loaded.
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
+    proxy.stop().await;
+    let spans = receiver.spans();
+    let fetch = spans.iter().find(|s| s.name() == "line.jwks").unwrap_or_else(|| panic!("{spans:#?}"));
+    assert!(fetch.span.parent_span_id.is_empty(), "a root: no request asked for it");
+    assert_eq!(fetch.attr("http.response.status_code").as_deref(), Some("200"));
+    assert!(spans.iter().all(|s| s.trace_hex() == fetch.trace_hex()), "nothing else ran: {spans:#?}");
+}

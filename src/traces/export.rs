@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry::context::FutureExt as _;
+use futures_util::future::Either;
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -110,6 +111,12 @@ impl Traces {
         (Span(Some(cx)), Some(trace_id))
     }
 
+    /// `fut` with the tracer current and no span: the LINE calls of a
+    /// background task (the JWKS refresh) are traces of their own.
+    pub fn background<F: Future + Send + 'static>(&self, fut: F) -> impl Future<Output = F::Output> + Send + 'static {
+        fut.with_context(Context::new().with_value(Active(self.tracer.clone())))
+    }
+
     /// Exports what is queued (bounded by the export timeout) and stops the
     /// processor's thread.
     pub async fn shutdown(&self) {
@@ -164,11 +171,13 @@ impl Span {
         self.0.as_ref().filter(|cx| cx.span().is_recording())
     }
 
-    /// Runs `fut` with this span current (its children are this span's).
-    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+    /// `fut` with this span current (its children are this span's): one
+    /// future of either kind, not an `async` wrapper holding both (debug
+    /// builds would keep several copies of a request's future on the stack).
+    pub fn scope<F: Future>(&self, fut: F) -> Either<WithContext<F>, F> {
         match &self.0 {
-            Some(cx) => fut.with_context(cx.clone()).await,
-            None => fut.await,
+            Some(cx) => Either::Left(fut.with_context(cx.clone())),
+            None => Either::Right(fut),
         }
     }
 
