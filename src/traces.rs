@@ -94,6 +94,10 @@ mod off {
             false
         }
 
+        pub fn is_some(&self) -> bool {
+            false
+        }
+
         pub fn scope<F: Future>(&self, fut: F) -> F {
             fut
         }

@@ -135,8 +135,12 @@ pub struct RequestCtx<'a> {
     /// A decision for the audit stream that the outcome alone does not
     /// name (a session made or ended, a logout), and whom it was about.
     pub audit: Option<crate::audit::Note>,
-    /// The client's W3C `traceparent`, for the upstream and the log lines.
+    /// The client's W3C `traceparent`, for the upstream and the log lines
+    /// (when exporting: the trace of the request's span).
     pub trace: crate::headers::trace::TraceParent,
+    /// When exporting, a request span that is not recorded: the upstream's
+    /// `traceparent` (the sampling decision passed on) without a span tree.
+    pub unsampled: crate::traces::Span,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -180,6 +184,7 @@ impl<'a> RequestCtx<'a> {
             set_cookies: Vec::new(),
             audit: None,
             trace: crate::headers::trace::TraceParent::of(req.headers()),
+            unsampled: crate::traces::Span::none(),
         }
     }
 

@@ -118,6 +118,11 @@ fn request_span(ctx: &mut RequestCtx<'_>, headers: &http::HeaderMap) -> Span {
     if let Some(trace_id) = trace_id {
         ctx.trace = TraceParent::Valid(trace_id);
     }
+    // Unsampled (most requests): no span tree, only the decision passed on.
+    if !span.is_recording() {
+        ctx.unsampled = span;
+        return Span::none();
+    }
     span
 }
 
@@ -233,7 +238,11 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
     ctx.request_body = req.body().progress();
     // Exporting, the proxy is the upstream's parent.
     let span = Span::child("upstream", Kind::Client);
-    span.inject(req.headers_mut());
+    if span.is_some() {
+        span.inject(req.headers_mut());
+    } else {
+        ctx.unsampled.inject(req.headers_mut());
+    }
     let started = crate::clock::Stopwatch::start();
     let response = forward::forward(ctx, req).await;
     ctx.upstream_latency = Some(started.elapsed());

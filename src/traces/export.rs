@@ -106,8 +106,11 @@ impl Traces {
             self.tracer.span_builder("request").with_kind(SpanKind::Server).start_with_context(&self.tracer, &parent);
         let cx = parent.with_span(span).with_value(Active(self.tracer.clone()));
         let mut trace_id = [0u8; 32];
-        let hex = format!("{:032x}", cx.span().span_context().trace_id());
-        trace_id.copy_from_slice(hex.as_bytes());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, byte) in cx.span().span_context().trace_id().to_bytes().iter().enumerate() {
+            trace_id[2 * i] = HEX[usize::from(byte >> 4)];
+            trace_id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
         (Span(Some(cx)), Some(trace_id))
     }
 
@@ -167,6 +170,11 @@ impl Span {
         self.0.as_ref().is_some_and(|cx| cx.span().is_recording())
     }
 
+    /// Whether there is a span, recorded or not.
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn recording(&self) -> Option<&Context> {
         self.0.as_ref().filter(|cx| cx.span().is_recording())
     }
@@ -174,8 +182,10 @@ impl Span {
     /// `fut` with this span current (its children are this span's): one
     /// future of either kind, not an `async` wrapper holding both (debug
     /// builds would keep several copies of a request's future on the stack).
+    /// A span that is not recorded makes no context: its children would not
+    /// be recorded either, so none is made (see [`Span::inject`]).
     pub fn scope<F: Future>(&self, fut: F) -> Either<WithContext<F>, F> {
-        match &self.0 {
+        match self.recording() {
             Some(cx) => Either::Left(fut.with_context(cx.clone())),
             None => Either::Right(fut),
         }
