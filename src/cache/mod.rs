@@ -312,7 +312,7 @@ impl VerdictCache {
         F: Future<Output = Result<Verdict, LineError>>,
     {
         let admit = || Ok::<_, std::convert::Infallible>(tracing::Span::none());
-        match self.get_or_verify_admitted(key, CredentialKind::AccessToken, admit, verify).await {
+        match self.get_or_verify_admitted(key, CredentialKind::AccessToken, admit, || verify).await {
             Ok(found) => found,
         }
     }
@@ -324,20 +324,25 @@ impl VerdictCache {
     /// pays for it. Its `Ok` is the span the flight (shared-tier lookup and
     /// verification) runs in: the request that started it names the Redis
     /// and LINE calls' log lines, and no span is made for a hit.
-    pub async fn get_or_verify_admitted<F, A, E>(
+    ///
+    /// `verify` makes the verification only when one starts, and the flight
+    /// is boxed: a verification's future (LINE calls, Redis) is kilobytes,
+    /// and held inline it would be copied with every hit's future.
+    pub async fn get_or_verify_admitted<V, F, A, E>(
         &self,
         key: CacheKey,
         kind: CredentialKind,
         admit: A,
-        verify: F,
+        verify: V,
     ) -> Result<(FlightResult, Lookup), E>
     where
+        V: FnOnce() -> F,
         F: Future<Output = Result<Verdict, LineError>>,
         A: FnOnce() -> Result<tracing::Span, E>,
     {
         let (result, lookup) = match self.lookup(&key) {
             Some(hit) => (Ok(hit), Lookup::Hit),
-            None => self.fly(key, kind, admit, verify).await?,
+            None => Box::pin(self.fly(key, kind, admit, verify)).await?,
         };
         Ok(match result {
             // The TTL already ends at the token's expiry; this guards clock
@@ -356,14 +361,15 @@ impl VerdictCache {
     }
 
     /// Joins (or, when `admit` allows, starts) the one verification in flight for `key`.
-    async fn fly<F, A, E>(
+    async fn fly<V, F, A, E>(
         &self,
         key: CacheKey,
         kind: CredentialKind,
         admit: A,
-        verify: F,
+        verify: V,
     ) -> Result<(FlightResult, Lookup), E>
     where
+        V: FnOnce() -> F,
         F: Future<Output = Result<Verdict, LineError>>,
         A: FnOnce() -> Result<tracing::Span, E>,
     {
@@ -401,7 +407,7 @@ impl VerdictCache {
                         return Ok(cached);
                     }
                     ran = Some(Lookup::Miss);
-                    let verdict = verify.await.map_err(Arc::new)?;
+                    let verdict = verify().await.map_err(Arc::new)?;
                     let ttl = self.ttl_for(kind, &verdict);
                     if let Some(shared) = &self.shared {
                         shared.put(&key, &verdict, ttl);

@@ -121,7 +121,7 @@ async fn session_verdict(ctx: &mut RequestCtx<'_>, opened: crate::session::Opene
     let state = ctx.state;
     let key = opened.verdict_key();
     let request_id = ctx.request_id.clone();
-    let verify = async move {
+    let verify = move || async move {
         let Some(session) = opened.session() else {
             return Ok(Verdict::Rejected(Rejection::Invalid));
         };
@@ -182,7 +182,7 @@ fn access_token_credential<B>(req: &Request<B>, auth: RouteAuth) -> Result<Optio
 async fn access_token(ctx: &mut RequestCtx<'_>, token: &str) -> Result<Cached, ProxyError> {
     let state = ctx.state;
     let request_id = ctx.request_id.clone();
-    let verify = async move { state.line.verify_access_token(token).instrument(line_span(&request_id)).await };
+    let verify = move || async move { state.line.verify_access_token(token).instrument(line_span(&request_id)).await };
     cached(ctx, CredentialKind::AccessToken, cache_key(CredentialKind::AccessToken, token), verify, "line").await
 }
 
@@ -205,7 +205,7 @@ async fn id_token(ctx: &mut RequestCtx<'_>, token: &str, require_nonce: bool) ->
     if !require_nonce && claimed_nonce.is_none() {
         let request_id = ctx.request_id.clone();
         let jws = &jws;
-        let verify = async move {
+        let verify = move || async move {
             let checked = verifier.verify(jws).instrument(line_span(&request_id)).await;
             Ok(checked?.map_or_else(Verdict::Rejected, valid))
         };
@@ -258,14 +258,15 @@ pub(super) fn fresh_credential(state: &super::State, client: std::net::IpAddr) -
 
 /// Runs `verify` through the verdict cache (once per key however many requests
 /// wait), records the cache outcome and latency (`miss_source` labels misses).
-async fn cached<F>(
+async fn cached<V, F>(
     ctx: &mut RequestCtx<'_>,
     kind: CredentialKind,
     key: CacheKey,
-    verify: F,
+    verify: V,
     miss_source: &'static str,
 ) -> Result<Cached, ProxyError>
 where
+    V: FnOnce() -> F,
     F: Future<Output = Result<Verdict, LineError>>,
 {
     let metrics = &ctx.state.metrics;
