@@ -338,6 +338,9 @@ impl Bound {
             if let Some(audit) = audit::AuditFile::installed() {
                 audit.flush();
             }
+            if let Some(traces) = &self.state.traces {
+                traces.shutdown().await;
+            }
             proxy_task.abort();
             admin_task.abort();
             return Err(RunError::TaskFailed { task, why });

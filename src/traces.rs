@@ -11,11 +11,10 @@
 //!
 //! Sampling is parent-based: a `traceparent` whose sampled flag is set is
 //! always recorded, an unsampled one never, and a trace the proxy starts is
-//! kept with `otel.sampling_ratio`. The parent is taken from the client only
-//! when it may set it: any peer with `server.trusted_proxies` empty (a
-//! sidecar: the peer is the pod's ingress or mesh), else only a trusted one —
-//! an untrusted client cannot make every request of its own recorded (each
-//! costs an export) or graft the proxy's spans onto a trace of its choosing.
+//! kept with `otel.sampling_ratio`. The parent is taken only from a peer in
+//! `server.trusted_proxies` (the ingress or mesh in front): any other client
+//! could make every request of its own recorded (each costs an export) or
+//! graft the proxy's spans onto a trace of its choosing.
 //! When exporting, the proxy is the upstream's parent: the upstream gets the
 //! `traceparent` of the proxy's upstream span (and the `tracestate` that came
 //! with an accepted parent).
@@ -67,7 +66,12 @@ mod off {
             Err("this build has no OpenTelemetry export".into())
         }
 
-        pub fn request(&self, _headers: &http::HeaderMap, _accept_parent: bool) -> (Span, Option<[u8; 32]>) {
+        pub fn request(
+            &self,
+            _method: &'static str,
+            _headers: &http::HeaderMap,
+            _accept_parent: bool,
+        ) -> (Span, Option<[u8; 32]>) {
             match *self {}
         }
 

@@ -211,14 +211,19 @@ async fn a_cache_miss_is_a_request_span_with_the_verdict_and_both_line_calls_ben
 #[tokio::test]
 async fn a_sampled_parent_is_kept_an_unsampled_one_is_not_and_the_upstream_always_gets_one() {
     let receiver = Receiver::start().await;
-    let e = traced_env(&receiver, "sampling_ratio = 0.0", "").await;
+    // The test client (127.0.0.1) is the trusted ingress here.
+    let e = traced_env(&receiver, "sampling_ratio = 0.0", "trusted_proxies = [\"127.0.0.1/32\"]").await;
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let sampled = format!("00-{client_trace}-00f067aa0ba902b7-01");
     let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
     assert_eq!(get(&e, Some(&sampled)).await, 200);
     assert_eq!(get(&e, Some(unsampled)).await, 200);
     assert_eq!(get(&e, None).await, 200);
+    // Upper-case hex is no traceparent: replaced, its tracestate dropped.
+    let invalid = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
+    assert_eq!(get(&e, Some(invalid)).await, 200);
     let sent: Vec<String> = (0..3).map(|i| upstream_traceparent(&e, i)).collect();
+    let replaced = e.upstream.requests()[3].headers.clone();
     let tracestates: Vec<Option<String>> = e
         .upstream
         .requests()
@@ -239,6 +244,13 @@ async fn a_sampled_parent_is_kept_an_unsampled_one_is_not_and_the_upstream_alway
     // None sent: the proxy's own trace, not sampled at ratio 0.
     let (_, _, flags) = parts(&sent[2]);
     assert_eq!(flags, "00");
+    // The invalid one: a trace of the proxy's own, alone on the upstream.
+    let values: Vec<_> = replaced.get_all("traceparent").iter().collect();
+    assert_eq!(values.len(), 1, "{replaced:?}");
+    let (trace, _, flags) = parts(values[0].to_str().unwrap());
+    assert_ne!(trace, client_trace);
+    assert_eq!(flags, "00", "the client's flag did not count");
+    assert!(replaced.get("tracestate").is_none(), "{replaced:?}");
 
     let spans = receiver.spans();
     assert!(!spans.is_empty());
@@ -248,10 +260,17 @@ async fn a_sampled_parent_is_kept_an_unsampled_one_is_not_and_the_upstream_alway
 }
 
 #[tokio::test]
-async fn with_trusted_proxies_an_untrusted_client_cannot_choose_the_parent() {
+async fn a_client_outside_trusted_proxies_cannot_choose_the_parent() {
+    // The test client (127.0.0.1) is not in the list, and no list (the
+    // default) trusts no one.
+    for server in ["trusted_proxies = [\"10.0.0.0/8\"]", ""] {
+        untrusted_parent_is_refused(server).await;
+    }
+}
+
+async fn untrusted_parent_is_refused(server: &str) {
     let receiver = Receiver::start().await;
-    // The test client (127.0.0.1) is not in the list.
-    let e = traced_env(&receiver, "sampling_ratio = 0.0", "trusted_proxies = [\"10.0.0.0/8\"]").await;
+    let e = traced_env(&receiver, "sampling_ratio = 0.0", server).await;
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     assert_eq!(get(&e, Some(&format!("00-{client_trace}-00f067aa0ba902b7-01"))).await, 200);
     let sent = upstream_traceparent(&e, 0);

@@ -49,11 +49,6 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&peer))
     }
 
-    /// No entry: `server.trusted_proxies` unset.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Whether an entry covers every address of its family (`0.0.0.0/0`, `::/0`).
     pub fn trusts_everyone(&self) -> bool {
         self.0.iter().any(|net| net.prefix_len() == 0)

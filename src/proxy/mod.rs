@@ -112,9 +112,10 @@ fn request_span(ctx: &mut RequestCtx<'_>, headers: &http::HeaderMap) -> Span {
     let Some(traces) = &ctx.state.traces else {
         return Span::none();
     };
-    let trusted = ctx.state.config.server.trusted_proxies.is_empty() || ctx.conn.trusted;
-    let accept_parent = trusted && matches!(ctx.trace, TraceParent::Valid(_));
-    let (span, trace_id) = traces.request(headers, accept_parent);
+    // Only a trusted peer (the ingress or mesh) chooses the parent, and with
+    // it whether the request is recorded.
+    let accept_parent = ctx.conn.trusted && matches!(ctx.trace, TraceParent::Valid(_));
+    let (span, trace_id) = traces.request(method_name(&ctx.method), headers, accept_parent);
     if let Some(trace_id) = trace_id {
         ctx.trace = TraceParent::Valid(trace_id);
     }
@@ -124,6 +125,24 @@ fn request_span(ctx: &mut RequestCtx<'_>, headers: &http::HeaderMap) -> Span {
         return Span::none();
     }
     span
+}
+
+/// A method as OpenTelemetry's HTTP conventions name it: one of the known
+/// ones, else `_OTHER` (a client's made-up method is no span name).
+fn method_name(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
 }
 
 /// The request span's name (`GET /api/`, by route, never the raw path) and
@@ -139,14 +158,12 @@ fn end_request_span(span: Span, ctx: &RequestCtx<'_>, status: StatusCode) {
         (false, Some(route)) => Some(route.path_prefix.as_str()),
         (false, None) => None,
     };
-    match route {
-        Some(route) => {
-            span.set_name(format!("{} {route}", ctx.method));
-            span.attr("http.route", route);
-        }
-        None => span.set_name(ctx.method.to_string()),
+    let method = method_name(&ctx.method);
+    if let Some(route) = route {
+        span.set_name(format!("{method} {route}"));
+        span.attr("http.route", route);
     }
-    span.attr("http.request.method", ctx.method.as_str());
+    span.attr("http.request.method", method);
     span.attr("line_auth_proxy.route", &ctx.state.metrics.route_label(route_slot(ctx)));
     span.attr_int("http.response.status_code", i64::from(status.as_u16()));
     span.attr("client.address", &ctx.client.to_string());

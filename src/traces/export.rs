@@ -32,6 +32,8 @@ const EXPORT_DELAY: Duration = Duration::from_secs(1);
 /// One export request, connection included; also the SDK's bound on one export.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The drain's last export, all batches together.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A collector's answer is read up to this size (it is a status, a few bytes).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -96,14 +98,21 @@ impl Traces {
 
     /// The request's span, a child of the client's `traceparent` when
     /// `accept_parent`, and the trace id it is in (lower-case hex).
-    pub fn request(&self, headers: &http::HeaderMap, accept_parent: bool) -> (Span, Option<[u8; 32]>) {
+    pub fn request(
+        &self,
+        method: &'static str,
+        headers: &http::HeaderMap,
+        accept_parent: bool,
+    ) -> (Span, Option<[u8; 32]>) {
         let parent = if accept_parent {
             TraceContextPropagator::new().extract(&HeaderExtractor(headers))
         } else {
             Context::new()
         };
+        // Named by its method now (a request cancelled mid-way is never
+        // named again), by its route when it ends.
         let span =
-            self.tracer.span_builder("request").with_kind(SpanKind::Server).start_with_context(&self.tracer, &parent);
+            self.tracer.span_builder(method).with_kind(SpanKind::Server).start_with_context(&self.tracer, &parent);
         let cx = parent.with_span(span).with_value(Active(self.tracer.clone()));
         let mut trace_id = [0u8; 32];
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -124,8 +133,8 @@ impl Traces {
     /// processor's thread.
     pub async fn shutdown(&self) {
         let provider = self.provider.clone();
-        let flushed = tokio::task::spawn_blocking(move || provider.shutdown());
-        match tokio::time::timeout(EXPORT_TIMEOUT * 2, flushed).await {
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT));
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT + Duration::from_secs(1), flushed).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "OpenTelemetry shutdown: spans may be lost"),
             _ => tracing::warn!("OpenTelemetry shutdown timed out: spans may be lost"),
