@@ -349,3 +349,18 @@ async fn the_background_jwks_fetch_is_a_trace_of_its_own() {
     assert_eq!(fetch.attr("http.response.status_code").as_deref(), Some("200"));
     assert!(spans.iter().all(|s| s.trace_hex() == fetch.trace_hex()), "nothing else ran: {spans:#?}");
 }
+
+#[tokio::test]
+async fn a_made_up_method_is_other_in_the_span_name() {
+    let receiver = Receiver::start().await;
+    let e = traced_env(&receiver, "sampling_ratio = 1.0", "").await;
+    let method = http::Method::from_bytes(b"BREW").unwrap();
+    let r = client().request(method, e.proxy.url("/api/x")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    e.proxy.stop().await;
+    let spans = receiver.spans();
+    let request = spans.iter().find(|s| s.name().ends_with("/api/")).unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(request.name(), "_OTHER /api/");
+    assert_eq!(request.attr("http.request.method").as_deref(), Some("_OTHER"));
+    assert!(!format!("{spans:?}").contains("BREW"), "the client's method is in no span");
+}
