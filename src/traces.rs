@@ -16,8 +16,9 @@
 //! could make every request of its own recorded (each costs an export) or
 //! graft the proxy's spans onto a trace of its choosing.
 //! When exporting, the proxy is the upstream's parent: the upstream gets the
-//! `traceparent` of the proxy's upstream span (and the `tracestate` that came
-//! with an accepted parent).
+//! `traceparent` of the proxy's upstream span, or of its request span when
+//! the request is not recorded (and the `tracestate` that came with an
+//! accepted parent).
 
 #[cfg(feature = "otel")]
 mod export;
@@ -71,7 +72,7 @@ mod off {
             _method: &'static str,
             _headers: &http::HeaderMap,
             _accept_parent: bool,
-        ) -> (Span, Option<[u8; 32]>) {
+        ) -> (Span, crate::headers::trace::TraceId) {
             match *self {}
         }
 

@@ -136,14 +136,8 @@ impl IdentityHeaderNames {
 
 /// The first 16 hex digits of SHA-256 of `user_id`.
 pub fn user_hash(user_id: &str) -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, user_id.as_bytes());
-    let mut out = [0u8; 16];
-    for (i, b) in digest.as_ref()[..8].iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 15)];
-    }
-    out
+    super::lower_hex(&digest.as_ref()[..8])
 }
 
 impl EncodedIdentity {

@@ -19,6 +19,18 @@ pub use identity::{EncodedIdentity, IdentityHeaderNames, percent_encoded, strip_
 
 use http::HeaderName;
 
+/// `bytes` in lower-case hex, as header values and log fields spell ids;
+/// `N` is twice `bytes.len()` (a shorter `N` keeps the first digits).
+pub(crate) fn lower_hex<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; N];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
+    out
+}
+
 /// Request headers clients and proxies send for their standard meaning: the
 /// identity prefix must not cover any of them, and the assertion header must
 /// not be one (both are stripped from every request before authentication).

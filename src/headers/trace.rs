@@ -10,7 +10,7 @@
 //! belongs to), and none is made up: a backend's tracer then starts its own
 //! trace with its own sampling, where a proxy-made unsampled parent would
 //! turn its sampling off. With export, `crate::traces` replaces both headers
-//! with the proxy's upstream span.
+//! with the proxy's own (its upstream span, or its unrecorded request span).
 
 use http::HeaderMap;
 use http::header::HeaderName;

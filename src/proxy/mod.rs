@@ -116,9 +116,7 @@ fn request_span(ctx: &mut RequestCtx<'_>, headers: &http::HeaderMap) -> Span {
     // it whether the request is recorded.
     let accept_parent = ctx.conn.trusted && matches!(ctx.trace, TraceParent::Valid(_));
     let (span, trace_id) = traces.request(method_name(&ctx.method), headers, accept_parent);
-    if let Some(trace_id) = trace_id {
-        ctx.trace = TraceParent::Valid(trace_id);
-    }
+    ctx.trace = TraceParent::Valid(trace_id);
     // Unsampled (most requests): no span tree, only the decision passed on.
     if !span.is_recording() {
         ctx.unsampled = span;

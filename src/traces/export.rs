@@ -3,7 +3,6 @@
 //! runtime through the proxy's own rustls client.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, 
 
 use super::Kind;
 use crate::config::OtelConfig;
-use crate::headers::trace::{TRACEPARENT, TRACESTATE};
+use crate::headers::trace::{TRACEPARENT, TRACESTATE, TraceId};
 
 /// Spans waiting for export; past it, new spans are dropped (never waited for).
 const MAX_QUEUE: usize = 2048;
@@ -58,7 +57,7 @@ impl Traces {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| "the OTLP HTTP client could not be built".to_owned())?;
-        let client = ExportClient { http, runtime, failing: Arc::new(AtomicBool::new(false)) };
+        let client = ExportClient { http, runtime, failing: AtomicBool::new(false) };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client)
@@ -98,12 +97,7 @@ impl Traces {
 
     /// The request's span, a child of the client's `traceparent` when
     /// `accept_parent`, and the trace id it is in (lower-case hex).
-    pub fn request(
-        &self,
-        method: &'static str,
-        headers: &http::HeaderMap,
-        accept_parent: bool,
-    ) -> (Span, Option<[u8; 32]>) {
+    pub fn request(&self, method: &'static str, headers: &http::HeaderMap, accept_parent: bool) -> (Span, TraceId) {
         let parent = if accept_parent {
             TraceContextPropagator::new().extract(&HeaderExtractor(headers))
         } else {
@@ -114,13 +108,8 @@ impl Traces {
         let span =
             self.tracer.span_builder(method).with_kind(SpanKind::Server).start_with_context(&self.tracer, &parent);
         let cx = parent.with_span(span).with_value(Active(self.tracer.clone()));
-        let mut trace_id = [0u8; 32];
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, byte) in cx.span().span_context().trace_id().to_bytes().iter().enumerate() {
-            trace_id[2 * i] = HEX[usize::from(byte >> 4)];
-            trace_id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-        }
-        (Span(Some(cx)), Some(trace_id))
+        let trace_id = crate::headers::lower_hex(&cx.span().span_context().trace_id().to_bytes());
+        (Span(Some(cx)), trace_id)
     }
 
     /// `fut` with the tracer current and no span: the LINE calls of a
@@ -165,10 +154,10 @@ impl Span {
         Span(Some(cx.with_span(span)))
     }
 
-    /// Sets an attribute on the current span, when it is a traced request's.
+    /// Sets an attribute on the current span, when it is a recorded one.
     pub fn current_attr(key: &'static str, value: &str) {
         let cx = Context::current();
-        if cx.get::<Active>().is_some() && cx.span().is_recording() {
+        if cx.span().is_recording() {
             cx.span().set_attribute(KeyValue::new(key, value.to_owned()));
         }
     }
@@ -237,9 +226,7 @@ impl Span {
             }
         }
     }
-}
 
-impl Span {
     /// Ends the span now (as dropping it does).
     pub fn end(self) {}
 }
@@ -260,7 +247,7 @@ impl Drop for Span {
 struct ExportClient {
     http: reqwest::Client,
     runtime: tokio::runtime::Handle,
-    failing: Arc<AtomicBool>,
+    failing: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -270,10 +257,9 @@ impl HttpClient for ExportClient {
         let request = reqwest::Request::try_from(request).map_err(|_| "the OTLP request could not be built")?;
         let http = self.http.clone();
         let sent = self.runtime.spawn(async move {
-            let response = http.execute(request).await.map_err(|e| crate::auth::line::cause_of(&e))?;
+            let mut response = http.execute(request).await.map_err(|e| crate::auth::line::cause_of(&e))?;
             let status = response.status();
             let mut body = Vec::new();
-            let mut response = response;
             while let Some(chunk) = response.chunk().await.map_err(|_| "bad_body")? {
                 if body.len() + chunk.len() > MAX_ANSWER_BYTES {
                     return Err("answer_too_large");
