@@ -161,7 +161,8 @@ pub async fn serve_proxy(
             let is_tls = tls.is_some();
             let new_conn = |h2: bool| {
                 let activity = Activity::new(clock.clone(), !h2);
-                ConnInfo::new(peer, is_tls, trusted, slot, activity, closing)
+                let upstream = state.upstream.dedicated_for(h2);
+                ConnInfo::new(peer, is_tls, trusted, slot, activity, closing, upstream)
             };
             match tls {
                 None => {
@@ -327,6 +328,7 @@ async fn serve_connection<I>(
 {
     let peer = conn.peer;
     let activity = conn.activity.clone();
+    let upstream = conn.upstream.clone();
     let mut closing = conn.closing.clone();
     let keys = &state.config.server.keys;
     let (idle, head) = (keys.idle_timeout_ms.duration(), keys.header_read_timeout_ms.duration());
@@ -365,7 +367,17 @@ async fn serve_connection<I>(
                 tracing::debug!(peer = %peer, "connection closed at the end of the grace period");
                 return;
             }
+            // The connection's own upstream connection is driven here, in
+            // the same task as the client's (never resolves).
+            () = drive(upstream.as_deref()) => {}
         }
+    }
+}
+
+async fn drive(upstream: Option<&crate::upstream::Dedicated>) {
+    match upstream {
+        Some(upstream) => upstream.drive().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,7 @@
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
-use super::keys::{Millis, choice, section};
+use super::keys::{Count, Millis, choice, section};
 use super::url::Origin;
 use super::{FileConfig, Problems};
 
@@ -33,6 +33,8 @@ choice!(UpstreamProtocol);
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// `upstream.timeout_ms` (30000 milliseconds).
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// `upstream.max_idle_connections` (64 connections).
+pub const DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS: u64 = 64;
 
 section! {
     /// `[upstream]`
@@ -47,6 +49,9 @@ section! {
         connect_timeout_ms: Millis<1, 600000> = DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
         /// Time to the upstream's response head; past it, 504.
         timeout_ms: Millis<1, 600000> = DEFAULT_UPSTREAM_TIMEOUT_MS,
+        /// Idle upstream connections kept for reuse, like nginx's `keepalive N`;
+        /// 0 closes each after its request.
+        max_idle_connections: Count<0, 100000> = DEFAULT_UPSTREAM_MAX_IDLE_CONNECTIONS,
     }
 }
 

@@ -37,6 +37,9 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Turns true when the shutdown grace period is over: close now.
     pub closing: watch::Receiver<bool>,
+    /// The connection's own upstream connection (an HTTP/1.1 client of an
+    /// HTTP/1.1 upstream), driven by the connection's task.
+    pub upstream: Option<Arc<crate::upstream::Dedicated>>,
 }
 
 impl ConnInfo {
@@ -47,11 +50,12 @@ impl ConnInfo {
         slot: ConnectionSlot,
         activity: Arc<Activity>,
         closing: watch::Receiver<bool>,
+        upstream: Option<Arc<crate::upstream::Dedicated>>,
     ) -> Self {
         // The canonical form: an IPv4 client of a dual-stack listener is a.b.c.d, not ::ffff:a.b.c.d.
         let ip = peer.ip().to_canonical();
         let peer_ip = HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
-        Self { peer, peer_ip, tls, trusted, slot: Arc::new(slot), activity, closing }
+        Self { peer, peer_ip, tls, trusted, slot: Arc::new(slot), activity, closing, upstream }
     }
 }
 
@@ -122,6 +126,9 @@ pub struct RequestCtx<'a> {
     pub user: Option<(bytes::Bytes, [u8; 16])>,
     /// The upstream's time to its answer's head.
     pub upstream_latency: Option<std::time::Duration>,
+    /// The client connection's upstream connection, in use by this request
+    /// until its answer's body is done.
+    pub upstream_lease: Option<crate::upstream::Lease>,
     /// The request body's passage to the upstream (its bytes).
     pub request_body: Option<Arc<crate::upstream::BodyProgress>>,
     /// The request's `User-Agent`, for the access line.
@@ -178,6 +185,7 @@ impl<'a> RequestCtx<'a> {
             endpoint: false,
             user: None,
             upstream_latency: None,
+            upstream_lease: None,
             request_body: None,
             user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             html: false,

@@ -91,11 +91,22 @@ pub fn inject_identity(ctx: &RequestCtx<'_>, encoded: &crate::headers::EncodedId
 }
 
 /// Phase 8: to the upstream; 502 when it cannot be reached, 504 when its head is late.
-pub async fn forward(ctx: &RequestCtx<'_>, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-    ctx.state.upstream.send(req, &ctx.state.metrics).await.map_err(|failure| match failure {
-        SendFailure::Upstream(e) => ProxyError::Upstream(e),
-        SendFailure::ClientBody => ProxyError::Client(ClientError::BadBody),
-    })
+/// An HTTP/1.1 client's request goes on its connection's own upstream
+/// connection, held until the answer's body is done; a WebSocket handshake
+/// (whose connection becomes a tunnel) and HTTP/2 streams go through the pool.
+pub async fn forward(
+    ctx: &mut RequestCtx<'_>,
+    req: Request<UpstreamBody>,
+    upgrade: bool,
+) -> Result<Response<Incoming>, ProxyError> {
+    let via = if upgrade { None } else { ctx.conn.upstream.as_ref() };
+    let (response, lease) =
+        ctx.state.upstream.send(req, via, &ctx.state.metrics).await.map_err(|failure| match failure {
+            SendFailure::Upstream(e) => ProxyError::Upstream(e),
+            SendFailure::ClientBody => ProxyError::Client(ClientError::BadBody),
+        })?;
+    ctx.upstream_lease = lease;
+    Ok(response)
 }
 
 /// Phase 9: hop-by-hop removal on the way back; the client's HTTP version (an

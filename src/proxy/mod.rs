@@ -103,7 +103,8 @@ pub async fn handle(state: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -
         headers.append(header::SET_COOKIE, cookie);
     }
     let log = logging(&ctx, response.status());
-    Ok(response.map(|body| Answer { body, _busy: busy, log, sent: 0 }))
+    let lease = ctx.upstream_lease.take();
+    Ok(response.map(|body| Answer { body, _lease: lease, _busy: busy, log, sent: 0 }))
 }
 
 /// The request's span when traces are exported; the trace it is in becomes
@@ -183,6 +184,9 @@ fn end_request_span(span: Span, ctx: &RequestCtx<'_>, status: StatusCode) {
 /// access line until then.
 pub struct Answer {
     body: ProxyBody,
+    /// Dropped after the body (fields drop in order): the upstream
+    /// connection is given back once its answer is read or abandoned.
+    _lease: Option<crate::upstream::Lease>,
     _busy: crate::activity::Busy,
     log: Option<access::AccessRecord>,
     /// Data bytes of the body sent so far.
@@ -259,7 +263,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>, mut req: Request<Incoming>) -> Resul
         ctx.unsampled.inject(req.headers_mut());
     }
     let started = crate::clock::Stopwatch::start();
-    let response = forward::forward(ctx, req).await;
+    let response = forward::forward(ctx, req, upgrade.is_some()).await;
     ctx.upstream_latency = Some(started.elapsed());
     match &response {
         Ok(answer) => span.attr_int("http.response.status_code", i64::from(answer.status().as_u16())),

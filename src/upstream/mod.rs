@@ -1,12 +1,14 @@
-//! The upstream side: a pooled hyper-util client speaking HTTP/1.1, h2c (prior
+//! The upstream side: an HTTP/1.1 client connection's own upstream connection
+//! ([`dedicated`]) or a pooled hyper-util client speaking HTTP/1.1, h2c (prior
 //! knowledge, for gRPC backends) or, to an `https://` upstream, whatever ALPN
-//! settles; the rewrite to the authorised path; the connect and response-head
+//! settles; at most `upstream.max_idle_connections` idle connections; the rewrite to the authorised path; the connect and response-head
 //! timeouts; and failures named for what they are (unreachable, timed out, or
 //! not speaking the protocol we speak).
 //!
 //! Pipeline position: last. The request arriving here is already stripped of
 //! client identity and hop-by-hop headers and carries the injected identity.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,15 +19,17 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::clock::Stopwatch;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::UpstreamError;
 use crate::telemetry::Metrics;
 pub use body::{BodyProgress, FilteredBody, StripRule, UpstreamBody};
+pub use dedicated::{Dedicated, IdleBudget, Lease};
 
 mod body;
+mod dedicated;
 
 /// Idle pooled connections are closed after this long (90 seconds).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -46,6 +50,10 @@ pub struct Upstream {
     authority: http::uri::Authority,
     wire: Wire,
     timeout: Duration,
+    connect_timeout: Duration,
+    /// The idle connections client connections keep (the pool keeps as
+    /// many again at most, for HTTP/2 clients and upgrades).
+    budget: Arc<IdleBudget>,
 }
 
 impl Upstream {
@@ -64,8 +72,13 @@ impl Upstream {
             Wire::Http1 => tls.enable_http1().wrap_connector(http),
             Wire::H2c | Wire::Alpn => tls.enable_all_versions().wrap_connector(http),
         };
+        let max_idle = config.keys.max_idle_connections.get();
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
         if wire == Wire::H2c {
             builder.http2_only(true);
         }
@@ -75,7 +88,15 @@ impl Upstream {
             authority: config.authority.clone(),
             wire,
             timeout: config.keys.timeout_ms.duration(),
+            connect_timeout: config.keys.connect_timeout_ms.duration(),
+            budget: IdleBudget::new(max_idle),
         }
+    }
+
+    /// A client connection's own upstream connection, for an HTTP/1.1 client
+    /// of a plain HTTP/1.1 upstream (`None`: every request goes through the pool).
+    pub fn dedicated_for(&self, client_http2: bool) -> Option<Arc<Dedicated>> {
+        (self.wire == Wire::Http1 && !client_http2).then(|| Dedicated::new(self.budget.clone()))
     }
 
     /// Points the request at the upstream with the authorised path. HTTP/1.1
@@ -131,10 +152,27 @@ impl Upstream {
     /// Sends the request; 502 when the upstream cannot be reached or does not
     /// speak our protocol, 504 when its response head does not arrive within
     /// `upstream.timeout_ms`.
-    pub async fn send(&self, req: Request<UpstreamBody>, metrics: &Metrics) -> Result<Response<Incoming>, SendFailure> {
+    ///
+    /// With `via`, the request goes on the client connection's own upstream
+    /// connection, and the [`Lease`] returned gives it back when the answer's
+    /// body is done; without, through the pool.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        via: Option<&Arc<Dedicated>>,
+        metrics: &Metrics,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendFailure> {
         let client_failed = req.body().progress();
         let stopwatch = Stopwatch::start();
-        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let result = match via {
+            Some(dedicated) => tokio::time::timeout(self.timeout, self.send_dedicated(req, dedicated)).await,
+            None => {
+                tokio::time::timeout(self.timeout, async {
+                    self.client.request(req).await.map(|r| (r, None)).map_err(Failed::Pool)
+                })
+                .await
+            }
+        };
         metrics.upstream_duration.observe(stopwatch.seconds());
         match result {
             Err(_) => {
@@ -146,8 +184,8 @@ impl Upstream {
                 Err(SendFailure::ClientBody)
             }
             Ok(Err(e)) => {
-                let failure = classify(&e);
-                let source = std::error::Error::source(&e);
+                let failure = e.classify();
+                let source = e.source();
                 match failure {
                     UpstreamError::Protocol => tracing::warn!(
                         error = %e,
@@ -159,11 +197,74 @@ impl Upstream {
                 }
                 Err(SendFailure::Upstream(failure))
             }
-            Ok(Ok(response)) => {
+            Ok(Ok((response, lease))) => {
                 metrics.count_upstream_response(response.status().as_u16());
-                Ok(response)
+                Ok((response, lease))
             }
         }
+    }
+
+    /// On the client connection's upstream connection: the idle one, or a
+    /// new one when there is none, it was closed, or the upstream closed it
+    /// just as the request was about to go (the request was not sent; hyper
+    /// gives it back and it goes on a new connection).
+    async fn send_dedicated(
+        &self,
+        mut req: Request<UpstreamBody>,
+        dedicated: &Arc<Dedicated>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+        // What the pool does for HTTP/1.1: the origin-form target (an
+        // absolute-form one is for proxies, and many servers route it as a
+        // path), and a `Host` when the client (HTTP/1.0) sent none.
+        let origin_form = req.uri().path_and_query().cloned().map(Uri::from);
+        if let Some(uri) = origin_form {
+            *req.uri_mut() = uri;
+        }
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        if let Some(mut sender) = dedicated.take()
+            && sender.ready().await.is_ok()
+        {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, Some(Lease::new(sender, dedicated)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(Failed::Send(e.into_error())),
+                },
+            }
+        }
+        let stream = self.connect().await.map_err(Failed::Connect)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(Failed::Send)?;
+        dedicated.install(conn);
+        let response = sender.send_request(req).await.map_err(Failed::Send)?;
+        Ok((response, Some(Lease::new(sender, dedicated))))
+    }
+
+    /// A TCP connection to the upstream within `upstream.connect_timeout_ms`,
+    /// trying each address its host resolves to in turn.
+    async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let port = self.authority.port_u16().unwrap_or(80);
+        let attempt = async {
+            let mut last = None;
+            for addr in tokio::net::lookup_host((host, port)).await? {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(stream);
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))
     }
 
     fn protocol_name(&self) -> &'static str {
@@ -184,15 +285,50 @@ pub enum SendFailure {
     ClientBody,
 }
 
-/// A connection that could not be made (or was reset) is `Unreachable`; an
-/// answer that is not the protocol we speak — HTTP/1.1 bytes to our h2c
-/// preface, an h2 server's frames to our HTTP/1.1 request, a malformed head —
-/// is `Protocol`: the fix is `upstream.protocol`, not the network.
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    if e.is_connect() {
-        return UpstreamError::Unreachable;
+/// What went wrong on the way to the upstream, by path.
+#[derive(Debug)]
+enum Failed {
+    Pool(hyper_util::client::legacy::Error),
+    Connect(std::io::Error),
+    Send(hyper::Error),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Pool(e) => e.fmt(f),
+            Failed::Connect(e) => write!(f, "connect: {e}"),
+            Failed::Send(e) => e.fmt(f),
+        }
     }
-    let mut source = std::error::Error::source(e);
+}
+
+impl Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failed::Pool(e) => std::error::Error::source(e),
+            Failed::Connect(_) => None,
+            Failed::Send(e) => std::error::Error::source(e),
+        }
+    }
+
+    /// A connection that could not be made (or was reset) is `Unreachable`;
+    /// an answer that is not the protocol we speak — HTTP/1.1 bytes to our
+    /// h2c preface, an h2 server's frames to our HTTP/1.1 request, a
+    /// malformed head — is `Protocol`: the fix is `upstream.protocol`, not
+    /// the network.
+    fn classify(&self) -> UpstreamError {
+        match self {
+            Failed::Pool(e) if e.is_connect() => UpstreamError::Unreachable,
+            Failed::Pool(e) => classify_chain(std::error::Error::source(e)),
+            Failed::Connect(_) => UpstreamError::Unreachable,
+            Failed::Send(e) => classify_chain(Some(e)),
+        }
+    }
+}
+
+/// The first hyper or h2 error in a chain of sources says which failure it is.
+fn classify_chain(mut source: Option<&(dyn std::error::Error + 'static)>) -> UpstreamError {
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>()
             && (h.is_parse() || h.is_parse_status() || h.is_parse_version_h2())
