@@ -25,6 +25,7 @@ mod hangup;
 mod headers;
 mod identity;
 mod limits;
+pub mod log_writer;
 mod login;
 mod panics;
 mod process_metrics;
@@ -39,6 +40,7 @@ mod telemetry;
 mod tls;
 mod traces;
 mod upstream;
+pub mod workers;
 
 #[doc(hidden)]
 pub mod bench;
@@ -398,6 +400,7 @@ pub async fn shutdown_signals() {
     tokio::spawn(async move {
         signals.next().await;
         tracing::warn!("second shutdown signal: exiting now, without finishing the drain");
+        log_writer::flush();
         std::process::exit(0);
     });
 }

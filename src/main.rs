@@ -71,7 +71,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             line_auth_proxy::install_panic_hook();
-            runtime(line_auth_proxy::run(config, line_auth_proxy::shutdown_signals()))
+            let workers = line_auth_proxy::workers::Workers::choose(config.workers());
+            runtime(workers, line_auth_proxy::run(config, line_auth_proxy::shutdown_signals()))
         }
     }
 }
@@ -83,7 +84,7 @@ fn dev(format: LogFormat, listen: std::net::SocketAddr, admin_listen: std::net::
         return ExitCode::from(2);
     }
     line_auth_proxy::install_panic_hook();
-    runtime(line_auth_proxy::dev::run(listen, admin_listen))
+    runtime(line_auth_proxy::workers::Workers::choose(None), line_auth_proxy::dev::run(listen, admin_listen))
 }
 
 #[cfg(not(feature = "dev"))]
@@ -126,18 +127,20 @@ fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
     }
 }
 
-fn runtime<F>(future: F) -> ExitCode
+fn runtime<F>(workers: line_auth_proxy::workers::Workers, future: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), line_auth_proxy::RunError>>,
 {
-    // One core (a sidecar's usual CPU limit, or taskset): a current-thread
+    // One worker (a sidecar's usual CPU limit, or taskset): a current-thread
     // runtime does the same work without cross-thread wake-ups and queues.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = if cores == 1 {
+    let mut builder = if workers.count == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut multi = tokio::runtime::Builder::new_multi_thread();
+        multi.worker_threads(workers.count);
+        multi
     };
+    tracing::info!(workers = workers.count, workers_from = workers.from, "runtime threads");
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -145,12 +148,17 @@ where
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(future) {
+    let ended = rt.block_on(future);
+    // Log lines still buffered go out before the exit (and before the
+    // error line below, which is stderr's last).
+    if let Err(e) = &ended {
+        tracing::error!(error = %error_chain(e), "line-auth-proxy failed");
+    }
+    line_auth_proxy::log_writer::flush();
+    match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let chain = error_chain(&e);
-            tracing::error!(error = %chain, "line-auth-proxy failed");
-            eprintln!("error: {chain}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }

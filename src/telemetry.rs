@@ -32,13 +32,14 @@ pub enum LogFormat {
 /// filter of their own that no `RUST_LOG` directive can outrank.
 const DEPENDENCY_CAPS: &[&str] = &["hyper", "hyper_util", "reqwest", "h2", "rustls", "tokio_rustls", "hyper_rustls"];
 
-/// Installs the global subscriber on stderr. `RUST_LOG` sets the level
+/// Installs the global subscriber on stderr, through the buffer of
+/// [`crate::log_writer`] (no request waits for stderr). `RUST_LOG` sets the level
 /// (default `info`); the audit stream goes to `audit_file` when one is named
 /// (opened here: an error is returned before anything is installed).
 pub fn init_tracing(format: LogFormat, audit_file: Option<&std::path::Path>) -> std::io::Result<()> {
     let directives = std::env::var("RUST_LOG").ok();
     let audit = audit_file.map(crate::audit::AuditFile::open).transpose()?;
-    init_tracing_audited(format, directives.as_deref(), std::io::stderr, audit);
+    init_tracing_audited(format, directives.as_deref(), crate::log_writer::StderrBuffer::install(), audit);
     Ok(())
 }
 
@@ -499,6 +500,11 @@ impl Metrics {
         registry.register("upstream_duration_seconds", "Upstream response-head latency", upstream_duration.clone());
         let upstream_responses = Family::<StatusClassLabels, Counter>::default();
         registry.register("upstream_responses", "Upstream responses by status class", upstream_responses.clone());
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr could not take them fast enough (the buffer was full)",
+            crate::log_writer::DROPPED.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",

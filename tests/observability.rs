@@ -551,3 +551,109 @@ async fn an_otel_collector_that_is_down_is_logged_once_and_so_is_its_recovery() 
     assert_eq!(failing, 1, "one line per outage, not one per batch or retry: {seen:#?}");
     assert_eq!(upstream.hits(), 2);
 }
+
+#[tokio::test]
+async fn every_log_line_is_written_out_before_the_process_exits() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let mut proxy = Binary::start(&config_text(&line.base_url(), &upstream.url(), ""));
+    let ready = proxy.line("line-auth-proxy ready", |_| true).await;
+    let listen = ready["listen"].as_str().unwrap().to_owned();
+    let c = client();
+    for _ in 0..300 {
+        assert_eq!(c.get(format!("http://{listen}/x")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    }
+    // SIGTERM right after the last answer: its line (buffered a few
+    // milliseconds) is still written, before the drain's own lines.
+    let lines = proxy.stop().await;
+    let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(parsed.iter().filter(|l| l["target"] == "access").count(), 300);
+    assert!(parsed.iter().any(|l| l["message"] == "stopped accepting; draining in-flight requests"));
+}
+
+#[tokio::test]
+async fn a_stalled_stderr_drops_log_lines_counts_them_and_holds_up_no_request() {
+    use std::io::BufRead;
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let path = std::env::temp_dir().join(format!("lap-stalled-{}.toml", rand::random::<u64>()));
+    std::fs::write(&path, config_text(&line.base_url(), &upstream.url(), "")).unwrap();
+    let mut child = support::process::spawn_binary(&path);
+    // Read stderr up to the ready line, then stop reading until told.
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines().map_while(Result::ok);
+        let ready = lines.by_ref().find(|l| l.contains("line-auth-proxy ready")).unwrap();
+        ready_tx.send(ready).unwrap();
+        resume_rx.recv().unwrap();
+        lines.collect::<Vec<_>>()
+    });
+    let ready: serde_json::Value = serde_json::from_str(&ready_rx.await.unwrap()).unwrap();
+    let listen = ready["listen"].as_str().unwrap().to_owned();
+    let admin = ready["admin"].as_str().unwrap().to_owned();
+    // Far more access lines than the pipe (64 KiB) and the buffer (1 MiB) hold.
+    let url = format!("http://{listen}/x");
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut ok = 0;
+            for _ in 0..400 {
+                ok += u32::from(c.get(&url).bearer_auth(TOKEN).send().await.unwrap().status() == 200);
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 6400, "every request answered while stderr was stalled");
+    let metrics = client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    let dropped = series_value(&metrics, "line_auth_proxy_log_lines_dropped_total ").unwrap();
+    assert!(dropped > 0.0, "dropped {dropped}");
+    // Read again: the lines kept come out, and the exit is clean.
+    resume_tx.send(()).unwrap();
+    support::process::kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(code.code(), Some(0));
+    let rest = reader.join().unwrap();
+    let access = rest.iter().filter(|l| l.contains("\"target\":\"access\"")).count();
+    assert!(access > 1000 && (access as f64) < 6400.0 - dropped + 1.0, "access lines {access}, dropped {dropped}");
+    assert!(rest.iter().any(|l| l.contains("stopped accepting")), "the drain's lines come after the flood's");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn the_runtime_threads_follow_server_workers_and_say_where_the_count_came_from() {
+    let line = MockLine::start().await.unwrap();
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text(&line.base_url(), &upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nworkers = 3");
+    let mut proxy = Binary::start(&text);
+    let runtime = proxy.line("runtime threads", |_| true).await;
+    assert_eq!(runtime["workers"], 3, "{runtime}");
+    assert_eq!(runtime["workers_from"], "server.workers", "{runtime}");
+    // The threads are there: tokio names its workers.
+    let pid = proxy.child.as_ref().unwrap().id();
+    proxy.line("line-auth-proxy ready", |_| true).await;
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap().trim().to_owned())
+        .collect();
+    assert_eq!(names.iter().filter(|n| *n == "tokio-rt-worker").count(), 3, "{names:?}");
+    proxy.stop().await;
+
+    // Unset: the CPU quota or the CPUs, never more than this process may use.
+    let mut proxy = Binary::start(&config_text(&line.base_url(), &upstream.url(), ""));
+    let runtime = proxy.line("runtime threads", |_| true).await;
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!((1..=cpus).contains(&runtime["workers"].as_u64().unwrap()), "{runtime}");
+    assert!(["cpus", "cgroup cpu.max"].contains(&runtime["workers_from"].as_str().unwrap()), "{runtime}");
+    proxy.stop().await;
+}

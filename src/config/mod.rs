@@ -98,6 +98,11 @@ impl Config {
     pub fn audit_file(&self) -> Option<&Path> {
         self.audit_file.as_deref()
     }
+
+    /// `server.workers`, when set.
+    pub fn workers(&self) -> Option<usize> {
+        self.server.keys.workers.map(|w| w.get())
+    }
 }
 
 /// A configuration that loaded, and what in it has no effect.

@@ -58,6 +58,9 @@ section! {
         tls_cert_file: Option<PathBuf>,
         /// PEM private key of `tls_cert_file`, unencrypted.
         tls_key_file: Option<PathBuf>,
+        /// Runtime threads. Unset: the container's CPU quota (cgroup `cpu.max`),
+        /// else the CPUs the process may run on; 1 is a current-thread runtime.
+        workers: Option<Count<1, 1024>>,
         /// Peers (an ingress that terminated TLS) whose `X-Forwarded-Proto`,
         /// `-Host` and `-Port` pass on unchanged: CIDRs or addresses, IPv4 and IPv6.
         trusted_proxies: Vec<String>,
