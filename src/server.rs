@@ -54,6 +54,9 @@ impl Builders {
         builder
             .http1()
             .timer(TokioTimer::new())
+            // hyper's own would otherwise be 30 s, a timer set for every
+            // request head: the watchdog's is the one that counts.
+            .header_read_timeout(None)
             .max_buf_size(buffer)
             // Enough header lines that any head within max_header_bytes parses and
             // gets the proxy's own (JSON) 431 rather than hyper's bare one.

@@ -147,7 +147,8 @@ fn lists_trailers(value: &HeaderValue) -> bool {
 }
 
 fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&str) -> bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // Room for the usual few on the stack (no allocation per request).
+    let mut doomed: smallvec::SmallVec<[HeaderName; 8]> = smallvec::SmallVec::new();
     let mut te_trailers = false;
     let mut upgrade = None;
     for (name, value) in headers.iter() {

@@ -3,6 +3,7 @@
 //! each way and how long the whole exchange took. Built only when the
 //! `access` target is enabled.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,7 +37,7 @@ pub struct AccessRecord {
     client: IpAddr,
     peer: SocketAddr,
     user_agent: Option<HeaderValue>,
-    user: Option<Bytes>,
+    user: Option<LoggedUser>,
     trace_id: Option<crate::headers::trace::TraceId>,
     request_body: Option<Arc<BodyProgress>>,
     upstream: Option<Duration>,
@@ -52,8 +53,8 @@ impl AccessRecord {
             return None;
         }
         let user = match (ctx.state.config.log_user_id, &ctx.user) {
-            (UserIdLogging::Plain, Some((id, _))) => Some(id.clone()),
-            (UserIdLogging::Hashed, Some((_, hash))) => Some(Bytes::copy_from_slice(hash)),
+            (UserIdLogging::Plain, Some((id, _))) => Some(LoggedUser::Plain(id.clone())),
+            (UserIdLogging::Hashed, Some((_, hash))) => Some(LoggedUser::Hashed(*hash)),
             _ => None,
         };
         Some(Self {
@@ -82,7 +83,7 @@ impl AccessRecord {
     /// Writes the line: `response_bytes` data bytes of the answer went out.
     pub fn write(self, response_bytes: u64) {
         let user_agent = self.user_agent.as_ref().map(|v| truncated(v.as_bytes()));
-        let user_id = self.user.as_ref().map(|u| String::from_utf8_lossy(u));
+        let user_id = self.user.as_ref().map(|u| String::from_utf8_lossy(u.as_bytes()));
         let request_bytes = self.request_body.as_ref().map_or(0, |p| p.bytes.load(Ordering::Relaxed));
         let duration = self.stopwatch.elapsed();
         tracing::info!(
@@ -118,12 +119,33 @@ fn micros_as_seconds(d: Duration) -> f64 {
 
 /// The first [`MAX_USER_AGENT_CHARS`] characters of a header value, bytes
 /// that are not UTF-8 replaced, control characters as `?`.
-fn truncated(value: &[u8]) -> String {
-    String::from_utf8_lossy(value)
-        .chars()
-        .take(MAX_USER_AGENT_CHARS)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+fn truncated(value: &[u8]) -> Cow<'_, str> {
+    // The usual agent: short printable ASCII, written as it is.
+    if value.len() <= MAX_USER_AGENT_CHARS && value.iter().all(|b| (b' '..=b'~').contains(b)) {
+        return Cow::Borrowed(std::str::from_utf8(value).expect("ASCII is UTF-8"));
+    }
+    Cow::Owned(
+        String::from_utf8_lossy(value)
+            .chars()
+            .take(MAX_USER_AGENT_CHARS)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    )
+}
+
+/// The user id as the access line writes it: the id, or its hash (hex).
+enum LoggedUser {
+    Plain(Bytes),
+    Hashed([u8; 16]),
+}
+
+impl LoggedUser {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            LoggedUser::Plain(id) => id,
+            LoggedUser::Hashed(hash) => hash,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -239,12 +239,46 @@ fn request_id<B>(req: &Request<B>, metrics: &Metrics) -> HeaderValue {
     {
         return v.clone();
     }
-    HeaderValue::try_from(format!("{:016x}", metrics.next_request_id())).expect("hex is a valid header value")
+    fresh_request_id(metrics.next_request_id())
+}
+
+/// Ids cut from blocks of this many bytes (1024 ids of 16 hex digits).
+const REQUEST_ID_BLOCK: usize = 16 * 1024;
+
+thread_local! {
+    /// The block fresh request ids are written into: one allocation per
+    /// 1024 ids instead of one per request (each id shares the block, which
+    /// is freed when its last id is).
+    static REQUEST_IDS: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// `n` as 16 lower-case hex digits.
+fn fresh_request_id(n: u64) -> HeaderValue {
+    let hex = crate::headers::lower_hex::<16>(&n.to_be_bytes());
+    let id = REQUEST_IDS.with_borrow_mut(|block| {
+        if block.capacity() < hex.len() {
+            *block = bytes::BytesMut::with_capacity(REQUEST_ID_BLOCK);
+        }
+        block.extend_from_slice(&hex);
+        block.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_16_hex_digits_each_its_own() {
+        let ids: Vec<HeaderValue> = (0..3000u64).map(|n| fresh_request_id(n * 0x0101_0101_0101)).collect();
+        assert_eq!(ids[0], "0000000000000000");
+        assert_eq!(ids[1], "0000010101010101");
+        assert_eq!(ids[2999], format!("{:016x}", 2999u64 * 0x0101_0101_0101));
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(id.to_str().unwrap(), format!("{:016x}", n as u64 * 0x0101_0101_0101));
+        }
+    }
 
     #[test]
     fn grpc_content_types_are_told_apart() {

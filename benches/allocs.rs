@@ -1,0 +1,118 @@
+//! Heap allocations per cached-token request (`cargo bench --bench allocs`):
+//! the real proxy in this process, with the mock LINE Platform and the access
+//! log formatted (to a sink), in front of a minimal upstream in a process of
+//! its own (this binary again), and one keep-alive HTTP/1.1 client. dhat's
+//! allocator counts every allocation of this process; the client's own are
+//! measured apart (the same client straight to the upstream) and subtracted,
+//! so what is printed is the proxy's.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use line_auth_proxy::dev::{MockLine, MockToken};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+const REQUESTS: u64 = 2000;
+const TOKEN: &str = "bench-alloc-token";
+
+/// Set in the upstream's process (this binary, started again).
+const UPSTREAM_ENV: &str = "LAP_ALLOCS_UPSTREAM";
+
+/// The upstream process: prints its address, answers `ok` until killed.
+async fn serve_upstream() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let service = service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Starts the upstream process; its address.
+fn upstream() -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(UPSTREAM_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().parse().unwrap())
+}
+
+/// Allocations of `REQUESTS` requests on one keep-alive connection to
+/// `addr`, after a warm-up.
+async fn allocations(addr: SocketAddr, token: Option<&str>) -> u64 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = async || {
+        let mut req = hyper::Request::get("/api/x").header("host", "app.example").header("user-agent", "bench/1");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let response = sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    };
+    for _ in 0..200 {
+        send().await;
+    }
+    let before = dhat::HeapStats::get().total_blocks;
+    for _ in 0..REQUESTS {
+        send().await;
+    }
+    dhat::HeapStats::get().total_blocks - before
+}
+
+fn main() {
+    if std::env::var_os(UPSTREAM_ENV).is_some() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        return rt.block_on(serve_upstream());
+    }
+    // DHAT_HEAP=1: also write dhat-heap.json, every allocation site with its
+    // stack (view it with dhat's dh_view.html).
+    let _profiler = if std::env::var_os("DHAT_HEAP").is_some() {
+        dhat::Profiler::builder().trim_backtraces(Some(24)).build()
+    } else {
+        dhat::Profiler::builder().testing().build()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        line_auth_proxy::init_tracing_with(line_auth_proxy::LogFormat::Text, Some("info"), std::io::sink);
+        let line = MockLine::start().await.unwrap();
+        line.accept_prefix("bench-", MockToken::new("1234567890", "U1234567890abcdef1234567890abcdef", "Bench"));
+        let (mut upstream_process, up) = upstream();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{up}\"\n\
+             [line]\nchannel_ids = [\"1234567890\"]\napi_base_url = \"{}\"\n",
+            line.base_url()
+        );
+        let config = line_auth_proxy::config::load_str(&text, std::iter::empty()).unwrap().config;
+        let bound = line_auth_proxy::bind_with(config, line_auth_proxy::Clock::system()).await.unwrap();
+        let proxy = bound.proxy_addr();
+        tokio::spawn(bound.serve(std::future::pending()));
+        let direct = allocations(up, Some(TOKEN)).await;
+        let through = allocations(proxy, Some(TOKEN)).await;
+        let per = |n: u64| n as f64 / REQUESTS as f64;
+        println!(
+            "allocations per request: the client alone {:.1}; through the proxy {:.1}; the proxy's own {:.1}",
+            per(direct),
+            per(through),
+            per(through.saturating_sub(direct))
+        );
+        let _ = upstream_process.kill();
+    });
+}
