@@ -131,6 +131,21 @@ pub async fn bind_on(config: Config, listener: TcpListener, clock: Clock) -> Res
     bind_inner(config, Some(listener), clock).await
 }
 
+/// Connections the kernel completes and queues while the proxy has not
+/// accepted them yet (a burst, or `server.max_connections` reached): 1024,
+/// capped by `net.core.somaxconn`. The standard library's 128 would drop
+/// the SYNs of a burst of a few hundred clients, each retried only after a
+/// second.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` (with `SO_REUSEADDR`, as the standard library's).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock) -> Result<Bound, RunError> {
     use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
@@ -140,9 +155,7 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         None => None,
         Some(files) => Some(Arc::new(tls::Tls::new(files, metrics.clone(), clock.clone())?)),
     };
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
-    };
+    let bind = |addr: SocketAddr| async move { listen(addr).map_err(|source| RunError::Bind { addr, source }) };
     let proxy_listener = match listener {
         Some(listener) => listener,
         None => bind(config.server.keys.listen).await?,

@@ -145,3 +145,26 @@ async fn the_admin_accept_loop_backs_off_when_out_of_file_descriptors() {
     let _ = child.wait();
     let _ = std::fs::remove_file(&f);
 }
+
+#[tokio::test]
+async fn a_burst_beyond_max_connections_is_queued_by_the_kernel_not_dropped() {
+    // The proxy accepts no more (max 1, held): the next 600 connections wait
+    // in the listen queue. With a queue of 128 (the standard library's) the
+    // SYNs past it are dropped and each connect waits a second to retry.
+    let e = env_with_max_connections(1).await;
+    let _held = answered_connection(&e).await;
+    let addr = e.proxy.addr;
+    let connects: Vec<_> = (0..600)
+        .map(|_| {
+            tokio::spawn(
+                async move { tokio::time::timeout(Duration::from_millis(700), TcpStream::connect(addr)).await },
+            )
+        })
+        .collect();
+    let mut connected = Vec::new();
+    for c in connects {
+        connected.push(c.await.unwrap().expect("connect waited for a SYN retry").unwrap());
+    }
+    assert_eq!(connected.len(), 600);
+    assert_eq!(e.upstream.hits(), 1, "none of them was served yet");
+}
