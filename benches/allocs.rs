@@ -77,6 +77,22 @@ async fn allocations(addr: SocketAddr, token: Option<&str>) -> u64 {
     dhat::HeapStats::get().total_blocks - before
 }
 
+/// Idle connections held for the memory measurement.
+const IDLE: usize = 1000;
+
+/// A keep-alive connection that has had one answer, its client kept.
+async fn served_once(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        hyper::Request::get("/api/x").header("host", "app.example").header("authorization", format!("Bearer {TOKEN}"));
+    let response = sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    sender
+}
+
 fn main() {
     if std::env::var_os(UPSTREAM_ENV).is_some() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -97,7 +113,7 @@ fn main() {
         let (mut upstream_process, up) = upstream();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{up}\"\n\
-             [line]\nchannel_ids = [\"1234567890\"]\napi_base_url = \"{}\"\n",
+             [line]\nchannel_ids = [\"1234567890\"]\napi_base_url = \"{}\"\n[limits]\nconnections = 0\n",
             line.base_url()
         );
         let config = line_auth_proxy::config::load_str(&text, std::iter::empty()).unwrap().config;
@@ -113,6 +129,19 @@ fn main() {
             per(through),
             per(through.saturating_sub(direct))
         );
+        // Heap held per idle keep-alive client connection, each served once.
+        let before = dhat::HeapStats::get().curr_bytes;
+        let mut idle = Vec::new();
+        for _ in 0..IDLE {
+            idle.push(served_once(proxy).await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let held = dhat::HeapStats::get().curr_bytes.saturating_sub(before);
+        println!(
+            "heap per idle keep-alive connection (client side included, {IDLE} held): {:.1} KiB",
+            held as f64 / IDLE as f64 / 1024.0
+        );
+        drop(idle);
         let _ = upstream_process.kill();
     });
 }

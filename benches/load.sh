@@ -4,6 +4,7 @@
 #
 #   benches/load.sh                      # DURATION=10 CONNS=32 by default
 #   DURATION=20 CONNS=64 benches/load.sh
+#   CURVE="1 32 256 1024" IDLE_CONNS=10000 # the concurrency curve and the idle-connection row
 #
 # Servers (upstream, mock LINE, line-auth-proxy, nginx) are pinned to core 0 and
 # wrk to core 1 when the machine has two cores. Everything is on 127.0.0.1: the
@@ -16,6 +17,10 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 COLD_LOGINS=${COLD_LOGINS:-200}
 FILL=${FILL:-100000}
+CURVE=${CURVE:-1 32 256 1024}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+# c=1024 and 10000 idle connections need the descriptors (both ends are here).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 OUT=$ROOT/benches/results
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
@@ -61,6 +66,7 @@ proxy() {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+${PROXY_SERVER:-}
 [upstream]
 url = "http://127.0.0.1:$UP_PORT"
 [line]
@@ -81,10 +87,11 @@ EOF
 declare -A RPS P50 P99 CPU_US
 run_wrk() {
     local label=$1 url=$2 header=$3; shift 3
-    local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+    local conns=${WRK_CONNS:-$CONNS}
+    local args=(-t1 -c"$conns" -d"${DURATION}s" --latency)
     [ -n "$header" ] && args+=(-H "$header")
     # Warm-up (connections, caches), not measured.
-    $LOAD wrk -t1 -c"$CONNS" -d2s ${header:+-H "$header"} "$url" > /dev/null
+    $LOAD wrk -t1 -c"$conns" -d2s ${header:+-H "$header"} "$url" > /dev/null
     local before; before=$(cpu_ticks "$@")
     $LOAD wrk "${args[@]}" "$url" > "$TMP/wrk-$label.txt"
     local after; after=$(cpu_ticks "$@")
@@ -111,7 +118,9 @@ fixtures 0
 # A session route beside the default access-token route: the session row.
 head -c 32 /dev/urandom > "$TMP/session.key"
 chmod 600 "$TMP/session.key"
-proxy main "[session]
+proxy main "[limits]
+connections = 0
+[session]
 key_files = [\"$TMP/session.key\"]
 [[routes]]
 path_prefix = \"/app/\"
@@ -164,6 +173,34 @@ EOF
     NGINX=1
 fi
 
+# The curve: CPU per request as concurrency grows (the row at $CONNS is above).
+CURVE_JSON="["
+for c in $CURVE; do
+    echo "== curve: $c connections"
+    WRK_CONNS=$c run_wrk "proxy-c$c" "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
+    row="{\"conns\": $c, \"proxy_cpu_us\": ${CPU_US[proxy-c$c]}, \"proxy_rps\": ${RPS[proxy-c$c]}, \"proxy_p99_ms\": $(to_ms "${P99[proxy-c$c]}")"
+    if [ -n "$NGINX" ]; then
+        WRK_CONNS=$c run_wrk "nginx-c$c" "http://127.0.0.1:$NGINX_PORT/api/x" "" "${NGINX_PIDS[@]}"
+        row+=", \"nginx_cpu_us\": ${CPU_US[nginx-c$c]}, \"nginx_rps\": ${RPS[nginx-c$c]}, \"nginx_p99_ms\": $(to_ms "${P99[nginx-c$c]}")"
+    fi
+    CURVE_JSON+="$row},"
+done
+CURVE_JSON="${CURVE_JSON%,}]"
+
+# Memory of idle keep-alive client connections, each served once (a fresh
+# proxy, so that the RSS before is its idle RSS).
+echo "== $IDLE_CONNS idle keep-alive connections"
+PROXY_SERVER="max_connections = 20000" proxy idle $'[limits]\nconnections = 0'
+IDLE_BEFORE=$(rss_kb "$PROXY_PID")
+coproc HOLD { python3 "$ROOT/benches/idle_conns.py" 127.0.0.1 "$PROXY_PORT" "$IDLE_CONNS" "$TOKEN"; }
+read -r _ HELD <&"${HOLD[0]}"
+sleep 1
+IDLE_AFTER=$(rss_kb "$PROXY_PID")
+UPSTREAM_OPEN=$(ss -Htnp state established "( dport = :$UP_PORT )" 2>/dev/null | grep -c "pid=$PROXY_PID," || true)
+exec {HOLD[1]}>&-
+wait "$HOLD_PID" 2>/dev/null || true
+IDLE_JSON="{\"connections\": $HELD, \"rss_before_kb\": $IDLE_BEFORE, \"rss_after_kb\": $IDLE_AFTER, \"upstream_connections_open\": $UPSTREAM_OPEN}"
+
 echo "== cold logins (mock LINE answering in 20 ms), coalescing, memory"
 fixtures 20
 # 500 concurrent connections from one address: over the default limits.connections (256).
@@ -178,7 +215,7 @@ sleep 1
 FILL_RSS=$(rss_kb "$PROXY_PID")
 ENTRIES=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^line_auth_proxy_cache_entries / {print $2}')
 
-export DURATION CONNS PINNED IDLE_RSS FILL_RSS ENTRIES COLD COALESCE FILL_OUT NGINX
+export DURATION CONNS PINNED IDLE_RSS FILL_RSS ENTRIES COLD COALESCE FILL_OUT NGINX CURVE_JSON IDLE_JSON
 export RPS_DIRECT=${RPS[direct]} RPS_PROXY=${RPS[proxy]} RPS_SESSION=${RPS[session]} RPS_NGINX=${RPS[nginx]:-}
 export P50_SESSION=$(to_ms "${P50[session]}") P99_SESSION=$(to_ms "${P99[session]}") CPU_SESSION=${CPU_US[session]}
 export P50_DIRECT=$(to_ms "${P50[direct]}") P99_DIRECT=$(to_ms "${P99[direct]}")

@@ -23,6 +23,8 @@ r = {
     "cold": cold,
     "coalesce": coalesce,
     "fill": fill,
+    "curve": json.loads(e.get("CURVE_JSON") or "[]"),
+    "idle_connections": json.loads(e["IDLE_JSON"]) if e.get("IDLE_JSON") else None,
 }
 
 def ratio(a, b):
@@ -46,6 +48,16 @@ target("idle RSS <= 10 MB", r["idle_rss_mb"] <= 10, f"{r['idle_rss_mb']} MB")
 target(f"{r['cached_identities']} cached identities <= 64 MB RSS", r["rss_mb_filled"] <= 64 and r["cached_identities"] >= 100000, f"{r['rss_mb_filled']} MB")
 target("cold login: one round trip (verify and profile concurrently)", cold["verify_per_login"] == 1 and cold["profile_per_login"] == 1 and cold["p50_ms"] < 40, f"{cold['verify_per_login']} verify + {cold['profile_per_login']} profile per login, p50 {cold['p50_ms']} ms with LINE at 20 ms")
 target("coalescing: 500 concurrent, one fresh token", coalesce["verify_calls"] == 1 and coalesce["profile_calls"] == 1 and coalesce["ok"] == coalesce["requests"], f"{coalesce['verify_calls']:.0f} verify, {coalesce['profile_calls']:.0f} profile, {coalesce['ok']}/{coalesce['requests']} ok")
+idle = r["idle_connections"]
+if idle and idle["connections"]:
+    per_kb = round((idle["rss_after_kb"] - idle["rss_before_kb"]) / idle["connections"], 1)
+    idle["kb_per_connection"] = per_kb
+    target(
+        f"memory per idle keep-alive connection ({idle['connections']} held) <= 20 KB",
+        per_kb <= 20,
+        f"{per_kb} KB ({idle['rss_before_kb'] // 1024} MB -> {idle['rss_after_kb'] // 1024} MB RSS; "
+        f"{idle['upstream_connections_open']} upstream connections kept open)",
+    )
 r["targets"] = [{"target": t, "result": res, "detail": d} for t, res, d in targets]
 
 rows = [("direct to upstream", "direct"), ("line-auth-proxy, cached token", "proxy"), ("line-auth-proxy, session cookie", "session")]
@@ -63,6 +75,21 @@ for label, k in rows:
         f"| {label} | {r['rps'][k]:.0f} | {r['p50_ms'][k]} | {r['p99_ms'][k]} | {cpu if cpu is not None else '–'} | "
         f"{ratio(r['rps'][k], r['rps']['direct'])} | {ratio(cpu, cpu_n) if cpu and cpu_n else '–'} |"
     )
+if r["curve"]:
+    lines += [
+        "",
+        "CPU per request as concurrency grows (cached token; nginx `proxy_pass` with `keepalive 64`):",
+        "",
+        "| connections | proxy req/s | proxy p99 ms | proxy CPU µs/req | nginx req/s | nginx p99 ms | nginx CPU µs/req | CPU vs nginx |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["curve"]:
+        n_cpu = row.get("nginx_cpu_us")
+        lines.append(
+            f"| {row['conns']} | {row['proxy_rps']:.0f} | {row['proxy_p99_ms']} | {row['proxy_cpu_us']} | "
+            f"{row.get('nginx_rps', 0):.0f} | {row.get('nginx_p99_ms', '–')} | {n_cpu if n_cpu else '–'} | "
+            f"{ratio(row['proxy_cpu_us'], n_cpu) if n_cpu else '–'}x |"
+        )
 lines += ["", "| target | result | measured |", "| --- | --- | --- |"]
 lines += [f"| {t} | {res} | {d} |" for t, res, d in targets]
 lines += ["", f"Idle RSS {r['idle_rss_mb']} MB; {r['cached_identities']} cached identities: {r['rss_mb_filled']} MB RSS."]
@@ -84,7 +111,7 @@ try:
     import matplotlib.pyplot as plt
     labels = [l for l, _ in rows]
     keys = [k for _, k in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4 if r["curve"] else 3, figsize=(17 if r["curve"] else 13, 4))
     axes[0].bar(labels, [r["rps"][k] for k in keys], color=["#888", "#06c755", "#0a5", "#369"][: len(keys)])
     axes[0].set_title("throughput (req/s, higher is better)")
     axes[1].bar(labels, [r["p99_ms"][k] for k in keys], color=["#888", "#06c755", "#0a5", "#369"][: len(keys)])
@@ -92,8 +119,18 @@ try:
     cpu_keys = [k for k in keys if r["cpu_us_per_request"].get(k)]
     axes[2].bar([labels[keys.index(k)] for k in cpu_keys], [r["cpu_us_per_request"][k] for k in cpu_keys], color=["#06c755", "#0a5", "#369"][: len(cpu_keys)])
     axes[2].set_title("server CPU per request (µs, lower is better)")
-    for ax in axes:
+    for ax in axes[:3]:
         ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+    if r["curve"]:
+        conns = [row["conns"] for row in r["curve"]]
+        axes[3].plot(conns, [row["proxy_cpu_us"] for row in r["curve"]], "o-", color="#06c755", label="line-auth-proxy")
+        if all(row.get("nginx_cpu_us") for row in r["curve"]):
+            axes[3].plot(conns, [row["nginx_cpu_us"] for row in r["curve"]], "s-", color="#369", label="nginx")
+        axes[3].set_xscale("log")
+        axes[3].set_xticks(conns, [str(c) for c in conns])
+        axes[3].set_ylim(bottom=0)
+        axes[3].set_title("CPU per request by connections (µs)")
+        axes[3].legend(fontsize=8)
     fig.suptitle(f"line-auth-proxy, {r['date']}, {e['CONNS']} connections, {r['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "chart.png"), dpi=100)

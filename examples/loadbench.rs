@@ -11,6 +11,12 @@
 //! loadbench nonces <proxy> <n> <conc> [path]  n nonces (GET path, default /auth/nonce) over one h2c
 //!                                             connection, conc streams at a time (SPRAY=k: from k
 //!                                             addresses, in X-Forwarded-For)
+//! loadbench soak <rate> <seconds> <proxy command…>
+//!                                             the soak of benches/soak.sh: fixtures here, the proxy
+//!                                             started with the command (+ --config FILE), rate req/s
+//!                                             of 90 % cached, 9 % fresh, 1 % invalid tokens, LINE
+//!                                             answering 500 for 30 s in the middle; RSS and fds of
+//!                                             the proxy every 10 s; JSON summary, exit 1 on a failure
 //! ```
 //!
 //! Everything listens on and talks to 127.0.0.1 only: the real LINE Platform
@@ -45,6 +51,7 @@ async fn main() {
         "fill" => fill(arg(1), num(2), num(3)).await,
         "spray" => spray(arg(1), arg(2), num(3), num(4)).await,
         "nonces" => nonces(arg(1), num(2), num(3), args.get(4).map_or("/auth/nonce", |p| p.as_str())).await,
+        "soak" => soak::run(num(1), num(2) as u64, &args[3..]).await,
         _ => usage(),
     }
 }
@@ -61,10 +68,24 @@ async fn fixtures(line_delay_ms: u64) {
     let line = MockLine::start().await.expect("mock LINE binds");
     line.accept_prefix(PREFIX, MockToken::new(CHANNEL, USER, "Bench User"));
     line.set_faults(Faults { delay: Duration::from_millis(line_delay_ms), ..Faults::default() });
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("upstream binds");
+    let listener = listener().expect("upstream binds");
     let upstream_port = listener.local_addr().unwrap().port();
     let line_port = line.base_url().rsplit(':').next().unwrap().to_string();
     println!("READY {upstream_port} {line_port}");
+    serve_upstream(listener).await;
+}
+
+/// A loopback listener with the backlog of a real server (1024; the
+/// standard library's 128 drops the SYNs of a burst of new connections).
+fn listener() -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    socket.listen(1024)
+}
+
+/// The upstream: `ok` to everything, keep-alive.
+async fn serve_upstream(listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
@@ -284,4 +305,255 @@ async fn spray(proxy: &str, admin: &str, n: usize, concurrency: usize) {
         "{{\"sprayed\": {n}, \"statuses\": {statuses}, \"line_verify_calls\": {calls}, \"other_user\": {}}}",
         user.as_u16()
     );
+}
+
+mod soak {
+    //! A rate-paced token mix against a proxy this process starts, with a LINE
+    //! outage in the middle; what counts as a failure is in [`Tally::check`].
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::{CHANNEL, PREFIX, USER};
+    use line_auth_proxy::clock::Stopwatch;
+    use line_auth_proxy::dev::{Fault, Faults, MockLine, MockToken};
+
+    /// Cached tokens in the mix (each verified before the clock starts).
+    const CACHED: u64 = 1000;
+    /// The LINE outage: 30 s in the middle of the run.
+    const OUTAGE: Duration = Duration::from_secs(30);
+    /// A request within this of the outage's edges counts as in it.
+    const EDGE: Duration = Duration::from_secs(2);
+    /// Requests in flight at most; beyond, the schedule waits.
+    const IN_FLIGHT: usize = 2048;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Cached,
+        Fresh,
+        Invalid,
+    }
+
+    /// When a request was, against the outage.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Phase {
+        Normal,
+        /// Sent during the outage.
+        Outage,
+        /// Across one of its edges: only "an invalid token is never 200" holds.
+        Edge,
+    }
+
+    #[derive(Default)]
+    struct Tally {
+        sent: AtomicU64,
+        edge: AtomicU64,
+        /// Outside the outage: an answer that was not the expected one.
+        failed_outside: AtomicU64,
+        /// In the outage: a fresh or invalid token answered 200 (forwarded).
+        forwarded_unverified: AtomicU64,
+        outage_503: AtomicU64,
+        outage_200_cached: AtomicU64,
+    }
+
+    pub async fn run(rate: usize, seconds: u64, command: &[String]) {
+        let line = MockLine::start().await.expect("mock LINE binds");
+        line.accept_prefix(PREFIX, MockToken::new(CHANNEL, USER, "Soak User"));
+        let upstream = super::listener().unwrap();
+        let up_port = upstream.local_addr().unwrap().port();
+        tokio::spawn(super::serve_upstream(upstream));
+        let dir = std::env::temp_dir().join(format!("lap-soak-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("soak.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:{up_port}\"\n\
+                 [line]\nchannel_ids = [\"{CHANNEL}\"]\napi_base_url = \"{}\"\n[limits]\nconnections = 0\nfresh_tokens_per_minute = 0\n",
+                line.base_url()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("proxy.log");
+        let mut child = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn,line_auth_proxy=info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the proxy starts");
+        let pid = child.id();
+        let proxy = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("line-auth-proxy ready")) {
+                let addr = l.split("listen=").nth(1).unwrap().split(' ').next().unwrap();
+                break format!("http://{addr}");
+            }
+        };
+        let c = super::client();
+        for i in 0..CACHED {
+            let status =
+                c.get(format!("{proxy}/soak")).bearer_auth(format!("{PREFIX}cached-{i}")).send().await.unwrap();
+            assert_eq!(status.status(), 200);
+        }
+        let tally = Arc::new(Tally::default());
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let total = Duration::from_secs(seconds);
+        let outage_start = total / 2 - OUTAGE / 2;
+        let outage_end = outage_start + OUTAGE;
+        let clock = Stopwatch::start();
+        let mut samples = Vec::new();
+        let mut next_sample = Duration::ZERO;
+        let mut outage = false;
+        let mut n: u64 = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while clock.elapsed() < total {
+            tick.tick().await;
+            let now = clock.elapsed();
+            if now >= next_sample {
+                samples.push((now.as_secs(), rss_kb(pid), open_fds(pid)));
+                next_sample += Duration::from_secs(10);
+            }
+            let in_outage = now >= outage_start && now < outage_end;
+            if in_outage != outage {
+                outage = in_outage;
+                let fault = outage.then_some(Fault::Status(500));
+                line.set_faults(Faults { verify: fault, profile: fault, ..Faults::default() });
+            }
+            // This tick's share of the rate (what the schedule owes by now).
+            // Never more than two ticks' worth at once: a client that cannot
+            // keep up sends what it can (the achieved rate is reported) and
+            // the schedule, the outage's included, keeps to the clock.
+            let due = ((now.as_secs_f64() * rate as f64) as u64).min(n + (rate as u64 / 100).max(1) * 2);
+            while n < due {
+                n += 1;
+                let kind = match n % 100 {
+                    0 => Kind::Invalid,
+                    1..=9 => Kind::Fresh,
+                    _ => Kind::Cached,
+                };
+                let token = match kind {
+                    Kind::Cached => format!("{PREFIX}cached-{}", n % CACHED),
+                    Kind::Fresh => format!("{PREFIX}fresh-{n}"),
+                    Kind::Invalid => format!("invalid-{n}"),
+                };
+                // At the bound the schedule waits (and falls behind: the
+                // achieved rate is reported), rather than dropping requests.
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                let (c, url, tally, clock) = (c.clone(), format!("{proxy}/soak"), tally.clone(), clock);
+                tally.sent.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let started = clock.elapsed();
+                    let status = match c.get(url).bearer_auth(token).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    let ended = clock.elapsed();
+                    drop(slot);
+                    // Sent and answered while LINE was failing: nothing fresh
+                    // can have been verified. Done before it began, or sent once
+                    // it had been over for EDGE: answered as usual.
+                    let phase = if started >= outage_start && ended < outage_end {
+                        Phase::Outage
+                    } else if ended < outage_start || started >= outage_end + EDGE {
+                        Phase::Normal
+                    } else {
+                        Phase::Edge
+                    };
+                    tally.record(kind, status, phase);
+                });
+            }
+        }
+        // The last answers.
+        let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+        samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(report(&tally, &samples, rate, seconds));
+    }
+
+    impl Tally {
+        fn record(&self, kind: Kind, status: u16, phase: Phase) {
+            if phase == Phase::Edge {
+                self.edge.fetch_add(1, Ordering::Relaxed);
+                if kind == Kind::Invalid && status == 200 {
+                    self.forwarded_unverified.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            if phase == Phase::Outage {
+                match (kind, status) {
+                    (Kind::Fresh | Kind::Invalid, 200) => self.forwarded_unverified.fetch_add(1, Ordering::Relaxed),
+                    (Kind::Cached, 200) => self.outage_200_cached.fetch_add(1, Ordering::Relaxed),
+                    (_, 503) => self.outage_503.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                return;
+            }
+            let expected = match kind {
+                Kind::Cached | Kind::Fresh => 200,
+                Kind::Invalid => 401,
+            };
+            if status != expected {
+                self.failed_outside.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Prints the summary; the exit code (1: a check failed).
+    fn report(t: &Tally, samples: &[(u64, u64, u64)], rate: usize, seconds: u64) -> i32 {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let after_first_minute: Vec<_> = samples.iter().filter(|s| s.0 >= 60).collect();
+        let base = after_first_minute.first().map_or(0, |s| s.1);
+        let peak = after_first_minute.iter().map(|s| s.1).max().unwrap_or(0);
+        let growth = if base > 0 { (peak as f64 - base as f64) / base as f64 * 100.0 } else { 0.0 };
+        let fds: Vec<u64> = samples.iter().map(|s| s.2).collect();
+        let mut failures = Vec::new();
+        if growth > 10.0 {
+            failures.push(format!("RSS grew {growth:.1} % after the first minute"));
+        }
+        if get(&t.failed_outside) > 0 {
+            failures.push(format!("{} requests failed outside the outage", get(&t.failed_outside)));
+        }
+        if get(&t.forwarded_unverified) > 0 {
+            failures.push(format!("{} unverifiable tokens forwarded during the outage", get(&t.forwarded_unverified)));
+        }
+        println!(
+            "{{\"rate\": {rate}, \"seconds\": {seconds}, \"sent\": {}, \"achieved_rate\": {}, \"across_edges\": {}, \"failed_outside_outage\": {}, \
+             \"forwarded_unverified_in_outage\": {}, \"outage_503\": {}, \"outage_200_cached\": {}, \
+             \"rss_kb_at_60s\": {base}, \"rss_kb_peak_after\": {peak}, \"rss_growth_pct\": {growth:.1}, \
+             \"fds_min\": {}, \"fds_max\": {}, \"samples\": {}, \"failures\": {:?}}}",
+            get(&t.sent),
+            get(&t.sent) / seconds.max(1),
+            get(&t.edge),
+            get(&t.failed_outside),
+            get(&t.forwarded_unverified),
+            get(&t.outage_503),
+            get(&t.outage_200_cached),
+            fds.iter().min().unwrap_or(&0),
+            fds.iter().max().unwrap_or(&0),
+            serde_json::to_string(samples).expect("numbers"),
+            failures,
+        );
+        i32::from(!failures.is_empty())
+    }
+
+    fn rss_kb(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+            })
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    fn open_fds(pid: u32) -> u64 {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+    }
 }
