@@ -138,8 +138,10 @@ pub async fn bind_on(config: Config, listener: TcpListener, clock: Clock) -> Res
 /// second.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// A listener on `addr` (with `SO_REUSEADDR`, as the standard library's).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listener on `addr` (with `SO_REUSEADDR`, as the standard library's) that
+/// queues [`LISTEN_BACKLOG`] pending connections (the standard library's and
+/// tokio's `bind` queue 128).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;

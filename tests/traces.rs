@@ -290,7 +290,10 @@ async fn a_collector_that_refuses_connections_changes_no_answer() {
     let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
     let upstream = RecordingUpstream::start().await;
-    let extra = format!("[otel]\nendpoint = \"http://{}\"\nsampling_ratio = 1.0\n", closed.addr);
+    // 800 connections from one address at once: over the default
+    // `limits.connections` (256), which is not what this test is about.
+    let extra =
+        format!("[otel]\nendpoint = \"http://{}\"\nsampling_ratio = 1.0\n[limits]\nconnections = 0\n", closed.addr);
     let proxy = spawn_proxy_with(config(&config_text(&line.base_url(), &upstream.url(), &extra)), &clock).await;
     // More spans than the export queue holds (5 a miss, 3 a hit; 2048 queued):
     // the excess is dropped, no request waits for the collector.

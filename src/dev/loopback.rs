@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// The first panic message of any handler task, if one panicked.
@@ -39,7 +38,7 @@ impl LoopbackServer {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = crate::listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = listener.local_addr()?;
         let panics = Panics::default();
         let executor = RecordingExecutor(panics.clone());

@@ -56,8 +56,7 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), cra
     let upstream = echo::start().await.map_err(bind_err)?;
     // Web login: the mock's authorize page logs the demo user in at once. The
     // proxy's address must be known for the redirect URI, so it is bound first.
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|source| crate::RunError::Bind { addr: listen, source })?;
+    let listener = crate::listen(listen).map_err(|source| crate::RunError::Bind { addr: listen, source })?;
     let proxy = listener.local_addr().map_err(|source| crate::RunError::Bind { addr: listen, source })?;
     let callback_host =
         if proxy.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], proxy.port())) } else { proxy };
