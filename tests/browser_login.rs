@@ -122,13 +122,15 @@ async fn chromium_logs_in_with_line_reloads_without_line_and_logs_out() {
 
 #[tokio::test]
 async fn the_url_dev_prints_ends_on_the_echo_upstream_as_the_demo_user_and_its_logout_line_works() {
-    let mut child = Command::new(process::BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = dev_banner(&mut child).await;
+    let mut child = Reap(Some(
+        Command::new(process::BIN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let lines = dev_banner(child.0.as_mut().expect("running")).await;
     let open = lines.iter().find_map(|l| l.strip_prefix("open ")).unwrap_or_else(|| panic!("{lines:#?}"));
     let logout = lines.iter().find(|l| l.starts_with("fetch('/auth/logout'")).unwrap_or_else(|| panic!("{lines:#?}"));
     let browser = Browser::start().await;
@@ -145,7 +147,21 @@ async fn the_url_dev_prints_ends_on_the_echo_upstream_as_the_demo_user_and_its_l
     assert_eq!(status, 204, "{logout}");
     assert!(browser.client.get_all_cookies().await.unwrap().is_empty());
     browser.quit().await;
+    let mut child = child.0.take().expect("running");
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Kills the dev process when the test fails before stopping it (a failed
+/// run left one serving after the test binary had exited).
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
