@@ -5,6 +5,12 @@
 #   benches/load.sh                      # DURATION=10 CONNS=32 by default
 #   DURATION=20 CONNS=64 benches/load.sh
 #   CURVE="1 32 256 1024" IDLE_CONNS=10000 # the concurrency curve and the idle-connection row
+#   ROUNDS=3 IDENTITIES="1000 100000 1000000" COLD_LOGINS=2000
+#
+# The cached-token, session, h2c and TLS rows are the median of ROUNDS rounds,
+# the proxy's and nginx's alternating. nginx is configured as the proxy runs:
+# one worker, `keepalive 64` to the upstream, access log on, keep-alive client
+# connections never closed for their request count (`keepalive_requests`).
 #
 # Servers (upstream, mock LINE, line-auth-proxy, nginx) are pinned to core 0 and
 # wrk to core 1 when the machine has two cores. Everything is on 127.0.0.1: the
@@ -15,8 +21,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
-COLD_LOGINS=${COLD_LOGINS:-200}
-FILL=${FILL:-100000}
+COLD_LOGINS=${COLD_LOGINS:-2000}
+IDENTITIES=${IDENTITIES:-1000 100000 1000000}
+ROUNDS=${ROUNDS:-3}
 CURVE=${CURVE:-1 32 256 1024}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 # c=1024 and 10000 idle connections need the descriptors (both ends are here).
@@ -33,8 +40,8 @@ cleanup() {
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk; then
-    echo "== installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+if ! need wrk || ! need h2load; then
+    echo "== installing wrk, h2load (Debian)"; apt-get update -qq && apt-get install -y -qq wrk nghttp2-client >/dev/null
 fi
 if [ "$(nproc)" -ge 2 ]; then SERVER="taskset -c 0"; LOAD="taskset -c 1"; PINNED="servers on core 0, wrk on core 1"
 else SERVER=""; LOAD=""; PINNED="one core: no pinning"; fi
@@ -83,28 +90,60 @@ EOF
     wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
 }
 
-# run_wrk <label> <url> <pids to measure…> [-- header]
+# run_wrk <label> <url> <header or ""> <pids to measure…>
+# (WRK_CONNS: connections instead of CONNS; WRK_SCRIPT: a wrk Lua script.)
+# Sets RPS, P50, P99 (ms) and CPU_US (server CPU µs per request) [label].
 declare -A RPS P50 P99 CPU_US
 run_wrk() {
     local label=$1 url=$2 header=$3; shift 3
     local conns=${WRK_CONNS:-$CONNS}
-    local args=(-t1 -c"$conns" -d"${DURATION}s" --latency)
-    [ -n "$header" ] && args+=(-H "$header")
+    local common=(-t1 -c"$conns")
+    [ -n "$header" ] && common+=(-H "$header")
+    [ -n "${WRK_SCRIPT:-}" ] && common+=(-s "$WRK_SCRIPT")
     # Warm-up (connections, caches), not measured.
-    $LOAD wrk -t1 -c"$conns" -d2s ${header:+-H "$header"} "$url" > /dev/null
+    $LOAD wrk "${common[@]}" -d2s "$url" > /dev/null
     local before; before=$(cpu_ticks "$@")
-    $LOAD wrk "${args[@]}" "$url" > "$TMP/wrk-$label.txt"
+    $LOAD wrk "${common[@]}" -d"${DURATION}s" --latency "$url" > "$TMP/wrk-$label.txt"
     local after; after=$(cpu_ticks "$@")
     local requests; requests=$(awk '/requests in/ {print $1}' "$TMP/wrk-$label.txt")
     RPS[$label]=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk-$label.txt")
-    P50[$label]=$(awk '$1=="50%" {print $2}' "$TMP/wrk-$label.txt")
-    P99[$label]=$(awk '$1=="99%" {print $2}' "$TMP/wrk-$label.txt")
+    P50[$label]=$(to_ms "$(awk '$1=="50%" {print $2}' "$TMP/wrk-$label.txt")")
+    P99[$label]=$(to_ms "$(awk '$1=="99%" {print $2}' "$TMP/wrk-$label.txt")")
     if [ "$#" -gt 0 ]; then
         CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$requests, 2))")
     else
         CPU_US[$label]=""
     fi
     if grep -q "Non-2xx" "$TMP/wrk-$label.txt"; then echo "!! $label: non-2xx answers" >&2; grep Non-2xx "$TMP/wrk-$label.txt" >&2; fi
+}
+
+# run_h2load <label> <url> <header> <pids…>: 32 streams on 4 h2c connections.
+run_h2load() {
+    local label=$1 url=$2 header=$3; shift 3
+    $LOAD h2load -t1 -c4 -m8 -D 2 -H "$header" "$url" > /dev/null
+    local before; before=$(cpu_ticks "$@")
+    $LOAD h2load -t1 -c4 -m8 -D "$DURATION" -H "$header" "$url" > "$TMP/h2load-$label.txt"
+    local after; after=$(cpu_ticks "$@")
+    local done ok
+    done=$(awk '/^requests:/ {print $6}' "$TMP/h2load-$label.txt")
+    ok=$(awk '/^status codes:/ {print $3}' "$TMP/h2load-$label.txt")
+    [ "$ok" = "$done" ] || echo "!! $label: $ok of $done answered 2xx" >&2
+    RPS[$label]=$(awk '/^finished in/ {print $4}' "$TMP/h2load-$label.txt")
+    P50[$label]=""
+    P99[$label]=""
+    CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$done, 2))")
+}
+
+# median <label>: RPS, P50, P99, CPU_US [label] from the medians of label-r1..ROUNDS.
+median() {
+    local label=$1 m i
+    for m in RPS P50 P99 CPU_US; do
+        local -n values=$m
+        local got=()
+        for i in $(seq 1 "$ROUNDS"); do got+=("${values[$label-r$i]}"); done
+        values[$label]=$(printf '%s\n' "${got[@]}" | { grep . || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
+        unset -n values
+    done
 }
 to_ms() { python3 -c "
 v='$1'
@@ -134,16 +173,19 @@ SESSION=$(curl -sf -D - -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "
 [ -n "$SESSION" ] || { echo "the session exchange gave no cookie" >&2; exit 1; }
 curl -sf -o /dev/null -H "Cookie: theme=dark; $SESSION" "http://127.0.0.1:$PROXY_PORT/app/x"
 
-echo "== wrk: direct to the upstream"
-run_wrk direct "http://127.0.0.1:$UP_PORT/api/x" ""
-echo "== wrk: line-auth-proxy, cached access token"
-run_wrk proxy "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
-echo "== wrk: line-auth-proxy, session cookie (its token's verdict cached)"
-run_wrk session "http://127.0.0.1:$PROXY_PORT/app/x" "Cookie: theme=dark; $SESSION" "$PROXY_PID"
+# TLS: one certificate for the proxy's listener and nginx's.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2> /dev/null
+MAIN_PID=$PROXY_PID MAIN_PORT=$PROXY_PORT
+PROXY_SERVER="tls_cert_file = \"$TMP/tls.crt\"
+tls_key_file = \"$TMP/tls.key\"" proxy tls $'[limits]\nconnections = 0'
+TLS_PID=$PROXY_PID TLS_PORT=$PROXY_PORT
+PROXY_PID=$MAIN_PID PROXY_PORT=$MAIN_PORT
+curl -sfk -o /dev/null -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$TLS_PORT/api/x"
 
 NGINX=""
 if need nginx; then
-    NGINX_PORT=$(free_port)
+    NGINX_PORT=$(free_port) NGINX_H2C_PORT=$(free_port) NGINX_TLS_PORT=$(free_port)
     mkdir -p "$TMP/nginx"
     cat > "$TMP/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -152,9 +194,14 @@ error_log $TMP/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log $TMP/nginx/access.log;
+    keepalive_requests 100000000;
     upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; }
     server {
         listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_H2C_PORT http2;
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        ssl_certificate $TMP/tls.crt;
+        ssl_certificate_key $TMP/tls.key;
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -168,20 +215,35 @@ EOF
     PIDS+=($NGINX_MASTER)
     wait_http "http://127.0.0.1:$NGINX_PORT/"
     NGINX_PIDS=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER" || true))
-    echo "== wrk: nginx proxy_pass"
-    run_wrk nginx "http://127.0.0.1:$NGINX_PORT/api/x" "" "${NGINX_PIDS[@]}"
     NGINX=1
 fi
+
+echo "== wrk: direct to the upstream"
+run_wrk direct "http://127.0.0.1:$UP_PORT/api/x" ""
+for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round of $ROUNDS: cached token, session cookie, h2c, TLS (the proxy, then nginx)"
+    run_wrk "proxy-r$round" "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
+    run_wrk "session-r$round" "http://127.0.0.1:$PROXY_PORT/app/x" "Cookie: theme=dark; $SESSION" "$PROXY_PID"
+    run_h2load "h2c-r$round" "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
+    run_wrk "tls-r$round" "https://127.0.0.1:$TLS_PORT/api/x" "Authorization: Bearer $TOKEN" "$TLS_PID"
+    if [ -n "$NGINX" ]; then
+        run_wrk "nginx-r$round" "http://127.0.0.1:$NGINX_PORT/api/x" "" "${NGINX_PIDS[@]}"
+        run_h2load "nginx_h2c-r$round" "http://127.0.0.1:$NGINX_H2C_PORT/api/x" "Authorization: Bearer $TOKEN" "${NGINX_PIDS[@]}"
+        run_wrk "nginx_tls-r$round" "https://127.0.0.1:$NGINX_TLS_PORT/api/x" "" "${NGINX_PIDS[@]}"
+    fi
+done
+for label in proxy session h2c tls nginx nginx_h2c nginx_tls; do median "$label"; done
+kill "$TLS_PID" 2>/dev/null || true
 
 # The curve: CPU per request as concurrency grows (the row at $CONNS is above).
 CURVE_JSON="["
 for c in $CURVE; do
     echo "== curve: $c connections"
     WRK_CONNS=$c run_wrk "proxy-c$c" "http://127.0.0.1:$PROXY_PORT/api/x" "Authorization: Bearer $TOKEN" "$PROXY_PID"
-    row="{\"conns\": $c, \"proxy_cpu_us\": ${CPU_US[proxy-c$c]}, \"proxy_rps\": ${RPS[proxy-c$c]}, \"proxy_p99_ms\": $(to_ms "${P99[proxy-c$c]}")"
+    row="{\"conns\": $c, \"proxy_cpu_us\": ${CPU_US[proxy-c$c]}, \"proxy_rps\": ${RPS[proxy-c$c]}, \"proxy_p99_ms\": ${P99[proxy-c$c]}"
     if [ -n "$NGINX" ]; then
         WRK_CONNS=$c run_wrk "nginx-c$c" "http://127.0.0.1:$NGINX_PORT/api/x" "" "${NGINX_PIDS[@]}"
-        row+=", \"nginx_cpu_us\": ${CPU_US[nginx-c$c]}, \"nginx_rps\": ${RPS[nginx-c$c]}, \"nginx_p99_ms\": $(to_ms "${P99[nginx-c$c]}")"
+        row+=", \"nginx_cpu_us\": ${CPU_US[nginx-c$c]}, \"nginx_rps\": ${RPS[nginx-c$c]}, \"nginx_p99_ms\": ${P99[nginx-c$c]}"
     fi
     CURVE_JSON+="$row},"
 done
@@ -201,26 +263,50 @@ exec {HOLD[1]}>&-
 wait "$HOLD_PID" 2>/dev/null || true
 IDLE_JSON="{\"connections\": $HELD, \"rss_before_kb\": $IDLE_BEFORE, \"rss_after_kb\": $IDLE_AFTER, \"upstream_connections_open\": $UPSTREAM_OPEN}"
 
-echo "== cold logins (mock LINE answering in 20 ms), coalescing, memory"
+echo "== cold logins (mock LINE answering in 20 ms), coalescing"
 fixtures 20
 # 500 concurrent connections from one address: over the default limits.connections (256).
-proxy cold $'[limits]\nconnections = 0'
+proxy cold $'[limits]\nconnections = 0\nfresh_tokens_per_minute = 0'
+COLD_BEFORE=$(cpu_ticks "$PROXY_PID")
 COLD=$("$LB" cold "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" "$COLD_LOGINS" 8)
+COLD_AFTER=$(cpu_ticks "$PROXY_PID")
+# The proxy's own CPU per login (LINE's 20 ms are waiting, not CPU).
+COLD_CPU_US=$(python3 -c "print(round(($COLD_AFTER-$COLD_BEFORE)*1e6/$HZ/$COLD_LOGINS, 1))")
 COALESCE=$("$LB" coalesce "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$ADMIN_PORT" 500)
-fixtures 0
-# 100000 fresh tokens from one address: over the default limits.fresh_tokens_per_minute (600).
-PROXY_LOG="warn,line_auth_proxy=info" proxy fill $'[cache]\nttl_seconds = 3600\nmax_entries = 200000\n[limits]\nfresh_tokens_per_minute = 0'
-FILL_OUT=$("$LB" fill "http://127.0.0.1:$PROXY_PORT" "$FILL" 32)
-sleep 1
-FILL_RSS=$(rss_kb "$PROXY_PID")
-ENTRIES=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^line_auth_proxy_cache_entries / {print $2}')
 
-export DURATION CONNS PINNED IDLE_RSS FILL_RSS ENTRIES COLD COALESCE FILL_OUT NGINX CURVE_JSON IDLE_JSON
-export RPS_DIRECT=${RPS[direct]} RPS_PROXY=${RPS[proxy]} RPS_SESSION=${RPS[session]} RPS_NGINX=${RPS[nginx]:-}
-export P50_SESSION=$(to_ms "${P50[session]}") P99_SESSION=$(to_ms "${P99[session]}") CPU_SESSION=${CPU_US[session]}
-export P50_DIRECT=$(to_ms "${P50[direct]}") P99_DIRECT=$(to_ms "${P99[direct]}")
-export P50_PROXY=$(to_ms "${P50[proxy]}") P99_PROXY=$(to_ms "${P99[proxy]}")
-if [ -n "$NGINX" ]; then export P50_NGINX=$(to_ms "${P50[nginx]}") P99_NGINX=$(to_ms "${P99[nginx]}"); fi
-export CPU_PROXY=${CPU_US[proxy]} CPU_NGINX=${CPU_US[nginx]:-}
+# Distinct cached identities: RSS, and the CPU of a hit on a token drawn at
+# random from all of them (a wrk Lua script; the 1000 row is the baseline).
+fixtures 0
+MAX_IDS=$(printf '%s\n' $IDENTITIES | sort -g | tail -1)
+PROXY_LOG="warn,line_auth_proxy=info" proxy ids "[cache]
+ttl_seconds = 3600
+max_entries = $((MAX_IDS + MAX_IDS / 10 + 1000))
+[limits]
+connections = 0
+fresh_tokens_per_minute = 0"
+cat > "$TMP/tokens.lua" <<'EOF'
+local n = tonumber(os.getenv("TOKENS"))
+math.randomseed(7)
+request = function()
+    return wrk.format("GET", "/api/x", { ["Authorization"] = "Bearer bench-fill-" .. math.random(0, n - 1) })
+end
+EOF
+IDS_JSON="["
+for n in $IDENTITIES; do
+    echo "== $n cached identities"
+    FILLED=$("$LB" fill "http://127.0.0.1:$PROXY_PORT" "$n" 32)
+    sleep 1
+    rss=$(rss_kb "$PROXY_PID")
+    entries=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^line_auth_proxy_cache_entries / {print $2}')
+    TOKENS=$n WRK_SCRIPT=$TMP/tokens.lua run_wrk "ids-$n" "http://127.0.0.1:$PROXY_PORT/api/x" "" "$PROXY_PID"
+    IDS_JSON+="{\"identities\": $n, \"entries\": ${entries:-0}, \"rss_kb\": $rss, \"cpu_us\": ${CPU_US[ids-$n]}, \"rps\": ${RPS[ids-$n]}, \"fill\": $FILLED},"
+done
+IDS_JSON="${IDS_JSON%,}]"
+
+export DURATION CONNS ROUNDS PINNED IDLE_RSS COLD COLD_CPU_US COALESCE NGINX CURVE_JSON IDLE_JSON IDS_JSON
+for label in direct proxy session h2c tls nginx nginx_h2c nginx_tls; do
+    key=${label^^}
+    export "RPS_$key=${RPS[$label]:-}" "P50_$key=${P50[$label]:-}" "P99_$key=${P99[$label]:-}" "CPU_$key=${CPU_US[$label]:-}"
+done
 export CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) CORES=$(nproc)
 python3 "$ROOT/benches/report.py" "$OUT"

@@ -14,9 +14,11 @@
 //! loadbench soak <rate> <seconds> <proxy command…>
 //!                                             the soak of benches/soak.sh: fixtures here, the proxy
 //!                                             started with the command (+ --config FILE), rate req/s
-//!                                             of 90 % cached, 9 % fresh, 1 % invalid tokens, LINE
-//!                                             answering 500 for 30 s in the middle; RSS and fds of
-//!                                             the proxy every 10 s; JSON summary, exit 1 on a failure
+//!                                             of 90 % cached, 9 % fresh, 1 % invalid tokens over 128
+//!                                             keep-alive connections, LINE answering 500 for 30 s in
+//!                                             the middle; RSS and fds of the proxy every 10 s; JSON
+//!                                             summary, exit 1 on a failure. Rate 0: the same mix as
+//!                                             fast as it goes, no outage (the maximum)
 //! ```
 //!
 //! Everything listens on and talks to 127.0.0.1 only: the real LINE Platform
@@ -309,15 +311,22 @@ async fn spray(proxy: &str, admin: &str, n: usize, concurrency: usize) {
 
 mod soak {
     //! A rate-paced token mix against a proxy this process starts, with a LINE
-    //! outage in the middle; what counts as a failure is in [`Tally::check`].
+    //! outage in the middle; what counts as a failure is in [`Tally::record`].
 
-    use std::sync::Arc;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::{CHANNEL, PREFIX, USER};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
     use line_auth_proxy::clock::Stopwatch;
     use line_auth_proxy::dev::{Fault, Faults, MockLine, MockToken};
+    use tokio::net::TcpStream;
+
+    use super::{CHANNEL, PREFIX, USER};
 
     /// Cached tokens in the mix (each verified before the clock starts).
     const CACHED: u64 = 1000;
@@ -325,8 +334,9 @@ mod soak {
     const OUTAGE: Duration = Duration::from_secs(30);
     /// A request within this of the outage's edges counts as in it.
     const EDGE: Duration = Duration::from_secs(2);
-    /// Requests in flight at most; beyond, the schedule waits.
-    const IN_FLIGHT: usize = 2048;
+    /// Keep-alive connections the load is sent over (at most this many
+    /// requests in flight; beyond, the schedule waits).
+    const CONNECTIONS: usize = 128;
 
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Kind {
@@ -355,10 +365,13 @@ mod soak {
         forwarded_unverified: AtomicU64,
         outage_503: AtomicU64,
         outage_200_cached: AtomicU64,
+        /// The unexpected answers outside the outage, by token kind and status
+        /// (0: the connection failed), to say what failed.
+        unexpected: Mutex<BTreeMap<String, u64>>,
     }
 
     pub async fn run(rate: usize, seconds: u64, command: &[String]) {
-        let line = MockLine::start().await.expect("mock LINE binds");
+        let line = Arc::new(MockLine::start().await.expect("mock LINE binds"));
         line.accept_prefix(PREFIX, MockToken::new(CHANNEL, USER, "Soak User"));
         let upstream = super::listener().unwrap();
         let up_port = upstream.local_addr().unwrap().port();
@@ -385,96 +398,169 @@ mod soak {
             .spawn()
             .expect("the proxy starts");
         let pid = child.id();
-        let proxy = loop {
+        let proxy: SocketAddr = loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(l) = text.lines().find(|l| l.contains("line-auth-proxy ready")) {
                 let addr = l.split("listen=").nth(1).unwrap().split(' ').next().unwrap();
-                break format!("http://{addr}");
+                break addr.parse().expect("the ready line names the listener");
             }
         };
-        let c = super::client();
+        let mut warm = Client::connect(proxy).await.expect("the proxy accepts");
         for i in 0..CACHED {
-            let status =
-                c.get(format!("{proxy}/soak")).bearer_auth(format!("{PREFIX}cached-{i}")).send().await.unwrap();
-            assert_eq!(status.status(), 200);
+            assert_eq!(warm.get(&format!("{PREFIX}cached-{i}")).await, 200);
         }
-        let tally = Arc::new(Tally::default());
-        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let total = Duration::from_secs(seconds);
-        let outage_start = total / 2 - OUTAGE / 2;
-        let outage_end = outage_start + OUTAGE;
+        // With rate 0 (the maximum) there is no outage.
+        let outage_start = if rate == 0 { total } else { (total / 2).saturating_sub(OUTAGE / 2) };
+        let outage_end = if rate == 0 { total } else { outage_start + OUTAGE };
         let clock = Stopwatch::start();
+        let run = Arc::new(Run {
+            tally: Tally::default(),
+            next: AtomicU64::new(0),
+            // 0: as fast as the connections go (the maximum), and no outage.
+            rate: if rate == 0 { f64::INFINITY } else { rate as f64 },
+            total,
+            outage_start,
+            outage_end,
+            clock,
+        });
+        // LINE fails for the outage, on its own schedule.
+        let outage = {
+            let line = line.clone();
+            tokio::spawn(async move {
+                if rate == 0 {
+                    return;
+                }
+                tokio::time::sleep(outage_start).await;
+                let fault = Some(Fault::Status(500));
+                line.set_faults(Faults { verify: fault, profile: fault, ..Faults::default() });
+                tokio::time::sleep(OUTAGE).await;
+                line.set_faults(Faults::default());
+            })
+        };
+        let workers: Vec<_> = (0..CONNECTIONS).map(|_| tokio::spawn(worker(run.clone(), proxy))).collect();
         let mut samples = Vec::new();
         let mut next_sample = Duration::ZERO;
-        let mut outage = false;
-        let mut n: u64 = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while clock.elapsed() < total {
-            tick.tick().await;
-            let now = clock.elapsed();
-            if now >= next_sample {
-                samples.push((now.as_secs(), rss_kb(pid), open_fds(pid)));
-                next_sample += Duration::from_secs(10);
-            }
-            let in_outage = now >= outage_start && now < outage_end;
-            if in_outage != outage {
-                outage = in_outage;
-                let fault = outage.then_some(Fault::Status(500));
-                line.set_faults(Faults { verify: fault, profile: fault, ..Faults::default() });
-            }
-            // This tick's share of the rate (what the schedule owes by now).
-            // Never more than two ticks' worth at once: a client that cannot
-            // keep up sends what it can (the achieved rate is reported) and
-            // the schedule, the outage's included, keeps to the clock.
-            let due = ((now.as_secs_f64() * rate as f64) as u64).min(n + (rate as u64 / 100).max(1) * 2);
-            while n < due {
-                n += 1;
-                let kind = match n % 100 {
-                    0 => Kind::Invalid,
-                    1..=9 => Kind::Fresh,
-                    _ => Kind::Cached,
-                };
-                let token = match kind {
-                    Kind::Cached => format!("{PREFIX}cached-{}", n % CACHED),
-                    Kind::Fresh => format!("{PREFIX}fresh-{n}"),
-                    Kind::Invalid => format!("invalid-{n}"),
-                };
-                // At the bound the schedule waits (and falls behind: the
-                // achieved rate is reported), rather than dropping requests.
-                let slot = slots.clone().acquire_owned().await.expect("never closed");
-                let (c, url, tally, clock) = (c.clone(), format!("{proxy}/soak"), tally.clone(), clock);
-                tally.sent.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let started = clock.elapsed();
-                    let status = match c.get(url).bearer_auth(token).send().await {
-                        Ok(r) => r.status().as_u16(),
-                        Err(_) => 0,
-                    };
-                    let ended = clock.elapsed();
-                    drop(slot);
-                    // Sent and answered while LINE was failing: nothing fresh
-                    // can have been verified. Done before it began, or sent once
-                    // it had been over for EDGE: answered as usual.
-                    let phase = if started >= outage_start && ended < outage_end {
-                        Phase::Outage
-                    } else if ended < outage_start || started >= outage_end + EDGE {
-                        Phase::Normal
-                    } else {
-                        Phase::Edge
-                    };
-                    tally.record(kind, status, phase);
-                });
-            }
+            samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
+            next_sample += Duration::from_secs(10);
+            tokio::time::sleep(next_sample.saturating_sub(clock.elapsed())).await;
         }
         // The last answers.
-        let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+        for w in workers {
+            let _ = w.await;
+        }
+        let _ = outage.await;
         samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
-        std::process::exit(report(&tally, &samples, rate, seconds));
+        std::process::exit(report(&run.tally, &samples, rate, seconds));
+    }
+
+    /// What every worker shares: the schedule, the outage's window, the tally.
+    struct Run {
+        tally: Tally,
+        /// The next request's number; request n is due at n / rate seconds.
+        next: AtomicU64,
+        rate: f64,
+        total: Duration,
+        outage_start: Duration,
+        outage_end: Duration,
+        clock: Stopwatch,
+    }
+
+    /// One keep-alive connection's loop: take the next request number, wait
+    /// until it is due (or send at once when the schedule is behind: the
+    /// achieved rate is reported), send, record.
+    async fn worker(run: Arc<Run>, proxy: SocketAddr) {
+        let mut client: Option<Client> = None;
+        loop {
+            let n = run.next.fetch_add(1, Ordering::Relaxed) + 1;
+            let due = Duration::from_secs_f64(n as f64 / run.rate);
+            if due >= run.total {
+                return;
+            }
+            let now = run.clock.elapsed();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            } else if now >= run.total {
+                // Behind the schedule at the end: what was not sent by then
+                // is not sent (the achieved rate says how far behind).
+                return;
+            }
+            let kind = match n % 100 {
+                0 => Kind::Invalid,
+                1..=9 => Kind::Fresh,
+                _ => Kind::Cached,
+            };
+            let token = match kind {
+                Kind::Cached => format!("{PREFIX}cached-{}", n % CACHED),
+                Kind::Fresh => format!("{PREFIX}fresh-{n}"),
+                Kind::Invalid => format!("invalid-{n}"),
+            };
+            run.tally.sent.fetch_add(1, Ordering::Relaxed);
+            let started = run.clock.elapsed();
+            if client.is_none() {
+                client = Client::connect(proxy).await.ok();
+            }
+            let status = match client.as_mut() {
+                Some(c) => c.get(&token).await,
+                None => 0,
+            };
+            if status == 0 {
+                // The connection failed: the next request opens another.
+                client = None;
+            }
+            let ended = run.clock.elapsed();
+            // Sent and answered while LINE was failing: nothing fresh can
+            // have been verified. Done before it began, or sent once it had
+            // been over for EDGE: answered as usual.
+            let phase = if started >= run.outage_start && ended < run.outage_end {
+                Phase::Outage
+            } else if ended < run.outage_start || started >= run.outage_end + EDGE {
+                Phase::Normal
+            } else {
+                Phase::Edge
+            };
+            run.tally.record(kind, status, phase);
+        }
+    }
+
+    /// One HTTP/1.1 keep-alive connection to the proxy (hyper's own client
+    /// connection: no pool, so the client costs little of the load core).
+    struct Client {
+        send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    }
+
+    impl Client {
+        async fn connect(proxy: SocketAddr) -> std::io::Result<Client> {
+            let stream = TcpStream::connect(proxy).await?;
+            stream.set_nodelay(true)?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            Ok(Client { send })
+        }
+
+        /// `GET /soak` with the token: the status, 0 when the connection failed.
+        async fn get(&mut self, token: &str) -> u16 {
+            let request = hyper::Request::get("/soak")
+                .header(hyper::header::HOST, "soak")
+                .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Empty::new())
+                .expect("a valid request");
+            if self.send.ready().await.is_err() {
+                return 0;
+            }
+            let Ok(response) = self.send.send_request(request).await else { return 0 };
+            let status = response.status().as_u16();
+            match response.into_body().collect().await {
+                Ok(_) => status,
+                Err(_) => 0,
+            }
+        }
     }
 
     impl Tally {
@@ -501,6 +587,12 @@ mod soak {
             };
             if status != expected {
                 self.failed_outside.fetch_add(1, Ordering::Relaxed);
+                let name = match kind {
+                    Kind::Cached => "cached",
+                    Kind::Fresh => "fresh",
+                    Kind::Invalid => "invalid",
+                };
+                *self.unexpected.lock().expect("not poisoned").entry(format!("{name} {status}")).or_default() += 1;
             }
         }
     }
@@ -512,6 +604,12 @@ mod soak {
         let base = after_first_minute.first().map_or(0, |s| s.1);
         let peak = after_first_minute.iter().map(|s| s.1).max().unwrap_or(0);
         let growth = if base > 0 { (peak as f64 - base as f64) / base as f64 * 100.0 } else { 0.0 };
+        // Informational: the same from the second minute on (past the first
+        // expiry of the tokens cached before the clock started).
+        let later: Vec<_> = samples.iter().filter(|s| s.0 >= 120).collect();
+        let base2 = later.first().map_or(0, |s| s.1);
+        let peak2 = later.iter().map(|s| s.1).max().unwrap_or(0);
+        let growth2 = if base2 > 0 { (peak2 as f64 - base2 as f64) / base2 as f64 * 100.0 } else { 0.0 };
         let fds: Vec<u64> = samples.iter().map(|s| s.2).collect();
         let mut failures = Vec::new();
         if growth > 10.0 {
@@ -527,7 +625,8 @@ mod soak {
             "{{\"rate\": {rate}, \"seconds\": {seconds}, \"sent\": {}, \"achieved_rate\": {}, \"across_edges\": {}, \"failed_outside_outage\": {}, \
              \"forwarded_unverified_in_outage\": {}, \"outage_503\": {}, \"outage_200_cached\": {}, \
              \"rss_kb_at_60s\": {base}, \"rss_kb_peak_after\": {peak}, \"rss_growth_pct\": {growth:.1}, \
-             \"fds_min\": {}, \"fds_max\": {}, \"samples\": {}, \"failures\": {:?}}}",
+             \"rss_kb_at_120s\": {base2}, \"rss_kb_peak_after_120s\": {peak2}, \"rss_growth_after_120s_pct\": {growth2:.1}, \
+             \"fds_min\": {}, \"fds_max\": {}, \"unexpected\": {}, \"samples\": {}, \"failures\": {:?}}}",
             get(&t.sent),
             get(&t.sent) / seconds.max(1),
             get(&t.edge),
@@ -537,6 +636,7 @@ mod soak {
             get(&t.outage_200_cached),
             fds.iter().min().unwrap_or(&0),
             fds.iter().max().unwrap_or(&0),
+            serde_json::to_string(&*t.unexpected.lock().expect("not poisoned")).expect("a map"),
             serde_json::to_string(samples).expect("numbers"),
             failures,
         );
