@@ -1,7 +1,7 @@
 //! How many runtime threads serve: `server.workers` when set, else the
 //! container's CPU quota (cgroup v2 `cpu.max`, what a Kubernetes CPU limit
-//! sets) rounded up, never more than the CPUs the process may run on
-//! (its affinity: `taskset`, cpusets). One worker is a current-thread
+//! sets) rounded down and at least one, never more than the CPUs the
+//! process may run on (its affinity: `taskset`, cpusets). One worker is a current-thread
 //! runtime: the same work without cross-thread wake-ups and queues.
 
 use std::path::Path;
@@ -26,7 +26,7 @@ impl Workers {
     fn from_parts(configured: Option<usize>, quota: Option<usize>, cpus: usize) -> Self {
         match (configured, quota) {
             (Some(count), _) => Self { count, from: "server.workers" },
-            (None, Some(quota)) if quota < cpus => Self { count: quota, from: "cgroup cpu.max" },
+            (None, Some(quota)) if quota <= cpus => Self { count: quota, from: "cgroup cpu.max" },
             (None, _) => Self { count: cpus, from: "cpus" },
         }
     }
@@ -34,7 +34,7 @@ impl Workers {
 
 /// The tightest `cpu.max` quota on the way from the process's cgroup (v2,
 /// the `0::/path` line of `/proc/self/cgroup`) up to `root`, in whole CPUs
-/// rounded up; `None` without a cgroup v2 membership or a limit.
+/// rounded down (at least 1); `None` without a cgroup v2 membership or a limit.
 pub fn cgroup_quota(root: &Path, membership: &str) -> Option<usize> {
     let path = membership.lines().find_map(|line| line.strip_prefix("0::"))?.trim();
     let mut dir = root.join(path.trim_start_matches('/'));
@@ -50,7 +50,7 @@ pub fn cgroup_quota(root: &Path, membership: &str) -> Option<usize> {
 }
 
 /// `cpu.max` is `$MAX $PERIOD` (microseconds) or `max $PERIOD`: the CPUs
-/// it allows, rounded up (1.5 CPUs is 2 workers, 0.25 is 1).
+/// it allows, rounded down and at least one (1.5 CPUs is 1 worker, 0.25 is 1).
 pub fn cpu_max_cores(text: &str) -> Option<usize> {
     let mut fields = text.split_whitespace();
     let (max, period) = (fields.next()?, fields.next()?);
@@ -58,7 +58,10 @@ pub fn cpu_max_cores(text: &str) -> Option<usize> {
     if max == 0 || period == 0 {
         return None;
     }
-    usize::try_from(max.div_ceil(period)).ok()
+    // Rounded down, at least one: what the standard library's
+    // `available_parallelism` (the `cpus` beside it) makes of the same file,
+    // and what keeps a 1.5-CPU limit from being throttled by two busy threads.
+    usize::try_from((max / period).max(1)).ok()
 }
 
 #[cfg(test)]
@@ -66,10 +69,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_max_is_read_as_whole_cpus_rounded_up() {
+    fn cpu_max_is_read_as_whole_cpus_rounded_down_at_least_one() {
         assert_eq!(cpu_max_cores("max 100000\n"), None);
         assert_eq!(cpu_max_cores("100000 100000\n"), Some(1));
-        assert_eq!(cpu_max_cores("150000 100000\n"), Some(2));
+        assert_eq!(cpu_max_cores("150000 100000\n"), Some(1));
+        assert_eq!(cpu_max_cores("250000 100000\n"), Some(2));
         assert_eq!(cpu_max_cores("25000 100000\n"), Some(1));
         assert_eq!(cpu_max_cores("400000 100000"), Some(4));
         assert_eq!(cpu_max_cores("0 100000"), None);
@@ -106,6 +110,9 @@ mod tests {
     fn the_setting_wins_then_the_quota_then_the_cpus() {
         assert_eq!(Workers::from_parts(Some(3), Some(1), 8), Workers { count: 3, from: "server.workers" });
         assert_eq!(Workers::from_parts(None, Some(2), 8), Workers { count: 2, from: "cgroup cpu.max" });
+        // The standard library's count already applies the quota: equal
+        // means the quota is what binds.
+        assert_eq!(Workers::from_parts(None, Some(2), 2), Workers { count: 2, from: "cgroup cpu.max" });
         // A quota above what the affinity allows: the CPUs it may run on.
         assert_eq!(Workers::from_parts(None, Some(8), 2), Workers { count: 2, from: "cpus" });
         assert_eq!(Workers::from_parts(None, None, 4), Workers { count: 4, from: "cpus" });
