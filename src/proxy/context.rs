@@ -242,12 +242,15 @@ fn request_id<B>(req: &Request<B>, metrics: &Metrics) -> HeaderValue {
     fresh_request_id(metrics.next_request_id())
 }
 
-/// Ids cut from blocks of this many bytes (1024 ids of 16 hex digits).
-const REQUEST_ID_BLOCK: usize = 16 * 1024;
+/// Ids cut from blocks of this many bytes (64 ids of 16 hex digits). Small,
+/// because a block lives as long as its last id: an HTTP/2 connection's HPACK
+/// table keeps recent `X-Request-Id` values (about 60 in its 4 KiB), which
+/// with 16 KiB blocks could pin a megabyte per connection.
+const REQUEST_ID_BLOCK: usize = 1024;
 
 thread_local! {
     /// The block fresh request ids are written into: one allocation per
-    /// 1024 ids instead of one per request (each id shares the block, which
+    /// 64 ids instead of one per request (each id shares the block, which
     /// is freed when its last id is).
     static REQUEST_IDS: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
