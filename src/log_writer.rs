@@ -101,10 +101,11 @@ impl Shared {
     /// [`FLUSH_LIMIT`] passed (a stderr stalled for good must not keep the
     /// process from exiting).
     fn flush(&self) {
+        // Measured, not counted in waits: every batch written wakes this
+        // early, so counting would give up long before the limit.
+        let waited = crate::clock::Stopwatch::start();
         let mut buffer = self.lock();
-        let mut waits = FLUSH_LIMIT.as_millis() / FLUSH_POLL.as_millis();
-        while (!buffer.lines.is_empty() || buffer.writing) && waits > 0 {
-            waits -= 1;
+        while (!buffer.lines.is_empty() || buffer.writing) && waited.elapsed() < FLUSH_LIMIT {
             buffer = self.written.wait_timeout(buffer, FLUSH_POLL).unwrap_or_else(|p| p.into_inner()).0;
         }
     }

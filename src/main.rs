@@ -149,11 +149,14 @@ where
         }
     };
     let ended = rt.block_on(future);
-    // Log lines still buffered go out before the exit (and before the
-    // error line below, which is stderr's last).
     if let Err(e) = &ended {
         tracing::error!(error = %error_chain(e), "line-auth-proxy failed");
     }
+    // Tasks still running (connections past the drain) end here and write
+    // their access lines; blocking work (a DNS lookup) gets one second.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Log lines still buffered go out before the exit (and before the
+    // error line below, which is stderr's last).
     line_auth_proxy::log_writer::flush();
     match ended {
         Ok(()) => ExitCode::SUCCESS,

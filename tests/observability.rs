@@ -657,3 +657,27 @@ async fn the_runtime_threads_follow_server_workers_and_say_where_the_count_came_
     assert!(["cpus", "cgroup cpu.max"].contains(&runtime["workers_from"].as_str().unwrap()), "{runtime}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_response_still_streaming_when_the_grace_ends_leaves_its_access_line() {
+    let line = MockLine::start().await.unwrap();
+    line.add_token(TOKEN, MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let text = config_text(&line.base_url(), &upstream.url(), "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 1");
+    let mut proxy = Binary::start(&text);
+    let ready = proxy.line("line-auth-proxy ready", |_| true).await;
+    let listen = ready["listen"].as_str().unwrap().to_owned();
+    // The upstream sends one chunk and holds the rest: the answer is still
+    // streaming when SIGTERM's grace runs out.
+    let mut answer = client().get(format!("http://{listen}/stream-out")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.chunk().await.unwrap().is_some());
+    let lines = proxy.stop().await;
+    let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        parsed.iter().any(|l| l["target"] == "access" && l["path"] == "/stream-out"),
+        "the cut-off answer's line: {lines:#?}"
+    );
+    drop(answer);
+}
