@@ -124,14 +124,14 @@ run_h2load() {
     local before; before=$(cpu_ticks "$@")
     $LOAD h2load -t1 -c4 -m8 -D "$DURATION" -H "$header" "$url" > "$TMP/h2load-$label.txt"
     local after; after=$(cpu_ticks "$@")
-    local done ok
-    done=$(awk '/^requests:/ {print $6}' "$TMP/h2load-$label.txt")
+    local answered ok
+    answered=$(awk '/^requests:/ {print $6}' "$TMP/h2load-$label.txt")
     ok=$(awk '/^status codes:/ {print $3}' "$TMP/h2load-$label.txt")
-    [ "$ok" = "$done" ] || echo "!! $label: $ok of $done answered 2xx" >&2
+    [ "$ok" = "$answered" ] || echo "!! $label: $ok of $answered answered 2xx" >&2
     RPS[$label]=$(awk '/^finished in/ {print $4}' "$TMP/h2load-$label.txt")
     P50[$label]=""
     P99[$label]=""
-    CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$done, 2))")
+    CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$answered, 2))")
 }
 
 # median <label>: RPS, P50, P99, CPU_US [label] from the medians of label-r1..ROUNDS.

@@ -600,16 +600,10 @@ mod soak {
     /// Prints the summary; the exit code (1: a check failed).
     fn report(t: &Tally, samples: &[(u64, u64, u64)], rate: usize, seconds: u64) -> i32 {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let after_first_minute: Vec<_> = samples.iter().filter(|s| s.0 >= 60).collect();
-        let base = after_first_minute.first().map_or(0, |s| s.1);
-        let peak = after_first_minute.iter().map(|s| s.1).max().unwrap_or(0);
-        let growth = if base > 0 { (peak as f64 - base as f64) / base as f64 * 100.0 } else { 0.0 };
+        let (base, peak, growth) = rss_growth(samples, 60);
         // Informational: the same from the second minute on (past the first
         // expiry of the tokens cached before the clock started).
-        let later: Vec<_> = samples.iter().filter(|s| s.0 >= 120).collect();
-        let base2 = later.first().map_or(0, |s| s.1);
-        let peak2 = later.iter().map(|s| s.1).max().unwrap_or(0);
-        let growth2 = if base2 > 0 { (peak2 as f64 - base2 as f64) / base2 as f64 * 100.0 } else { 0.0 };
+        let (base2, peak2, growth2) = rss_growth(samples, 120);
         let fds: Vec<u64> = samples.iter().map(|s| s.2).collect();
         let mut failures = Vec::new();
         if growth > 10.0 {
@@ -641,6 +635,16 @@ mod soak {
             failures,
         );
         i32::from(!failures.is_empty())
+    }
+
+    /// RSS at the first sample from `from` seconds on, the peak after it
+    /// (KiB), and the growth between them in percent.
+    fn rss_growth(samples: &[(u64, u64, u64)], from: u64) -> (u64, u64, f64) {
+        let after: Vec<_> = samples.iter().filter(|s| s.0 >= from).collect();
+        let base = after.first().map_or(0, |s| s.1);
+        let peak = after.iter().map(|s| s.1).max().unwrap_or(0);
+        let growth = if base > 0 { (peak as f64 - base as f64) / base as f64 * 100.0 } else { 0.0 };
+        (base, peak, growth)
     }
 
     fn rss_kb(pid: u32) -> u64 {

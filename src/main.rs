@@ -152,8 +152,9 @@ where
     if let Err(e) = &ended {
         tracing::error!(error = %error_chain(e), "line-auth-proxy failed");
     }
-    // Tasks still running (connections past the drain) end here and write
-    // their access lines; blocking work (a DNS lookup) gets one second.
+    // Tasks that outlive the server's own force close (it writes the access
+    // lines of the connections it cuts) end here, before the flush; blocking
+    // work (a DNS lookup) gets one second instead of holding up the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     // Log lines still buffered go out before the exit (and before the
     // error line below, which is stderr's last).

@@ -1,8 +1,9 @@
 //! How many runtime threads serve: `server.workers` when set, else the
 //! container's CPU quota (cgroup v2 `cpu.max`, what a Kubernetes CPU limit
 //! sets) rounded down and at least one, never more than the CPUs the
-//! process may run on (its affinity: `taskset`, cpusets). One worker is a current-thread
-//! runtime: the same work without cross-thread wake-ups and queues.
+//! process may run on (its affinity: `taskset`, cpusets). One worker is a
+//! current-thread runtime: the same work without cross-thread wake-ups and
+//! queues.
 
 use std::path::Path;
 
