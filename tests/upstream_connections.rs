@@ -134,6 +134,35 @@ async fn no_more_than_max_idle_connections_are_kept_idle() {
 }
 
 #[tokio::test]
+async fn a_busy_client_connection_keeps_its_upstream_connection_when_idle_ones_fill_the_budget() {
+    let upstream = CountingUpstream::start(false).await;
+    let (_line, proxy) = proxy_for(&upstream, 2).await;
+    // Three client connections served once each, then left idle: they fill
+    // the two idle places (the third took the place of the first).
+    let idle: Vec<reqwest::Client> = (0..3).map(|_| client()).collect();
+    for c in &idle {
+        assert_eq!(c.get(proxy.url("/a")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(upstream.accepted(), 3);
+    assert!(eventually(Duration::from_secs(5), || async { upstream.open() == 2 }).await, "open: {}", upstream.open());
+    // A busy client connection: its first request opens a connection that then
+    // takes the place of the one idle the longest, and its next requests reuse
+    // it instead of opening and closing one each.
+    let busy = client();
+    for i in 0..10 {
+        assert_eq!(busy.get(proxy.url("/b")).bearer_auth(TOKEN).send().await.unwrap().status(), 200, "request {i}");
+    }
+    assert_eq!(upstream.accepted(), 4, "ten requests on one client connection, one upstream connection");
+    assert!(eventually(Duration::from_secs(5), || async { upstream.open() == 2 }).await, "open: {}", upstream.open());
+    // The idle client connections that lost their upstream connection are
+    // still served, and the budget still holds.
+    for c in &idle {
+        assert_eq!(c.get(proxy.url("/c")).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    }
+    assert!(eventually(Duration::from_secs(5), || async { upstream.open() == 2 }).await, "open: {}", upstream.open());
+}
+
+#[tokio::test]
 async fn zero_idle_connections_closes_each_after_its_request() {
     let upstream = CountingUpstream::start(false).await;
     let (_line, proxy) = proxy_for(&upstream, 0).await;

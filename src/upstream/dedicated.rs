@@ -9,10 +9,11 @@
 //! The pooled client stays for HTTP/2 clients (concurrent streams share its
 //! connections) and for WebSocket upgrades (the connection becomes a tunnel).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use hyper::client::conn::http1::{Connection, SendRequest};
@@ -23,15 +24,20 @@ use super::UpstreamBody;
 type Conn = Connection<TokioIo<tokio::net::TcpStream>, UpstreamBody>;
 pub type Sender = SendRequest<UpstreamBody>;
 
-/// How many upstream connections are idle, of the most that may be.
+/// How many upstream connections are idle, of the most that may be, and in
+/// which order they became idle.
 pub struct IdleBudget {
     idle: AtomicUsize,
     max: usize,
+    /// Client connections in the order their upstream connection became idle,
+    /// each with the number of that idle stint; an entry whose connection has
+    /// been used, closed or dropped since is stale and skipped.
+    order: Mutex<VecDeque<(Weak<Dedicated>, u64)>>,
 }
 
 impl IdleBudget {
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { idle: AtomicUsize::new(0), max })
+        Arc::new(Self { idle: AtomicUsize::new(0), max, order: Mutex::new(VecDeque::new()) })
     }
 
     /// One idle place, if any is left.
@@ -40,6 +46,35 @@ impl IdleBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
             .ok()
             .map(|_| IdlePlace(self.clone()))
+    }
+
+    fn order(&self) -> MutexGuard<'_, VecDeque<(Weak<Dedicated>, u64)>> {
+        // Nothing panics while holding it; a poisoned lock is still consistent.
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The place of the connection idle the longest, taken from it; its
+    /// sender comes along to be dropped (which closes that connection) once
+    /// no lock is held. Lock order: this queue, then a [`Dedicated`]'s.
+    fn evict_oldest(&self) -> Option<(Sender, IdlePlace)> {
+        let mut order = self.order();
+        while let Some((home, stint)) = order.pop_front() {
+            if let Some(evicted) = home.upgrade().and_then(|home| home.lock().take_idle(stint)) {
+                return Some(evicted);
+            }
+        }
+        None
+    }
+
+    /// `home`'s connection became idle, in its stint `stint`. Stale entries
+    /// are dropped when they outnumber the live ones (at most `max`), so the
+    /// queue stays under `2 × max + 1` entries at O(1) amortised cost.
+    fn remember(&self, home: &Arc<Dedicated>, stint: u64) {
+        let mut order = self.order();
+        if order.len() > 2 * self.max {
+            order.retain(|(home, stint)| home.upgrade().is_some_and(|home| home.lock().is_idle_in(*stint)));
+        }
+        order.push_back((Arc::downgrade(home), stint));
     }
 }
 
@@ -63,10 +98,24 @@ struct Inner {
     /// The connection's sender while no request uses it (a request's
     /// [`Lease`] holds it meanwhile), with its idle place.
     idle: Option<(Sender, IdlePlace)>,
+    /// Counts the connection's idle stints: names the current one in the
+    /// budget's queue.
+    stint: u64,
     /// The connection itself, polled by [`Dedicated::drive`].
     conn: Option<Pin<Box<Conn>>>,
     /// The client connection's task, woken when a new connection is installed.
     waker: Option<Waker>,
+}
+
+impl Inner {
+    fn is_idle_in(&self, stint: u64) -> bool {
+        self.idle.is_some() && self.stint == stint
+    }
+
+    /// The idle sender and its place, if still idle in the stint `stint`.
+    fn take_idle(&mut self, stint: u64) -> Option<(Sender, IdlePlace)> {
+        if self.is_idle_in(stint) { self.idle.take() } else { None }
+    }
 }
 
 impl Dedicated {
@@ -74,7 +123,7 @@ impl Dedicated {
         Arc::new(Self { inner: Mutex::new(Inner::default()), budget })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding it; a poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -121,15 +170,29 @@ impl Dedicated {
         }
     }
 
-    /// A request is done with the sender: kept idle when the budget allows,
-    /// otherwise dropped, which closes the connection.
-    fn give_back(&self, sender: Sender) {
+    /// A request is done with the sender: kept idle when the budget has a
+    /// place, or the place of the connection idle the longest (closed), and
+    /// dropped, which closes it, only when no connection is idle to make way.
+    fn give_back(self: &Arc<Self>, sender: Sender) {
         if sender.is_closed() {
             return;
         }
-        if let Some(place) = self.budget.take() {
-            self.lock().idle = Some((sender, place));
-        }
+        let (place, evicted) = match self.budget.take() {
+            Some(place) => (place, None),
+            None => match self.budget.evict_oldest() {
+                Some((evicted, place)) => (place, Some(evicted)),
+                None => return,
+            },
+        };
+        let stint = {
+            let mut inner = self.lock();
+            inner.stint += 1;
+            inner.idle = Some((sender, place));
+            inner.stint
+        };
+        self.budget.remember(self, stint);
+        // Closes the evicted connection, outside every lock.
+        drop(evicted);
     }
 }
 
