@@ -4,9 +4,11 @@
 #   Debian: redis-server and util-linux (prlimit) for the replica and limit
 #           tests; openssl (encrypted keys) for the TLS file tests; nginx,
 #           caddy, php-cli, nodejs, npm, python3-venv, chromium for tests/interop/;
-#           chromium-driver (WebDriver) for tests/browser_login.rs
+#           chromium-driver (WebDriver) for tests/browser_login.rs;
+#           buildah, musl-tools and yamllint for .ci/run's deploy checks
+#           (deploy/image-check.sh, deploy/kubernetes/check.py)
 #   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets, PyJWT,
-#           PyYAML (the YAML ingress examples)
+#           PyYAML (the YAML ingress examples), kubernetes-validate
 #           (pinned in tests/interop/requirements.txt)
 #   npm:    Express, jose (pinned in tests/interop/package.json and package-lock.json)
 # The PyPI and npm packages go into $LAP_INTEROP_DIR (default: target/interop).
@@ -30,6 +32,9 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+command -v yamllint >/dev/null 2>&1 || missing+=(yamllint)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test setup: installing ${missing[*]} (Debian)"
     sudo=()
@@ -71,5 +76,5 @@ echo "  node $(node --version), express $(node -e "console.log(require('$dir/nod
 "$dir/venv/bin/python" - <<'EOF'
 from importlib.metadata import version
 print("  python", __import__("sys").version.split()[0] + ",",
-      ", ".join(f"{p} {version(p)}" for p in ["gunicorn", "Flask", "uvicorn", "starlette", "grpcio", "websockets", "PyJWT"]))
+      ", ".join(f"{p} {version(p)}" for p in ["gunicorn", "Flask", "uvicorn", "starlette", "grpcio", "websockets", "PyJWT", "kubernetes-validate"]))
 EOF
