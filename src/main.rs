@@ -118,6 +118,13 @@ fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            if path.is_none() {
+                // Not a problem, but easy to miss: [[routes]] has no
+                // environment form.
+                eprintln!(
+                    "note: configured from the environment alone: routes can be written only in a file, so every request takes the default route (a LINE access token)"
+                );
+            }
             Ok(loaded)
         }
         Err(problems) => {

@@ -83,6 +83,11 @@ fn the_environment_alone_can_configure_the_proxy() {
     let (code, out, err) = run(&["check"], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("configuration OK"), "{out}");
+    // Routes have no environment form: the start says so.
+    assert!(err.contains("note: configured from the environment alone: routes can be written only in a file"), "{err}");
+    let file = write_config(GOOD);
+    let (_, _, err) = run(&["check", "--config", file.0.to_str().unwrap()], &[]);
+    assert!(!err.contains("note: configured from the environment alone"), "{err}");
     // Without any of it, every missing required key is named.
     let (code, _, err) = run(&["check"], &[]);
     assert_eq!(code, 2);
