@@ -32,7 +32,7 @@ cleanup() {
     buildah "${STORE[@]}" rm --all >/dev/null 2>&1 || true
     buildah "${STORE[@]}" rmi --all --force >/dev/null 2>&1 || true
     # Whatever buildah left mounted under the store, then the store.
-    grep -o " $TMP/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { grep -o " $TMP/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$TMP" 2>/dev/null || true
 }
 trap cleanup EXIT
