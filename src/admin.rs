@@ -16,9 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::jwks::Jwks;
-use crate::cache::VerdictCache;
-use crate::redis_conn::RedisConn;
+use crate::proxy::Current;
 use crate::telemetry::Metrics;
 
 /// What the admin endpoints report on.
@@ -26,15 +24,15 @@ pub struct Admin {
     /// True once listeners are bound; false again from the first shutdown signal.
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
-    pub cache: Arc<VerdictCache>,
-    /// In local ID-token mode, readiness also waits for LINE's JWKS.
-    pub jwks: Option<Arc<Jwks>>,
-    /// With Redis nonces, readiness follows Redis (the shared cache never does:
-    /// it degrades to memory + LINE).
-    pub nonce_redis: Option<Arc<RedisConn>>,
-    /// With `[assertion]`: its public keys at `/.well-known/jwks.json`.
-    pub signer: Option<Arc<crate::assertion::Signer>>,
+    /// The configuration in force (a reload swaps it): in local ID-token mode
+    /// readiness also waits for LINE's JWKS; with Redis nonces it follows
+    /// Redis (the shared cache never holds it back: it degrades to memory +
+    /// LINE); with `[assertion]`, its public keys at `/.well-known/jwks.json`.
+    pub current: Arc<Current>,
 }
+
+/// Every dependency's name, as [`Admin::dependencies`] gives them.
+const DEPENDENCIES: [&str; 4] = ["draining", "jwks", "nonce_store", "shared_cache"];
 
 /// One dependency's state, as `/readyz` and `line_auth_proxy_dependency_ready` report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +55,8 @@ impl Admin {
             why: "not serving yet, or shutting down",
             gates: true,
         }];
-        if let Some(jwks) = &self.jwks {
+        let state = self.current.load();
+        if let Some(jwks) = &state.jwks {
             out.push(Dependency {
                 name: "jwks",
                 ready: jwks.is_loaded(),
@@ -65,7 +64,7 @@ impl Admin {
                 gates: true,
             });
         }
-        if let Some(redis) = &self.nonce_redis {
+        if let Some(redis) = state.nonces.as_ref().and_then(|n| n.store.redis()) {
             out.push(Dependency {
                 name: "nonce_store",
                 ready: redis.is_healthy(),
@@ -73,7 +72,7 @@ impl Admin {
                 gates: true,
             });
         }
-        if let Some(redis) = self.cache.shared_redis() {
+        if let Some(redis) = state.cache.shared_redis() {
             out.push(Dependency {
                 name: "shared_cache",
                 ready: redis.is_healthy(),
@@ -183,13 +182,23 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Fu
             r
         }
         "/metrics" => {
-            for d in admin.dependencies() {
-                let labels = crate::telemetry::DependencyLabels { dependency: d.name };
-                admin.metrics.dependency_ready.get_or_create(&labels).set(i64::from(d.ready));
+            let dependencies = admin.dependencies();
+            for name in DEPENDENCIES {
+                let labels = crate::telemetry::DependencyLabels { dependency: name };
+                match dependencies.iter().find(|d| d.name == name) {
+                    Some(d) => {
+                        admin.metrics.dependency_ready.get_or_create(&labels).set(i64::from(d.ready));
+                    }
+                    // Gone with a reload (no ID-token route any more): no stale series.
+                    None => {
+                        admin.metrics.dependency_ready.remove(&labels);
+                    }
+                }
             }
             // A number kept as entries come and go: a scrape never walks the cache.
-            admin.metrics.cache_entries.set(admin.cache.entry_count() as i64);
-            admin.metrics.verifications_in_flight.set(admin.cache.inflight_count() as i64);
+            let state = admin.current.load();
+            admin.metrics.cache_entries.set(state.cache.entry_count() as i64);
+            admin.metrics.verifications_in_flight.set(state.cache.inflight_count() as i64);
             let mut r = Response::new(Full::new(Bytes::from(admin.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -197,15 +206,17 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Fu
             );
             r
         }
-        "/.well-known/jwks.json" if admin.signer.is_some() => {
-            let signer = admin.signer.as_ref().expect("checked");
-            let mut r = Response::new(Full::new(signer.jwks()));
-            let headers = r.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
-            let max_age = format!("public, max-age={}", crate::assertion::JWKS_MAX_AGE_SECONDS);
-            headers.insert(CACHE_CONTROL, HeaderValue::try_from(max_age).expect("ASCII"));
-            r
-        }
+        "/.well-known/jwks.json" => match admin.current.load().signer.as_ref().map(|s| s.jwks()) {
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+            Some(jwks) => {
+                let mut r = Response::new(Full::new(jwks));
+                let headers = r.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+                let max_age = format!("public, max-age={}", crate::assertion::JWKS_MAX_AGE_SECONDS);
+                headers.insert(CACHE_CONTROL, HeaderValue::try_from(max_age).expect("ASCII"));
+                r
+            }
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }

@@ -1,7 +1,7 @@
 //! SIGHUP, the operator's "re-read your files". The handler is installed when
 //! the proxy binds, whatever there is to reload: without one, SIGHUP's default
-//! action ends the process. Each signal goes to every subscriber; today that is
-//! the TLS files' reloader, and the configuration reload subscribes here too.
+//! action ends the process. Each signal goes to every subscriber: the
+//! configuration reload (`reload`), the TLS files' reloader, the audit file.
 
 use tokio::sync::watch;
 
@@ -47,7 +47,7 @@ impl Hangups {
                 return std::future::pending().await;
             }
             if self.count.receiver_count() == 0 {
-                tracing::info!("SIGHUP: nothing to reload (no TLS files; the configuration is read at start)");
+                tracing::info!("SIGHUP: nothing to reload (no TLS files, and no configuration file to read again)");
             } else {
                 tracing::info!("SIGHUP: reloading");
             }

@@ -21,6 +21,8 @@ pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
 mod error;
+mod file_stamp;
+mod generation;
 mod hangup;
 mod headers;
 mod identity;
@@ -32,6 +34,7 @@ mod process_metrics;
 mod proxy;
 mod redis_conn;
 mod redis_entry;
+mod reload;
 mod routes;
 mod server;
 mod session;
@@ -50,7 +53,6 @@ pub mod fuzzing;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -92,23 +94,44 @@ pub enum RunError {
     TaskFailed { task: &'static str, why: String },
 }
 
+/// `error: cause: cause…`, every source in the chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Installs ring as the process-wide rustls provider (the only one compiled in).
 /// Safe to call more than once.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+use generation::Task;
 
 /// The proxy with its listeners bound, not yet serving.
 pub struct Bound {
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    state: Arc<proxy::State>,
+    /// The generation requests are served with (a reload stores the next).
+    current: Arc<proxy::Current>,
+    process: generation::Process,
     admin: Arc<admin::Admin>,
-    /// Background work (JWKS refresh, sweeps, Redis probes), supervised like the listeners.
+    /// The process's background work (TLS reloads, the SIGHUP listener),
+    /// supervised like the listeners.
     background: Vec<(&'static str, Task)>,
+    /// The first generation's pieces and their tasks (JWKS refresh, sweeps,
+    /// Redis probes), supervised the same way.
+    pieces: Vec<generation::Piece>,
+    /// SIGHUPs, for the configuration reload (taken by [`Bound::reload_from`]).
+    hangups: Option<watch::Receiver<u64>>,
+    reloader: Option<reload::Reloader>,
     clock: Clock,
 }
 
@@ -149,10 +172,10 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock) -> Result<Bound, RunError> {
-    use auth::{id_token, jwks, line, nonce};
     install_crypto_provider();
-    let prefixes: Vec<&str> = config.routes.routes().iter().map(|r| r.path_prefix.as_str()).collect();
-    let metrics = Arc::new(telemetry::Metrics::new().with_config(&config.fingerprint, &prefixes));
+    let metrics = Arc::new(telemetry::Metrics::new());
+    metrics.set_config(&config.fingerprint, false);
+    metrics.config_loaded(true, clock.since_epoch().as_secs_f64());
     let tls = match &config.server.tls {
         None => None,
         Some(files) => Some(Arc::new(tls::Tls::new(files, metrics.clone(), clock.clone())?)),
@@ -163,10 +186,6 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
         None => bind(config.server.keys.listen).await?,
     };
     let admin_listener = bind(config.server.keys.admin_listen).await?;
-    let line = Arc::new(
-        line::LineClient::new(&config.line, clock.clone(), metrics.clone())
-            .map_err(|e| RunError::LineClient(e.without_url()))?,
-    );
     let traces = config.otel.as_ref().map(traces::Traces::start).transpose().map_err(RunError::Otel)?;
     let mut background: Vec<(&'static str, Task)> = Vec::new();
     // Installed here, before the ready line: a SIGHUP right after start-up
@@ -178,122 +197,31 @@ async fn bind_inner(config: Config, listener: Option<TcpListener>, clock: Clock)
     if let Some(audit) = audit::AuditFile::installed() {
         background.push(("audit file upkeep", Box::pin(audit.clone().run_upkeep(hangups.subscribe()))));
     }
+    let config_hangups = hangups.subscribe();
     background.push(("SIGHUP listener", Box::pin(hangups.run())));
     let tls = tls.map(|tls| tls.acceptor());
-    let jwks = config
-        .id_token
-        .as_ref()
-        .filter(|c| c.verification == config::IdTokenVerification::Local)
-        .map(|c| Arc::new(jwks::Jwks::new(line.clone(), c.jwks_url.clone(), clock.clone(), metrics.clone())));
-    if let Some(jwks) = &jwks {
-        background.push(("JWKS refresher", traces::background(traces.as_ref(), jwks.clone().run_refresher())));
-    }
-    let id_tokens = config.id_token.as_ref().map(|c| {
-        id_token::IdTokenVerifier::new(c, config.line.channel_ids.clone(), line.clone(), jwks.clone(), clock.clone())
-    });
-    let redis = |c: &redis_conn::RedisConfig, purpose| {
-        redis_conn::RedisConn::new(c, purpose, metrics.clone()).map(Arc::new).map_err(RunError::Redis)
-    };
-    let nonces = match &config.id_token {
-        None => None,
-        Some(c) => {
-            let store = match &c.nonce.redis {
-                None => nonce::NonceStore::Memory(nonce::MemoryNonces::new(
-                    c.nonce.ttl,
-                    nonce::MAX_NONCES,
-                    clock.clone(),
-                    metrics.clone(),
-                )),
-                Some(r) => nonce::NonceStore::Redis(nonce::RedisNonces::new(
-                    redis(r, "nonce")?,
-                    redis_entry::RedisMac::new("nonce", &r.mac_keys, metrics.clone()),
-                    c.nonce.ttl,
-                    clock.clone(),
-                    metrics.clone(),
-                )),
-            };
-            let store = Arc::new(store);
-            background.push(("nonce store upkeep", Box::pin(store.clone().run_maintenance())));
-            Some(proxy::Nonces { path: c.nonce.path.clone(), store })
-        }
-    };
-    let shared = match &config.cache.shared {
-        None => None,
-        Some(r) => {
-            let conn = redis(r, "cache")?;
-            background.push(("shared cache probe", Box::pin(conn.clone().run_health_probe())));
-            Some(cache::SharedTier::new(
-                conn,
-                redis_entry::RedisMac::new("cache", &r.mac_keys, metrics.clone()),
-                config.line.channel_ids.clone(),
-                (config.cache.keys.ttl_seconds.duration(), config.cache.keys.negative_ttl_seconds.duration()),
-                clock.clone(),
-                metrics.clone(),
-            ))
-        }
-    };
-    let signer = match &config.assertion {
-        None => None,
-        Some(a) => Some(Arc::new(assertion::Signer::new(a, clock.clone()).map_err(RunError::Assertion)?)),
-    };
-    let sessions = config.session.clone().map(proxy::session::Sessions::new);
-    // Web login's ID tokens are HS256 (the channel secret); should LINE issue
-    // an ES256 one, its key comes from the JWKS, fetched when first needed.
-    let login = config.login.clone().map(|c| proxy::login::Login {
-        verifier: id_token::IdTokenVerifier::for_login(
-            &c,
-            &config.line,
-            line.clone(),
-            Some(jwks.clone().unwrap_or_else(|| {
-                Arc::new(jwks::Jwks::new(
-                    line.clone(),
-                    config.line.jwks_url.as_str().to_owned(),
-                    clock.clone(),
-                    metrics.clone(),
-                ))
-            })),
-            clock.clone(),
-        ),
-        config: c,
-    });
-    let cache = Arc::new(
-        cache::VerdictCache::new(&config.cache, config.identity.names.clone(), shared, clock.clone())
-            .with_assertions(signer.clone())
-            .with_session_revalidation(sessions.as_ref().map(|s| s.config.revalidate)),
-    );
-    background.push(("cache sweeper", Box::pin(cache.clone().run_sweeper())));
-    let upstream = upstream::Upstream::new(&config.upstream);
-    let admin = Arc::new(admin::Admin {
-        ready: AtomicBool::new(false),
+    let process = generation::Process {
         metrics: metrics.clone(),
-        cache: cache.clone(),
-        jwks,
-        nonce_redis: nonces.as_ref().and_then(|n| n.store.redis().cloned()),
-        signer: signer.clone(),
-    });
-    let strip_rule = Arc::new(upstream::StripRule {
-        names: config.identity.names.clone(),
-        assertion: config.identity.assertion_header.clone(),
-    });
-    let limits = Arc::new(limits::Limits::new(&config.limits, clock.clone()));
-    background.push(("limits sweeper", Box::pin(limits.clone().run_sweeper(metrics.clone()))));
-    let state = Arc::new(proxy::State {
-        config,
-        strip_rule,
-        line,
-        id_tokens,
-        nonces,
-        cache,
-        upstream,
-        signer,
-        metrics,
-        limits,
         clock: clock.clone(),
-        sessions,
-        login,
-        traces,
-    });
-    Ok(Bound { proxy_listener, admin_listener, tls, state, admin, background, clock })
+        upstream: Arc::new(upstream::Upstream::new(&config.upstream)),
+        traces: traces.map(Arc::new),
+    };
+    let first = generation::build(config, &process, None)?;
+    let current = Arc::new(proxy::Current::from_pointee(first.state));
+    let admin = Arc::new(admin::Admin { ready: AtomicBool::new(false), metrics, current: current.clone() });
+    Ok(Bound {
+        proxy_listener,
+        admin_listener,
+        tls,
+        current,
+        process,
+        admin,
+        background,
+        pieces: first.pieces,
+        hangups: Some(config_hangups),
+        reloader: None,
+        clock,
+    })
 }
 
 impl Bound {
@@ -305,24 +233,36 @@ impl Bound {
         self.admin_listener.local_addr().expect("bound listener has an address")
     }
 
+    /// Reloads the configuration from `source` on SIGHUP and when the file
+    /// changes (`reload`); without this, the configuration is the one given
+    /// to [`bind`] for good.
+    pub fn reload_from(mut self, source: config::Source) -> Self {
+        if let Some(hangups) = self.hangups.take() {
+            self.reloader = Some(reload::Reloader::new(source, hangups, self.clock.clone()));
+        }
+        self
+    }
+
     /// Serves until `shutdown` resolves: then `/readyz` turns 503, the proxy serves
     /// on for `server.shutdown_delay_seconds`, stops accepting, and in-flight
     /// requests get `server.shutdown_grace_seconds`.
     /// If a listener or background task panics or ends first (or, with
     /// [`install_panic_hook`], any task panics), `/readyz` turns 503 and this
     /// returns [`RunError::TaskFailed`] at once.
-    pub async fn serve<F: Future<Output = ()>>(self, shutdown: F) -> Result<(), RunError> {
+    pub async fn serve<F: Future<Output = ()>>(mut self, shutdown: F) -> Result<(), RunError> {
         let (proxy_addr, admin_addr) = (self.proxy_addr(), self.admin_addr());
+        // Without a reloader nobody listens for SIGHUP on the configuration's behalf.
+        drop(self.hangups.take());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let mut admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), admin_stop_rx));
-        let mut background = JoinSet::new();
-        let mut names = HashMap::new();
+        let mut tasks = Supervised::default();
         for (name, task) in self.background {
-            names.insert(background.spawn(task).id(), name);
+            tasks.spawn(name, task);
         }
+        tasks.adopt(self.pieces);
         let mut proxy_task =
-            tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.state.clone(), stop_rx));
+            tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.current.clone(), stop_rx));
         // Polled once before readiness is announced, so that whatever it sets
         // up on first poll (the signal handlers of `shutdown_signals`) is in
         // place: a SIGTERM right after the ready line must start the drain, not
@@ -330,23 +270,37 @@ impl Bound {
         let mut shutdown = std::pin::pin!(shutdown);
         let requested = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
         self.admin.ready.store(true, Ordering::Release);
-        let upstream = &self.state.config.upstream;
+        let upstream = &self.current.load().config.upstream;
         let upstream = format!("{}://{}", upstream.scheme, upstream.authority);
         tracing::info!(listen = %proxy_addr, admin = %admin_addr, upstream = %upstream, "line-auth-proxy listening");
         let readiness = tokio::spawn(admin::watch_readiness(self.admin.clone(), proxy_addr, admin_addr, upstream));
-        let failure = tokio::select! {
-            () = &mut shutdown, if !requested => None,
-            () = std::future::ready(()), if requested => None,
-            ended = &mut proxy_task => Some(("proxy listener", why(ended))),
-            ended = &mut admin_task => Some(("admin listener", why(ended))),
-            Some(ended) = background.join_next_with_id() => {
-                let id = match &ended {
-                    Ok((id, ())) => *id,
-                    Err(e) => e.id(),
-                };
-                Some((names.get(&id).copied().unwrap_or("background task"), why(ended.map(|_| ()))))
+        let mut panicked = std::pin::pin!(panics::panicked());
+        let mut reloader = self.reloader.take();
+        let failure = loop {
+            let next_reload = async {
+                match reloader.as_mut() {
+                    Some(r) => r.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown, if !requested => break None,
+                () = std::future::ready(()), if requested => break None,
+                ended = &mut proxy_task => break Some(("proxy listener", why(ended))),
+                ended = &mut admin_task => break Some(("admin listener", why(ended))),
+                Some(ended) = tasks.set.join_next_with_id() => {
+                    if let Some(failed) = tasks.ended(ended) {
+                        break Some(failed);
+                    }
+                }
+                message = &mut panicked => break Some(("process (a task panicked)", message)),
+                trigger = next_reload => {
+                    let reloader = reloader.as_ref().expect("a trigger comes from the reloader");
+                    if let Some(pieces) = reloader.reload(trigger, &self.current, &self.process) {
+                        tasks.adopt(pieces);
+                    }
+                }
             }
-            message = panics::panicked() => Some(("process (a task panicked)", message)),
         };
         self.admin.ready.store(false, Ordering::Release);
         readiness.abort();
@@ -355,7 +309,7 @@ impl Bound {
             if let Some(audit) = audit::AuditFile::installed() {
                 audit.flush();
             }
-            if let Some(traces) = &self.state.traces {
+            if let Some(traces) = &self.process.traces {
                 traces.shutdown().await;
             }
             proxy_task.abort();
@@ -363,7 +317,7 @@ impl Bound {
             return Err(RunError::TaskFailed { task, why });
         }
         tracing::info!("shutdown requested");
-        let delay = self.state.config.server.keys.shutdown_delay_seconds.duration();
+        let delay = self.current.load().config.server.keys.shutdown_delay_seconds.duration();
         if !delay.is_zero() {
             tracing::info!(delay_seconds = delay.as_secs(), "not ready; serving on before the drain");
             self.clock.sleep(delay).await;
@@ -372,8 +326,8 @@ impl Bound {
         let _ = proxy_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        background.abort_all();
-        if let Some(traces) = &self.state.traces {
+        tasks.set.abort_all();
+        if let Some(traces) = &self.process.traces {
             traces.shutdown().await;
         }
         tracing::info!("stopped");
@@ -390,6 +344,63 @@ impl Bound {
     }
 }
 
+/// The tasks that run until shutdown: the process's, and those of the
+/// generation's pieces. A reload that builds a piece anew (or drops it)
+/// stops the task of the one it replaces; only the end of a task nobody
+/// stopped is a failure.
+#[derive(Default)]
+struct Supervised {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+    /// The task running for each piece of the generation in force.
+    pieces: HashMap<generation::PieceKind, tokio::task::AbortHandle>,
+    /// Tasks stopped by a reload, whose end is expected.
+    retired: std::collections::HashSet<tokio::task::Id>,
+}
+
+impl Supervised {
+    fn spawn(&mut self, name: &'static str, task: Task) -> tokio::task::AbortHandle {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+        handle
+    }
+
+    /// Runs a generation's pieces: new tasks start, the tasks of pieces
+    /// built anew or gone stop, those of pieces taken over go on.
+    fn adopt(&mut self, pieces: Vec<generation::Piece>) {
+        let kept: std::collections::HashSet<_> = pieces.iter().filter(|p| p.task.is_none()).map(|p| p.kind).collect();
+        let stale: Vec<_> = self.pieces.keys().filter(|kind| !kept.contains(*kind)).copied().collect();
+        for kind in stale {
+            if let Some(handle) = self.pieces.remove(&kind) {
+                handle.abort();
+                self.retired.insert(handle.id());
+            }
+        }
+        for piece in pieces {
+            if let Some(task) = piece.task {
+                let handle = self.spawn(piece.kind.task_name(), task);
+                self.pieces.insert(piece.kind, handle);
+            }
+        }
+    }
+
+    /// A task ended: `None` when a reload had stopped it, else what failed.
+    fn ended(
+        &mut self,
+        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) -> Option<(&'static str, String)> {
+        let id = match &ended {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let name = self.names.remove(&id).unwrap_or("background task");
+        if self.retired.remove(&id) {
+            return None;
+        }
+        Some((name, why(ended.map(|_| ()))))
+    }
+}
+
 /// Why a task that should run until shutdown is over.
 fn why(ended: Result<(), tokio::task::JoinError>) -> String {
     match ended {
@@ -402,6 +413,16 @@ fn why(ended: Result<(), tokio::task::JoinError>) -> String {
 /// Binds and serves until `shutdown` resolves.
 pub async fn run<F: Future<Output = ()>>(config: Config, shutdown: F) -> Result<(), RunError> {
     bind(config).await?.serve(shutdown).await
+}
+
+/// [`run`], reloading the configuration from `source` on SIGHUP and when
+/// the file changes.
+pub async fn run_reloading<F: Future<Output = ()>>(
+    config: Config,
+    source: config::Source,
+    shutdown: F,
+) -> Result<(), RunError> {
+    bind(config).await?.reload_from(source).serve(shutdown).await
 }
 
 /// Resolves on the first SIGTERM or SIGINT, which starts the drain; a second

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use line_auth_proxy::config::{self, CONFIG_FILE_ENV};
-use line_auth_proxy::{LogFormat, init_tracing};
+use line_auth_proxy::{LogFormat, error_chain, init_tracing};
 
 /// musl's malloc costs the static build (the container image's) twice the
 /// CPU per request; mimalloc brings it back to the glibc build's.
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Dev { listen, admin_listen }) => dev(cli.log_format, listen, admin_listen),
         Some(Command::Check) => match load(cli.config) {
-            Ok(loaded) => {
+            Ok((loaded, _)) => {
                 println!(
                     "configuration OK{}",
                     match loaded.warnings.len() {
@@ -67,8 +67,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         None => {
-            let config = match load(cli.config) {
-                Ok(loaded) => loaded.config,
+            let (config, source) = match load(cli.config) {
+                Ok((loaded, source)) => (loaded.config, source),
                 Err(code) => return code,
             };
             if let Err(e) = init_tracing(cli.log_format, config.audit_file()) {
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             }
             line_auth_proxy::install_panic_hook();
             let workers = line_auth_proxy::workers::Workers::choose(config.workers());
-            runtime(workers, line_auth_proxy::run(config, line_auth_proxy::shutdown_signals()))
+            runtime(workers, line_auth_proxy::run_reloading(config, source, line_auth_proxy::shutdown_signals()))
         }
     }
 }
@@ -101,8 +101,8 @@ fn dev(_: LogFormat, _: std::net::SocketAddr, _: std::net::SocketAddr) -> ExitCo
 
 /// Loads the file named by `--config` (or `LINE_AUTH_PROXY_CONFIG`) and the
 /// environment overlay, or the environment alone; prints every warning and
-/// every problem.
-fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
+/// every problem. Also returns where it came from, for reloads.
+fn load(path: Option<PathBuf>) -> Result<(config::Loaded, config::Source), ExitCode> {
     let env = config::process_environment().map_err(|problems| {
         for p in &problems.errors {
             eprintln!("error: {p}");
@@ -113,7 +113,7 @@ fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
         Some(path) => path.display().to_string(),
         None => "the environment (no --config FILE and no LINE_AUTH_PROXY_CONFIG)".to_owned(),
     };
-    match config::load(path.as_deref(), env) {
+    match config::load(path.as_deref(), env.clone()) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
@@ -125,7 +125,7 @@ fn load(path: Option<PathBuf>) -> Result<config::Loaded, ExitCode> {
                     "note: configured from the environment alone: routes can be written only in a file, so every request takes the default route (a LINE access token)"
                 );
             }
-            Ok(loaded)
+            Ok((loaded, config::Source { path, env }))
         }
         Err(problems) => {
             for w in &problems.warnings {
@@ -179,16 +179,4 @@ where
             ExitCode::from(1)
         }
     }
-}
-
-/// `error: cause: cause…`, every source in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

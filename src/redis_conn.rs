@@ -16,7 +16,7 @@ use crate::telemetry::{Metrics, RedisLabels, RedisOpLabels};
 use crate::traces::{Kind, Span};
 
 /// Where and how to reach Redis for one use (nonces or the shared cache).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     /// May hold a password: never logged; see [`RedisConfig::redacted`].
     pub url: String,

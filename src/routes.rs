@@ -38,7 +38,7 @@ impl RouteAuth {
 }
 
 /// One `[[routes]]` entry, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// Matched against the normalised path with `starts_with`.
     pub path_prefix: String,
@@ -78,7 +78,7 @@ pub const DEFAULT_POLICY: Policy =
     Policy { auth: RouteAuth::AccessToken, preflight_pass: false, require_nonce: false, route: None };
 
 /// Ordered routes; the first match wins.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouteTable {
     routes: Vec<Route>,
 }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::activity::{Activity, Expiry, Watched};
 use crate::config::ServerConfig;
 use crate::limits::{ClientKey, Limit};
-use crate::proxy::{self, ConnInfo, ConnectionSlot, State};
+use crate::proxy::{self, ConnInfo, ConnectionSlot, Current, State};
 use crate::sync::until_set;
 use crate::telemetry::Refusal;
 
@@ -119,10 +119,23 @@ pub async fn accept(listener: &TcpListener, name: &'static str) -> (tokio::net::
 pub async fn serve_proxy(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    state: Arc<State>,
+    current: Arc<Current>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let config = &state.config.server;
+    // `[server]` and `[upstream]` changes need a restart: the first
+    // generation's hold for good (copied: a generation is freed once its
+    // requests are done, connections or not).
+    let (config, timers, upstream) = {
+        let first = current.load_full();
+        let keys = &first.config.server.keys;
+        let timers = Timers {
+            clock: first.clock.clone(),
+            idle: keys.idle_timeout_ms.duration(),
+            head: keys.header_read_timeout_ms.duration(),
+        };
+        (first.config.server.clone(), Arc::new(timers), first.upstream.clone())
+    };
+    let config = &config;
     let builders = Arc::new(Builders::new(config));
     // Set when the drain begins: every connection finishes what is in flight
     // (HTTP/2: GOAWAY) and closes.
@@ -142,6 +155,9 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
+        // The generation in force when the connection is accepted counts it
+        // (`limits.connections`); each of its requests loads the one in force then.
+        let state = current.load_full();
         let trusted = state.config.server.trusted_proxies.contains(peer.ip());
         let counted = match (&state.limits.connections, trusted) {
             (Some(counts), false) => match counts.open(ClientKey::of(peer.ip())) {
@@ -154,17 +170,18 @@ pub async fn serve_proxy(
             _ => None,
         };
         let slot = ConnectionSlot::new(permit, counted, state.metrics.clone());
-        let state = state.clone();
+        drop(state);
+        let (current, timers, upstream) = (current.clone(), timers.clone(), upstream.clone());
         let builders = builders.clone();
         let (draining, closing) = (draining.clone(), closing.clone());
         let tls = tls.clone();
         tokio::spawn(async move {
-            let clock = state.clock.clone();
-            let deadline = state.config.server.keys.header_read_timeout_ms.duration();
+            let clock = timers.clock.clone();
+            let deadline = timers.head;
             let is_tls = tls.is_some();
             let new_conn = |h2: bool| {
                 let activity = Activity::new(clock.clone(), !h2);
-                let upstream = state.upstream.dedicated_for(h2);
+                let upstream = upstream.dedicated_for(h2);
                 ConnInfo::new(peer, is_tls, trusted, slot, activity, closing, upstream)
             };
             match tls {
@@ -176,7 +193,7 @@ pub async fn serve_proxy(
                         Ok(Ok((h2, read))) => {
                             let conn = new_conn(h2);
                             let stream = Prefixed::new(read, stream);
-                            serve_connection(builders.for_h2(h2), stream, conn, state, draining).await
+                            serve_connection(builders.for_h2(h2), stream, conn, &timers, current, draining).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "connection failed before a request")
@@ -190,7 +207,7 @@ pub async fn serve_proxy(
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let conn = new_conn(h2);
-                        serve_connection(builders.for_h2(h2), tls_stream, conn, state, draining).await
+                        serve_connection(builders.for_h2(h2), tls_stream, conn, &timers, current, draining).await
                     }
                     Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -210,6 +227,13 @@ pub async fn serve_proxy(
         // Each closes when next polled; wait for their slots, briefly.
         let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, limit.acquire_many(max_connections as u32)).await;
     }
+}
+
+/// A connection's timers (`server.*`, fixed for the process).
+struct Timers {
+    clock: crate::Clock,
+    idle: std::time::Duration,
+    head: std::time::Duration,
 }
 
 /// What a peer over `limits.connections` gets on plain TCP before the close:
@@ -324,7 +348,8 @@ async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     conn: ConnInfo,
-    state: Arc<State>,
+    timers: &Timers,
+    current: Arc<Current>,
     mut draining: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -333,12 +358,11 @@ async fn serve_connection<I>(
     let activity = conn.activity.clone();
     let upstream = conn.upstream.clone();
     let mut closing = conn.closing.clone();
-    let keys = &state.config.server.keys;
-    let (idle, head) = (keys.idle_timeout_ms.duration(), keys.header_read_timeout_ms.duration());
+    let (idle, head) = (timers.idle, timers.head);
     let io = TokioIo::new(Watched::new(io, activity.clone()));
-    let service_state = state.clone();
+    // Each request is served by the generation in force when it arrives, to its end.
     let service =
-        service_fn(move |req: hyper::Request<Incoming>| proxy::handle(service_state.clone(), conn.clone(), req));
+        service_fn(move |req: hyper::Request<Incoming>| proxy::handle(current.load_full(), conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut asked_to_finish = false;

@@ -390,6 +390,14 @@ pub struct Metrics {
     /// at each scrape (a dependency the configuration does not use has no series).
     pub dependency_ready: Family<DependencyLabels, Gauge>,
     config_info: Family<ConfigLabels, Gauge>,
+    /// The hash series `config_info` holds (one; a reload replaces it).
+    config_hashes: std::sync::Mutex<Vec<ConfigLabels>>,
+    /// 1 while settings of the file on disk wait for a restart.
+    config_restart_required: Gauge,
+    /// 1 when the last (re)load of the configuration was taken, 0 when refused.
+    config_last_reload_success: Gauge,
+    /// When the configuration was last (re)loaded or refused, unix seconds.
+    config_last_reload_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// The `process_*` metrics (no prefix), encoded after the proxy's own.
     process: Registry,
     /// Nonce events: issued, consumed, expired, rejected, store_full.
@@ -435,11 +443,31 @@ struct Hot {
     requests: Vec<Counter>,
     auth_duration: Vec<Histogram>,
     upstream_responses: Vec<Counter>,
+}
+
+/// The request-duration series of one configuration's routes (each reload
+/// builds its own; a prefix kept across reloads keeps its series).
+pub struct RouteMetrics {
     /// `[route slot][class]`: slot 0 [`ROUTE_ENDPOINT`], 1 [`ROUTE_DEFAULT`],
     /// then the configured routes in order.
     request_duration: Vec<[Histogram; 5]>,
     /// The `route` label of each slot, for the access line too.
     route_labels: Vec<Arc<str>>,
+}
+
+impl RouteMetrics {
+    /// The `route` label of a route slot (see [`RouteMetrics::observe_request`]).
+    pub fn route_label(&self, route_slot: usize) -> Arc<str> {
+        self.route_labels.get(route_slot).cloned().unwrap_or_else(|| Arc::from(ROUTE_DEFAULT))
+    }
+
+    /// Records one request's time: `route_slot` 0 for the proxy's own
+    /// endpoints, 1 for the default route, `2 + i` for the configured route `i`.
+    pub fn observe_request(&self, route_slot: usize, status: u16, seconds: f64) {
+        if let Some(histograms) = self.request_duration.get(route_slot) {
+            histograms[class_index(status)].observe(seconds);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -590,6 +618,24 @@ impl Metrics {
             "Always 1: the hash of the configuration in force (its settings, not its comments; URL passwords left out)",
             config_info.clone(),
         );
+        let config_restart_required = Gauge::default();
+        registry.register(
+            "config_restart_required",
+            "1 while settings of the configuration file (listeners, TLS files, [upstream], [otel], log.audit_file) wait for a restart",
+            config_restart_required.clone(),
+        );
+        let config_last_reload_success = Gauge::default();
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last load or reload of the configuration was taken, 0 when it was refused (the previous one stays)",
+            config_last_reload_success.clone(),
+        );
+        let config_last_reload_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "When the configuration was last loaded, reloaded or refused, unix seconds",
+            config_last_reload_timestamp.clone(),
+        );
         let dependency_ready = Family::<DependencyLabels, Gauge>::default();
         registry.register(
             "dependency_ready",
@@ -619,11 +665,6 @@ impl Metrics {
                 .iter()
                 .map(|class| upstream_responses.get_or_create(&StatusClassLabels { class }).clone())
                 .collect(),
-            request_duration: [ROUTE_ENDPOINT, ROUTE_DEFAULT]
-                .iter()
-                .map(|route| route_histograms(&request_duration, route))
-                .collect(),
-            route_labels: vec![Arc::from(ROUTE_ENDPOINT), Arc::from(ROUTE_DEFAULT)],
         };
         Self {
             hot,
@@ -660,35 +701,44 @@ impl Metrics {
             request_duration,
             dependency_ready,
             config_info,
+            config_hashes: std::sync::Mutex::new(Vec::new()),
+            config_restart_required,
+            config_last_reload_success,
+            config_last_reload_timestamp,
             process,
             request_ids: AtomicU64::new(rand::random()),
         }
     }
 
-    /// The configuration's hash (`line_auth_proxy_config_info`) and its
-    /// routes' `path_prefix`es, in order, for the request-duration series.
-    pub fn with_config(mut self, fingerprint: &str, route_prefixes: &[&str]) -> Self {
-        self.config_info.get_or_create(&ConfigLabels { hash: fingerprint.to_owned() }).set(1);
-        self.hot.request_duration.truncate(2);
-        self.hot.route_labels.truncate(2);
-        for prefix in route_prefixes {
-            self.hot.request_duration.push(route_histograms(&self.request_duration, prefix));
-            self.hot.route_labels.push(Arc::from(*prefix));
+    /// The request-duration series of a configuration's routes (their
+    /// `path_prefix`es, in order).
+    pub fn routes(&self, route_prefixes: &[&str]) -> RouteMetrics {
+        let labels: Vec<Arc<str>> =
+            [ROUTE_ENDPOINT, ROUTE_DEFAULT].into_iter().chain(route_prefixes.iter().copied()).map(Arc::from).collect();
+        RouteMetrics {
+            request_duration: labels.iter().map(|route| route_histograms(&self.request_duration, route)).collect(),
+            route_labels: labels,
         }
-        self
     }
 
-    /// The `route` label of a route slot (see [`Metrics::observe_request`]).
-    pub fn route_label(&self, route_slot: usize) -> Arc<str> {
-        self.hot.route_labels.get(route_slot).cloned().unwrap_or_else(|| Arc::from(ROUTE_DEFAULT))
+    /// The configuration in force: its hash (`line_auth_proxy_config_info`,
+    /// the one series of the hash before it gone) and whether settings of the
+    /// file wait for a restart.
+    pub fn set_config(&self, fingerprint: &str, restart_required: bool) {
+        let hash = ConfigLabels { hash: fingerprint.to_owned() };
+        let mut hashes = crate::sync::lock(&self.config_hashes);
+        for old in hashes.drain(..).filter(|h| *h != hash) {
+            self.config_info.remove(&old);
+        }
+        self.config_info.get_or_create(&hash).set(1);
+        hashes.push(hash);
+        self.config_restart_required.set(i64::from(restart_required));
     }
 
-    /// Records one request's time: `route_slot` 0 for the proxy's own
-    /// endpoints, 1 for the default route, `2 + i` for the configured route `i`.
-    pub fn observe_request(&self, route_slot: usize, status: u16, seconds: f64) {
-        if let Some(histograms) = self.hot.request_duration.get(route_slot) {
-            histograms[class_index(status)].observe(seconds);
-        }
+    /// A configuration (re)load: its outcome and when, unix seconds.
+    pub fn config_loaded(&self, success: bool, unix_seconds: f64) {
+        self.config_last_reload_success.set(i64::from(success));
+        self.config_last_reload_timestamp.set(unix_seconds);
     }
 
     /// The OpenMetrics text exposition of every family, the `process_*` ones last.

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::clock::Clock;
 use crate::config::TlsFiles;
+use crate::file_stamp::FileStamp;
 use crate::telemetry::{Metrics, TlsReloadLabels};
 
 /// A certificate whose notAfter is closer than this is a warning from `check`,
@@ -259,34 +260,14 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// What the files looked like when last read: a change of any part starts a
-/// reload. `metadata` follows symlinks, so a Kubernetes Secret volume's swap of
-/// its `..data` link is a change of inode.
+/// What the files looked like when last read: a change of either starts a
+/// reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp([Option<FileStamp>; 2]);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    #[cfg(unix)]
-    inode: (u64, u64),
-}
-
 impl Stamp {
     fn of(files: &TlsFiles) -> Self {
-        let stamp = |path: &Path| {
-            std::fs::metadata(path).ok().map(|m| FileStamp {
-                len: m.len(),
-                modified: m.modified().ok(),
-                #[cfg(unix)]
-                inode: {
-                    use std::os::unix::fs::MetadataExt;
-                    (m.dev(), m.ino())
-                },
-            })
-        };
-        Self([stamp(&files.cert_file), stamp(&files.key_file)])
+        Self([FileStamp::of(&files.cert_file), FileStamp::of(&files.key_file)])
     }
 }
 

@@ -60,6 +60,22 @@ impl Jwks {
         }
     }
 
+    /// Takes over the key set `old` holds when it reads the same URL: a JWKS
+    /// built anew by a reload (other LINE settings) is ready at once, and its
+    /// refresher fetches on.
+    pub fn with_keys_of(self, old: Option<&Jwks>) -> Self {
+        if let Some(old) = old.filter(|old| old.url == self.url) {
+            let keys = crate::sync::read(&old.keys).clone();
+            *crate::sync::write(&self.keys) = keys;
+        }
+        self
+    }
+
+    /// The key set's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// True once a key set has loaded (readiness).
     pub fn is_loaded(&self) -> bool {
         crate::sync::read(&self.keys).is_some()

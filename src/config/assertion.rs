@@ -36,7 +36,7 @@ section! {
 }
 
 /// `[assertion]`, validated: present when enabled.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AssertionConfig {
     pub issuer: String,
     pub audience: String,

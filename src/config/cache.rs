@@ -85,7 +85,7 @@ pub fn deployment_key_prefix(channel_ids: &[String]) -> String {
 }
 
 /// `[cache]`, validated: the keys as declared, and the shared tier's Redis.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {
     pub keys: CacheSection,
     /// The shared second tier, when `cache.shared = "redis"`.

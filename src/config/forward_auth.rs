@@ -22,7 +22,7 @@ section! {
 }
 
 /// `[forward_auth]`, validated: present when enabled.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ForwardAuthConfig {
     /// Normalised, without a trailing `/`.
     pub path: String,

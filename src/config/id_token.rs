@@ -23,7 +23,7 @@ const LINE_ID_TOKEN_KEYS: [&str; 6] = [
 ];
 
 /// How ID tokens are verified, and where nonces come from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IdTokenConfig {
     pub verification: IdTokenVerification,
     pub jwks_url: String,
@@ -35,7 +35,7 @@ pub struct IdTokenConfig {
     pub nonce: NonceConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NonceConfig {
     pub path: String,
     pub ttl: Duration,

@@ -24,7 +24,7 @@ section! {
 }
 
 /// `[identity]`, validated: the keys as declared, and the header names they make.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IdentityConfig {
     pub keys: IdentitySection,
     pub names: IdentityHeaderNames,

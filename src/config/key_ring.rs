@@ -21,7 +21,7 @@ const MAX_KEYS: usize = 8;
 const MAX_KEY_FILE_BYTES: u64 = 4 * 1024;
 
 /// One or more keys; the first signs. Prints as `<redacted>`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct KeyRing(Vec<[u8; KEY_BYTES]>);
 
 impl KeyRing {

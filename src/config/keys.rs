@@ -105,7 +105,7 @@ macro_rules! section {
         }
     ) => {
         $(#[doc = $sdoc])*
-        #[derive(Clone, Debug)]
+        #[derive(Clone, Debug, PartialEq)]
         pub struct $name {
             $( $(#[doc = $doc])* pub $key: $ty, )*
         }
@@ -117,6 +117,14 @@ macro_rules! section {
         }
 
         impl $name {
+            /// The keys whose values differ from `other`'s, in declaration order.
+            #[allow(dead_code)]
+            pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$key != other.$key { out.push(stringify!($key)); } )*
+                out
+            }
+
             pub const KEYS: &'static [$crate::config::keys::KeySpec] = &[$(
                 $crate::config::keys::KeySpec {
                     name: stringify!($key),

@@ -55,7 +55,7 @@ section! {
 }
 
 /// `[login]`, validated: present when `login.enabled`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LoginConfig {
     pub channel_id: String,
     pub channel_secret: Secret,

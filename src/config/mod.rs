@@ -24,6 +24,7 @@ mod log;
 mod login;
 mod nonce;
 mod otel;
+mod reload;
 mod routes;
 mod secret;
 mod server;
@@ -50,6 +51,7 @@ pub(crate) use line::{IdTokenVerification, LineSection};
 pub(crate) use log::UserIdLogging;
 pub(crate) use login::LoginConfig;
 pub(crate) use otel::OtelConfig;
+pub(crate) use reload::{changed_sections, reload};
 pub(crate) use secret::{Secret, read_regular_file};
 pub(crate) use server::{ServerConfig, TlsFiles};
 pub(crate) use session::{DEFAULT_SESSION_COOKIE_NAME, SessionConfig};
@@ -63,7 +65,7 @@ pub const CONFIG_FILE_ENV: &str = "LINE_AUTH_PROXY_CONFIG";
 pub const ENV_PREFIX: &str = "LINE_AUTH_PROXY__";
 
 /// The validated, immutable configuration the proxy runs with.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub(crate) server: ServerConfig,
     pub(crate) upstream: UpstreamConfig,
@@ -91,6 +93,8 @@ pub struct Config {
     /// The hash `line_auth_proxy_config_info` shows (comments and layout do
     /// not change it; URL passwords are left out of it).
     pub(crate) fingerprint: String,
+    /// The settings only a restart applies, as read (a reload compares them).
+    pub(crate) restart_only: reload::RestartOnly,
 }
 
 impl Config {
@@ -103,6 +107,16 @@ impl Config {
     pub fn workers(&self) -> Option<usize> {
         self.server.keys.workers.map(|w| w.get())
     }
+}
+
+/// Where the running configuration came from, for its reloads: the file
+/// (`None`: the environment alone) and the environment overlay as read at
+/// start (a process's environment does not change). No `Debug`: the
+/// environment may hold secrets.
+#[derive(Clone)]
+pub struct Source {
+    pub path: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
 }
 
 /// A configuration that loaded, and what in it has no effect.
@@ -222,35 +236,41 @@ pub fn load<I>(path: Option<&Path>, env: I) -> Result<Loaded, Problems>
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let text = match path {
-        Some(path) => match secret::read_regular_file(path, MAX_CONFIG_FILE_BYTES, "configuration file")
-            .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "is not valid UTF-8".to_owned()))
-        {
-            Ok(text) => text,
-            Err(why) => {
-                // The problem's key is the path already.
-                let shown = path.display().to_string();
-                let why = why
-                    .strip_prefix(&format!("{shown} "))
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| why.replace(&format!("cannot read {shown}:"), "cannot read:"));
-                let mut problems = Problems::default();
-                problems.refuse(shown, why);
-                return Err(problems);
-            }
-        },
-        None => String::new(),
+    let text = read_text(path)?;
+    load_str(&text, env).map_err(|problems| syntax_at(path, problems))
+}
+
+/// The configuration file's text (empty without a file), or the one problem
+/// that it cannot be read, under the file's name.
+fn read_text(path: Option<&Path>) -> Result<String, Problems> {
+    let Some(path) = path else {
+        return Ok(String::new());
     };
-    load_str(&text, env).map_err(|mut problems| {
-        if let Some(path) = path {
-            for p in &mut problems.errors {
-                if p.key == file::TOML_SYNTAX_KEY {
-                    p.key = path.display().to_string();
-                }
+    secret::read_regular_file(path, MAX_CONFIG_FILE_BYTES, "configuration file")
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "is not valid UTF-8".to_owned()))
+        .map_err(|why| {
+            // The problem's key is the path already.
+            let shown = path.display().to_string();
+            let why = why
+                .strip_prefix(&format!("{shown} "))
+                .map(str::to_owned)
+                .unwrap_or_else(|| why.replace(&format!("cannot read {shown}:"), "cannot read:"));
+            let mut problems = Problems::default();
+            problems.refuse(shown, why);
+            problems
+        })
+}
+
+/// TOML syntax errors named by the file they are in.
+fn syntax_at(path: Option<&Path>, mut problems: Problems) -> Problems {
+    if let Some(path) = path {
+        for p in &mut problems.errors {
+            if p.key == file::TOML_SYNTAX_KEY {
+                p.key = path.display().to_string();
             }
         }
-        problems
-    })
+    }
+    problems
 }
 
 /// [`load`] for configuration text already in memory.
@@ -305,6 +325,7 @@ fn validate(file: &FileConfig, p: &mut Problems) -> Config {
         audit_file: file.log.audit_file(p),
         otel: file.otel.validate(p),
         fingerprint: file.fingerprint.clone(),
+        restart_only: reload::RestartOnly::of(file),
     }
 }
 

@@ -12,7 +12,7 @@ use super::Problems;
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Secret bytes that never show in `Debug` output.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Secret(pub Vec<u8>);
 
 impl fmt::Debug for Secret {

@@ -69,14 +69,14 @@ section! {
 
 /// `[server]`, validated: the keys as declared, the TLS file pair, and the
 /// trusted proxies' networks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub keys: ServerSection,
     pub tls: Option<TlsFiles>,
     pub trusted_proxies: TrustedProxies,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,

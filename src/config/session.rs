@@ -37,7 +37,7 @@ section! {
 }
 
 /// `[session]`, validated: present when a route has `auth = "session"`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionConfig {
     pub cookie_name: String,
     /// Every key of every file, in order: the first seals.

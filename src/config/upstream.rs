@@ -56,7 +56,7 @@ section! {
 }
 
 /// `[upstream]`, validated: the keys as declared, and the required origin.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamConfig {
     pub keys: UpstreamSection,
     pub scheme: Scheme,

@@ -20,7 +20,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The peers whose forwarding headers are taken at their word.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {

@@ -13,7 +13,7 @@ use crate::identity::Identity;
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The injected header names, built once from `identity.header_prefix`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IdentityHeaderNames {
     /// Lower-cased prefix with `_` and `.` read as `-`: the strip rule compares against it.
     strip_prefix: Vec<u8>,

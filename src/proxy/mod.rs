@@ -54,7 +54,12 @@ use crate::upstream::Upstream;
 /// Bodies the proxy sends back: the upstream's, streamed, or its own small JSON.
 pub type ProxyBody = Either<crate::upstream::FilteredBody, Full<Bytes>>;
 
-/// Everything a request needs, shared by all connections.
+/// The state requests are served with, swapped whole by a configuration
+/// reload: a request loads it once and finishes on it.
+pub type Current = arc_swap::ArcSwap<State>;
+
+/// Everything a request needs, shared by all connections: one generation of
+/// the configuration and what it built (`crate::generation`).
 pub struct State {
     pub config: Config,
     /// Identity stripping for request trailers (built once from the config).
@@ -64,10 +69,15 @@ pub struct State {
     pub id_tokens: Option<IdTokenVerifier>,
     pub nonces: Option<Nonces>,
     pub cache: Arc<VerdictCache>,
-    pub upstream: Upstream,
+    /// In local ID-token mode: LINE's key set, kept fresh in the background.
+    pub jwks: Option<Arc<crate::auth::jwks::Jwks>>,
+    /// The process's (`[upstream]` changes need a restart).
+    pub upstream: Arc<Upstream>,
     /// With `[assertion]`: signs what valid verdicts carry upstream.
     pub signer: Option<Arc<crate::assertion::Signer>>,
     pub metrics: Arc<Metrics>,
+    /// This configuration's routes' request-duration series.
+    pub route_metrics: crate::telemetry::RouteMetrics,
     /// Per-client budgets and connection counts (`[limits]`).
     pub limits: Arc<crate::limits::Limits>,
     /// The clock of expiring state, connection timers included.
@@ -76,8 +86,9 @@ pub struct State {
     pub sessions: Option<session::Sessions>,
     /// Present when `login.enabled`.
     pub login: Option<login::Login>,
-    /// Present when `otel.endpoint` is set.
-    pub traces: Option<crate::traces::Traces>,
+    /// Present when `otel.endpoint` is set (the process's: `[otel]` changes
+    /// need a restart).
+    pub traces: Option<Arc<crate::traces::Traces>>,
 }
 
 /// The nonce endpoint and its store.
@@ -163,7 +174,7 @@ fn end_request_span(span: Span, ctx: &RequestCtx<'_>, status: StatusCode) {
         span.attr("http.route", route);
     }
     span.attr("http.request.method", method);
-    span.attr("line_auth_proxy.route", &ctx.state.metrics.route_label(route_slot(ctx)));
+    span.attr("line_auth_proxy.route", &ctx.state.route_metrics.route_label(route_slot(ctx)));
     span.attr_int("http.response.status_code", i64::from(status.as_u16()));
     span.attr("client.address", &ctx.client.to_string());
     span.attr("line_auth_proxy.outcome", ctx.outcome.as_str());
@@ -311,7 +322,7 @@ fn fail_to_proxy(ctx: &mut RequestCtx<'_>, err: ProxyError) -> Response<ProxyBod
 }
 
 /// The request's route for the metrics and the log lines (see
-/// [`Metrics::observe_request`]).
+/// [`crate::telemetry::RouteMetrics::observe_request`]).
 fn route_slot(ctx: &RequestCtx<'_>) -> usize {
     match ctx.route {
         _ if ctx.endpoint => 0,
@@ -334,7 +345,7 @@ fn logging(ctx: &RequestCtx<'_>, status: StatusCode) -> Option<access::AccessRec
         "proxy"
     };
     let route_slot = route_slot(ctx);
-    let metrics = &ctx.state.metrics;
+    let metrics = &ctx.state.route_metrics;
     metrics.observe_request(route_slot, status.as_u16(), ctx.stopwatch.elapsed().as_secs_f64());
     let route = metrics.route_label(route_slot);
     audit::record(ctx, status.as_u16(), &route);

@@ -415,6 +415,18 @@ pub async fn spawn_proxy_on(config: Config, listener: tokio::net::TcpListener, c
     proxy
 }
 
+/// [`spawn_proxy_with`] for the configuration at `path` (with `env` as its
+/// environment overlay), read again on SIGHUP and when the file changes: the
+/// file's poll runs on `clock`, so each advance of five seconds is a look.
+pub async fn spawn_reloading(path: &std::path::Path, env: Vec<(String, String)>, clock: &Clock) -> TestProxy {
+    let loaded = config::load(Some(path), env.clone()).unwrap_or_else(|p| panic!("test config invalid:\n{p}"));
+    let source = config::Source { path: Some(path.to_owned()), env };
+    let bound = line_auth_proxy::bind_with(loaded.config, clock.clone()).await.expect("proxy binds");
+    let proxy = serve_bound(bound.reload_from(source));
+    assert!(eventually_status(&proxy.admin_url("/readyz"), 200, 10).await, "proxy never became ready");
+    proxy
+}
+
 /// Binds and serves the proxy without waiting for readiness.
 pub async fn spawn_proxy_unready_with(config: Config, clock: &Clock) -> TestProxy {
     serve_bound(line_auth_proxy::bind_with(config, clock.clone()).await.expect("proxy binds"))
