@@ -74,6 +74,66 @@ pub(crate) struct Generation {
     pub pieces: Vec<Piece>,
 }
 
+impl Generation {
+    /// What `/readyz` waits for among the pieces built anew: a reload takes
+    /// the generation into service only once it is ready, so that it never
+    /// turns a serving replica unready.
+    pub fn warmup(&self) -> Warmup {
+        let fresh = |kind| self.pieces.iter().any(|p| p.kind == kind && p.task.is_some());
+        Warmup {
+            jwks: self.state.jwks.clone().filter(|_| fresh(PieceKind::Jwks)),
+            nonce_redis: self
+                .state
+                .nonces
+                .as_ref()
+                .and_then(|n| n.store.redis().cloned())
+                .filter(|_| fresh(PieceKind::Nonces)),
+        }
+    }
+}
+
+/// The dependencies a new generation must have ready before it serves.
+pub(crate) struct Warmup {
+    jwks: Option<Arc<jwks::Jwks>>,
+    nonce_redis: Option<Arc<redis_conn::RedisConn>>,
+}
+
+impl Warmup {
+    /// What is not ready yet, if anything.
+    pub fn cold(&self) -> Option<&'static str> {
+        if self.jwks.as_ref().is_some_and(|j| !j.is_loaded()) {
+            return Some("no key set from the JWKS URL (line.jwks_url) yet");
+        }
+        if self.nonce_redis.as_ref().is_some_and(|r| !r.is_healthy()) {
+            return Some("the nonce store's Redis (nonce.redis_url) has not answered yet");
+        }
+        None
+    }
+}
+
+/// The shared cache tier's key scope: 16 hex of SHA-256 over the ID-token
+/// rules (verification mode, JWKS URL, clock skew, maximum age, the channel
+/// secrets' contents). What a verdict read back can be judged by here — its
+/// channel, its age against this replica's TTLs — is judged on read; what
+/// it cannot (which secret or key set verified it) is in the key: replicas,
+/// or generations, under other rules never read each other's verdicts, so a
+/// rotated channel secret is never undone by a verdict the old one passed.
+/// (The secrets enter a hash truncated to 64 bits, shown in Redis keys:
+/// LINE's channel secrets are 128-bit random values, out of reach of
+/// guessing through it.)
+pub(crate) fn verdict_scope(config: &Config) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    if let Some(c) = &config.id_token {
+        context.update(format!("{:?}|{}|{:?}|{:?}", c.verification, c.jwks_url, c.clock_skew, c.max_age).as_bytes());
+        for (channel, secret) in &c.channel_secrets {
+            context.update(channel.as_bytes());
+            context.update(&(secret.0.len() as u64).to_be_bytes());
+            context.update(&secret.0);
+        }
+    }
+    context.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Builds the generation of `config`, taking over from `previous` (the one
 /// running) what its changes leave as it was.
 pub(crate) fn build(config: Config, process: &Process, previous: Option<&State>) -> Result<Generation, RunError> {
@@ -196,6 +256,7 @@ pub(crate) fn build(config: Config, process: &Process, previous: Option<&State>)
                         conn,
                         redis_entry::RedisMac::new("cache", &r.mac_keys, metrics.clone()),
                         config.line.channel_ids.clone(),
+                        verdict_scope(&config),
                         (config.cache.keys.ttl_seconds.duration(), config.cache.keys.negative_ttl_seconds.duration()),
                         clock.clone(),
                         metrics.clone(),

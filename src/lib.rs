@@ -260,7 +260,8 @@ impl Bound {
         for (name, task) in self.background {
             tasks.spawn(name, task);
         }
-        tasks.adopt(self.pieces);
+        let first = tasks.start(std::mem::take(&mut self.pieces));
+        tasks.commit(first);
         let mut proxy_task =
             tokio::spawn(server::serve_proxy(self.proxy_listener, self.tls, self.current.clone(), stop_rx));
         // Polled once before readiness is announced, so that whatever it sets
@@ -296,8 +297,29 @@ impl Bound {
                 message = &mut panicked => break Some(("process (a task panicked)", message)),
                 trigger = next_reload => {
                     let reloader = reloader.as_ref().expect("a trigger comes from the reloader");
-                    if let Some(pieces) = reloader.reload(trigger, &self.current, &self.process) {
-                        tasks.adopt(pieces);
+                    let Some(mut next) = reloader.prepare(trigger, &self.current, &self.process) else {
+                        continue;
+                    };
+                    // The new pieces' tasks run from now on (a JWKS fetches, a
+                    // Redis is pinged); the generation serves once they are ready.
+                    let warmup = next.generation.warmup();
+                    let started = tasks.start(std::mem::take(&mut next.generation.pieces));
+                    let warm = tokio::select! {
+                        warm = reload::Prepared::warm(&warmup, &self.clock) => warm,
+                        () = &mut shutdown, if !requested => {
+                            tasks.cancel(started);
+                            break None;
+                        }
+                    };
+                    match warm {
+                        Ok(()) => {
+                            next.commit(&self.current, &self.process);
+                            tasks.commit(started);
+                        }
+                        Err(why) => {
+                            next.refuse(why, &self.process);
+                            tasks.cancel(started);
+                        }
                     }
                 }
             }
@@ -365,23 +387,42 @@ impl Supervised {
         handle
     }
 
-    /// Runs a generation's pieces: new tasks start, the tasks of pieces
-    /// built anew or gone stop, those of pieces taken over go on.
-    fn adopt(&mut self, pieces: Vec<generation::Piece>) {
-        let kept: std::collections::HashSet<_> = pieces.iter().filter(|p| p.task.is_none()).map(|p| p.kind).collect();
-        let stale: Vec<_> = self.pieces.keys().filter(|kind| !kept.contains(*kind)).copied().collect();
+    /// Starts the tasks of a generation's new pieces; the running ones go
+    /// on until [`Supervised::commit`] (or the new ones stop at
+    /// [`Supervised::cancel`]).
+    fn start(&mut self, pieces: Vec<generation::Piece>) -> Started {
+        let mut started = Started { kept: Vec::new(), new: Vec::new() };
+        for piece in pieces {
+            match piece.task {
+                None => started.kept.push(piece.kind),
+                Some(task) => started.new.push((piece.kind, self.spawn(piece.kind.task_name(), task))),
+            }
+        }
+        started
+    }
+
+    /// The generation serves: the tasks of pieces built anew or gone stop,
+    /// those of pieces taken over go on.
+    fn commit(&mut self, started: Started) {
+        let stale: Vec<_> = self.pieces.keys().filter(|kind| !started.kept.contains(kind)).copied().collect();
         for kind in stale {
             if let Some(handle) = self.pieces.remove(&kind) {
-                handle.abort();
-                self.retired.insert(handle.id());
+                self.retire(&handle);
             }
         }
-        for piece in pieces {
-            if let Some(task) = piece.task {
-                let handle = self.spawn(piece.kind.task_name(), task);
-                self.pieces.insert(piece.kind, handle);
-            }
+        self.pieces.extend(started.new);
+    }
+
+    /// The generation was given up: its new tasks stop.
+    fn cancel(&mut self, started: Started) {
+        for (_, handle) in started.new {
+            self.retire(&handle);
         }
+    }
+
+    fn retire(&mut self, handle: &tokio::task::AbortHandle) {
+        handle.abort();
+        self.retired.insert(handle.id());
     }
 
     /// A task ended: `None` when a reload had stopped it, else what failed.
@@ -399,6 +440,13 @@ impl Supervised {
         }
         Some((name, why(ended.map(|_| ()))))
     }
+}
+
+/// The tasks [`Supervised::start`] started for a generation's pieces, and
+/// the pieces it took over.
+struct Started {
+    kept: Vec<generation::PieceKind>,
+    new: Vec<(generation::PieceKind, tokio::task::AbortHandle)>,
 }
 
 /// Why a task that should run until shutdown is over.

@@ -109,23 +109,24 @@ fn load(path: Option<PathBuf>) -> Result<(config::Loaded, config::Source), ExitC
         }
         ExitCode::from(2)
     })?;
-    let source = match &path {
+    let shown = match &path {
         Some(path) => path.display().to_string(),
         None => "the environment (no --config FILE and no LINE_AUTH_PROXY_CONFIG)".to_owned(),
     };
-    match config::load(path.as_deref(), env.clone()) {
+    let source = config::Source::new(path, env);
+    match config::load(source.path(), source.env().iter().cloned()) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            if path.is_none() {
+            if source.path().is_none() {
                 // Not a problem, but easy to miss: [[routes]] has no
                 // environment form.
                 eprintln!(
                     "note: configured from the environment alone: routes can be written only in a file, so every request takes the default route (a LINE access token)"
                 );
             }
-            Ok((loaded, config::Source { path, env }))
+            Ok((loaded, source))
         }
         Err(problems) => {
             for w in &problems.warnings {
@@ -134,7 +135,7 @@ fn load(path: Option<PathBuf>) -> Result<(config::Loaded, config::Source), ExitC
             for p in &problems.errors {
                 eprintln!("error: {p}");
             }
-            eprintln!("{} problem(s) in {source}", problems.errors.len());
+            eprintln!("{} problem(s) in {shown}", problems.errors.len());
             Err(ExitCode::from(2))
         }
     }

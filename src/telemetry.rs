@@ -778,6 +778,20 @@ impl Metrics {
         self.limit_clients.get_or_create(&LimitLabels { limit: limit.as_str() }).set(clients as i64);
     }
 
+    /// A reload's limits in force: a limit they switch off tracks no client
+    /// (its sweeper, which set the gauge, is gone).
+    pub fn clear_limit_clients(&self, limits: &crate::limits::Limits) {
+        use crate::limits::Limit;
+        let on = [
+            (Limit::Nonces, limits.nonces.is_some()),
+            (Limit::FreshTokens, limits.fresh_tokens.is_some()),
+            (Limit::Connections, limits.connections.is_some()),
+        ];
+        for (limit, _) in on.into_iter().filter(|(_, on)| !on) {
+            self.set_limit_clients(limit, 0);
+        }
+    }
+
     /// Records the time to a verdict from `source`.
     pub fn observe_auth(&self, source: &'static str, seconds: f64) {
         match SOURCES.iter().position(|s| *s == source) {

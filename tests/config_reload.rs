@@ -75,14 +75,21 @@ async fn status(proxy: &TestProxy, path: &str, token: Option<&str>) -> u16 {
     request.send().await.unwrap().status().as_u16()
 }
 
-/// Moves the clock one poll interval at a time until `done` holds.
+/// Moves the clock one poll interval at a time until `done` holds. The
+/// clock moves at most every 200 ms of real time: what a reload waits for in
+/// real time (a JWKS fetched from the mock, up to 10 s of the proxy's clock)
+/// gets that long, as it would in production.
 async fn until_reloaded<F, Fut>(clock: &Clock, done: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    eventually(Duration::from_secs(10), || {
-        clock.advance(Duration::from_secs(5));
+    let moved = std::cell::Cell::new(None::<tokio::time::Instant>);
+    eventually(Duration::from_secs(20), || {
+        if moved.get().is_none_or(|at| at.elapsed() >= Duration::from_millis(200)) {
+            clock.advance(Duration::from_secs(5));
+            moved.set(Some(tokio::time::Instant::now()));
+        }
         done()
     })
     .await
@@ -270,12 +277,24 @@ async fn issued_nonces_and_the_jwks_survive_a_reload_and_id_token_routes_come_an
     volume.publish(&config_text(&e.line.base_url(), &e.upstream.url(), OPEN));
     assert!(until_reloaded(&clock, || async { status(&e.proxy, "/auth/nonce", None).await == 401 }).await);
     assert_eq!(status(&e.proxy, "/open/a", None).await, 200);
-    assert!(eventually_status(&e.proxy.admin_url("/readyz"), 200, 5).await);
+    assert!(eventually_status(&e.proxy.admin_url("/readyz"), 200, 1).await);
+    let m = e.proxy.metrics().await;
+    assert!(!m.contains("dependency=\"jwks\""), "a series of a dependency gone: {m}");
+    assert_eq!(metric(&m, "line_auth_proxy_jwks_keys"), 0.0, "{m}");
 
-    // And back: a new key set is fetched and logins work again.
+    // And back: a new key set is fetched before the configuration serves,
+    // so readiness never drops and logins work at once.
     volume.publish(&with_login(""));
-    assert!(until_reloaded(&clock, || async { status(&e.proxy, "/open/a", None).await == 401 }).await);
-    assert!(eventually_status(&e.proxy.admin_url("/readyz"), 200, 10).await);
+    let ready = std::cell::Cell::new(true);
+    assert!(
+        until_reloaded(&clock, || async {
+            let r = client().get(e.proxy.admin_url("/readyz")).send().await.unwrap().status();
+            ready.set(ready.get() && r == 200);
+            status(&e.proxy, "/open/a", None).await == 401
+        })
+        .await
+    );
+    assert!(ready.get(), "/readyz turned 503 during the reload");
     let nonce = e.nonce().await;
     assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&nonce)))).await, 200);
     assert!(e.line.jwks_calls() > jwks_calls);
@@ -321,6 +340,137 @@ async fn settings_only_a_restart_applies_keep_their_running_values() {
     assert!(until_reloaded(&clock, || async { status(&proxy, "/public/a", None).await == 200 }).await);
     assert_eq!(proxy.metric("line_auth_proxy_config_restart_required").await, 0.0);
 
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_whose_new_dependencies_never_become_ready_is_given_up_and_readiness_stays() {
+    let (clock, line, upstream) = parts().await;
+    let login = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
+    let text = |jwks: &str| {
+        config_text_line(
+            &line.base_url(),
+            &upstream.url(),
+            &format!("jwks_url = \"{jwks}\""),
+            &format!("{login}{OPEN}"),
+        )
+    };
+    let mut volume = ConfigMapVolume::new(&text(&line.jwks_url()));
+    let proxy = spawn_reloading(&volume.path(), Vec::new(), &clock).await;
+    // A JWKS URL where nothing answers: the new generation never gets a key set.
+    let nowhere = closed_port();
+    volume.publish(&text(&format!("http://{}/jwks", nowhere.addr)).replace(OPEN, ""));
+    let ready = std::cell::Cell::new(true);
+    let given_up = until_reloaded(&clock, || async {
+        let r = client().get(proxy.admin_url("/readyz")).send().await.unwrap().status();
+        ready.set(ready.get() && r == 200);
+        proxy.metric("line_auth_proxy_config_last_reload_success").await == 0.0
+    })
+    .await;
+    assert!(given_up, "the reload was never given up");
+    assert!(ready.get(), "/readyz turned 503 while the new configuration warmed up");
+    assert_eq!(status(&proxy, "/open/a", None).await, 200, "the running configuration went");
+    let e = Env { clock: clock.clone(), line, upstream, proxy };
+    let nonce = e.nonce().await;
+    assert_eq!(e.login(&e.line.sign_es256(&e.claims(Some(&nonce)))).await, 200);
+    let Env { proxy, .. } = e;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_prefix_change_reaches_identities_already_cached() {
+    let (clock, line, upstream) = parts().await;
+    let text = config_text(&line.base_url(), &upstream.url(), PUBLIC);
+    let mut volume = ConfigMapVolume::new(&text);
+    let proxy = spawn_reloading(&volume.path(), Vec::new(), &clock).await;
+    assert_eq!(status(&proxy, "/a", Some(TOKEN)).await, 200);
+    assert_eq!(upstream.last().headers.get("x-line-user-id").unwrap(), USER);
+    volume.publish(&format!("{text}\n[identity]\nheader_prefix = \"X-Auth-\"\n"));
+    let renamed = until_reloaded(&clock, || async {
+        status(&proxy, "/a", Some(TOKEN)).await == 200 && upstream.last().headers.get("x-auth-user-id").is_some()
+    })
+    .await;
+    assert!(renamed, "the cached identity kept the old header names");
+    let last = upstream.last();
+    assert_eq!(last.headers.get("x-auth-user-id").unwrap(), USER);
+    assert!(last.headers.get("x-line-user-id").is_none(), "the old name still reached the upstream");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn per_client_budgets_survive_a_reload_unless_the_limits_change() {
+    let (clock, line, upstream) = parts().await;
+    let login = "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\n";
+    let text = |extra: &str| {
+        config_text_line(
+            &line.base_url(),
+            &upstream.url(),
+            &format!("jwks_url = \"{}\"", line.jwks_url()),
+            &format!("{login}{extra}"),
+        )
+    };
+    let limits = "[limits]\nnonces_per_minute = 2\n";
+    let mut volume = ConfigMapVolume::new(&text(limits));
+    let proxy = spawn_reloading(&volume.path(), Vec::new(), &clock).await;
+    let nonce = || async { client().get(proxy.url("/auth/nonce")).send().await.unwrap().status().as_u16() };
+    assert_eq!((nonce().await, nonce().await, nonce().await), (200, 200, 429));
+    // A route edit: the budget spent stays spent.
+    volume.publish(&text(&format!("{OPEN}{limits}")));
+    assert!(until_reloaded(&clock, || async { status(&proxy, "/open/a", None).await == 200 }).await);
+    // (The clock moved on while polling; the budget refills by the minute.)
+    let _ = nonce().await;
+    assert_eq!(nonce().await, 429, "a reload that left [limits] alone reset the budgets");
+    // A new limit: counted afresh.
+    volume.publish(&text(&format!("{OPEN}[limits]\nnonces_per_minute = 3\n")));
+    let fresh = until_reloaded(&clock, || async { nonce().await == 200 }).await;
+    assert!(fresh);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_channel_secret_is_never_undone_by_the_shared_cache_tier() {
+    let redis = RedisServer::start().await;
+    let (clock, line, upstream) = parts().await;
+    let dir = tempdir();
+    let (old, new) = (b"0123456789abcdef0123456789abcdef", b"fedcba9876543210fedcba9876543210");
+    let (old_file, new_file) = (dir.0.join("secret-1"), dir.0.join("secret-2"));
+    std::fs::write(&old_file, old).unwrap();
+    std::fs::write(&new_file, new).unwrap();
+    for file in [&old_file, &new_file] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    // LIFF-style ID-token route (no nonce), verdicts shared through Redis.
+    let text = |secret: &PathBuf| {
+        let line_extra = format!("jwks_url = \"{}\"\nchannel_secret_file = {secret:?}", line.jwks_url());
+        let extra = format!(
+            "[[routes]]\npath_prefix = \"/login\"\nauth = \"id_token\"\nrequire_nonce = false\n\
+             [cache]\nshared = \"redis\"\nredis_url = \"{}\"\n{}",
+            redis.url(3),
+            mac_key_line()
+        );
+        config_text_line(&line.base_url(), &upstream.url(), &line_extra, &extra)
+    };
+    let mut volume = ConfigMapVolume::new(&text(&old_file));
+    let proxy = spawn_reloading(&volume.path(), Vec::new(), &clock).await;
+    let login = |token: String| {
+        let url = proxy.url("/login");
+        async move { client().post(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    let signed_before = MockLine::sign_hs256(old, &line.id_claims(CHANNEL, USER, None));
+    assert_eq!(login(signed_before.clone()).await, 200);
+    let stored =
+        eventually(Duration::from_secs(5), || async { !redis.keys(3, "line-auth-proxy:verdict:*").await.is_empty() })
+            .await;
+    assert!(stored, "the verdict never reached Redis");
+
+    // The old secret leaked and is rotated: what it signed is refused at once.
+    let hash = config_hashes(&proxy.metrics().await);
+    volume.publish(&text(&new_file));
+    assert!(until_reloaded(&clock, || async { config_hashes(&proxy.metrics().await) != hash }).await);
+    let hits = upstream.hits();
+    assert_eq!(login(signed_before).await, 401, "a verdict the old secret passed was taken from Redis");
+    assert_eq!(upstream.hits(), hits);
+    assert_eq!(login(MockLine::sign_hs256(new, &line.id_claims(CHANNEL, USER, None))).await, 200);
     proxy.stop().await;
 }
 
@@ -384,6 +534,19 @@ async fn sighup_reloads_and_the_log_explains_each_outcome() {
     kill(&child, "HUP");
     wait_for_line(&mut lines, &mut seen, "configuration unchanged", hup).await;
 
+    // Only a restart-only setting more: reported, nothing rebuilt.
+    std::fs::write(&path, moved.replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 6")).unwrap();
+    kill(&child, "HUP");
+    let restart = wait_for_line(
+        &mut lines,
+        &mut seen,
+        "these settings changed in the configuration file and take effect only after a restart; their running values stay",
+        hup,
+    )
+    .await;
+    assert_eq!(restart["keys"], "server.listen, server.shutdown_grace_seconds", "{restart}");
+    wait_for_line(&mut lines, &mut seen, "configuration unchanged", hup).await;
+
     kill(&child, "TERM");
     let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     while let Some(line) = lines.recv().await {
@@ -391,6 +554,37 @@ async fn sighup_reloads_and_the_log_explains_each_outcome() {
     }
     assert_eq!(code.code(), Some(0), "{seen:#?}");
     assert!(!seen.join("\n").contains(TOKEN));
+}
+
+/// The binary configured by the environment alone: SIGHUP reads it again
+/// (and finds it unchanged) instead of ending the process.
+#[tokio::test]
+async fn sighup_with_a_configuration_from_the_environment_alone() {
+    let (_clock, line, upstream) = parts().await;
+    let mut child = std::process::Command::new(support::process::BIN)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .env_remove("LINE_AUTH_PROXY_CONFIG")
+        .env("LINE_AUTH_PROXY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("LINE_AUTH_PROXY__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("LINE_AUTH_PROXY__UPSTREAM__URL", upstream.url())
+        .env("LINE_AUTH_PROXY__LINE__CHANNEL_IDS", CHANNEL)
+        .env("LINE_AUTH_PROXY__LINE__API_BASE_URL", line.base_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let ready = wait_for_message(&mut lines, &mut seen, "line-auth-proxy ready").await;
+    kill(&child, "HUP");
+    wait_for_line(&mut lines, &mut seen, "configuration unchanged", |v| v["trigger"] == "SIGHUP").await;
+    let url = format!("http://{}/a", ready["listen"].as_str().unwrap());
+    let r = client().get(url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    kill(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(code.code(), Some(0), "{seen:#?}");
 }
 
 struct TempDir(PathBuf);

@@ -30,6 +30,10 @@ pub struct SharedTier {
     max_negative_ttl: Duration,
     /// `line.channel_ids`: a verdict read back is re-checked against them.
     channel_ids: Vec<String>,
+    /// 16 hex of the settings verdicts depend on, in every key (see
+    /// `generation::verdict_scope`): a reload that changes them, or a replica
+    /// configured otherwise, never reads verdicts made under other rules.
+    scope: String,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -57,11 +61,12 @@ impl SharedTier {
         conn: Arc<RedisConn>,
         mac: RedisMac,
         channel_ids: Vec<String>,
+        scope: String,
         (max_ttl, max_negative_ttl): (Duration, Duration),
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { conn, mac, max_ttl, max_negative_ttl, channel_ids, clock, metrics }
+        Self { conn, mac, max_ttl, max_negative_ttl, channel_ids, scope, clock, metrics }
     }
 
     pub fn conn(&self) -> &Arc<RedisConn> {
@@ -70,7 +75,7 @@ impl SharedTier {
 
     fn redis_key(&self, key: &CacheKey) -> String {
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        self.conn.key(&hex)
+        self.conn.key(&format!("{}:{hex}", self.scope))
     }
 
     /// The shared verdict for a credential of `kind`, if Redis has a live one

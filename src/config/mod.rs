@@ -103,6 +103,13 @@ impl Config {
         self.audit_file.as_deref()
     }
 
+    /// Whether `other` has the same settings, whatever its hash says (a file
+    /// whose restart-only changes stand in for the running values is
+    /// otherwise the running configuration).
+    pub(crate) fn same_settings(&self, other: &Config) -> bool {
+        Config { fingerprint: other.fingerprint.clone(), ..self.clone() } == *other
+    }
+
     /// `server.workers`, when set.
     pub fn workers(&self) -> Option<usize> {
         self.server.keys.workers.map(|w| w.get())
@@ -115,8 +122,27 @@ impl Config {
 /// environment may hold secrets.
 #[derive(Clone)]
 pub struct Source {
-    pub path: Option<PathBuf>,
-    pub env: Vec<(String, String)>,
+    path: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    /// The file as it was just before it was first read: a change after
+    /// that, even one before the proxy serves, is a change to reload.
+    pub(crate) seen: Option<crate::file_stamp::FileStamp>,
+}
+
+impl Source {
+    /// Call before reading the file.
+    pub fn new(path: Option<PathBuf>, env: Vec<(String, String)>) -> Self {
+        let seen = path.as_deref().and_then(crate::file_stamp::FileStamp::of);
+        Self { path, env, seen }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
 }
 
 /// A configuration that loaded, and what in it has no effect.

@@ -103,8 +103,15 @@ pub(crate) fn reload(path: Option<&Path>, env: &[(String, String)], running: &Co
 /// The parts of the configuration that differ, named as the file names them
 /// (for the reload's log line).
 pub(crate) fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
-    let parts: [(&'static str, bool); 13] = [
+    // The ID-token rules apart from the nonce settings (named on their own).
+    let id_token_rules_differ = match (&old.id_token, &new.id_token) {
+        (Some(a), Some(b)) => super::IdTokenConfig { nonce: b.nonce.clone(), ..a.clone() } != *b,
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    let parts: [(&'static str, bool); 14] = [
         ("line", old.line != new.line),
+        // The channel secrets' contents among them (a rotated file).
+        ("id_token", id_token_rules_differ),
         ("cache", old.cache != new.cache),
         ("identity", old.identity != new.identity),
         ("nonce", old.id_token.as_ref().map(|c| &c.nonce) != new.id_token.as_ref().map(|c| &c.nonce)),

@@ -419,8 +419,9 @@ pub async fn spawn_proxy_on(config: Config, listener: tokio::net::TcpListener, c
 /// environment overlay), read again on SIGHUP and when the file changes: the
 /// file's poll runs on `clock`, so each advance of five seconds is a look.
 pub async fn spawn_reloading(path: &std::path::Path, env: Vec<(String, String)>, clock: &Clock) -> TestProxy {
-    let loaded = config::load(Some(path), env.clone()).unwrap_or_else(|p| panic!("test config invalid:\n{p}"));
-    let source = config::Source { path: Some(path.to_owned()), env };
+    let source = config::Source::new(Some(path.to_owned()), env);
+    let loaded = config::load(source.path(), source.env().iter().cloned())
+        .unwrap_or_else(|p| panic!("test config invalid:\n{p}"));
     let bound = line_auth_proxy::bind_with(loaded.config, clock.clone()).await.expect("proxy binds");
     let proxy = serve_bound(bound.reload_from(source));
     assert!(eventually_status(&proxy.admin_url("/readyz"), 200, 10).await, "proxy never became ready");

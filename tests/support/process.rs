@@ -43,7 +43,11 @@ pub async fn wait_for_line(
             .await
             .unwrap_or_else(|_| panic!("no {message:?} line within 20 s: {seen:#?}"))
             .unwrap_or_else(|| panic!("the process ended before {message:?}: {seen:#?}"));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        // Lines printed before logging starts (`warning:`, `note:`) are not JSON.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            seen.push(line);
+            continue;
+        };
         seen.push(line);
         if v["message"] == message && also(&v) {
             return v;
