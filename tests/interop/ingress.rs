@@ -55,13 +55,14 @@ impl Ingress {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// Starts `command`; it is up once `socket` exists.
+    /// Starts `command`; it is up once `socket` accepts a connection.
     async fn start(mut command: std::process::Command, dir: PathBuf, socket: PathBuf, log: PathBuf) -> Ingress {
         let (port, relay) = unix_relay(socket.clone()).await;
         let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run tests/setup.sh");
         let up = eventually(Duration::from_secs(20), || {
-            let exists = socket.exists();
-            async move { exists }
+            // The file appears at bind(), before listen(): a connection is the proof.
+            let listening = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+            async move { listening }
         })
         .await;
         if !up {

@@ -320,12 +320,13 @@ impl Nginx {
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let mut command = std::process::Command::new("nginx");
         command.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg(dir.join("error.log"));
-        // nginx prints nothing when it starts: its readiness is the socket file.
+        // nginx prints nothing when it starts: its readiness is its socket accepting.
         let mut child =
             command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("nginx (run tests/setup.sh)");
         let up = eventually(Duration::from_secs(10), || {
-            let exists = socket.exists();
-            async move { exists }
+            // The file appears at bind(), before listen(): a connection is the proof.
+            let listening = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+            async move { listening }
         })
         .await;
         if !up {
