@@ -4,7 +4,8 @@
 //! its own (this binary again), and one keep-alive HTTP/1.1 client. dhat's
 //! allocator counts every allocation of this process; the client's own are
 //! measured apart (the same client straight to the upstream) and subtracted,
-//! so what is printed is the proxy's.
+//! so what is printed is the proxy's. Also the heap held per identity in a
+//! verdict cache of 100000 and 1000000, and per idle keep-alive connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -108,6 +109,19 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         line_auth_proxy::init_tracing_with(line_auth_proxy::LogFormat::Text, Some("info"), std::io::sink);
+        // First, while nothing else runs: heap held per cached identity, with the
+        // identity `benches/load.sh` fills the cache with (no picture) and with one.
+        // `cargo bench` passes --bench; under `cargo test` (the test suite runs
+        // this binary once too) a small cache, as a smoke test.
+        let sizes: &[usize] =
+            if std::env::args().any(|a| a == "--bench") { &[100_000, 1_000_000] } else { &[10_000] };
+        for &n in sizes {
+            let plain = heap_per_identity(n, false).await;
+            let pictured = heap_per_identity(n, true).await;
+            println!(
+                "heap per cached identity ({n} cached, each hit once): {plain:.0} bytes; with a picture URL {pictured:.0} bytes"
+            );
+        }
         let line = MockLine::start().await.unwrap();
         line.accept_prefix("bench-", MockToken::new("1234567890", "U1234567890abcdef1234567890abcdef", "Bench"));
         let (mut upstream_process, up) = upstream();
@@ -144,4 +158,34 @@ fn main() {
         drop(idle);
         let _ = upstream_process.kill();
     });
+}
+
+/// Live heap per entry of a verdict cache holding `n` distinct identities,
+/// each verified and then hit once (a hit shares the entry's header buffer).
+async fn heap_per_identity(n: usize, picture: bool) -> f64 {
+    use line_auth_proxy::bench::{AuthMethod, CredentialKind, Identity, Verdict, cache_key, verdict_cache};
+    let key = |i: usize| cache_key(CredentialKind::AccessToken, &format!("bench-fill-{i}"));
+    let before = dhat::HeapStats::get().curr_bytes;
+    let cache = verdict_cache(n as u64);
+    for i in 0..n {
+        let identity = Identity {
+            user_id: "U1234567890abcdef1234567890abcdef".into(),
+            display_name: Some("Bench User".into()),
+            picture_url: picture.then(|| "https://profile.line-scdn.net/0habcdefghijklmnopqrstuvwxyz0123456789".into()),
+            email: None,
+            channel_id: "1234567890".into(),
+            method: AuthMethod::AccessToken,
+            expires_at: 4_000_000_000,
+            amr: Vec::new(),
+        };
+        let _ = cache.get_or_verify(key(i), async { Ok(Verdict::Valid(identity)) }).await;
+    }
+    for i in 0..n {
+        let (hit, _) = cache.get_or_verify(key(i), async { unreachable!("cached") }).await;
+        assert!(hit.is_ok());
+    }
+    assert_eq!(cache.entry_count(), n as u64);
+    let held = dhat::HeapStats::get().curr_bytes.saturating_sub(before);
+    drop(cache);
+    held as f64 / n as f64
 }

@@ -15,11 +15,10 @@
 //! With `cache.shared = "redis"` a second tier ([`shared`]) sits behind this
 //! one: memory → Redis → LINE, still once per key per replica.
 
+mod shard;
 mod shared;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use shard::{DigestMap, Shard};
 pub use shared::SharedTier;
 
 use crate::auth::line::LineError;
@@ -70,16 +70,22 @@ pub enum Stored {
 }
 
 /// A cached verdict with the time it may live, fixed when it was created.
+/// The verdict is shared with the cache entry: a hit costs one reference
+/// count, not a copy.
 #[derive(Clone, Debug)]
 pub struct Cached {
-    pub stored: Stored,
+    pub stored: Arc<Stored>,
     ttl: Duration,
 }
 
 impl Cached {
+    fn new(stored: Stored, ttl: Duration) -> Self {
+        Self { stored: Arc::new(stored), ttl }
+    }
+
     /// A verdict that is handed out once and never stored (nonce logins).
     pub fn uncached(stored: Stored) -> Self {
-        Self { stored, ttl: Duration::ZERO }
+        Self::new(stored, Duration::ZERO)
     }
 }
 
@@ -109,28 +115,17 @@ impl Lookup {
 /// `.await`. Keys are SHA-256 digests, so their first byte spreads them evenly.
 const SHARDS: usize = 16;
 
+/// A hash-table slot holds the 32-byte key and these 16 bytes; the verdict
+/// lives behind the pointer. Each shard's table is sized to a power of two
+/// and may be half empty, so every byte of a slot counts twice: 1000000
+/// identities in 160-byte slots (the verdict inline, `Instant` expiry) took
+/// 536 MB.
 struct Entry {
-    cached: Cached,
-    until: Instant,
+    /// When the entry dies, in milliseconds after the cache's `epoch`.
+    until: u64,
+    stored: Arc<Stored>,
 }
 
-/// Hashes a digest key by its first eight bytes: it is already uniformly random.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 ^= u64::from(*b) << (8 * i);
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
-}
-
-type Shard = HashMap<CacheKey, Entry, BuildHasherDefault<DigestHasher>>;
 type FlightResult = Result<Cached, Arc<LineError>>;
 type Flight = Arc<tokio::sync::OnceCell<FlightResult>>;
 
@@ -146,7 +141,7 @@ pub struct VerdictCache {
     len: AtomicUsize,
     max_entries: usize,
     /// Verifications in flight, so that concurrent misses on one key share one.
-    inflight: Mutex<HashMap<CacheKey, Flight, BuildHasherDefault<DigestHasher>>>,
+    inflight: Mutex<DigestMap<Flight>>,
     ttl: Duration,
     negative_ttl: Duration,
     /// `session.revalidate_seconds`: what session verdicts live at most.
@@ -156,6 +151,8 @@ pub struct VerdictCache {
     /// Makes the assertion claims of valid verdicts (`[assertion]`).
     signer: Option<Arc<crate::assertion::Signer>>,
     clock: Clock,
+    /// What entries' expiry is counted from.
+    epoch: Instant,
 }
 
 impl VerdictCache {
@@ -165,15 +162,21 @@ impl VerdictCache {
             shards,
             len: AtomicUsize::new(0),
             max_entries: config.keys.max_entries.get().max(1),
-            inflight: Mutex::new(HashMap::default()),
+            inflight: Mutex::new(DigestMap::default()),
             ttl: config.keys.ttl_seconds.duration(),
             negative_ttl: config.keys.negative_ttl_seconds.duration(),
             session_ttl: Duration::MAX,
             names,
             shared,
             signer: None,
+            epoch: clock.now(),
             clock,
         }
+    }
+
+    /// Now, in milliseconds after `epoch`.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// With `[assertion]`: every valid verdict kept carries its assertion's claims.
@@ -232,7 +235,8 @@ impl VerdictCache {
     fn lookup(&self, key: &CacheKey) -> Option<Cached> {
         let mut shard = self.lock(Self::home(key));
         match shard.get(key) {
-            Some(e) if e.until > self.clock.now() => Some(e.cached.clone()),
+            // The TTL is not needed again: a hit is never stored anew.
+            Some(e) if e.until > self.now_ms() => Some(Cached { stored: e.stored.clone(), ttl: Duration::ZERO }),
             Some(_) => {
                 shard.remove(key);
                 self.forget(1);
@@ -250,11 +254,12 @@ impl VerdictCache {
         if self.len.load(Ordering::Relaxed) >= self.max_entries {
             self.evict_one(home);
         }
-        let entry = Entry { cached: cached.clone(), until: self.clock.now() + cached.ttl };
+        let ttl_ms = u64::try_from(cached.ttl.as_millis()).unwrap_or(u64::MAX);
+        let entry = Entry { until: self.now_ms().saturating_add(ttl_ms), stored: cached.stored.clone() };
         let mut shard = self.lock(home);
         // Counted under the shard lock: a removal of this entry by another
         // thread (which takes the same lock) can only come after the count.
-        if shard.insert(key, entry).is_none() {
+        if shard.insert(key, entry) {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -265,7 +270,7 @@ impl VerdictCache {
     fn evict_one(&self, home: usize) {
         for step in 0..SHARDS {
             let mut shard = self.lock((home + step) % SHARDS);
-            if let Some(victim) = shard.keys().next().copied() {
+            if let Some(victim) = shard.any_key() {
                 shard.remove(&victim);
                 self.forget(1);
                 return;
@@ -287,7 +292,7 @@ impl VerdictCache {
 
     /// Drops the expired entries of every shard, one shard lock at a time.
     pub fn sweep(&self) {
-        let now = self.clock.now();
+        let now = self.now_ms();
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
             let before = shard.len();
@@ -353,7 +358,7 @@ impl VerdictCache {
                 if self.lock(Self::home(&key)).remove(&key).is_some() {
                     self.forget(1);
                 }
-                let expired = Cached { stored: Stored::Rejected(Rejection::Expired), ttl: Duration::ZERO };
+                let expired = Cached::uncached(Stored::Rejected(Rejection::Expired));
                 (Ok(expired), lookup)
             }
             other => (other, lookup),
@@ -402,7 +407,7 @@ impl VerdictCache {
                         && let Some((verdict, ttl)) = shared.get(&key, kind, self.max_age(kind)).await
                     {
                         ran = Some(Lookup::Shared);
-                        let cached = Cached { stored: self.store(&verdict), ttl };
+                        let cached = Cached::new(self.store(&verdict), ttl);
                         self.insert(key, &cached);
                         return Ok(cached);
                     }
@@ -412,7 +417,7 @@ impl VerdictCache {
                     if let Some(shared) = &self.shared {
                         shared.put(&key, &verdict, ttl);
                     }
-                    let cached = Cached { stored: self.store(&verdict), ttl };
+                    let cached = Cached::new(self.store(&verdict), ttl);
                     self.insert(key, &cached);
                     Ok(cached)
                 }
@@ -452,7 +457,7 @@ impl VerdictCache {
 
     /// A valid verdict whose token has expired is dead whatever its TTL said.
     fn is_live(&self, cached: &Cached) -> bool {
-        match &cached.stored {
+        match &*cached.stored {
             Stored::Valid(e) => e.expires_at > self.clock.unix_seconds(),
             Stored::Rejected(_) => true,
         }

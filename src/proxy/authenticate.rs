@@ -302,7 +302,7 @@ where
     metrics.observe_auth(source, stopwatch.seconds());
     Span::current_attr("line_auth_proxy.verdict_source", source);
     let cached = result.map_err(|e| ProxyError::Line((*e).clone()))?;
-    match &cached.stored {
+    match &*cached.stored {
         Stored::Valid(_) => Ok(cached),
         Stored::Rejected(r) => Err(ProxyError::Client(ClientError::Rejected(*r))),
     }

@@ -198,7 +198,7 @@ impl<'a> RequestCtx<'a> {
 
     /// Keeps the verified user of `verdict` for the access line.
     pub fn note_user(&mut self, verdict: Option<&crate::cache::Cached>) {
-        if let Some(crate::cache::Cached { stored: crate::cache::Stored::Valid(identity), .. }) = verdict {
+        if let Some(crate::cache::Stored::Valid(identity)) = verdict.map(|v| &*v.stored) {
             self.user = Some((identity.user_id(), identity.user_hash));
         }
     }

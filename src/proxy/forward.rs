@@ -60,7 +60,7 @@ pub fn upstream_request(
         super::session::strip_cookie(out, &sessions.config.cookie_name);
     }
     if let Some(cached) = &verdict {
-        let Stored::Valid(encoded) = &cached.stored else {
+        let Stored::Valid(encoded) = &*cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
         };
         inject_identity(ctx, encoded, out);

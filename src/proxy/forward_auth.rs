@@ -55,7 +55,7 @@ pub async fn check(
     ctx.note_user(verdict.as_ref());
     let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
     if let Some(cached) = &verdict {
-        let Stored::Valid(encoded) = &cached.stored else {
+        let Stored::Valid(encoded) = &*cached.stored else {
             return Err(ProxyError::Internal("a rejected verdict reached injection"));
         };
         forward::inject_identity(ctx, encoded, response.headers_mut());
