@@ -284,7 +284,10 @@ impl Bound {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: a shutdown wins over a reload that became due with it
+            // (a warm-up would hold the drain for up to 10 s).
             tokio::select! {
+                biased;
                 () = &mut shutdown, if !requested => break None,
                 () = std::future::ready(()), if requested => break None,
                 ended = &mut proxy_task => break Some(("proxy listener", why(ended))),
