@@ -207,3 +207,9 @@ fn a_shard_more_than_half_full_keeps_its_size_under_churn() {
     }
     assert!(shard.capacity() >= 8250);
 }
+
+/// What the slot-size comments and the README's memory figures rest on.
+#[test]
+fn a_slot_is_the_key_and_sixteen_bytes() {
+    assert_eq!(std::mem::size_of::<(CacheKey, Entry)>(), 48);
+}
