@@ -27,6 +27,7 @@ mod hangup;
 mod headers;
 mod identity;
 mod limits;
+mod log_fields;
 pub mod log_writer;
 mod login;
 mod panics;

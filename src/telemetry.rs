@@ -91,9 +91,11 @@ pub fn init_tracing_audited<W>(
     }
     let layer = match format {
         // Colour codes only for a terminal: in a file or a log pipeline they are noise (and cost).
-        LogFormat::Text => {
-            tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(writer).boxed()
-        }
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(crate::log_fields::PlainFields)
+            .with_writer(writer)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
