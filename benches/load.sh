@@ -55,6 +55,8 @@ LB=$ROOT/target/release/examples/loadbench
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_http() { for _ in $(seq 1 500); do curl -sf -o /dev/null "$1" && return 0; sleep 0.02; done; echo "not ready: $1" >&2; return 1; }
 cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
+# user_ticks <pids…>: the user-space part of cpu_ticks (the rest is the kernel's).
+user_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14}' "/proc/$pid/stat"))); done; echo "$t"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # fixtures <line_delay_ms> -> sets UP_PORT LINE_PORT
@@ -93,7 +95,7 @@ EOF
 # run_wrk <label> <url> <header or ""> <pids to measure…>
 # (WRK_CONNS: connections instead of CONNS; WRK_SCRIPT: a wrk Lua script.)
 # Sets RPS, P50, P99 (ms) and CPU_US (server CPU µs per request) [label].
-declare -A RPS P50 P99 CPU_US
+declare -A RPS P50 P99 CPU_US CPU_USER
 run_wrk() {
     local label=$1 url=$2 header=$3; shift 3
     local conns=${WRK_CONNS:-$CONNS}
@@ -103,16 +105,20 @@ run_wrk() {
     # Warm-up (connections, caches), not measured.
     $LOAD wrk "${common[@]}" -d2s "$url" > /dev/null
     local before; before=$(cpu_ticks "$@")
+    local user_before; user_before=$(user_ticks "$@")
     $LOAD wrk "${common[@]}" -d"${DURATION}s" --latency "$url" > "$TMP/wrk-$label.txt"
     local after; after=$(cpu_ticks "$@")
+    local user_after; user_after=$(user_ticks "$@")
     local requests; requests=$(awk '/requests in/ {print $1}' "$TMP/wrk-$label.txt")
     RPS[$label]=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk-$label.txt")
     P50[$label]=$(to_ms "$(awk '$1=="50%" {print $2}' "$TMP/wrk-$label.txt")")
     P99[$label]=$(to_ms "$(awk '$1=="99%" {print $2}' "$TMP/wrk-$label.txt")")
     if [ "$#" -gt 0 ]; then
         CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$requests, 2))")
+        CPU_USER[$label]=$(python3 -c "print(round(($user_after-$user_before)*1e6/$HZ/$requests, 2))")
     else
         CPU_US[$label]=""
+        CPU_USER[$label]=""
     fi
     if grep -q "Non-2xx" "$TMP/wrk-$label.txt"; then echo "!! $label: non-2xx answers" >&2; grep Non-2xx "$TMP/wrk-$label.txt" >&2; fi
 }
@@ -122,8 +128,10 @@ run_h2load() {
     local label=$1 url=$2 header=$3; shift 3
     $LOAD h2load -t1 -c4 -m8 -D 2 -H "$header" "$url" > /dev/null
     local before; before=$(cpu_ticks "$@")
+    local user_before; user_before=$(user_ticks "$@")
     $LOAD h2load -t1 -c4 -m8 -D "$DURATION" -H "$header" "$url" > "$TMP/h2load-$label.txt"
     local after; after=$(cpu_ticks "$@")
+    local user_after; user_after=$(user_ticks "$@")
     local answered ok
     answered=$(awk '/^requests:/ {print $6}' "$TMP/h2load-$label.txt")
     ok=$(awk '/^status codes:/ {print $3}' "$TMP/h2load-$label.txt")
@@ -132,12 +140,13 @@ run_h2load() {
     P50[$label]=""
     P99[$label]=""
     CPU_US[$label]=$(python3 -c "print(round(($after-$before)*1e6/$HZ/$answered, 2))")
+    CPU_USER[$label]=$(python3 -c "print(round(($user_after-$user_before)*1e6/$HZ/$answered, 2))")
 }
 
-# median <label>: RPS, P50, P99, CPU_US [label] from the medians of label-r1..ROUNDS.
+# median <label>: RPS, P50, P99, CPU_US, CPU_USER [label] from the medians of label-r1..ROUNDS.
 median() {
     local label=$1 m i
-    for m in RPS P50 P99 CPU_US; do
+    for m in RPS P50 P99 CPU_US CPU_USER; do
         local -n values=$m
         local got=()
         for i in $(seq 1 "$ROUNDS"); do got+=("${values[$label-r$i]}"); done
@@ -306,7 +315,7 @@ IDS_JSON="${IDS_JSON%,}]"
 export DURATION CONNS ROUNDS PINNED IDLE_RSS COLD COLD_CPU_US COALESCE NGINX CURVE_JSON IDLE_JSON IDS_JSON
 for label in direct proxy session h2c tls nginx nginx_h2c nginx_tls; do
     key=${label^^}
-    export "RPS_$key=${RPS[$label]:-}" "P50_$key=${P50[$label]:-}" "P99_$key=${P99[$label]:-}" "CPU_$key=${CPU_US[$label]:-}"
+    export "RPS_$key=${RPS[$label]:-}" "P50_$key=${P50[$label]:-}" "P99_$key=${P99[$label]:-}" "CPU_$key=${CPU_US[$label]:-}" "USER_$key=${CPU_USER[$label]:-}"
 done
 export CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) CORES=$(nproc)
 python3 "$ROOT/benches/report.py" "$OUT"

@@ -19,6 +19,8 @@ r = {
     "p50_ms": {k: num(f"P50_{k.upper()}") for k in LABELS},
     "p99_ms": {k: num(f"P99_{k.upper()}") for k in LABELS},
     "cpu_us_per_request": {k: num(f"CPU_{k.upper()}") for k in LABELS if k != "direct"},
+    # The user-space part of the CPU (median of the rounds); the rest is the kernel's.
+    "user_us_per_request": {k: num(f"USER_{k.upper()}") for k in LABELS if k != "direct"},
     "idle_rss_mb": round(int(e["IDLE_RSS"]) / 1024, 1),
     "identities": json.loads(e.get("IDS_JSON") or "[]"),
     "cold": cold,
@@ -35,13 +37,21 @@ def target(name, ok, detail):
     targets.append((name, "met" if ok else "MISSED", detail))
 
 cpu = r["cpu_us_per_request"]
+user = r["user_us_per_request"]
+
+def kernel(k):
+    return round(cpu[k] - user[k], 2) if cpu.get(k) and user.get(k) is not None else None
+
+def split(k):
+    return f"user {user.get(k)} + kernel {kernel(k)} us" if kernel(k) is not None else "no user/kernel split"
+
 for mine, theirs, name in [
     ("proxy", "nginx", "HTTP/1.1 CPU/request <= 1.0x nginx proxy_pass"),
     ("h2c", "nginx_h2c", "h2c (4 connections x 8 streams) CPU/request <= 1.0x nginx http2"),
     ("tls", "nginx_tls", "TLS (keep-alive) CPU/request <= 1.0x nginx ssl"),
 ]:
     if cpu.get(mine) and cpu.get(theirs):
-        target(name, cpu[mine] <= cpu[theirs], f"{cpu[mine]} us vs {cpu[theirs]} us ({ratio(cpu[mine], cpu[theirs])}x)")
+        target(name, cpu[mine] <= cpu[theirs], f"{cpu[mine]} us vs {cpu[theirs]} us ({ratio(cpu[mine], cpu[theirs])}x); {split(mine)} vs {split(theirs)}")
 if r["rps"]["nginx"]:
     target("throughput at 32 connections >= nginx", r["rps"]["proxy"] >= r["rps"]["nginx"], f"{r['rps']['proxy']:.0f} vs {r['rps']['nginx']:.0f} req/s ({ratio(r['rps']['proxy'], r['rps']['nginx'])}x)")
 added = round(r["p99_ms"]["proxy"] - r["p99_ms"]["direct"], 3)
@@ -101,6 +111,17 @@ for label, k in rows:
         f"| {label} | {r['rps'][k]:.0f} | {show(r['p50_ms'][k])} | {show(r['p99_ms'][k])} | {show(c)} | "
         f"{str(ratio(c, base)) + 'x' if c and base else '–'} |"
     )
+split_rows = [(l, k) for l, k in rows if k != "direct" and kernel(k) is not None]
+if split_rows:
+    lines += [
+        "",
+        "Where the CPU goes (from `/proc/PID/stat`: user-space and kernel time per request, each the median of its rounds; the kernel's share is mostly the loopback TCP stack that each write runs for its receiver):",
+        "",
+        "| target | user µs/req | kernel µs/req | kernel share |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for label, k in split_rows:
+        lines.append(f"| {label} | {user[k]} | {kernel(k)} | {round(kernel(k) / cpu[k] * 100)} % |")
 if r["curve"]:
     lines += [
         "",
