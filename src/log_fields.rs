@@ -214,6 +214,9 @@ mod tests {
         tracing::error!(error = &error as &(dyn std::error::Error + 'static), "failed");
         tracing::info!("only a message");
         tracing::info!(only = "one");
+        // The default visitor skips `log.` fields (tracing-log's) without a
+        // separating space; `delegate` counts on it, this line checks it.
+        tracing::info!(log.target = "x", n = 1u64, log.line = 3u64, after = "y");
         let span = tracing::info_span!("span", id = "abc", n = 7u64);
         let _entered = span.enter();
         tracing::info!(inside = "yes");
@@ -225,7 +228,7 @@ mod tests {
             let default = lines(DefaultFields::new(), ansi, events);
             let plain = lines(PlainFields, ansi, events);
             assert_eq!(plain, default, "ansi = {ansi}");
-            assert_eq!(default.lines().count(), 7, "{default}");
+            assert_eq!(default.lines().count(), 8, "{default}");
         }
     }
 
