@@ -149,7 +149,7 @@ median() {
     for m in RPS P50 P99 CPU_US CPU_USER; do
         local -n values=$m
         local got=()
-        for i in $(seq 1 "$ROUNDS"); do got+=("${values[$label-r$i]}"); done
+        for i in $(seq 1 "$ROUNDS"); do got+=("${values[$label-r$i]:-}"); done
         values[$label]=$(printf '%s\n' "${got[@]}" | { grep . || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
         unset -n values
     done

@@ -115,7 +115,7 @@ split_rows = [(l, k) for l, k in rows if k != "direct" and kernel(k) is not None
 if split_rows:
     lines += [
         "",
-        "Where the CPU goes (from `/proc/PID/stat`: user-space and kernel time per request, each the median of its rounds; the kernel's share is mostly the loopback TCP stack that each write runs for its receiver):",
+        "Where the CPU goes (from `/proc/PID/stat`: user-space time per request is the median of the rounds; kernel time is the median total minus the median user time):",
         "",
         "| target | user µs/req | kernel µs/req | kernel share |",
         "| --- | ---: | ---: | ---: |",
