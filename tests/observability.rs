@@ -642,11 +642,19 @@ async fn the_runtime_threads_follow_server_workers_and_say_where_the_count_came_
     // The threads are there: tokio names its workers.
     let pid = proxy.child.as_ref().unwrap().id();
     proxy.line("line-auth-proxy ready", |_| true).await;
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap().trim().to_owned())
-        .collect();
-    assert_eq!(names.iter().filter(|n| *n == "tokio-rt-worker").count(), 3, "{names:?}");
+    // A new thread names itself once it runs: until then it shows the
+    // process's name, so read until the names have settled.
+    let names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
+    };
+    let workers = |names: &[String]| names.iter().filter(|n| *n == "tokio-rt-worker").count();
+    eventually(Duration::from_secs(5), || async { workers(&names()) >= 3 }).await;
+    let names = names();
+    assert_eq!(workers(&names), 3, "{names:?}");
     proxy.stop().await;
 
     // Unset: the CPU quota or the CPUs, never more than this process may use.
