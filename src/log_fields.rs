@@ -87,20 +87,8 @@ impl PlainVisitor<'_> {
         matches!(self, Self::Plain { .. })
     }
 
-    fn write_u64(&mut self, name: &str, mut n: u64) {
-        self.write_field(name, |w| {
-            let mut digits = [0u8; 20];
-            let mut at = digits.len();
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            w.write_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"))
-        });
+    fn write_integer(&mut self, name: &str, n: impl itoa::Integer) {
+        self.write_field(name, |w| w.write_str(itoa::Buffer::new().format(n)));
     }
 }
 
@@ -119,15 +107,15 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.is_plain() && plain_name(field.name()) {
-            self.write_u64(field.name(), value);
+            self.write_integer(field.name(), value);
         } else {
             self.delegate(field, |inner| inner.record_u64(field, value));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.is_plain() && plain_name(field.name()) && value >= 0 {
-            self.write_u64(field.name(), value as u64);
+        if self.is_plain() && plain_name(field.name()) {
+            self.write_integer(field.name(), value);
         } else {
             self.delegate(field, |inner| inner.record_i64(field, value));
         }
