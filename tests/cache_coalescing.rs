@@ -78,18 +78,21 @@ async fn ttl_is_capped_by_expires_in() {
 
 #[tokio::test]
 async fn positive_ttl_expires_and_reverifies() {
-    let e = env("[cache]\nttl_seconds = 1\n").await;
-    assert_eq!(e.status("/a", TOKEN).await, 200);
-    assert_eq!(e.status("/a", TOKEN).await, 200);
-    assert_eq!(e.line.verify_calls(), 1);
-    e.clock.advance(Duration::from_millis(999));
-    assert_eq!(e.status("/a", TOKEN).await, 200);
-    assert_eq!(e.line.verify_calls(), 1, "reverified before the TTL was over");
-    e.clock.advance(Duration::from_millis(1));
-    // Revoked at LINE meanwhile: the expired cache entry must not keep it alive.
-    e.line.remove_token(TOKEN);
-    assert_eq!(e.status("/a", TOKEN).await, 401);
-    assert_eq!(e.line.verify_calls(), 2);
+    // The default jitter cuts a TTL by less than 10 %; with none, it is whole.
+    for (jitter, sure_until_ms) in [("", 899), ("ttl_jitter_percent = 0\n", 999)] {
+        let e = env(&format!("[cache]\nttl_seconds = 1\n{jitter}")).await;
+        assert_eq!(e.status("/a", TOKEN).await, 200);
+        assert_eq!(e.status("/a", TOKEN).await, 200);
+        assert_eq!(e.line.verify_calls(), 1);
+        e.clock.advance(Duration::from_millis(sure_until_ms));
+        assert_eq!(e.status("/a", TOKEN).await, 200);
+        assert_eq!(e.line.verify_calls(), 1, "reverified before the TTL was over ({jitter:?})");
+        e.clock.advance(Duration::from_millis(1000 - sure_until_ms));
+        // Revoked at LINE meanwhile: the expired cache entry must not keep it alive.
+        e.line.remove_token(TOKEN);
+        assert_eq!(e.status("/a", TOKEN).await, 401);
+        assert_eq!(e.line.verify_calls(), 2);
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,10 @@
 //! Keys are SHA-256 digests of (credential kind, token); the raw token is never
 //! stored. A valid verdict lives `min(cache.ttl_seconds, token expiry − now)`; a
 //! definitive rejection lives `cache.negative_ttl_seconds`; a LINE failure is
-//! never stored. Concurrent misses on one key share one verification: the first
+//! never stored. Either TTL is then shortened by up to
+//! `cache.ttl_jitter_percent` of it, a share fixed per key by its digest: the
+//! verdicts of a burst of logins (or of a warm-up) expire spread out instead of
+//! sending LINE a burst of re-verifications together. Concurrent misses on one key share one verification: the first
 //! runs it inside a `tokio::sync::OnceCell`, every other waiter gets its result
 //! (a failure included, which is then forgotten).
 //!
@@ -144,6 +147,8 @@ pub struct VerdictCache {
     inflight: Mutex<DigestMap<Flight>>,
     ttl: Duration,
     negative_ttl: Duration,
+    /// `cache.ttl_jitter_percent`.
+    jitter_percent: u64,
     /// `session.revalidate_seconds`: what session verdicts live at most.
     session_ttl: Duration,
     names: IdentityHeaderNames,
@@ -165,6 +170,7 @@ impl VerdictCache {
             inflight: Mutex::new(DigestMap::default()),
             ttl: config.keys.ttl_seconds.duration(),
             negative_ttl: config.keys.negative_ttl_seconds.duration(),
+            jitter_percent: config.keys.ttl_jitter_percent.get() as u64,
             session_ttl: Duration::MAX,
             names,
             shared,
@@ -413,7 +419,7 @@ impl VerdictCache {
                     }
                     ran = Some(Lookup::Miss);
                     let verdict = verify().await.map_err(Arc::new)?;
-                    let ttl = self.ttl_for(kind, &verdict);
+                    let ttl = self.ttl_for(&key, kind, &verdict);
                     if let Some(shared) = &self.shared {
                         shared.put(&key, &verdict, ttl);
                     }
@@ -429,7 +435,7 @@ impl VerdictCache {
         Ok((result, ran.unwrap_or(Lookup::Coalesced)))
     }
 
-    fn ttl_for(&self, kind: CredentialKind, verdict: &Verdict) -> Duration {
+    fn ttl_for(&self, key: &CacheKey, kind: CredentialKind, verdict: &Verdict) -> Duration {
         let ttl = match verdict {
             Verdict::Valid(identity) => {
                 let left = identity.expires_at.saturating_sub(self.clock.unix_seconds());
@@ -437,7 +443,18 @@ impl VerdictCache {
             }
             Verdict::Rejected(_) => self.negative_ttl,
         };
-        if kind == CredentialKind::Session { ttl.min(self.session_ttl) } else { ttl }
+        let ttl = if kind == CredentialKind::Session { ttl.min(self.session_ttl) } else { ttl };
+        self.jittered(key, ttl)
+    }
+
+    /// `ttl` less this key's share of `cache.ttl_jitter_percent` of it. The
+    /// share (0 to 65535/65536) is two bytes of the digest, which is uniform
+    /// over keys and fixed per key, so the cut is never random per request and
+    /// never lengthens anything: a verdict still ends no later than its token.
+    fn jittered(&self, key: &CacheKey, ttl: Duration) -> Duration {
+        let share = u128::from(u16::from_le_bytes([key[30], key[31]]));
+        let cut_ns = ttl.as_nanos() * u128::from(self.jitter_percent) * share / (100 * 65536);
+        ttl.saturating_sub(Duration::from_nanos(u64::try_from(cut_ns).unwrap_or(u64::MAX)))
     }
 
     /// With `[session]`: session verdicts live at most `revalidate`, so a

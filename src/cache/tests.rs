@@ -213,3 +213,80 @@ fn a_shard_more_than_half_full_keeps_its_size_under_churn() {
 fn a_slot_is_the_key_and_sixteen_bytes() {
     assert_eq!(std::mem::size_of::<(CacheKey, Entry)>(), 48);
 }
+
+fn cache_with(keys: crate::config::CacheSection, clock: &Clock) -> VerdictCache {
+    let config = CacheConfig { keys, shared: None };
+    VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None, clock.clone())
+}
+
+/// How many of `keys` the cache would serve now, without asking LINE.
+fn live(c: &VerdictCache, keys: &[CacheKey]) -> usize {
+    keys.iter().filter(|k| c.lookup(k).is_some()).count()
+}
+
+#[tokio::test]
+async fn verdicts_made_together_expire_spread_over_the_last_jitter_of_their_ttl() {
+    let clock = Clock::manual();
+    let section =
+        crate::config::CacheSection { ttl_seconds: 100.into(), max_entries: 10_000.into(), ..Default::default() };
+    assert_eq!(section.ttl_jitter_percent.get(), 10, "the default");
+    let c = cache_with(section, &clock);
+    let exp = clock.unix_seconds() + 3600;
+    let keys: Vec<CacheKey> = (0..1000).map(key).collect();
+    for k in &keys {
+        let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
+    }
+    // Never longer than the TTL, never shorter than 90 % of it.
+    clock.advance(Duration::from_millis(89_999));
+    assert_eq!(live(&c, &keys), 1000);
+    // Spread: about half are gone half-way through the jitter window.
+    clock.advance(Duration::from_millis(5_001));
+    let at_95 = live(&c, &keys);
+    assert!((350..=650).contains(&at_95), "{at_95} of 1000 left at 95 s");
+    clock.advance(Duration::from_millis(4_000));
+    // About a tenth: those cut by less than a second.
+    let at_99 = live(&c, &keys);
+    assert!(at_99 < at_95 && (40..=160).contains(&at_99), "{at_99} of 1000 left at 99 s");
+    clock.advance(Duration::from_millis(1_000));
+    assert_eq!(live(&c, &keys), 0);
+}
+
+#[tokio::test]
+async fn the_jitter_is_fixed_per_credential_and_never_outlives_the_token() {
+    let clock = Clock::manual();
+    let section =
+        crate::config::CacheSection { ttl_seconds: 600.into(), ttl_jitter_percent: 50.into(), ..Default::default() };
+    let c = cache_with(section, &clock);
+    let exp = clock.unix_seconds() + 30;
+    let ttls: Vec<Duration> =
+        (0..200).map(|i| c.ttl_for(&key(i), CredentialKind::AccessToken, &valid_until(exp))).collect();
+    // The token's 30 s bound the TTL first; the cut only shortens it.
+    assert!(ttls.iter().all(|t| *t <= Duration::from_secs(30) && *t > Duration::from_secs(15)), "{ttls:?}");
+    assert!(ttls.iter().any(|t| *t < Duration::from_secs(20)) && ttls.iter().any(|t| *t > Duration::from_secs(25)));
+    // The same credential, the same cut: not a coin tossed per request.
+    assert_eq!(c.ttl_for(&key(7), CredentialKind::AccessToken, &valid_until(exp)), ttls[7]);
+    // Rejections are spread the same way.
+    let negative = c.ttl_for(&key(7), CredentialKind::AccessToken, &Verdict::Rejected(Rejection::Invalid));
+    assert!(negative <= Duration::from_secs(10) && negative > Duration::from_secs(5), "{negative:?}");
+}
+
+#[tokio::test]
+async fn with_no_jitter_every_verdict_lives_its_whole_ttl() {
+    let clock = Clock::manual();
+    let section = crate::config::CacheSection {
+        ttl_seconds: 100.into(),
+        ttl_jitter_percent: 0.into(),
+        max_entries: 10_000.into(),
+        ..Default::default()
+    };
+    let c = cache_with(section, &clock);
+    let exp = clock.unix_seconds() + 3600;
+    let keys: Vec<CacheKey> = (0..1000).map(key).collect();
+    for k in &keys {
+        let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
+    }
+    clock.advance(Duration::from_millis(99_999));
+    assert_eq!(live(&c, &keys), 1000);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(live(&c, &keys), 0);
+}

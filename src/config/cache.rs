@@ -14,6 +14,9 @@ use crate::redis_conn::RedisConfig;
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 60;
 /// `cache.negative_ttl_seconds` (10 seconds).
 pub const DEFAULT_CACHE_NEGATIVE_TTL_SECONDS: u64 = 10;
+/// `cache.ttl_jitter_percent` (10 %): verdicts made in the same second do not
+/// all expire in the same second.
+pub const DEFAULT_CACHE_TTL_JITTER_PERCENT: u64 = 10;
 /// `cache.max_entries` (100000 entries).
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
 /// `cache.redis_key_prefix`: the namespace of shared verdicts.
@@ -50,6 +53,10 @@ section! {
         ttl_seconds: Seconds<1, 86400> = DEFAULT_CACHE_TTL_SECONDS,
         /// A definitive rejection is remembered this long; LINE errors never are.
         negative_ttl_seconds: Seconds<1, 86400> = DEFAULT_CACHE_NEGATIVE_TTL_SECONDS,
+        /// Each verdict's TTL is shortened by up to this share of it, a fraction
+        /// fixed per credential: verdicts made together expire spread out, not
+        /// in one burst of LINE calls. Only ever shorter.
+        ttl_jitter_percent: Count<0, 50> = DEFAULT_CACHE_TTL_JITTER_PERCENT,
         /// Cache capacity; when full, an arbitrary entry makes room.
         max_entries: Count<1, 10000000> = DEFAULT_CACHE_MAX_ENTRIES,
         /// `none`, or `redis`: a second tier shared by the replicas.
