@@ -179,3 +179,31 @@ async fn verifications_beyond_the_concurrency_cap_fail_closed() {
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     assert_eq!(upstream.hits(), 1);
 }
+
+#[tokio::test]
+async fn a_burst_of_verifications_leaves_at_most_64_connections_to_line_idle() {
+    let clock = Clock::manual();
+    let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
+    line.accept_prefix("burst-", MockToken::new(CHANNEL, USER, "Brown"));
+    let upstream = RecordingUpstream::start().await;
+    let proxy = spawn_proxy_with(config(&config_text(&line.base_url(), &upstream.url(), "")), &clock).await;
+    let held = line.hold();
+    let c = client();
+    let requests: Vec<_> =
+        (0..100).map(|i| tokio::spawn(c.get(proxy.url("/api/a")).bearer_auth(format!("burst-{i}")).send())).collect();
+    // Every call is in flight at once: verify and profile for each token.
+    let all_in =
+        eventually(Duration::from_secs(10), || async { line.verify_calls() == 100 && line.profile_calls() == 100 });
+    assert!(all_in.await, "{} verify, {} profile calls arrived", line.verify_calls(), line.profile_calls());
+    assert!(line.open_connections() >= 200, "{} connections to LINE", line.open_connections());
+    held.release();
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+    // Back in the pool: 64 stay for the next calls, the rest are closed now,
+    // not after the 90 s idle timeout.
+    let trimmed = eventually(Duration::from_secs(10), || async { line.open_connections() <= 64 }).await;
+    assert!(trimmed, "{} connections to LINE left open", line.open_connections());
+    assert!(line.open_connections() >= 1, "the pool kept nothing");
+    assert_eq!(upstream.hits(), 100);
+}

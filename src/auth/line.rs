@@ -27,6 +27,10 @@ use crate::traces::{Kind, Span};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// LINE does not document `Retry-After`; when it sends one we pass it on, capped (60 seconds).
 const MAX_RETRY_AFTER_SECONDS: u64 = 60;
+/// Idle keep-alive connections kept to the LINE Platform (as nginx's
+/// `keepalive 64`): more are closed when their call ends; those kept close
+/// after 90 s unused.
+pub const LINE_MAX_IDLE_CONNECTIONS: usize = 64;
 /// The longest life LINE gives an access token: "valid for 30 days"
 /// (2592000 seconds). A larger `expires_in` is clamped to it, so that
 /// `X-Line-Expires-At` and the cache never outlive what LINE documents.
@@ -185,6 +189,9 @@ impl LineClient {
             // A redirect would send the token to a host we did not choose.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
+            // A burst (256 verifications are two calls each) leaves at most
+            // this many connections idle, not all of them for 90 s.
+            .pool_max_idle_per_host(LINE_MAX_IDLE_CONNECTIONS)
             .user_agent(concat!("line-auth-proxy/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {

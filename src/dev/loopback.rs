@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
@@ -26,6 +27,17 @@ pub struct LoopbackServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
     panics: Panics,
+    /// Connections accepted and not yet closed.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts one open connection while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LoopbackServer {
@@ -42,22 +54,32 @@ impl LoopbackServer {
         let addr = listener.local_addr()?;
         let panics = Panics::default();
         let executor = RecordingExecutor(panics.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let builder = auto::Builder::new(executor.clone());
+                counted.fetch_add(1, Ordering::Relaxed);
+                let connection = OpenConnection(counted.clone());
                 hyper::rt::Executor::execute(&executor, async move {
+                    let _connection = connection;
                     let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handler)).await;
                 });
             }
         });
-        Ok(Self { addr, task, panics })
+        Ok(Self { addr, task, panics, open })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted and not yet closed by either side.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// `http://127.0.0.1:port`.

@@ -285,6 +285,11 @@ impl MockLine {
         self.server.url()
     }
 
+    /// Connections to the mock open now (the proxy's idle pool included).
+    pub fn open_connections(&self) -> usize {
+        self.server.open_connections()
+    }
+
     /// Holds every answer of the verify, profile and ID-token verify endpoints
     /// (they are counted on arrival) until the returned guard is dropped.
     pub fn hold(&self) -> Held {
