@@ -162,11 +162,13 @@ pub struct VerdictCache {
 
 impl VerdictCache {
     pub fn new(config: &CacheConfig, names: IdentityHeaderNames, shared: Option<SharedTier>, clock: Clock) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        let max_entries = config.keys.max_entries.get().max(1);
+        let share = max_entries.div_ceil(SHARDS);
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::new(share))).collect();
         Self {
             shards,
             len: AtomicUsize::new(0),
-            max_entries: config.keys.max_entries.get().max(1),
+            max_entries,
             inflight: Mutex::new(DigestMap::default()),
             ttl: config.keys.ttl_seconds.duration(),
             negative_ttl: config.keys.negative_ttl_seconds.duration(),
@@ -265,8 +267,12 @@ impl VerdictCache {
         let mut shard = self.lock(home);
         // Counted under the shard lock: a removal of this entry by another
         // thread (which takes the same lock) can only come after the count.
-        if shard.insert(key, entry) {
+        let inserted = shard.insert(key, entry);
+        if inserted.new {
             self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        if inserted.evicted > 0 {
+            self.forget(inserted.evicted);
         }
     }
 

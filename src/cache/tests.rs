@@ -176,11 +176,12 @@ async fn a_failure_is_shared_by_its_waiters_and_then_forgotten() {
 /// turned its free slots into tombstones, by doubling.
 #[test]
 fn a_shard_more_than_half_full_keeps_its_size_under_churn() {
-    let mut shard = shard::Shard::default();
+    // No share bound: only the rebuild keeps its size.
+    let mut shard = shard::Shard::new(usize::MAX);
     let entry = || Entry { until: 0, stored: Arc::new(Stored::Rejected(Rejection::Invalid)) };
     const LIVE: u32 = 6250;
     for i in 0..LIVE {
-        assert!(shard.insert(key(i), entry()));
+        assert!(shard.insert(key(i), entry()).new);
     }
     let built = shard.capacity();
     assert_eq!(built, 7168, "the table this test means");
@@ -197,7 +198,7 @@ fn a_shard_more_than_half_full_keeps_its_size_under_churn() {
             let victim = shard.any_key().expect("not empty");
             let _ = shard.remove(&victim);
         }
-        assert!(shard.insert(key(i), entry()));
+        assert!(shard.insert(key(i), entry()).new);
         assert_eq!(shard.len(), LIVE as usize);
         assert!(shard.capacity() <= built, "grew to {} after {} inserts", shard.capacity(), i - LIVE);
     }
@@ -206,6 +207,61 @@ fn a_shard_more_than_half_full_keeps_its_size_under_churn() {
         shard.insert(key(i), entry());
     }
     assert!(shard.capacity() >= 8250);
+}
+
+/// A full cache's shards drift around their share: 6300 live in the table
+/// of 7168 that 6250 need is past the eighth-free line (6272). Bounded by its
+/// share, the shard drops arbitrary entries down to the line rather than
+/// doubling; with a larger share it grows.
+#[test]
+fn a_shard_past_the_line_keeps_its_size_when_its_share_fits() {
+    let entry = || Entry { until: 0, stored: Arc::new(Stored::Rejected(Rejection::Invalid)) };
+    for (share, grows) in [(6250, false), (8000, true)] {
+        let mut shard = shard::Shard::new(share);
+        let mut evicted = 0;
+        for i in 0..6250 {
+            evicted += shard.insert(key(i), entry()).evicted;
+        }
+        assert_eq!(shard.capacity(), 7168);
+        // Churn with 50 more entries than removals: 6300 wanted.
+        let (mut next, mut oldest) = (6250, 0);
+        for round in 0..160_000 {
+            // Expiry: the oldest goes (skipping those dropped already).
+            if round % 3200 != 0 {
+                while shard.remove(&key(oldest)).is_none() {
+                    oldest += 1;
+                }
+                oldest += 1;
+            }
+            evicted += shard.insert(key(next), entry()).evicted;
+            next += 1;
+        }
+        if grows {
+            assert!(shard.capacity() > 7168, "{share}: kept {}", shard.capacity());
+            assert_eq!(evicted, 0);
+            assert_eq!(shard.len(), 6300);
+        } else {
+            assert!(shard.capacity() <= 7168, "{share}: grew to {}", shard.capacity());
+            assert!(shard.len() <= 6273 && shard.len() + evicted == 6300, "{} live, {evicted} evicted", shard.len());
+            assert!(evicted > 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn entries_a_shard_drops_to_keep_its_size_leave_the_count() {
+    let clock = Clock::manual();
+    // 100000 over 16 shards, churned past the line by expiry.
+    let section = crate::config::CacheSection { max_entries: 100_000.into(), ..Default::default() };
+    let c = cache_with(section, &clock);
+    let exp = clock.unix_seconds() + 3600;
+    for i in 0..400_000 {
+        let _ = c.get_or_verify(key(i), async { Ok(valid_until(exp)) }).await;
+    }
+    let held: usize = (0..SHARDS).map(|i| c.lock(i).len()).sum();
+    assert_eq!(c.entry_count(), held as u64);
+    assert!(held <= 100_000 && held > 99_000, "{held}");
+    assert!((0..SHARDS).all(|i| c.lock(i).capacity() <= 7168), "a shard grew");
 }
 
 /// What the slot-size comments and the README's memory figures rest on.
