@@ -186,7 +186,10 @@ async fn a_burst_of_verifications_leaves_at_most_64_connections_to_line_idle() {
     let line = MockLine::start_with_clock(clock.clone()).await.unwrap();
     line.accept_prefix("burst-", MockToken::new(CHANNEL, USER, "Brown"));
     let upstream = RecordingUpstream::start().await;
-    let proxy = spawn_proxy_with(config(&config_text(&line.base_url(), &upstream.url(), "")), &clock).await;
+    // LINE calls may take 10 s (real time) while they are held: reqwest's
+    // timeout is real time, not the test's clock.
+    let text = config_text(&line.base_url(), &upstream.url(), "").replace("timeout_ms = 500\n", "timeout_ms = 10000\n");
+    let proxy = spawn_proxy_with(config(&text), &clock).await;
     let held = line.hold();
     let c = client();
     let requests: Vec<_> =

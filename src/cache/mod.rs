@@ -12,7 +12,9 @@
 //!
 //! The request path never walks the cache: expired entries are dropped when
 //! met, and by a background sweep; when the cache is full, one arbitrary entry
-//! of the new entry's shard makes room. The entry count is kept as entries come
+//! of the new entry's shard makes room. (A shard's table is rebuilt at its
+//! size, on an insert, once per eighth of its capacity; a shard past its share
+//! of `max_entries` then drops the few entries beyond it, see `shard`.) The entry count is kept as entries come
 //! and go, so a metrics scrape reads one number.
 //!
 //! With `cache.shared = "redis"` a second tier ([`shared`]) sits behind this

@@ -8,8 +8,10 @@
 //! a shard more than half full doubled a while after it filled, with no more
 //! entries than before: 100000 cached identities grew the soak's RSS by a
 //! third after its first minute. Here the shard rebuilds itself at the same
-//! size instead whenever at least an eighth of its capacity would be free,
-//! and grows only when the live entries need it.
+//! size instead whenever at least an eighth of its capacity would be free.
+//! It grows when the live entries need more, but not past the size that holds
+//! its share of `cache.max_entries` with an eighth free: there it drops
+//! arbitrary entries instead (see [`Shard::make_room`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -73,7 +75,9 @@ impl Shard {
     /// Inserts or replaces.
     pub fn insert(&mut self, key: CacheKey, entry: Entry) -> Inserted {
         let mut evicted = 0;
-        if self.map.len() == self.map.capacity() && !self.map.contains_key(&key) {
+        // Also when `key` is there: hashbrown reserves a slot before looking,
+        // so replacing into a table with no free slot would grow it too.
+        if self.map.len() == self.map.capacity() {
             evicted = self.make_room();
         }
         let new = self.map.insert(key, entry).is_none();

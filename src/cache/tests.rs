@@ -248,6 +248,21 @@ fn a_shard_past_the_line_keeps_its_size_when_its_share_fits() {
     }
 }
 
+/// hashbrown reserves a slot before it looks for the key, so a replace into
+/// a table with no free slot grows it like an insert would.
+#[test]
+fn replacing_into_a_full_shard_does_not_grow_it_past_its_share() {
+    let entry = || Entry { until: 0, stored: Arc::new(Stored::Rejected(Rejection::Invalid)) };
+    let mut shard = shard::Shard::new(6272);
+    for i in 0..7168 {
+        assert_eq!(shard.insert(key(i), entry()).evicted, 0);
+    }
+    assert_eq!((shard.len(), shard.capacity()), (7168, 7168), "no free slot left");
+    let replaced = shard.insert(key(0), entry());
+    assert!(shard.capacity() <= 7168, "grew to {}", shard.capacity());
+    assert_eq!(shard.len() + replaced.evicted, 7168 + usize::from(replaced.new));
+}
+
 #[tokio::test]
 async fn entries_a_shard_drops_to_keep_its_size_leave_the_count() {
     let clock = Clock::manual();
