@@ -30,7 +30,7 @@ const MAX_RETRY_AFTER_SECONDS: u64 = 60;
 /// Idle keep-alive connections kept to the LINE Platform (as nginx's
 /// `keepalive 64`): more are closed when their call ends; those kept close
 /// after 90 s unused.
-pub const LINE_MAX_IDLE_CONNECTIONS: usize = 64;
+const LINE_MAX_IDLE_CONNECTIONS: usize = 64;
 /// The longest life LINE gives an access token: "valid for 30 days"
 /// (2592000 seconds). A larger `expires_in` is clamped to it, so that
 /// `X-Line-Expires-At` and the cache never outlive what LINE documents.

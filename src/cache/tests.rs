@@ -7,6 +7,10 @@ fn cache(max_entries: u64, clock: &Clock) -> VerdictCache {
         negative_ttl_seconds: 1.into(),
         ..Default::default()
     };
+    cache_with(keys, clock)
+}
+
+fn cache_with(keys: crate::config::CacheSection, clock: &Clock) -> VerdictCache {
     let config = CacheConfig { keys, shared: None };
     VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None, clock.clone())
 }
@@ -285,28 +289,32 @@ fn a_slot_is_the_key_and_sixteen_bytes() {
     assert_eq!(std::mem::size_of::<(CacheKey, Entry)>(), 48);
 }
 
-fn cache_with(keys: crate::config::CacheSection, clock: &Clock) -> VerdictCache {
-    let config = CacheConfig { keys, shared: None };
-    VerdictCache::new(&config, IdentityHeaderNames::new("X-Line-").unwrap(), None, clock.clone())
-}
-
 /// How many of `keys` the cache would serve now, without asking LINE.
 fn live(c: &VerdictCache, keys: &[CacheKey]) -> usize {
     keys.iter().filter(|k| c.lookup(k).is_some()).count()
 }
 
-#[tokio::test]
-async fn verdicts_made_together_expire_spread_over_the_last_jitter_of_their_ttl() {
-    let clock = Clock::manual();
-    let section =
-        crate::config::CacheSection { ttl_seconds: 100.into(), max_entries: 10_000.into(), ..Default::default() };
-    assert_eq!(section.ttl_jitter_percent.get(), 10, "the default");
-    let c = cache_with(section, &clock);
+/// A cache with a 100 s TTL and 1000 verdicts made at the same moment.
+async fn thousand_verdicts_made_together(
+    section: crate::config::CacheSection,
+    clock: &Clock,
+) -> (VerdictCache, Vec<CacheKey>) {
+    let section = crate::config::CacheSection { ttl_seconds: 100.into(), max_entries: 10_000.into(), ..section };
+    let c = cache_with(section, clock);
     let exp = clock.unix_seconds() + 3600;
     let keys: Vec<CacheKey> = (0..1000).map(key).collect();
     for k in &keys {
         let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
     }
+    (c, keys)
+}
+
+#[tokio::test]
+async fn verdicts_made_together_expire_spread_over_the_last_jitter_of_their_ttl() {
+    let clock = Clock::manual();
+    let section = crate::config::CacheSection::default();
+    assert_eq!(section.ttl_jitter_percent.get(), 10, "the default");
+    let (c, keys) = thousand_verdicts_made_together(section, &clock).await;
     // Never longer than the TTL, never shorter than 90 % of it.
     clock.advance(Duration::from_millis(89_999));
     assert_eq!(live(&c, &keys), 1000);
@@ -344,18 +352,8 @@ async fn the_jitter_is_fixed_per_credential_and_never_outlives_the_token() {
 #[tokio::test]
 async fn with_no_jitter_every_verdict_lives_its_whole_ttl() {
     let clock = Clock::manual();
-    let section = crate::config::CacheSection {
-        ttl_seconds: 100.into(),
-        ttl_jitter_percent: 0.into(),
-        max_entries: 10_000.into(),
-        ..Default::default()
-    };
-    let c = cache_with(section, &clock);
-    let exp = clock.unix_seconds() + 3600;
-    let keys: Vec<CacheKey> = (0..1000).map(key).collect();
-    for k in &keys {
-        let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
-    }
+    let section = crate::config::CacheSection { ttl_jitter_percent: 0.into(), ..Default::default() };
+    let (c, keys) = thousand_verdicts_made_together(section, &clock).await;
     clock.advance(Duration::from_millis(99_999));
     assert_eq!(live(&c, &keys), 1000);
     clock.advance(Duration::from_millis(1));
