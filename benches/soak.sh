@@ -2,7 +2,8 @@
 # Soak: holds 80 % of the measured maximum throughput (of the same token mix,
 # measured first for 20 s) for 10 minutes with a token mix (90 % cached, 9 %
 # fresh, 1 % invalid), LINE answering 500 for 30 s in the middle, and samples the proxy's RSS and open file descriptors every
-# 10 s. Fails (exit 1) if RSS grows by more than 10 % after the first minute,
+# 10 s (and, to explain them, its cached verdicts, its connections to LINE
+# and LINE's verify calls). Fails (exit 1) if RSS grows by more than 10 % after the first minute,
 # if any request fails outside the outage, or if any request with a token that
 # could not be verified (fresh or invalid) is forwarded during it.
 #
@@ -52,6 +53,15 @@ python3 - "$TMP/soak.json" "$ROOT/benches/results/soak.md" "${MAX:-}" <<'EOF'
 import json, sys, datetime
 r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 mx = sys.argv[3]
+# The samples' details (cached verdicts, connections to LINE, LINE verify
+# calls in the 10 s before), from the first sample at 60 s or later.
+pairs = list(zip(r["samples"], r["detail"]))
+start = r["seconds"] // 2 - 15
+after = [d for s, d in pairs if s[0] >= 60] or [[0, 0, 0]]
+at60 = after[0]
+# A sample's calls are the 10 s before it: in the outage when all of them were.
+outage = [d[2] for s, d in pairs if start + 10 <= s[0] <= start + 30] or [0]
+normal = [d[2] for s, d in pairs if s[0] >= 20 and not start < s[0] < start + 40] or [0]
 lines = [
     f"Soak {datetime.date.today().isoformat()}: {r['rate']} req/s"
     + (f" (80 % of the {mx} req/s the same mix reached unpaced)" if mx else "")
@@ -68,6 +78,9 @@ lines = [
     f"| RSS at 60 s -> peak after | {r['rss_kb_at_60s'] // 1024} MB -> {r['rss_kb_peak_after'] // 1024} MB ({r['rss_growth_pct']} %) |",
     f"| RSS at 120 s -> peak after (informational) | {r['rss_kb_at_120s'] // 1024} MB -> {r['rss_kb_peak_after_120s'] // 1024} MB ({r['rss_growth_after_120s_pct']} %) |",
     f"| open fds (min-max) | {r['fds_min']}-{r['fds_max']} |",
+    f"| cached verdicts at 60 s -> min-max after | {at60[0]} -> {min(d[0] for d in after)}-{max(d[0] for d in after)} |",
+    f"| connections open to LINE (min-max after 60 s) | {min(d[1] for d in after)}-{max(d[1] for d in after)} |",
+    f"| LINE verify calls a second, most in a 10 s sample (outside / in the outage) | {max(normal) // 10} / {max(outage) // 10} |",
     f"| unexpected answers outside the outage (kind status: count) | {r['unexpected'] or 'none'} |",
     "",
     "Result: " + ("PASSED" if not r["failures"] else "FAILED: " + "; ".join(r["failures"])),

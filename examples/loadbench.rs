@@ -16,7 +16,8 @@
 //!                                             started with the command (+ --config FILE), rate req/s
 //!                                             of 90 % cached, 9 % fresh, 1 % invalid tokens over 128
 //!                                             keep-alive connections, LINE answering 500 for 30 s in
-//!                                             the middle; RSS and fds of the proxy every 10 s; JSON
+//!                                             the middle; RSS, fds, cached verdicts, connections to
+//!                                             LINE and LINE verify calls every 10 s; JSON
 //!                                             summary, exit 1 on a failure. Rate 0: the same mix as
 //!                                             fast as it goes, no outage (the maximum)
 //! ```
@@ -398,12 +399,13 @@ mod soak {
             .spawn()
             .expect("the proxy starts");
         let pid = child.id();
-        let proxy: SocketAddr = loop {
+        let (proxy, admin): (SocketAddr, String) = loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(l) = text.lines().find(|l| l.contains("line-auth-proxy ready")) {
-                let addr = l.split("listen=").nth(1).unwrap().split(' ').next().unwrap();
-                break addr.parse().expect("the ready line names the listener");
+                let field = |name: &str| l.split(name).nth(1).unwrap().split(' ').next().unwrap().to_owned();
+                let proxy = field("listen=").parse().expect("the ready line names the listener");
+                break (proxy, format!("http://{}", field("admin=")));
             }
         };
         let mut warm = Client::connect(proxy).await.expect("the proxy accepts");
@@ -441,9 +443,18 @@ mod soak {
         };
         let workers: Vec<_> = (0..CONNECTIONS).map(|_| tokio::spawn(worker(run.clone(), proxy))).collect();
         let mut samples = Vec::new();
+        // What explains the RSS, at the same instants: the proxy's cached
+        // verdicts, its open connections to LINE, and LINE verify calls since
+        // the sample before.
+        let mut detail = Vec::new();
+        let mut calls_before = line.verify_calls();
         let mut next_sample = Duration::ZERO;
         while clock.elapsed() < total {
             samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
+            let calls = line.verify_calls();
+            let entries = super::metric(&admin, "line_auth_proxy_cache_entries").await as u64;
+            detail.push((entries, line.open_connections(), calls - calls_before));
+            calls_before = calls;
             next_sample += Duration::from_secs(10);
             tokio::time::sleep(next_sample.saturating_sub(clock.elapsed())).await;
         }
@@ -453,10 +464,12 @@ mod soak {
         }
         let _ = outage.await;
         samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
+        let entries = super::metric(&admin, "line_auth_proxy_cache_entries").await as u64;
+        detail.push((entries, line.open_connections(), line.verify_calls() - calls_before));
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
-        std::process::exit(report(&run.tally, &samples, rate, seconds));
+        std::process::exit(report(&run.tally, &samples, &detail, rate, seconds));
     }
 
     /// What every worker shares: the schedule, the outage's window, the tally.
@@ -598,7 +611,13 @@ mod soak {
     }
 
     /// Prints the summary; the exit code (1: a check failed).
-    fn report(t: &Tally, samples: &[(u64, u64, u64)], rate: usize, seconds: u64) -> i32 {
+    fn report(
+        t: &Tally,
+        samples: &[(u64, u64, u64)],
+        detail: &[(u64, usize, usize)],
+        rate: usize,
+        seconds: u64,
+    ) -> i32 {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (base, peak, growth) = rss_growth(samples, 60);
         // Informational: the same from the second minute on (past the first
@@ -620,7 +639,7 @@ mod soak {
              \"forwarded_unverified_in_outage\": {}, \"outage_503\": {}, \"outage_200_cached\": {}, \
              \"rss_kb_at_60s\": {base}, \"rss_kb_peak_after\": {peak}, \"rss_growth_pct\": {growth:.1}, \
              \"rss_kb_at_120s\": {base2}, \"rss_kb_peak_after_120s\": {peak2}, \"rss_growth_after_120s_pct\": {growth2:.1}, \
-             \"fds_min\": {}, \"fds_max\": {}, \"unexpected\": {}, \"samples\": {}, \"failures\": {:?}}}",
+             \"fds_min\": {}, \"fds_max\": {}, \"unexpected\": {}, \"samples\": {}, \"detail\": {}, \"failures\": {:?}}}",
             get(&t.sent),
             get(&t.sent) / seconds.max(1),
             get(&t.edge),
@@ -632,6 +651,7 @@ mod soak {
             fds.iter().max().unwrap_or(&0),
             serde_json::to_string(&*t.unexpected.lock().expect("not poisoned")).expect("a map"),
             serde_json::to_string(samples).expect("numbers"),
+            serde_json::to_string(detail).expect("numbers"),
             failures,
         );
         i32::from(!failures.is_empty())
