@@ -10,9 +10,11 @@
 //! runs it inside a `tokio::sync::OnceCell`, every other waiter gets its result
 //! (a failure included, which is then forgotten).
 //!
-//! The request path never walks the cache: expired entries are dropped when
-//! met, and by a background sweep; when the cache is full, one arbitrary entry
-//! of the new entry's shard makes room. (A shard's table is rebuilt at its
+//! Expired entries are dropped when met, and by a background sweep every
+//! 10 s. When the cache is full, one shard first drops its expired entries
+//! (each shard at most once a second: the one walk on the request path, and
+//! only a full cache's), else one arbitrary entry of the new entry's shard
+//! makes room. (A shard's table is rebuilt at its
 //! size, on an insert, once per eighth of its capacity; a shard past its share
 //! of `max_entries` then drops the few entries beyond it, see `shard`.) The entry count is kept as entries come
 //! and go, so a metrics scrape reads one number.
@@ -46,6 +48,9 @@ pub type CacheKey = [u8; 32];
 
 /// How often the background sweep drops expired entries (10 seconds).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// A full cache drops a shard's expired entries before evicting a live one
+/// from it, at most once this often (1 second, in milliseconds) a shard.
+const EVICTION_SWEEP_GAP_MS: u64 = 1000;
 
 /// Credential kinds, mixed into the key so one token string can never be
 /// mistaken for another kind of credential.
@@ -278,10 +283,28 @@ impl VerdictCache {
         }
     }
 
-    /// Makes room for one entry: any entry of the first non-empty shard from
-    /// `home` on. No scan: the first occupied slot of a hash map is found in
-    /// constant expected time.
+    /// Makes room for one entry. First the expired entries of one shard
+    /// (the first from `home` on not walked for [`EVICTION_SWEEP_GAP_MS`]),
+    /// which would otherwise hold their room until the sweep (up to
+    /// [`SWEEP_INTERVAL`]) while live verdicts were evicted for them. One
+    /// shard per eviction and each at most once a second: a cache full of
+    /// live entries pays at most 16 walks of a shard a second, not one per
+    /// insert. When that drops nothing, any entry of the first non-empty
+    /// shard from `home` on: no scan, the first occupied slot of a hash map
+    /// is found in constant expected time.
     fn evict_one(&self, home: usize) {
+        let now = self.now_ms();
+        for step in 0..SHARDS {
+            let mut shard = self.lock((home + step) % SHARDS);
+            if shard.swept_before(now, EVICTION_SWEEP_GAP_MS) {
+                let dropped = shard.drop_expired(now);
+                if dropped > 0 {
+                    self.forget(dropped);
+                    return;
+                }
+                break;
+            }
+        }
         for step in 0..SHARDS {
             let mut shard = self.lock((home + step) % SHARDS);
             if let Some(victim) = shard.any_key() {
@@ -309,9 +332,8 @@ impl VerdictCache {
         let now = self.now_ms();
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
-            let before = shard.len();
-            shard.retain(|_, e| e.until > now);
-            self.forget(before - shard.len());
+            let dropped = shard.drop_expired(now);
+            self.forget(dropped);
         }
     }
 

@@ -359,3 +359,50 @@ async fn with_no_jitter_every_verdict_lives_its_whole_ttl() {
     clock.advance(Duration::from_millis(1));
     assert_eq!(live(&c, &keys), 0);
 }
+
+#[tokio::test]
+async fn a_full_cache_drops_expired_verdicts_before_evicting_live_ones() {
+    let clock = Clock::manual();
+    let c = cache(1000, &clock);
+    let exp = clock.unix_seconds() + 3600;
+    // 500 rejections (1 s), 500 valid verdicts (60 s): the cache is full.
+    for i in 0..500 {
+        let _ = c.get_or_verify(key(i), async { Ok(Verdict::Rejected(Rejection::Invalid)) }).await;
+    }
+    let kept: Vec<CacheKey> = (500..1000).map(key).collect();
+    for k in &kept {
+        let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
+    }
+    assert_eq!(c.entry_count(), 1000);
+    // The rejections are dead, not yet swept; 500 new verdicts arrive.
+    clock.advance(Duration::from_secs(2));
+    let new: Vec<CacheKey> = (1000..1500).map(key).collect();
+    for k in &new {
+        let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
+    }
+    // They took the dead entries' room: no live verdict was evicted.
+    assert_eq!(live(&c, &kept), 500);
+    assert_eq!(live(&c, &new), 500);
+    assert_eq!(c.entry_count(), 1000);
+}
+
+#[tokio::test]
+async fn a_full_cache_of_live_verdicts_walks_a_shard_at_most_once_a_second() {
+    let clock = Clock::manual();
+    let c = cache(100, &clock);
+    let exp = clock.unix_seconds() + 3600;
+    for i in 0..100 {
+        let _ = c.get_or_verify(key(i), async { Ok(valid_until(exp)) }).await;
+    }
+    // Full of live verdicts: every insert evicts one; the first sixteen walk
+    // a shard each and find nothing expired, the rest walk none.
+    for i in 100..400 {
+        let _ = c.get_or_verify(key(i), async { Ok(valid_until(exp)) }).await;
+    }
+    assert_eq!(c.entry_count(), 100);
+    for i in 0..SHARDS {
+        let shard = c.lock(i);
+        assert!(!shard.swept_before(c.now_ms(), EVICTION_SWEEP_GAP_MS), "shard {i} may walk again at once");
+        assert!(shard.swept_before(c.now_ms() + EVICTION_SWEEP_GAP_MS, EVICTION_SWEEP_GAP_MS));
+    }
+}
