@@ -387,22 +387,26 @@ async fn a_full_cache_drops_expired_verdicts_before_evicting_live_ones() {
 }
 
 #[tokio::test]
-async fn a_full_cache_of_live_verdicts_walks_a_shard_at_most_once_a_second() {
+async fn a_full_cache_of_live_verdicts_walks_each_shard_at_most_once_a_second() {
     let clock = Clock::manual();
     let c = cache(100, &clock);
     let exp = clock.unix_seconds() + 3600;
     for i in 0..100 {
         let _ = c.get_or_verify(key(i), async { Ok(valid_until(exp)) }).await;
     }
-    // Full of live verdicts: every insert evicts one; the first sixteen walk
-    // a shard each and find nothing expired, the rest walk none.
-    for i in 100..400 {
+    // Full of live verdicts: every insert evicts one. One insert every 10 ms
+    // for a second: the first sixteen (0 to 150 ms) walk a shard each and
+    // find nothing expired; the rest walk none.
+    for i in 100..200 {
         let _ = c.get_or_verify(key(i), async { Ok(valid_until(exp)) }).await;
+        clock.advance(Duration::from_millis(10));
     }
     assert_eq!(c.entry_count(), 100);
+    let now = c.now_ms();
+    assert_eq!(now, 1000);
     for i in 0..SHARDS {
         let shard = c.lock(i);
-        assert!(!shard.swept_before(c.now_ms(), EVICTION_SWEEP_GAP_MS), "shard {i} may walk again at once");
-        assert!(shard.swept_before(c.now_ms() + EVICTION_SWEEP_GAP_MS, EVICTION_SWEEP_GAP_MS));
+        assert!(!shard.swept_before(now, now + 1), "shard {i} was never walked");
+        assert!(shard.swept_before(now, now - 160), "shard {i} was walked again within the second");
     }
 }
