@@ -11,7 +11,7 @@
 //! (a failure included, which is then forgotten).
 //!
 //! Expired entries are dropped when met, and by a background sweep every
-//! 10 s. When the cache is full, one shard first drops its expired entries
+//! second. When the cache is full, one shard first drops its expired entries
 //! (each shard at most once a second: the one walk on the request path, and
 //! only a full cache's), else one arbitrary entry of the new entry's shard
 //! makes room. (A shard's table is rebuilt at its
@@ -46,8 +46,11 @@ use crate::redis_conn::RedisConn;
 /// Digest of a credential: what the cache is keyed by.
 pub type CacheKey = [u8; 32];
 
-/// How often the background sweep drops expired entries (10 seconds).
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the background sweep drops expired entries (1 second): at
+/// 10 s, a cache taking 1500 new verdicts a second held up to 15000 dead
+/// ones between sweeps, and the soak's RSS grew by that peak after its 60 s
+/// sample (12.4 % in 300 s at 16500 req/s; 4.5 % with 1 s).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// A full cache drops a shard's expired entries before evicting a live one
 /// from it, at most once this often (1 second, in milliseconds) a shard.
 const EVICTION_SWEEP_GAP_MS: u64 = 1000;
