@@ -210,3 +210,63 @@ async fn a_burst_of_verifications_leaves_at_most_64_connections_to_line_idle() {
     assert!(line.open_connections() >= 1, "the pool kept nothing");
     assert_eq!(upstream.hits(), 100);
 }
+
+/// Both calls of an access-token verification failing: each request is two
+/// failed calls.
+fn line_down() -> Faults {
+    Faults { verify: Some(Fault::Status(500)), profile: Some(Fault::Status(500)), ..Faults::default() }
+}
+
+#[tokio::test]
+async fn five_failed_calls_in_a_row_back_off_for_a_second() {
+    let e = env("").await;
+    e.line.set_faults(line_down());
+    // Two requests: four failed calls, under the five that start a back-off.
+    assert_unavailable(&e, "token-1").await;
+    assert_unavailable(&e, "token-2").await;
+    let calls = e.line.verify_calls();
+    assert_eq!(calls, 2);
+    // The third request's calls are the fifth and sixth failures.
+    assert_unavailable(&e, "token-3").await;
+    assert_eq!(e.line.verify_calls(), 3);
+    // LINE is still down: no call goes out for a second, every request 503 at once.
+    for i in 0..10 {
+        let r = assert_unavailable(&e, &format!("token-{i}")).await;
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+    assert_eq!(e.line.verify_calls(), 3, "a call went to LINE while backing off");
+    // After the second, LINE is asked again; still failing, one call backs off again.
+    e.clock.advance(Duration::from_millis(1000));
+    assert_unavailable(&e, "token-4").await;
+    assert_eq!(e.line.verify_calls(), 4);
+    assert_unavailable(&e, "token-5").await;
+    assert_eq!(e.line.verify_calls(), 4, "the first failure after a back-off starts the next one");
+    // LINE recovers: after the second, the next request verifies and passes.
+    e.line.set_faults(Faults::default());
+    e.clock.advance(Duration::from_millis(1000));
+    assert_eq!(e.status("/api/x", TOKEN).await, 200);
+    assert_eq!(e.line.verify_calls(), 5);
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_backoff\"}"), 11.0, "{m}");
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_server_error\"}"), 4.0, "{m}");
+}
+
+#[tokio::test]
+async fn an_answer_between_failures_restarts_the_count() {
+    let e = env("").await;
+    for round in 0..3 {
+        // Two requests, four failed calls: one short of a back-off.
+        e.line.set_faults(line_down());
+        assert_unavailable(&e, &format!("down-{round}-a")).await;
+        assert_unavailable(&e, &format!("down-{round}-b")).await;
+        // An answer (a refusal: an unknown token) resets the count.
+        e.line.set_faults(Faults::default());
+        let r = client().get(e.proxy.url("/api/x")).bearer_auth(format!("unknown-{round}")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // Nine rounds' requests all reached LINE: no back-off started.
+    assert_eq!(e.line.verify_calls(), 9);
+    assert_eq!(e.upstream.hits(), 0);
+    let m = e.proxy.metrics().await;
+    assert_eq!(metric(&m, "line_auth_proxy_auth_unavailable_total{reason=\"line_backoff\"}"), 0.0, "{m}");
+}

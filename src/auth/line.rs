@@ -39,6 +39,15 @@ pub const MAX_ACCESS_TOKEN_LIFETIME_SECONDS: u64 = 30 * 24 * 60 * 60;
 /// After a 429 without `Retry-After`, new verifications wait this long (5 seconds).
 pub const DEFAULT_RATE_LIMIT_BACKOFF_SECONDS: u64 = 5;
 
+/// After this many LINE calls in a row failed (5xx, timeout, connection
+/// error, unreadable body, 429), new verifications back off for
+/// [`FAILURE_BACKOFF_MS`]: in an outage the proxy answers 503 at once rather
+/// than re-asking LINE on every request for a credential it has not cached.
+pub const FAILURES_BEFORE_BACKOFF: u64 = 5;
+/// How long the back-off after [`FAILURES_BEFORE_BACKOFF`] failures lasts (1 s).
+/// After it, the next failed call backs off again at once; an answer ends it.
+pub const FAILURE_BACKOFF_MS: u64 = 1000;
+
 /// Which LINE endpoint a call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -100,9 +109,10 @@ pub enum LineError {
     BadResponse(Endpoint),
     #[error("too many verifications waiting for the LINE Platform")]
     Overloaded,
-    /// LINE rate-limited us moments ago; no new call is sent until its
-    /// `Retry-After` (or [`DEFAULT_RATE_LIMIT_BACKOFF_SECONDS`]) has passed.
-    #[error("backing off after a LINE rate limit ({retry_after} s left)")]
+    /// LINE rate-limited us moments ago, or failed [`FAILURES_BEFORE_BACKOFF`]
+    /// calls in a row; no new call is sent until its `Retry-After` (or
+    /// [`DEFAULT_RATE_LIMIT_BACKOFF_SECONDS`]), or [`FAILURE_BACKOFF_MS`], has passed.
+    #[error("backing off after LINE rate-limited us or failed ({retry_after} s left)")]
     BackingOff { retry_after: u64 },
     /// No JWKS has loaded yet: ES256 ID tokens cannot be checked.
     #[error("LINE's JWKS has not been loaded")]
@@ -173,6 +183,8 @@ pub struct LineClient {
     /// Unix milliseconds before which no new verification is sent (after a 429):
     /// hammering a rate-limited API only extends the limit for every user.
     backoff_until_ms: AtomicU64,
+    /// LINE calls that failed in a row, across endpoints; any answer resets it.
+    failures_in_a_row: AtomicU64,
     /// Outage start and end, for the audit stream.
     health: crate::audit::LineHealth,
     clock: Clock,
@@ -204,6 +216,7 @@ impl LineClient {
             timeout,
             permits: Semaphore::new(config.max_concurrent_calls.get()),
             backoff_until_ms: AtomicU64::new(0),
+            failures_in_a_row: AtomicU64::new(0),
             health: crate::audit::LineHealth::default(),
             clock,
             metrics,
@@ -258,7 +271,8 @@ impl LineClient {
         }))
     }
 
-    /// Admission for one verification: refused while backing off after a 429,
+    /// Admission for one verification: refused while backing off (after a 429,
+    /// or after [`FAILURES_BEFORE_BACKOFF`] failed calls in a row),
     /// and bounded to `line.max_concurrent_calls` in flight; a verification
     /// waits up to `line.timeout_ms` for a slot, then fails closed. Every path
     /// that calls LINE for a client's credential goes through here.
@@ -274,6 +288,23 @@ impl LineClient {
             .await
             .map_err(|_| LineError::Overloaded)?
             .expect("the semaphore is never closed"))
+    }
+
+    /// Counts a call's outcome toward the back-off after
+    /// [`FAILURES_BEFORE_BACKOFF`] failures in a row. The count is not reset when
+    /// the back-off starts, so once it ends the first call that fails again
+    /// backs off again; one answer (a refusal too) resets it.
+    fn count_failure(&self, failed: bool) {
+        if !failed {
+            // A load first: in steady state no call writes the shared line.
+            if self.failures_in_a_row.load(Ordering::Relaxed) != 0 {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        if self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_BEFORE_BACKOFF {
+            self.backoff_until_ms.fetch_max(self.clock.unix_millis() + FAILURE_BACKOFF_MS, Ordering::Relaxed);
+        }
     }
 
     /// A GET request on the shared client (timeouts, no redirects).
@@ -344,6 +375,7 @@ impl LineClient {
             Err(e) => Some(e.reason()),
         };
         self.health.note(endpoint, failure);
+        self.count_failure(failure.is_some());
         match result {
             Ok((status, request_id, body)) => {
                 if status != 200 {
