@@ -129,11 +129,7 @@ async fn optional_route_with_credential_fails_closed_too() {
 async fn cached_verdicts_keep_serving_during_an_outage() {
     let e = env("").await;
     assert_eq!(e.status("/a", TOKEN).await, 200);
-    e.line.set_faults(Faults {
-        verify: Some(Fault::Status(500)),
-        profile: Some(Fault::Status(500)),
-        ..Faults::default()
-    });
+    e.line.set_faults(line_down());
     assert_eq!(e.status("/a", TOKEN).await, 200);
     assert_eq!(e.line.verify_calls(), 1);
     // An unseen token still fails closed.
