@@ -35,9 +35,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fuzz_support::input::{first_line, number};
-use fuzz_support::mock_line::{
-    Answer, CHANNEL_IDS, CHANNEL_SECRET, CLOCK_SKEW_SECONDS, Harness, KID, PAST_ANY_BACKOFF, status,
-};
+use fuzz_support::mock_line::{Answer, CHANNEL_IDS, CHANNEL_SECRET, CLOCK_SKEW_SECONDS, Harness, KID, status};
 use libfuzzer_sys::fuzz_target;
 use line_auth_proxy::fuzzing::{
     Endpoint, IdClaims, LineError, Rejection, UNKNOWN_KID_REFETCH_INTERVAL, parse_id_token,
@@ -282,15 +280,17 @@ fn remote(harness: &Harness, rest: &[u8]) {
     let want = match answer.status {
         429 => Err(LineError::RateLimited { endpoint: Endpoint::VerifyIdToken, retry_after: retry_after(&answer) }),
         200 => match serde_json::from_slice::<Value>(answer.body_sent()).ok().filter(Value::is_object) {
-            Some(body) if answer_is_about(&body, &payload, aud) => Ok(reference_claims(&body, harness.clock.unix_seconds())),
+            Some(body) if answer_is_about(&body, &payload, aud) => {
+                Ok(reference_claims(&body, harness.clock.unix_seconds()))
+            }
             Some(_) => Err(LineError::BadResponse(Endpoint::VerifyIdToken)),
             None => Err(LineError::BadResponse(Endpoint::VerifyIdToken)),
         },
         s => reference_refusal(Endpoint::VerifyIdToken, s, answer.body_sent()).map(Err),
     };
     assert_eq!(got, want, "LINE answered {} {:?}", answer.status, String::from_utf8_lossy(&answer.body));
-    if answer.status == 429 {
-        harness.clock.advance(PAST_ANY_BACKOFF);
+    if got.is_err() || answer.may_fail() {
+        harness.forget_failures();
     }
 }
 

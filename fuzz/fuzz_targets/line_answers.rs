@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fuzz_support::input::{first_line, number};
-use fuzz_support::mock_line::{Answer, CHANNEL_IDS, Harness, KID, PAST_ANY_BACKOFF, status};
+use fuzz_support::mock_line::{Answer, CHANNEL_IDS, Harness, KID, status};
 use libfuzzer_sys::fuzz_target;
 use line_auth_proxy::fuzzing::{
     AuthMethod, Endpoint, Identity, LineError, MAX_ACCESS_TOKEN_LIFETIME_SECONDS, Rejection, Verdict,
@@ -48,13 +48,13 @@ fuzz_target!(|data: &[u8]| {
     let harness = Harness::get();
     let (statuses, rest) = first_line(data);
     let words: Vec<&[u8]> = statuses.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
-    let rate_limited = if words.first() == Some(&&b"jwks"[..]) {
+    let line_failed = if words.first() == Some(&&b"jwks"[..]) {
         jwks(harness, &words[1..], rest)
     } else {
         access_token(harness, &words, rest)
     };
-    if rate_limited {
-        harness.clock.advance(PAST_ANY_BACKOFF);
+    if line_failed {
+        harness.forget_failures();
     }
 });
 
@@ -73,7 +73,7 @@ fn answer(status_word: Option<&&[u8]>, retry_after: Option<&&[u8]>, body: &[u8])
     }
 }
 
-/// Returns true when LINE answered 429 (the proxy then backs off).
+/// Returns true when a call to LINE may have failed (counted toward a back-off).
 fn access_token(harness: &Harness, words: &[&[u8]], rest: &[u8]) -> bool {
     let (verify_body, profile_body) = first_line(rest);
     let verify = answer(words.first(), words.get(2), verify_body);
@@ -99,7 +99,7 @@ fn access_token(harness: &Harness, words: &[&[u8]], rest: &[u8]) -> bool {
         [("profile", None, Some(bearer)), ("verify", Some(format!("access_token={TOKEN}")), None)],
         "the calls to LINE"
     );
-    verify.status == 429 || profile.status == 429
+    got.is_err() || verify.may_fail() || profile.may_fail()
 }
 
 /// What one LINE call yields: LINE's answer, its rejection, or no answer.
@@ -201,7 +201,7 @@ fn is_line_user_id(s: &str) -> bool {
     s.len() == 33 && s.starts_with('U') && s[1..].chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
-/// Returns true when LINE answered 429.
+/// Returns true when the call to LINE may have failed (counted toward a back-off).
 fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
     let fuzzed = answer(words.first(), words.get(1), body);
     let jwks = harness.local.jwks.as_ref().unwrap();
@@ -222,6 +222,7 @@ fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
     };
     assert_eq!(got, want.as_ref().map(HashMap::len).map_err(Clone::clone), "JWKS answer {fuzzed:?}");
     let served = |kid: &str| harness.runtime.block_on(jwks.key(kid)).map(|k| k.map(|k| k.to_vec()));
+    let line_failed = want.is_err() || fuzzed.may_fail();
     match want {
         Ok(set) => {
             for (kid, point) in set {
@@ -234,7 +235,7 @@ fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
         }
     }
     harness.take_calls();
-    fuzzed.status == 429
+    line_failed
 }
 
 /// The EC P-256 signing keys of a JWK set (RFC 7517, RFC 7518 §6.2), by

@@ -45,6 +45,12 @@ impl Answer {
         Self { status, body: body.to_vec(), retry_after: None }
     }
 
+    /// Whether the proxy may count this answer as a failed call: a 429, a 5xx,
+    /// or a body longer than it reads (64 KiB).
+    pub fn may_fail(&self) -> bool {
+        self.status == 429 || self.status >= 500 || self.body.len() > 64 * 1024
+    }
+
     /// The body the client receives: none with statuses that cannot carry one.
     pub fn body_sent(&self) -> &[u8] {
         if matches!(self.status, 204 | 205 | 304) { &[] } else { &self.body }
@@ -194,6 +200,20 @@ auth = "id_token"
     /// The requests the proxy sent since the last call.
     pub fn take_calls(&self) -> Vec<Call> {
         std::mem::take(&mut self.shared.lock().expect("poisoned").calls)
+    }
+
+    /// After an input whose LINE calls may have failed: the next input starts
+    /// as the first did. The proxy backs off after five failed calls in a row
+    /// (and after a 429), and one answer resets the count; so the clock passes
+    /// any back-off and each client gets one answer from a healthy LINE.
+    pub fn forget_failures(&self) {
+        self.clock.advance(PAST_ANY_BACKOFF);
+        self.set_script(self.healthy_script());
+        for platform in [&self.local, &self.remote] {
+            let answered = self.runtime.block_on(platform.client.verify_access_token("fuzz-reset-token"));
+            assert!(answered.is_ok(), "a healthy LINE answers: {answered:?}");
+        }
+        self.take_calls();
     }
 }
 
