@@ -11,10 +11,9 @@
 //! (a failure included, which is then forgotten).
 //!
 //! Expired entries are dropped when met, and by a background sweep every
-//! second. When the cache is full, one shard first drops its expired entries
-//! (each shard at most once a second: the one walk on the request path, and
-//! only a full cache's), else one arbitrary entry of the new entry's shard
-//! makes room. (A shard's table is rebuilt at its
+//! second (so a full cache holds dead entries for at most a second). When the
+//! cache is full, one arbitrary entry of the new entry's shard makes room: no
+//! walk on the request path. (A shard's table is rebuilt at its
 //! size, on an insert, once per eighth of its capacity; a shard past its share
 //! of `max_entries` then drops the few entries beyond it, see `shard`.) The entry count is kept as entries come
 //! and go, so a metrics scrape reads one number.
@@ -51,9 +50,6 @@ pub type CacheKey = [u8; 32];
 /// ones between sweeps, and the soak's RSS grew by that peak after its 60 s
 /// sample (12.4 % in 300 s at 16500 req/s; 4.5 % with 1 s).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// A full cache drops a shard's expired entries before evicting a live one
-/// from it, at most once this often (1 second, in milliseconds) a shard.
-const EVICTION_SWEEP_GAP_MS: u64 = 1000;
 
 /// Credential kinds, mixed into the key so one token string can never be
 /// mistaken for another kind of credential.
@@ -286,28 +282,11 @@ impl VerdictCache {
         }
     }
 
-    /// Makes room for one entry. First the expired entries of one shard
-    /// (the first from `home` on not walked for [`EVICTION_SWEEP_GAP_MS`]),
-    /// which would otherwise hold their room until the sweep (up to
-    /// [`SWEEP_INTERVAL`]) while live verdicts were evicted for them. One
-    /// shard per eviction and each at most once a second: a cache full of
-    /// live entries pays at most 16 walks of a shard a second, not one per
-    /// insert. When that drops nothing, any entry of the first non-empty
-    /// shard from `home` on: no scan, the first occupied slot of a hash map
-    /// is found in constant expected time.
+    /// Makes room for one entry: any entry of the first non-empty shard from
+    /// `home` on. No scan: the first occupied slot of a hash map is found in
+    /// constant expected time, and the sweep has dropped what expired more
+    /// than a second ago.
     fn evict_one(&self, home: usize) {
-        let now = self.now_ms();
-        for step in 0..SHARDS {
-            let mut shard = self.lock((home + step) % SHARDS);
-            if shard.swept_before(now, EVICTION_SWEEP_GAP_MS) {
-                let dropped = shard.drop_expired(now);
-                if dropped > 0 {
-                    self.forget(dropped);
-                    return;
-                }
-                break;
-            }
-        }
         for step in 0..SHARDS {
             let mut shard = self.lock((home + step) % SHARDS);
             if let Some(victim) = shard.any_key() {

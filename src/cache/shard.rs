@@ -44,9 +44,6 @@ pub(super) struct Shard {
     /// This shard's part of `cache.max_entries` (rounded up): once its table
     /// holds that many with an eighth free, it no longer grows.
     share: usize,
-    /// When [`Shard::drop_expired`] last ran (milliseconds on the cache's
-    /// clock), if ever.
-    swept_at: Option<u64>,
 }
 
 /// What an insert did.
@@ -60,7 +57,7 @@ pub(super) struct Inserted {
 
 impl Shard {
     pub fn new(share: usize) -> Self {
-        Self { map: DigestMap::default(), built: 0, share, swept_at: None }
+        Self { map: DigestMap::default(), built: 0, share }
     }
 
     pub fn len(&self) -> usize {
@@ -128,14 +125,7 @@ impl Shard {
     pub fn drop_expired(&mut self, now: u64) -> usize {
         let before = self.map.len();
         self.map.retain(|_, e| e.until > now);
-        self.swept_at = Some(now);
         before - self.map.len()
-    }
-
-    /// Whether [`Shard::drop_expired`] last ran at least `gap` milliseconds
-    /// before `now`, or never.
-    pub fn swept_before(&self, now: u64, gap: u64) -> bool {
-        self.swept_at.is_none_or(|at| now.saturating_sub(at) >= gap)
     }
 
     pub fn clear(&mut self) {
