@@ -2,8 +2,8 @@
 # Soak: holds 80 % of the measured maximum throughput (of the same token mix,
 # measured first for 20 s) for 10 minutes with a token mix (90 % cached, 9 %
 # fresh, 1 % invalid), LINE answering 500 for 30 s in the middle, and samples the proxy's RSS and open file descriptors every
-# 10 s (and, to explain them, its cached verdicts, its connections to LINE
-# and LINE's verify calls). Fails (exit 1) if RSS grows by more than 10 % after the first minute,
+# 10 s (and, to explain them, its cached verdicts, its connections to LINE,
+# LINE's verify calls, the requests sent and the proxy's CPU time). Fails (exit 1) if RSS grows by more than 10 % after the first minute,
 # if any request fails outside the outage, or if any request with a token that
 # could not be verified (fresh or invalid) is forwarded during it.
 #
@@ -49,15 +49,22 @@ $LOAD "$LB" soak "$RATE" "$SECONDS_TOTAL" $SERVER "$BIN" | tee "$TMP/soak.json"
 CODE=${PIPESTATUS[0]}
 set -e
 mkdir -p "$ROOT/benches/results"
-python3 - "$TMP/soak.json" "$ROOT/benches/results/soak.md" "${MAX:-}" <<'EOF'
+python3 - "$TMP/soak.json" "$ROOT/benches/results/soak.md" "${MAX:-}" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys, datetime
 r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 mx = sys.argv[3]
-# The samples' details (cached verdicts, connections to LINE, LINE verify
-# calls in the 10 s before), from the first sample at 60 s or later.
+hz = int(sys.argv[4])
+# The samples' details (cached verdicts, connections to LINE, and in the 10 s
+# before: LINE verify calls, requests sent, proxy CPU ticks), from the first
+# sample at 60 s or later.
 pairs = list(zip(r["samples"], r["detail"]))
 start = r["seconds"] // 2 - 15
-after = [d for s, d in pairs if s[0] >= 60] or [[0, 0, 0]]
+after = [d for s, d in pairs if s[0] >= 60] or [[0, 0, 0, 0, 0]]
+# Whole 10 s intervals from 60 s on, away from the outage: whether the
+# schedule was kept (sent a second) and how busy the proxy was.
+steady = [(s, d) for s, d in pairs[1:-1] if s[0] >= 70 and not start < s[0] < start + 40] or [([0], [0, 0, 0, 0, 0])]
+sent_rates = [d[3] // 10 for s, d in steady]
+cpu = [d[4] * 100 // (10 * hz) for s, d in steady]
 at60 = after[0]
 # A sample's calls are the 10 s before it: in the outage when all of them were.
 outage = [d[2] for s, d in pairs if start + 10 <= s[0] <= start + 30] or [0]
@@ -81,6 +88,8 @@ lines = [
     f"| cached verdicts at 60 s -> min-max after | {at60[0]} -> {min(d[0] for d in after)}-{max(d[0] for d in after)} |",
     f"| connections open to LINE (min-max after 60 s) | {min(d[1] for d in after)}-{max(d[1] for d in after)} |",
     f"| LINE verify calls a second, most in a 10 s sample (outside / in the outage) | {max(normal) // 10} / {max(outage) // 10} |",
+    f"| requests sent a second, per 10 s sample from 60 s on outside the outage (min-max; the schedule is {r['rate']}) | {min(sent_rates)}-{max(sent_rates)} |",
+    f"| proxy CPU, per 10 s sample from 60 s on outside the outage (min-max, % of one core) | {min(cpu)}-{max(cpu)} |",
     f"| unexpected answers outside the outage (kind status: count) | {r['unexpected'] or 'none'} |",
     "",
     "Result: " + ("PASSED" if not r["failures"] else "FAILED: " + "; ".join(r["failures"])),

@@ -444,17 +444,28 @@ mod soak {
         let workers: Vec<_> = (0..CONNECTIONS).map(|_| tokio::spawn(worker(run.clone(), proxy))).collect();
         let mut samples = Vec::new();
         // What explains the RSS, at the same instants: the proxy's cached
-        // verdicts, its open connections to LINE, and LINE verify calls since
-        // the sample before.
+        // verdicts, its open connections to LINE, and since the sample
+        // before: LINE verify calls, requests sent (whether the schedule was
+        // kept) and the proxy's CPU time (clock ticks).
         let mut detail = Vec::new();
         let mut calls_before = line.verify_calls();
+        let mut sent_before = 0;
+        let mut ticks_before = cpu_ticks(pid);
         let mut next_sample = Duration::ZERO;
         while clock.elapsed() < total {
             samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
             let calls = line.verify_calls();
+            let sent = run.tally.sent.load(Ordering::Relaxed);
+            let ticks = cpu_ticks(pid);
             let entries = super::metric(&admin, "line_auth_proxy_cache_entries").await as u64;
-            detail.push((entries, line.open_connections(), calls - calls_before));
-            calls_before = calls;
+            detail.push((
+                entries,
+                line.open_connections(),
+                calls - calls_before,
+                sent - sent_before,
+                ticks - ticks_before,
+            ));
+            (calls_before, sent_before, ticks_before) = (calls, sent, ticks);
             next_sample += Duration::from_secs(10);
             tokio::time::sleep(next_sample.saturating_sub(clock.elapsed())).await;
         }
@@ -465,12 +476,23 @@ mod soak {
         let _ = outage.await;
         samples.push((clock.elapsed().as_secs(), rss_kb(pid), open_fds(pid)));
         let entries = super::metric(&admin, "line_auth_proxy_cache_entries").await as u64;
-        detail.push((entries, line.open_connections(), line.verify_calls() - calls_before));
+        detail.push((
+            entries,
+            line.open_connections(),
+            line.verify_calls() - calls_before,
+            run.tally.sent.load(Ordering::Relaxed) - sent_before,
+            cpu_ticks(pid) - ticks_before,
+        ));
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
         std::process::exit(report(&run.tally, &samples, &detail, rate, seconds));
     }
+
+    /// One sample's explanation: cached verdicts, connections open to LINE,
+    /// and since the sample before: LINE verify calls, requests sent, proxy
+    /// CPU clock ticks.
+    type Detail = (u64, usize, usize, u64, u64);
 
     /// What every worker shares: the schedule, the outage's window, the tally.
     struct Run {
@@ -611,13 +633,7 @@ mod soak {
     }
 
     /// Prints the summary; the exit code (1: a check failed).
-    fn report(
-        t: &Tally,
-        samples: &[(u64, u64, u64)],
-        detail: &[(u64, usize, usize)],
-        rate: usize,
-        seconds: u64,
-    ) -> i32 {
+    fn report(t: &Tally, samples: &[(u64, u64, u64)], detail: &[Detail], rate: usize, seconds: u64) -> i32 {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (base, peak, growth) = rss_growth(samples, 60);
         // Informational: the same from the second minute on (past the first
@@ -675,6 +691,14 @@ mod soak {
             })
             .flatten()
             .unwrap_or(0)
+    }
+
+    /// The process's user + system CPU time in clock ticks (`/proc/<pid>/stat`
+    /// fields 14 and 15, counted after the parenthesised command name).
+    fn cpu_ticks(pid: u32) -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+        let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+        rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
     }
 
     fn open_fds(pid: u32) -> u64 {
