@@ -62,9 +62,10 @@ start = r["seconds"] // 2 - 15
 after = [d for s, d in pairs if s[0] >= 60] or [[0, 0, 0, 0, 0]]
 # Whole 10 s intervals from 60 s on, away from the outage: whether the
 # schedule was kept (sent a second) and how busy the proxy was.
-steady = [(s, d) for s, d in pairs[1:-1] if s[0] >= 70 and not start < s[0] < start + 40] or [([0], [0, 0, 0, 0, 0])]
-sent_rates = [d[3] // 10 for s, d in steady]
-cpu = [d[4] * 100 // (10 * hz) for s, d in steady]
+steady = [(s, d) for s, d in pairs[1:-1] if s[0] >= 70 and not start < s[0] < start + 40]
+span = lambda v: f"{min(v)}-{max(v)}" if v else "n/a (no whole sample from 60 s on)"
+sent_rates = span([d[3] // 10 for s, d in steady])
+cpu = span([d[4] * 100 // (10 * hz) for s, d in steady])
 at60 = after[0]
 # A sample's calls are the 10 s before it: in the outage when all of them were.
 outage = [d[2] for s, d in pairs if start + 10 <= s[0] <= start + 30] or [0]
@@ -82,14 +83,14 @@ lines = [
     f"| unverifiable tokens forwarded in the outage | {r['forwarded_unverified_in_outage']} |",
     f"| 503 in the outage | {r['outage_503']} |",
     f"| cached tokens served in the outage | {r['outage_200_cached']} |",
-    f"| RSS at 60 s -> peak after | {r['rss_kb_at_60s'] // 1024} MB -> {r['rss_kb_peak_after'] // 1024} MB ({r['rss_growth_pct']} %) |",
-    f"| RSS at 120 s -> peak after (informational) | {r['rss_kb_at_120s'] // 1024} MB -> {r['rss_kb_peak_after_120s'] // 1024} MB ({r['rss_growth_after_120s_pct']} %) |",
+    f"| RSS at 60 s -> peak after | {r['rss_kb_at_60s'] / 1024:.1f} MiB -> {r['rss_kb_peak_after'] / 1024:.1f} MiB ({r['rss_growth_pct']} %) |",
+    f"| RSS at 120 s -> peak after (informational) | {r['rss_kb_at_120s'] / 1024:.1f} MiB -> {r['rss_kb_peak_after_120s'] / 1024:.1f} MiB ({r['rss_growth_after_120s_pct']} %) |",
     f"| open fds (min-max) | {r['fds_min']}-{r['fds_max']} |",
     f"| cached verdicts at 60 s -> min-max after | {at60[0]} -> {min(d[0] for d in after)}-{max(d[0] for d in after)} |",
     f"| connections open to LINE (min-max after 60 s) | {min(d[1] for d in after)}-{max(d[1] for d in after)} |",
     f"| LINE verify calls a second, most in a 10 s sample (outside / in the outage) | {max(normal) // 10} / {max(outage) // 10} |",
-    f"| requests sent a second, per 10 s sample from 60 s on outside the outage (min-max; the schedule is {r['rate']}) | {min(sent_rates)}-{max(sent_rates)} |",
-    f"| proxy CPU, per 10 s sample from 60 s on outside the outage (min-max, % of one core) | {min(cpu)}-{max(cpu)} |",
+    f"| requests sent a second, per 10 s sample from 60 s on outside the outage (min-max; the schedule is {r['rate']}) | {sent_rates} |",
+    f"| proxy CPU, per 10 s sample from 60 s on outside the outage (min-max, % of one core) | {cpu} |",
     f"| unexpected answers outside the outage (kind status: count) | {r['unexpected'] or 'none'} |",
     "",
     "Result: " + ("PASSED" if not r["failures"] else "FAILED: " + "; ".join(r["failures"])),

@@ -463,7 +463,7 @@ mod soak {
                 line.open_connections(),
                 calls - calls_before,
                 sent - sent_before,
-                ticks - ticks_before,
+                ticks.saturating_sub(ticks_before),
             ));
             (calls_before, sent_before, ticks_before) = (calls, sent, ticks);
             next_sample += Duration::from_secs(10);
@@ -481,7 +481,7 @@ mod soak {
             line.open_connections(),
             line.verify_calls() - calls_before,
             run.tally.sent.load(Ordering::Relaxed) - sent_before,
-            cpu_ticks(pid) - ticks_before,
+            cpu_ticks(pid).saturating_sub(ticks_before),
         ));
         let _ = child.kill();
         let _ = child.wait();

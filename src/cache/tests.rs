@@ -379,6 +379,8 @@ async fn the_sweep_makes_a_full_caches_dead_verdicts_room_for_new_ones() {
     clock.advance(Duration::from_secs(2));
     c.sweep();
     assert_eq!(c.entry_count(), 500);
+    let held: usize = (0..SHARDS).map(|i| c.lock(i).len()).sum();
+    assert_eq!(held, 500, "the sweep dropped the dead verdicts, not only their count");
     let new: Vec<CacheKey> = (1000..1500).map(key).collect();
     for k in &new {
         let _ = c.get_or_verify(*k, async { Ok(valid_until(exp)) }).await;
