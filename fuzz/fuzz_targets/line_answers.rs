@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fuzz_support::input::{first_line, number};
-use fuzz_support::mock_line::{Answer, CHANNEL_IDS, Harness, KID, status};
+use fuzz_support::mock_line::{Answer, CHANNEL_IDS, Harness, KID, MAX_ANSWER_BYTES, status};
 use libfuzzer_sys::fuzz_target;
 use line_auth_proxy::fuzzing::{
     AuthMethod, Endpoint, Identity, LineError, MAX_ACCESS_TOKEN_LIFETIME_SECONDS, Rejection, Verdict,
@@ -41,8 +41,6 @@ use ring::signature::KeyPair;
 use serde_json::Value;
 
 const TOKEN: &str = "fuzz-access-token";
-/// Longer LINE answers are unreadable to the proxy (64 KiB).
-const MAX_BODY: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
     let harness = Harness::get();
@@ -73,7 +71,7 @@ fn answer(status_word: Option<&&[u8]>, retry_after: Option<&&[u8]>, body: &[u8])
     }
 }
 
-/// Returns true when a call to LINE may have failed (counted toward a back-off).
+/// Returns true when a call to LINE failed (counted toward the back-off).
 fn access_token(harness: &Harness, words: &[&[u8]], rest: &[u8]) -> bool {
     let (verify_body, profile_body) = first_line(rest);
     let verify = answer(words.first(), words.get(2), verify_body);
@@ -99,7 +97,7 @@ fn access_token(harness: &Harness, words: &[&[u8]], rest: &[u8]) -> bool {
         [("profile", None, Some(bearer)), ("verify", Some(format!("access_token={TOKEN}")), None)],
         "the calls to LINE"
     );
-    got.is_err() || verify.may_fail() || profile.may_fail()
+    verify.counts_as_failure() || profile.counts_as_failure()
 }
 
 /// What one LINE call yields: LINE's answer, its rejection, or no answer.
@@ -163,7 +161,7 @@ fn reference_access_token(verify: &Answer, profile: &Answer, now: u64) -> Result
 fn read<T>(endpoint: Endpoint, answer: &Answer, parse: impl Fn(&Value) -> Option<T>) -> Result<Read<T>, LineError> {
     let body = answer.body_sent();
     let bad = LineError::BadResponse(endpoint);
-    if body.len() > MAX_BODY {
+    if body.len() > MAX_ANSWER_BYTES {
         return Err(bad);
     }
     match answer.status {
@@ -201,7 +199,7 @@ fn is_line_user_id(s: &str) -> bool {
     s.len() == 33 && s.starts_with('U') && s[1..].chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
-/// Returns true when the call to LINE may have failed (counted toward a back-off).
+/// Returns true when the call to LINE failed (counted toward the back-off).
 fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
     let fuzzed = answer(words.first(), words.get(1), body);
     let jwks = harness.local.jwks.as_ref().unwrap();
@@ -222,7 +220,6 @@ fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
     };
     assert_eq!(got, want.as_ref().map(HashMap::len).map_err(Clone::clone), "JWKS answer {fuzzed:?}");
     let served = |kid: &str| harness.runtime.block_on(jwks.key(kid)).map(|k| k.map(|k| k.to_vec()));
-    let line_failed = want.is_err() || fuzzed.may_fail();
     match want {
         Ok(set) => {
             for (kid, point) in set {
@@ -235,7 +232,7 @@ fn jwks(harness: &Harness, words: &[&[u8]], body: &[u8]) -> bool {
         }
     }
     harness.take_calls();
-    line_failed
+    fuzzed.counts_as_failure()
 }
 
 /// The EC P-256 signing keys of a JWK set (RFC 7517, RFC 7518 §6.2), by

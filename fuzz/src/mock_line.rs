@@ -32,6 +32,9 @@ pub const KID: &str = "fuzz-es256-key";
 /// Longer than any pause a `Retry-After` can cause (the proxy caps it at 60 seconds).
 pub const PAST_ANY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(61);
 
+/// Longer LINE answers are unreadable to the proxy (64 KiB).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// One scripted answer.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -45,10 +48,11 @@ impl Answer {
         Self { status, body: body.to_vec(), retry_after: None }
     }
 
-    /// Whether the proxy may count this answer as a failed call: a 429, a 5xx,
-    /// or a body longer than it reads (64 KiB).
-    pub fn may_fail(&self) -> bool {
-        self.status == 429 || self.status >= 500 || self.body.len() > 64 * 1024
+    /// Whether the proxy counts this answer as a failed call toward its
+    /// back-off: a 429, a 5xx, or a body it does not read (over
+    /// [`MAX_ANSWER_BYTES`]). Any other answer resets the count.
+    pub fn counts_as_failure(&self) -> bool {
+        self.status == 429 || self.status >= 500 || self.body_sent().len() > MAX_ANSWER_BYTES
     }
 
     /// The body the client receives: none with statuses that cannot carry one.
@@ -202,10 +206,11 @@ auth = "id_token"
         std::mem::take(&mut self.shared.lock().expect("poisoned").calls)
     }
 
-    /// After an input whose LINE calls may have failed: the next input starts
-    /// as the first did. The proxy backs off after five failed calls in a row
-    /// (and after a 429), and one answer resets the count; so the clock passes
-    /// any back-off and each client gets one answer from a healthy LINE.
+    /// After an input with an answer that [`Answer::counts_as_failure`]: the
+    /// next input starts as the first did. The proxy backs off after five
+    /// failed calls in a row (and after a 429), and an answer resets the
+    /// count; so the clock passes any back-off and each client makes one
+    /// access-token verification (verify and profile) against a healthy LINE.
     pub fn forget_failures(&self) {
         self.clock.advance(PAST_ANY_BACKOFF);
         self.set_script(self.healthy_script());
