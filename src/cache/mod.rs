@@ -11,9 +11,9 @@
 //! (a failure included, which is then forgotten).
 //!
 //! Expired entries are dropped when met, and by a background sweep every
-//! second (so a full cache holds dead entries for at most a second). When the
-//! cache is full, one arbitrary entry of the new entry's shard makes room: no
-//! walk on the request path. (A shard's table is rebuilt at its
+//! second (so a full cache holds dead entries for about a second at most).
+//! When the cache is full, one arbitrary entry of the new entry's shard makes
+//! room: no search for expired entries on the request path. (A shard's table is rebuilt at its
 //! size, on an insert, once per eighth of its capacity; a shard past its share
 //! of `max_entries` then drops the few entries beyond it, see `shard`.) The entry count is kept as entries come
 //! and go, so a metrics scrape reads one number.
